@@ -99,6 +99,7 @@ class Sample:
     annotations: Annotations = field(default_factory=Annotations)
     signals: dict[str, Any] = field(default_factory=dict)  # measured values: clip_score, phash, lang, ...
     lineage: list[LineageEntry] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)  # the input's own metadata (its json), verbatim, for lineage
 
     def validate(self) -> "Sample":
         if not self.key or "." in self.key or "/" in self.key:
@@ -132,11 +133,13 @@ class Sample:
             for img in row["images"]:
                 img["bytes"] = None
         row["signals"] = json.dumps(self.signals, sort_keys=True, default=_json_default)
+        row["meta"] = json.dumps(self.meta, sort_keys=True, ensure_ascii=False, default=_json_default)
         return row
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "Sample":
         signals = row.get("signals") or "{}"
+        meta = row.get("meta") or "{}"
         ann = row.get("annotations") or {}
         return cls(
             key=row["key"],
@@ -156,6 +159,7 @@ class Sample:
             ),
             signals=json.loads(signals) if isinstance(signals, str) else dict(signals),
             lineage=[LineageEntry(**e) for e in row.get("lineage") or []],
+            meta=json.loads(meta) if isinstance(meta, str) else dict(meta),
         )
 
     def to_json(self) -> str:
@@ -216,6 +220,7 @@ SAMPLE_SCHEMA = pa.schema([
     ("annotations", pa.struct([("ocr", pa.list_(OCR_TYPE)), ("grounding", pa.list_(GROUNDING_TYPE))])),
     ("signals", pa.string()),  # JSON object: signal names vary by job, so they are not Arrow columns
     ("lineage", pa.list_(LINEAGE_TYPE)),
+    ("meta", pa.string()),  # JSON object: the input's own metadata
 ])
 
 REJECTION_SCHEMA = pa.schema([

@@ -1,0 +1,194 @@
+"""Decode and validate a sample's images (and raw text): the first curation stage after reading.
+
+Sample with encoded `images[i].bytes` → Verdict. Each image is decoded once; on the way it fills
+`ImageRef.sha256/width/height/format`, applies the EXIF orientation (re-encoding the bytes when that
+changes the pixels), and for image 0 records the signals later stages read: `width`, `height`,
+`phash` (16 hex chars), `pixel_std` (grayscale std-dev) and `image_sha256`.
+Bad input never raises: it becomes a drop with a stable reason code and a detail naming the image.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import imagehash
+from PIL import Image, ImageOps, ImageStat, UnidentifiedImageError
+
+from vlmloom.curation.base import Verdict
+from vlmloom.curation.hashing import sha256_hex
+from vlmloom.schemas.config import ConfigError
+from vlmloom.schemas.records import ImageRef, Sample
+
+STAGE = "decode"
+KINDS_NEEDING_IMAGE = ("caption", "ocr", "grounding", "gui")
+_EXIF_ORIENTATION = 0x0112
+_JPEG_QUALITY = 95  # re-encode quality after an EXIF rotation: visually lossless, ~1.5x the bytes of q75
+
+
+class TextDecodeError(ValueError):
+    """Raw text bytes that are not valid UTF-8."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodeConfig:
+    max_pixels: int = 64_000_000  # decompression-bomb guard on the declared width*height, checked before decoding pixels
+    max_bytes: int = 64 * 2**20  # encoded images larger than this many bytes are rejected
+    max_aspect_ratio: float = 100.0  # hard limit on long side / short side; the heuristic filter has a stricter one
+    phash: bool = True  # compute the 64-bit pHash of image 0 while it is decoded (signals["phash"])
+
+    def validate(self) -> None:
+        if self.max_pixels < 1:
+            raise ConfigError(f"decode.max_pixels ({self.max_pixels}) must be >= 1; the default is 64000000")
+        # PIL refuses images above 2 * Image.MAX_IMAGE_PIXELS on its own; a higher limit here cannot take effect.
+        pil_limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+        if pil_limit is not None and self.max_pixels > pil_limit:
+            raise ConfigError(
+                f"decode.max_pixels ({self.max_pixels}) exceeds Pillow's own limit ({pil_limit}): "
+                f"lower decode.max_pixels, or raise PIL.Image.MAX_IMAGE_PIXELS in the worker setup"
+            )
+        if self.max_bytes < 1:
+            raise ConfigError(f"decode.max_bytes ({self.max_bytes}) must be >= 1; the default is {64 * 2**20}")
+        if self.max_aspect_ratio < 1.0:
+            raise ConfigError(
+                f"decode.max_aspect_ratio ({self.max_aspect_ratio}) must be >= 1.0 (long side / short side); "
+                "the default is 100.0"
+            )
+
+
+def decode_text(raw: bytes | None) -> str | None:
+    """UTF-8 bytes → str without a leading BOM; None stays None. Raises TextDecodeError on invalid UTF-8."""
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return raw[1:] if raw.startswith("\ufeff") else raw
+    try:
+        return bytes(raw).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start:exc.start + 4]
+        raise TextDecodeError(f"invalid UTF-8 at byte {exc.start} ({bad!r}): {exc.reason}") from None
+
+
+class _Drop(Exception):
+    """Internal: one image failed; carries the reason code and detail for the Verdict."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _aspect_ratio(width: int, height: int) -> float:
+    return max(width, height) / max(1, min(width, height))
+
+
+def _reencode(image: Image.Image, source_format: str, original: Image.Image) -> tuple[bytes, str]:
+    """Encode a transposed image: JPEG sources as JPEG q95 (keeping ICC/EXIF), anything else as lossless PNG."""
+    out = io.BytesIO()
+    icc = original.info.get("icc_profile")
+    if source_format in ("jpeg", "mpo") and image.mode in ("L", "RGB", "CMYK"):
+        extra = {"icc_profile": icc} if icc else {}
+        exif = image.getexif()  # exif_transpose already dropped the orientation tag
+        if len(exif):
+            extra["exif"] = exif.tobytes()
+        image.save(out, format="JPEG", quality=_JPEG_QUALITY, **extra)
+        return out.getvalue(), "jpeg"
+    image.save(out, format="PNG", **({"icc_profile": icc} if icc else {}))
+    return out.getvalue(), "png"
+
+
+def _decode_one(ref: ImageRef, index: int, config: DecodeConfig, measure: bool) -> dict:
+    """Decode image `index` in place (fills sha256/size/format, may replace bytes); returns signals if `measure`."""
+    data = ref.bytes
+    if not data:
+        where = f" (uri={ref.uri})" if ref.uri else ""
+        raise _Drop("empty_bytes", f"image {index}: no encoded bytes{where}")
+    if len(data) > config.max_bytes:
+        raise _Drop("image_too_large_bytes", f"image {index}: {len(data)} bytes > max_bytes {config.max_bytes}")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise _Drop("unidentified_image", f"image {index}: PIL cannot identify the format ({len(data)} bytes)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _Drop("decompression_bomb", f"image {index}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any header parse failure is a decode error, never a crash
+        raise _Drop("decode_error", f"image {index}: {type(exc).__name__}: {exc}") from None
+    with image:
+        width, height = image.size
+        fmt = (image.format or "").lower()
+        # Checked on the declared header size, before any pixel is decoded: the bomb never allocates.
+        if width * height > config.max_pixels:
+            raise _Drop(
+                "decompression_bomb",
+                f"image {index}: declared {width}x{height} = {width * height} pixels > max_pixels {config.max_pixels}",
+            )
+        if width < 1 or height < 1:
+            raise _Drop("decode_error", f"image {index}: declared size {width}x{height}")
+        ratio = _aspect_ratio(width, height)
+        if ratio > config.max_aspect_ratio:
+            raise _Drop(
+                "aspect_ratio_too_large",
+                f"image {index}: aspect ratio {ratio:.1f} ({width}x{height}) > max_aspect_ratio {config.max_aspect_ratio}",
+            )
+        try:
+            image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _Drop("decompression_bomb", f"image {index}: {exc}") from None
+        except OSError as exc:
+            reason = "truncated_image" if "truncated" in str(exc).lower() else "decode_error"
+            raise _Drop(reason, f"image {index}: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - corrupt pixel data of any kind is a decode error
+            raise _Drop("decode_error", f"image {index}: {type(exc).__name__}: {exc}") from None
+
+        pixels = image
+        try:
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        except Exception:  # noqa: BLE001 - an unreadable EXIF block is ignored, like browsers do
+            orientation = 1
+        if orientation in (2, 3, 4, 5, 6, 7, 8):
+            try:
+                pixels = ImageOps.exif_transpose(image)
+                data, fmt = _reencode(pixels, fmt, image)
+            except Exception as exc:  # noqa: BLE001
+                raise _Drop("decode_error", f"image {index}: EXIF orientation {orientation}: {exc}") from None
+            ref.bytes = data
+        ref.sha256 = sha256_hex(data)
+        ref.width, ref.height = pixels.size
+        ref.format = fmt
+        if not measure:
+            return {}
+        try:
+            rgb = pixels if pixels.mode == "RGB" else pixels.convert("RGB")
+            gray = rgb.convert("L")
+            signals = {
+                "width": ref.width,
+                "height": ref.height,
+                "pixel_std": round(float(ImageStat.Stat(gray).stddev[0]), 4),
+                "image_sha256": ref.sha256,
+            }
+            if config.phash:
+                signals["phash"] = str(imagehash.phash(gray))
+        except Exception as exc:  # noqa: BLE001
+            raise _Drop("decode_error", f"image {index}: measuring pixels: {type(exc).__name__}: {exc}") from None
+        return signals
+
+
+def decode_sample(sample: Sample, config: DecodeConfig) -> Verdict:
+    """Decode every image of `sample` once; keep it, or drop it with the first failing image's reason.
+
+    Samples without images are kept unless their kind needs one (caption, ocr, grounding, gui → `no_image`).
+    Measured signals (image 0) are both written to `sample.signals` and returned in the Verdict.
+    """
+    if not sample.images:
+        if sample.kind in KINDS_NEEDING_IMAGE:
+            return Verdict.drop("no_image", f"kind {sample.kind!r} needs an image, the sample has none")
+        return Verdict.ok()
+    signals: dict = {}
+    for index, ref in enumerate(sample.images):
+        try:
+            measured = _decode_one(ref, index, config, measure=index == 0)
+        except _Drop as drop:
+            return Verdict.drop(drop.reason, drop.detail)
+        if index == 0:
+            signals = measured
+    sample.signals.update(signals)
+    return Verdict.ok(**signals)

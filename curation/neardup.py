@@ -1,0 +1,339 @@
+"""Near-duplicate clustering logic: pHash band keys, verified Hamming edges, union-find, representatives.
+
+Used twice: piecewise by the Beam near-dup transforms (band keys → group by key → `verified_pairs` per
+bucket → connected components → `choose_representative`), and whole by `cluster_phashes` /
+`cluster_minhash`, the in-memory reference the Beam stage is tested against.
+(key, pHash, pixels) items → {key: representative key} for every key whose cluster has >= 2 members.
+
+Determinism: every tie is broken by value (smallest key, smallest hash), never by input order.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Generic, Hashable, Iterable, TypeVar
+
+import numpy as np
+
+from vlmloom.curation.hashing import EMPTY_MINHASH_VALUE
+
+T = TypeVar("T", bound=Hashable)
+
+HASH_BITS = 64
+# verified_pairs compares all pairs directly (vectorised) at or below this many distinct hashes;
+# above it, it splits the bucket again by pigeonhole on the bits that still differ.
+BRUTE_FORCE_MAX = 512
+_CHUNK_ROWS = 256  # rows per vectorised block: bounds memory to _CHUNK_ROWS x bucket size x 8 bytes
+
+
+def _check_distance(max_distance: int) -> None:
+    if not 0 <= max_distance < HASH_BITS:
+        raise ValueError(f"max_distance={max_distance}: must be in [0, {HASH_BITS - 1}] for 64-bit pHashes")
+
+
+def _band_layout(max_distance: int) -> list[tuple[int, int]]:
+    """(shift, width) of max_distance+1 contiguous bands covering the 64 bits, widths differing by at most 1."""
+    count = max_distance + 1
+    base, extra = divmod(HASH_BITS, count)
+    layout, shift = [], 0
+    for i in range(count):
+        width = base + (1 if i < extra else 0)
+        layout.append((shift, width))
+        shift += width
+    return layout
+
+
+def phash_band_keys(h: int, max_distance: int) -> list[tuple[int, int]]:
+    """[(band index, band value)] over max_distance+1 bands of the 64-bit hash.
+
+    Pigeonhole: two hashes within Hamming distance k differ in at most k bits, so at most k of the k+1
+    bands can differ and they share at least one band value exactly. Grouping by these keys therefore
+    misses no pair; candidates still need `verified_pairs`. Wider bands (small k) make small buckets:
+    a bucket of uniformly random hashes holds about N / 2**(64 / (k+1)) of N hashes.
+    """
+    _check_distance(max_distance)
+    return [(i, (h >> shift) & ((1 << width) - 1)) for i, (shift, width) in enumerate(_band_layout(max_distance))]
+
+
+# --- verified pairs ------------------------------------------------------------------------------
+if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+    def _popcount(x: np.ndarray) -> np.ndarray:
+        return np.bitwise_count(x)
+else:  # pragma: no cover - numpy 1.26
+    _BYTE_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+    def _popcount(x: np.ndarray) -> np.ndarray:
+        return _BYTE_POPCOUNT[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1, dtype=np.uint8)
+
+
+def _brute_force_pairs(values: np.ndarray, max_distance: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """All (i, j), i < j, with popcount(values[i] ^ values[j]) <= k, as blocks of index arrays."""
+    n = len(values)
+    found = []
+    for start in range(0, n - 1, _CHUNK_ROWS):
+        stop = min(start + _CHUNK_ROWS, n)
+        rows = values[start:stop, None]
+        cols = values[None, start + 1:]
+        close = _popcount(rows ^ cols) <= max_distance
+        # Column c is index start+1+c; keep only j > i, i.e. c >= row offset r.
+        close &= np.arange(stop - start)[:, None] <= np.arange(n - start - 1)[None, :]
+        r, c = np.nonzero(close)
+        if len(r):
+            found.append((r + start, c + start + 1))
+    return found
+
+
+def _split_pairs(values: np.ndarray, max_distance: int, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Index pairs (into `values`, distinct uint64s) within Hamming distance k; see `verified_pairs`."""
+    n = len(values)
+    if n < 2:
+        return []
+    differing = np.bitwise_or.reduce(values ^ values[0])  # bits that are not common to all values
+    free_bits = [b for b in range(HASH_BITS) if (int(differing) >> b) & 1]
+    if len(free_bits) <= max_distance:
+        # Every pair differs only inside these <= k bits: the bucket is a clique. A star from the
+        # smallest value has the same connected components and is linear, not quadratic, in size.
+        anchor = int(np.argmin(values))
+        others = np.delete(np.arange(n, dtype=np.int64), anchor)
+        return [(np.full(len(others), anchor, dtype=np.int64), others)]
+    if n <= BRUTE_FORCE_MAX or depth >= 8:
+        return _brute_force_pairs(values, max_distance)
+    # Pigeonhole again on the bits that still differ: split them into k+1 groups; a close pair agrees
+    # on at least one whole group. Each sub-bucket fixes >= 1 more bit, so recursion terminates.
+    groups = [free_bits[i::max_distance + 1] for i in range(max_distance + 1)]
+    found: list[tuple[np.ndarray, np.ndarray]] = []
+    for bits in groups:
+        mask = np.uint64(sum(1 << b for b in bits))
+        sub_keys = values & mask
+        order = np.argsort(sub_keys, kind="stable")
+        sorted_keys = sub_keys[order]
+        bounds = np.flatnonzero(np.diff(sorted_keys)) + 1
+        for members in np.split(order, bounds):
+            if len(members) < 2 or len(members) == n:
+                # len == n cannot happen (the group holds a differing bit); guard against looping anyway.
+                continue
+            for i, j in _split_pairs(values[members], max_distance, depth + 1):
+                found.append((members[i], members[j]))
+    return found
+
+
+def _pair_indices(values: np.ndarray, max_distance: int) -> np.ndarray:
+    """Unique (i, j), i < j, index pairs as an int64 array of shape (m, 2), sorted."""
+    blocks = _split_pairs(values, max_distance, 0)
+    if not blocks:
+        return np.empty((0, 2), dtype=np.int64)
+    i = np.concatenate([b[0] for b in blocks])
+    j = np.concatenate([b[1] for b in blocks])
+    pairs = np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1)
+    return np.unique(pairs, axis=0)
+
+
+def verified_pairs(hashes: list[int], max_distance: int) -> list[tuple[int, int]]:
+    """Edges (a, b), a < b, between distinct hash values of one bucket within Hamming distance k, sorted.
+
+    Callers pass DISTINCT values (group identical hashes first: 100k copies of one hash are one node).
+    Cost: buckets of <= BRUTE_FORCE_MAX values are compared all-pairs, vectorised (n²/2 XOR+popcount).
+    Larger buckets are split again by pigeonhole over the bits that still differ between their values,
+    so the work is about (k+1)·n per level plus small all-pairs leaves instead of n².
+    Cap for pathological buckets: where a (sub-)bucket's values differ in <= k bit positions in total,
+    every pair is within k and the bucket is a clique; it is returned as a star from its smallest value
+    (same connected components, n-1 edges instead of n²/2). So the result is exactly the edge set
+    except inside such cliques, and always has the same connected components as the full <= k graph.
+    """
+    _check_distance(max_distance)
+    if len(hashes) < 2:
+        return []
+    values = np.asarray(hashes, dtype=np.uint64)
+    if len(np.unique(values)) != len(values):
+        raise ValueError("verified_pairs: hashes must be distinct; group identical hashes before calling")
+    pairs = _pair_indices(values, max_distance)
+    edges = [(min(hashes[i], hashes[j]), max(hashes[i], hashes[j])) for i, j in pairs.tolist()]
+    edges.sort()
+    return edges
+
+
+# --- union-find -----------------------------------------------------------------------------------
+class UnionFind(Generic[T]):
+    """Disjoint sets with path compression and union by size; items must be hashable and orderable."""
+
+    def __init__(self, items: Iterable[T] = ()):
+        self._parent: dict[T, T] = {}
+        self._size: dict[T, int] = {}
+        for item in items:
+            self.add(item)
+
+    def __len__(self) -> int:
+        return len(self._parent)
+
+    def __contains__(self, item: T) -> bool:
+        return item in self._parent
+
+    def add(self, item: T) -> None:
+        if item not in self._parent:
+            self._parent[item] = item
+            self._size[item] = 1
+
+    def find(self, item: T) -> T:
+        parent = self._parent
+        if item not in parent:
+            raise KeyError(f"union-find: unknown item {item!r}; add() it first")
+        root = item
+        while parent[root] != root:
+            root = parent[root]
+        while parent[item] != root:  # path compression
+            parent[item], item = root, parent[item]
+        return root
+
+    def union(self, a: T, b: T) -> T:
+        self.add(a)
+        self.add(b)
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        if self._size[ra] < self._size[rb]:
+            ra, rb = rb, ra
+        self._parent[rb] = ra
+        self._size[ra] += self._size[rb]
+        return ra
+
+    def components(self) -> dict[T, T]:
+        """item → the minimum item of its component (independent of the order of unions)."""
+        smallest: dict[T, T] = {}
+        for item in self._parent:
+            root = self.find(item)
+            if root not in smallest or item < smallest[root]:
+                smallest[root] = item
+        return {item: smallest[self.find(item)] for item in self._parent}
+
+
+# --- representatives and clustering -----------------------------------------------------------------
+def choose_representative(members: list[tuple[str, int]]) -> str:
+    """(key, pixel_count) → the key to keep: the largest image, ties broken by the smallest key."""
+    if not members:
+        raise ValueError("choose_representative: empty cluster")
+    return min(members, key=lambda m: (-m[1], m[0]))[0]
+
+
+def _clusters_to_representatives(groups: dict[object, list[tuple[str, int]]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        rep = choose_representative(members)
+        for key, _ in members:
+            out[key] = rep
+    return out
+
+
+def _check_unique_keys(keys: list[str]) -> None:
+    if len(set(keys)) != len(keys):
+        seen: set[str] = set()
+        dup = next(k for k in keys if k in seen or seen.add(k))
+        raise ValueError(f"near-dup clustering: key {dup!r} appears more than once; keys must be unique")
+
+
+def cluster_phashes(items: list[tuple[str, int, int]], max_distance: int) -> dict[str, str]:
+    """(key, phash, pixels) → {key: representative key} for every key in a cluster of >= 2 items.
+
+    Reference implementation: identical hashes are grouped first (so 100k copies are one node), then
+    the distinct hashes are bucketed by `phash_band_keys`, each bucket is verified with the same
+    all-pairs/pigeonhole search as `verified_pairs`, and connected components (transitive: A~B, B~C →
+    one cluster) pick their representative with `choose_representative`. Representatives map to
+    themselves.
+    """
+    _check_distance(max_distance)
+    if not items:
+        return {}
+    _check_unique_keys([k for k, _, _ in items])
+    hash_of_item = np.fromiter((h for _, h, _ in items), dtype=np.uint64, count=len(items))
+    distinct, node_of_item = np.unique(hash_of_item, return_inverse=True)
+    node_of_item = node_of_item.reshape(-1)
+
+    edge_blocks: list[np.ndarray] = []
+    for shift, width in _band_layout(max_distance):
+        band = (distinct >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+        order = np.argsort(band, kind="stable")
+        sorted_band = band[order]
+        starts = np.flatnonzero(np.r_[True, sorted_band[1:] != sorted_band[:-1]])
+        sizes = np.diff(np.r_[starts, len(order)])
+        for start, size in zip(starts[sizes >= 2].tolist(), sizes[sizes >= 2].tolist()):
+            members = order[start:start + size]
+            pairs = _pair_indices(distinct[members], max_distance)
+            if len(pairs):
+                edge_blocks.append(members[pairs])
+
+    union: UnionFind[int] = UnionFind()
+    if edge_blocks:
+        for a, b in np.unique(np.concatenate(edge_blocks), axis=0).tolist():
+            union.union(a, b)
+    component = union.components()
+    item_groups = np.array([component.get(n, n) for n in node_of_item.tolist()], dtype=np.int64)
+    counts = np.bincount(item_groups, minlength=len(distinct))
+    groups: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    for idx in np.flatnonzero(counts[item_groups] >= 2).tolist():
+        key, _, pixels = items[idx]
+        groups[int(item_groups[idx])].append((key, int(pixels)))
+    return _clusters_to_representatives(groups)
+
+
+def choose_text_representative(members: list[tuple[str, int]]) -> str:
+    """(key, text_length) → the key to keep: the longest text, ties broken by the smallest key."""
+    return choose_representative(members)
+
+
+def cluster_minhash(items: list[tuple[str, np.ndarray, int]], threshold: float, bands: int, rows: int) -> dict[str, str]:
+    """(key, MinHash signature, text_length) → {key: representative key} for text near-duplicates.
+
+    Identical signatures are grouped first; distinct signatures that share a band (`rows` equal values)
+    are candidates, kept as edges when the estimated Jaccard (fraction of equal slots over the whole
+    signature) is >= threshold; components are transitive; the longest text wins, then the smallest key.
+    Texts without shingles (all slots EMPTY_MINHASH_VALUE) are never near-duplicates of anything.
+    Verification is all-pairs within a band bucket, i.e. quadratic in its number of distinct signatures.
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"minhash threshold={threshold}: must be in (0, 1]")
+    if not items:
+        return {}
+    _check_unique_keys([k for k, _, _ in items])
+    num_perm = len(items[0][1])
+    if bands < 1 or rows < 1 or bands * rows > num_perm:
+        raise ValueError(f"minhash bands={bands} x rows={rows} exceeds the signature length {num_perm}")
+
+    node_of_signature: dict[bytes, int] = {}
+    signatures: list[np.ndarray] = []
+    node_of_item: list[int] = []
+    for key, sig, _ in items:
+        sig = np.asarray(sig, dtype=np.uint64)
+        if len(sig) != num_perm:
+            raise ValueError(f"record {key!r}: MinHash has {len(sig)} values, expected {num_perm}")
+        if bool(np.all(sig == EMPTY_MINHASH_VALUE)):
+            node_of_item.append(-1)
+            continue
+        blob = sig.astype("<u8").tobytes()
+        node = node_of_signature.setdefault(blob, len(signatures))
+        if node == len(signatures):
+            signatures.append(sig)
+        node_of_item.append(node)
+
+    union = UnionFind(range(len(signatures)))
+    if signatures:
+        matrix = np.stack(signatures)
+        for band in range(bands):
+            cols = matrix[:, band * rows:(band + 1) * rows]
+            buckets: dict[bytes, list[int]] = defaultdict(list)
+            for node, row in enumerate(cols):
+                buckets[row.tobytes()].append(node)
+            for nodes in buckets.values():
+                if len(nodes) < 2:
+                    continue
+                sub = matrix[nodes]
+                for r in range(len(nodes) - 1):
+                    equal = np.count_nonzero(sub[r + 1:] == sub[r], axis=1) / num_perm
+                    for c in np.flatnonzero(equal >= threshold).tolist():
+                        union.union(nodes[r], nodes[r + 1 + c])
+
+    component = union.components()
+    groups: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    for (key, _, length), node in zip(items, node_of_item):
+        if node >= 0:
+            groups[component[node]].append((key, int(length)))
+    return _clusters_to_representatives(groups)

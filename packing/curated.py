@@ -1,0 +1,69 @@
+"""Read a curated directory (schemas/formats.py) back into `Sample`s, streaming its tars in shard order.
+
+DIR/shards/*.tar → Iterator[Sample] (with image bytes). A directory without `_SUCCESS` is refused:
+it is either still being written or its job failed.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import tarfile
+from typing import Iterator
+
+from vlmloom.schemas.formats import SHARDS_DIR, SUCCESS_FILE
+from vlmloom.schemas.records import RecordError, Sample
+
+
+class CuratedDirError(ValueError):
+    pass
+
+
+def curated_shards(directory: str) -> list[str]:
+    if not os.path.isdir(directory):
+        raise CuratedDirError(f"{directory}: not a directory")
+    if not os.path.exists(os.path.join(directory, SUCCESS_FILE)):
+        raise CuratedDirError(f"{directory}: no {SUCCESS_FILE}; the curate job did not finish (re-run it)")
+    return sorted(glob.glob(os.path.join(directory, SHARDS_DIR, "*.tar")))
+
+
+def iter_curated_samples(directory: str) -> Iterator[Sample]:
+    """Every sample of a curated directory, in shard then member order."""
+    for shard in curated_shards(directory):
+        yield from iter_shard_samples(shard)
+
+
+def iter_shard_samples(path: str) -> Iterator[Sample]:
+    for key, members in _group_members(path):
+        if "json" not in members:
+            raise RecordError(f"record {key!r}: shard {os.path.basename(path)} has no {key}.json")
+        images: dict[int, bytes] = {}
+        for ext, data in members.items():
+            parts = ext.split(".")
+            if ext in ("json", "txt"):
+                continue
+            if len(parts) == 1:
+                images[0] = data
+            elif len(parts) == 2 and parts[0].isdigit():
+                images[int(parts[0])] = data
+        sample = Sample.from_json(members["json"].decode("utf-8"), [images[i] for i in sorted(images)])
+        if len(images) != len(sample.images):
+            raise RecordError(f"record {key!r}: field 'images' lists {len(sample.images)}, shard holds {len(images)}")
+        yield sample
+
+
+def _group_members(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) for consecutive members sharing a key; the key ends at the first dot."""
+    current, members = None, {}
+    with tarfile.open(path, "r|*") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            base = os.path.basename(info.name)
+            key, _, ext = base.partition(".")
+            if key != current:
+                if current is not None:
+                    yield current, members
+                current, members = key, {}
+            members[ext] = tar.extractfile(info).read()
+    if current is not None:
+        yield current, members

@@ -1,0 +1,121 @@
+"""Packed-shard encoding (schemas/packed.py): built samples → one packed sequence → tar members, and back.
+
+Writes are deterministic (members sorted per entry, mtime 0, uid/gid 0, no user names) so the same plan
+gives byte-identical shards; each shard is written to a temporary name and renamed into place.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from typing import Iterator
+
+import numpy as np
+
+from vlmloom.schemas.formats import IMAGE_EXTENSIONS
+from vlmloom.schemas.packed import IGNORE_INDEX, POSITION_ROWS
+
+from .builder import BuiltSample
+
+ARRAY_FIELDS = ("input_ids", "labels", "position_ids", "seq_lens", "image_grid_thw")
+
+
+def assemble(samples: list[BuiltSample], seq_len: int, pad_id: int) -> dict:
+    """Concatenate samples into one row of exactly `seq_len` tokens (the reader's dict, without "key").
+
+    Padding: input_ids = pad_id, labels = -100, and every position row counts 0, 1, … over the padding,
+    so the padding forms its own block that neither attends to nor is attended by the samples.
+    """
+    n = sum(len(s) for s in samples)
+    if n > seq_len:
+        raise ValueError(f"{n} tokens do not fit in seq_len {seq_len}")
+    pad = seq_len - n
+    input_ids = np.full(seq_len, pad_id, np.int32)
+    labels = np.full(seq_len, IGNORE_INDEX, np.int32)
+    position_ids = np.empty((POSITION_ROWS, seq_len), np.int32)
+    at = 0
+    for s in samples:
+        k = len(s)
+        input_ids[at:at + k] = s.input_ids
+        labels[at:at + k] = s.labels
+        position_ids[0, at:at + k] = np.arange(k, dtype=np.int32)
+        position_ids[1:, at:at + k] = s.rope_position_ids
+        at += k
+    if pad:
+        position_ids[:, at:] = np.arange(pad, dtype=np.int32)
+    return {
+        "input_ids": input_ids, "labels": labels, "position_ids": position_ids,
+        "seq_lens": np.array([len(s) for s in samples], np.int32),
+        "image_grid_thw": np.concatenate([s.image_grid_thw for s in samples]).astype(np.int32).reshape(-1, 3),
+        "images": [b for s in samples for b in s.images],
+        "image_formats": [f for s in samples for f in s.image_formats],
+        "sample_keys": [s.key for s in samples], "sources": [s.source for s in samples],
+    }
+
+
+def entry_members(key: str, seq: dict) -> list[tuple[str, bytes]]:
+    members = [(f"{key}.{name}.npy", _npy(seq[name])) for name in ARRAY_FIELDS]
+    for i, (data, fmt) in enumerate(zip(seq["images"], seq["image_formats"])):
+        members.append((f"{key}.img_{i:03d}.{IMAGE_EXTENSIONS.get(fmt, fmt or 'bin')}", data))
+    meta = {"sample_keys": seq["sample_keys"], "sources": seq["sources"],
+            "num_tokens": int(seq["seq_lens"].sum())}
+    members.append((f"{key}.json", json.dumps(meta, sort_keys=True).encode()))
+    return sorted(members)
+
+
+def decode_entry(key: str, members: dict[str, bytes]) -> dict:
+    """Tar members of one entry ({extension: bytes}) → the reader's dict."""
+    out: dict = {"key": key}
+    for name in ARRAY_FIELDS:
+        out[name] = np.load(io.BytesIO(members[f"{name}.npy"]), allow_pickle=False)
+    image_names = sorted(ext for ext in members if ext.startswith("img_"))
+    out["images"] = [members[ext] for ext in image_names]
+    return out
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+class ShardWriter:
+    """Appends entries to one tar deterministically; `close()` renames `path.tmp` to `path`."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.count = 0
+        self._tar = tarfile.open(path + ".tmp", "w", format=tarfile.USTAR_FORMAT)
+
+    def write(self, members: list[tuple[str, bytes]]) -> None:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self._tar.addfile(info, io.BytesIO(data))
+        self.count += 1
+
+    def close(self) -> None:
+        self._tar.close()
+        os.replace(self.path + ".tmp", self.path)
+
+
+def iter_tar_entries(path: str, skip: int = 0) -> Iterator[tuple[int, str, dict[str, bytes]]]:
+    """(entry index, key, {extension: bytes}) for consecutive members sharing a key; skips `skip` entries
+    without reading their payloads."""
+    current, members, index = None, {}, -1
+    with tarfile.open(path, "r|") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, _, ext = os.path.basename(info.name).partition(".")
+            if key != current:
+                if current is not None and index >= skip:
+                    yield index, current, members
+                current, members, index = key, {}, index + 1
+            if index >= skip:
+                members[ext] = tar.extractfile(info).read()
+    if current is not None and index >= skip:
+        yield index, current, members

@@ -1,0 +1,211 @@
+"""The `curate` pipeline: inputs → read → decode → heuristics → language → dedup → model stages → shards.
+
+    # laptop, in-process:
+    vlmloom curate data/*.tar --output out/ --config job.yaml
+    # laptop, 2 processes:
+    vlmloom curate data/*.tar --output out/ -- --direct_num_workers=2 --direct_running_mode=multi_processing
+    # a cluster runner (Dataflow/Flink/Spark through the Fn API), options passed through untouched:
+    vlmloom curate gs://bucket/raw/*.tar --output gs://bucket/curated -- --runner=DataflowRunner --project=P ...
+
+Every input record ends as a kept sample (manifest.parquet + shards/) or a rejection with a reason
+(rejected/); the job fails loudly if the counts do not add up.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from vlmloom.curation.decode import DecodeConfig, decode_sample
+from vlmloom.curation.filters import HeuristicConfig, LanguageConfig, LanguageIdentifier, judge_heuristics, judge_language
+from vlmloom.curation.readers import READ_STAGE
+from vlmloom.pipelines import report as report_mod
+from vlmloom.pipelines.dedup import DedupConfig, dedup_stages
+from vlmloom.pipelines.model_stages import ModelStagesConfig, build_model_stages, describe_disabled
+from vlmloom.pipelines.sink import OutputConfig, WriteCurated, join, write_atomic
+from vlmloom.pipelines.sources import InputConfig, ReadInputs
+from vlmloom.pipelines.stages import JudgeStage
+from vlmloom.schemas import formats
+from vlmloom.schemas.config import ConfigError, build_config, config_hash
+
+log = logging.getLogger("vlmloom.curate")
+OPTIONAL_STAGES = ("heuristics", "language", "exact_dedup", "near_dup_image", "near_dup_text")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurateConfig:
+    inputs: list[InputConfig] = field(default_factory=list)  # what to read; CLI positional paths are appended
+    output: str = ""  # output directory (local or a Beam filesystem URL)
+    overwrite: bool = False  # replace an existing output directory
+    disable: list[str] = field(default_factory=list)  # stages to skip, any of OPTIONAL_STAGES
+    max_error_ratio: float = 0.05  # a stage whose unexpected errors exceed this fraction fails the job
+    decode: DecodeConfig = DecodeConfig()
+    heuristics: HeuristicConfig = HeuristicConfig()
+    language: LanguageConfig = LanguageConfig()
+    dedup: DedupConfig = DedupConfig()
+    models: ModelStagesConfig = ModelStagesConfig()  # CLIP, concepts, contamination, recaption, OCR, grounding
+    output_format: OutputConfig = OutputConfig()
+
+    def validate(self) -> None:
+        unknown = [s for s in self.disable if s not in OPTIONAL_STAGES]
+        if unknown:
+            raise ConfigError(f"disable: unknown stage(s) {unknown}; choose from {list(OPTIONAL_STAGES)}")
+        if not 0 <= self.max_error_ratio <= 1:
+            raise ConfigError(f"max_error_ratio ({self.max_error_ratio}) must be within 0..1")
+
+    def enabled(self, stage: str) -> bool:
+        return stage not in self.disable
+
+
+def load_config(data: dict[str, Any]) -> CurateConfig:
+    return build_config(CurateConfig, data)
+
+
+# Judge factories are module-level callables so they pickle by reference for every runner.
+@dataclass(frozen=True)
+class _DecodeJudge:
+    config: DecodeConfig
+
+    def __call__(self):
+        return lambda sample: decode_sample(sample, self.config)
+
+
+@dataclass(frozen=True)
+class _HeuristicJudge:
+    config: HeuristicConfig
+
+    def __call__(self):
+        return lambda sample: judge_heuristics(sample, self.config)
+
+
+@dataclass(frozen=True)
+class _LanguageJudge:
+    config: LanguageConfig
+
+    def __call__(self):
+        identifier = LanguageIdentifier(self.config.model_path)
+        return lambda sample: judge_language(sample, identifier, self.config)
+
+
+def curate_stages(config: CurateConfig) -> list[tuple[str, beam.PTransform]]:
+    """The configured stages in order, each following the pipelines.stages protocol."""
+    ratio = config.max_error_ratio
+    stages: list[tuple[str, beam.PTransform]] = [
+        ("decode", JudgeStage("decode", _DecodeJudge(config.decode), config_hash(config.decode), ratio))]
+    if config.enabled("heuristics"):
+        stages.append(("heuristics", JudgeStage("heuristics", _HeuristicJudge(config.heuristics),
+                                                config_hash(config.heuristics), ratio)))
+    if config.enabled("language"):
+        stages.append(("language", JudgeStage("language", _LanguageJudge(config.language),
+                                              config_hash(config.language), ratio)))
+    dedup = dataclasses.replace(
+        config.dedup,
+        exact=config.dedup.exact and config.enabled("exact_dedup"),
+        phash=config.dedup.phash and config.enabled("near_dup_image"),
+        minhash=config.dedup.minhash and config.enabled("near_dup_text"),
+    )
+    stages.extend(dedup_stages(dedup))
+    stages.extend(build_model_stages(config.models))
+    return stages
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: CurateConfig, output_dir: str) -> list[str]:
+    """Add the whole job to `pipeline`, writing under `output_dir`; returns the stage names in order."""
+    read = pipeline | "Read" >> ReadInputs(config.inputs)
+    samples, rejected = read["kept"], [read["rejected"]]
+    names = [READ_STAGE]
+    for name, stage in curate_stages(config):
+        out = samples | name >> stage
+        samples = out["kept"]
+        rejected.append(out["rejected"])
+        names.append(name)
+    all_rejected = rejected | "AllRejected" >> beam.Flatten()
+    _ = {"kept": samples, "rejected": all_rejected} | "Write" >> WriteCurated(output_dir, config.output_format)
+    return names
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def _prepare_output(output: str, overwrite: bool) -> str:
+    """Refuse an existing output unless overwrite; return the directory the job writes into.
+
+    Local outputs are written to a sibling staging directory renamed into place at the end, so
+    the final path only ever holds a finished job. On object stores every file is still written
+    atomically and `_SUCCESS` comes last.
+    """
+    if not output:
+        raise ConfigError("output is empty: pass --output DIR")
+    exists = os.path.exists(output) if _is_local(output) else FileSystems.exists(output)
+    if exists and not overwrite and (not _is_local(output) or os.listdir(output)):
+        raise ConfigError(f"output {output!r} already exists: pass --overwrite to replace it, or choose another --output")
+    if _is_local(output):
+        staging = f"{output.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+        for sub in (formats.SHARDS_DIR, formats.REJECTED_DIR):
+            os.makedirs(os.path.join(staging, sub))
+        return staging
+    if exists:
+        FileSystems.delete([output])
+    return output
+
+
+def _counters(result) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        metrics = result.metrics().query(MetricsFilter())
+    except Exception as exc:  # some runners cannot report metrics; the report then relies on the outputs
+        log.warning("runner reported no metrics: %s", exc)
+        return out
+    for counter in metrics.get("counters", []):
+        name = f"{counter.key.metric.namespace}/{counter.key.metric.name}"
+        value = counter.committed if counter.committed is not None else counter.attempted
+        out[name] = out.get(name, 0) + int(value or 0)
+    return out
+
+
+def curate(config: CurateConfig, beam_args: list[str] | None = None) -> dict[str, Any]:
+    """Run the job; returns the report (also written to OUTPUT/report.json)."""
+    if not config.inputs:
+        raise ConfigError("no inputs: pass INPUT paths or set inputs: in the job YAML")
+    output = config.output
+    work_dir = _prepare_output(output, config.overwrite)
+    started = time.time()
+    try:
+        options = PipelineOptions(beam_args or [])
+        pipeline = beam.Pipeline(options=options)
+        stage_names = build_pipeline(pipeline, config, work_dir)
+        result = pipeline.run()
+        result.wait_until_finish()
+        counters = _counters(result)
+        report = report_mod.build_report(work_dir, stage_names, counters, config, time.time() - started)
+        report["disabled_model_stages"] = describe_disabled(config.models)
+        write_atomic(join(work_dir, formats.REPORT_FILE), json.dumps(report, indent=2, sort_keys=True).encode())
+        write_atomic(join(work_dir, formats.REPORT_HTML_FILE), report_mod.render_html(work_dir, report).encode())
+        report_mod.check_accounting(report)
+        write_atomic(join(work_dir, formats.SUCCESS_FILE), b"")
+    except BaseException:
+        if _is_local(output) and work_dir != output:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    if _is_local(output) and work_dir != output:
+        if os.path.exists(output):
+            shutil.rmtree(output)
+        os.rename(work_dir, output)
+    return report
+
+
+def read_manifest(output_dir: str):
+    return pq.read_table(join(output_dir, formats.MANIFEST_FILE))

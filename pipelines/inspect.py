@@ -1,0 +1,36 @@
+"""`vlmloom inspect DIR`: the report summary of a curated output plus a few samples from its first shard."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+
+from vlmloom.schemas import formats
+
+
+def inspect_output(directory: str, num_samples: int = 5) -> str:
+    from vlmloom.pipelines.report import summary_table
+
+    lines = []
+    report_path = os.path.join(directory, formats.REPORT_FILE)
+    if os.path.exists(report_path):
+        with open(report_path, encoding="utf-8") as fh:
+            lines.append(summary_table(json.load(fh)))
+    pack_report = os.path.join(directory, "pack_report.json")
+    if os.path.exists(pack_report):
+        with open(pack_report, encoding="utf-8") as fh:
+            lines.append(json.dumps(json.load(fh), indent=1)[:3000])
+    shards = sorted(f for f in os.listdir(os.path.join(directory, formats.SHARDS_DIR)) if f.endswith(".tar"))
+    if shards:
+        with tarfile.open(os.path.join(directory, formats.SHARDS_DIR, shards[0])) as tar:
+            shown = 0
+            for member in tar:
+                if member.name.endswith(".json") and member.name.count(".") == 1 and shown < num_samples:
+                    record = json.loads(tar.extractfile(member).read())
+                    text = (record.get("text") or "").replace("\n", " ")[:100]
+                    lines.append(f"{record['key']}  kind={record['kind']}  source_id={record['source_id']}  "
+                                 f"images={len(record['images'])}  text={text!r}")
+                    lines.append(f"    signals={record['signals'][:200]}")
+                    shown += 1
+    return "\n".join(lines)

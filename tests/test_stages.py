@@ -1,0 +1,40 @@
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from vlmloom.curation.base import Verdict
+from vlmloom.pipelines.stages import QUARANTINED_REASON, JudgeStage
+from vlmloom.schemas.records import Sample
+
+
+class ParityJudge:
+    """Keeps even ids, drops odd ids, raises on id 7 (an unexpected error)."""
+
+    def __call__(self):
+        def judge(sample):
+            n = int(sample.source_id)
+            if n == 7:
+                raise ZeroDivisionError("boom")
+            return Verdict.ok(n=n) if n % 2 == 0 else Verdict.drop("odd_id", f"id {n}")
+        return judge
+
+
+def _samples(n):
+    return [Sample(key=f"k{i}", source="s", source_id=str(i)) for i in range(n)]
+
+
+def test_judge_stage_routes_keeps_rejects_and_quarantines():
+    with TestPipeline() as p:
+        out = p | beam.Create(_samples(10)) | JudgeStage("parity", ParityJudge(), "h", max_error_ratio=0.5)
+        assert_that(out["kept"] | "K" >> beam.Map(lambda s: (s.key, s.signals["n"], s.lineage[-1].stage)),
+                    equal_to([(f"k{i}", i, "parity") for i in (0, 2, 4, 6, 8)]), label="kept")
+        assert_that(out["rejected"] | "R" >> beam.Map(lambda r: (r.source_id, r.stage, r.reason)),
+                    equal_to([(str(i), "parity", "odd_id") for i in (1, 3, 5, 9)]
+                             + [("7", "parity", QUARANTINED_REASON)]), label="rejected")
+
+
+def test_judge_stage_on_empty_input():
+    with TestPipeline() as p:
+        out = p | beam.Create([], reshuffle=False).with_output_types(Sample) | JudgeStage("parity", ParityJudge())
+        assert_that(out["kept"], equal_to([]), label="kept")
+        assert_that(out["rejected"], equal_to([]), label="rejected")

@@ -1,0 +1,151 @@
+"""Packed records → model batches, and the data loader with exact resume.
+
+A record is the dict `vlmloom.packing.reader.PackedDataset` yields (see `schemas/packed.py`): input_ids [L],
+labels [L], position_ids [4, L], seq_lens [n], image_grid_thw [m, 3], images (encoded bytes, token order).
+`PackedCollator` turns a list of records into tensors: input_ids / targets (B, L), position_ids (4, B, L),
+mm_token_type_ids (B, L), pixel_values / image_grid_thw from `Glm4vImageProcessorPil`. Any iterable of such
+records can feed the loop (RLCS plugs its own source in); `state_dict`/`load_state_dict` on it make resume exact.
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from vlmloom.schemas.packed import IGNORE_INDEX
+
+
+def shifted_targets(labels: np.ndarray, seq_lens: np.ndarray) -> np.ndarray:
+    """Next-token targets of one packed row: targets[t] = labels[t+1], but -100 where t+1 starts a new sample.
+
+    labels: int [L]; seq_lens: int [n] (sum <= L). Returns int64 [L]. The last token of a sample must not learn
+    to predict the first token of the next one: that would make the packed loss differ from the unpacked one.
+    """
+    targets = np.full(labels.shape[0], IGNORE_INDEX, dtype=np.int64)
+    targets[:-1] = labels[1:]
+    ends = np.cumsum(seq_lens.astype(np.int64)) - 1  # last index of each sample
+    targets[ends[ends < labels.shape[0]]] = IGNORE_INDEX
+    return targets
+
+
+def pretrain_labels(input_ids: np.ndarray, seq_lens: np.ndarray, ignore_ids: Iterable[int]) -> np.ndarray:
+    """Labels for records that carry none: every token of every sample except image/video tokens and padding."""
+    labels = input_ids.astype(np.int64).copy()
+    labels[np.isin(input_ids, list(ignore_ids))] = IGNORE_INDEX
+    labels[int(seq_lens.sum()):] = IGNORE_INDEX
+    return labels
+
+
+class PackedCollator:
+    """list[record] → batch dict of tensors for `CausalLMLoss.forward` (all rows must share one length)."""
+
+    def __init__(self, model_config: Any, *, image_processor: Any = None, check_grids: bool = True):
+        from vlmloom.trainer.synthetic import default_image_processor
+
+        self.image_token_id = int(model_config.image_token_id)
+        self.video_token_id = int(model_config.video_token_id)
+        self.ignore_ids = {model_config.image_token_id, model_config.image_start_token_id,
+                           model_config.image_end_token_id, model_config.video_token_id,
+                           model_config.video_start_token_id, model_config.video_end_token_id}
+        self.merge = int(model_config.vision_config.spatial_merge_size) ** 2
+        self.image_processor = image_processor or default_image_processor()
+        self.check_grids = check_grids
+
+    def __call__(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        lengths = {len(r["input_ids"]) for r in records}
+        if len(lengths) != 1:
+            raise ValueError(f"records of one batch must share a length, got {sorted(lengths)} "
+                             f"(keys {[r['key'] for r in records]})")
+        input_ids, targets, positions, mm_types = [], [], [], []
+        images, stored_grids, seq_lens = [], [], []
+        for r in records:
+            ids = np.asarray(r["input_ids"])
+            lens = np.asarray(r["seq_lens"], dtype=np.int64)
+            labels = r.get("labels")
+            labels = pretrain_labels(ids, lens, self.ignore_ids) if labels is None else np.asarray(labels)
+            pos = np.asarray(r["position_ids"])
+            if pos.shape != (4, ids.shape[0]):
+                raise ValueError(f"record {r['key']}: position_ids has shape {pos.shape}, expected (4, {ids.shape[0]})")
+            grid = np.asarray(r.get("image_grid_thw", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
+            n_image_tokens = int((ids == self.image_token_id).sum())
+            if n_image_tokens != int(grid.prod(axis=1).sum()) // self.merge:
+                raise ValueError(f"record {r['key']}: {n_image_tokens} image tokens but image_grid_thw {grid.tolist()} "
+                                 f"needs {int(grid.prod(axis=1).sum()) // self.merge}")
+            if len(r.get("images", [])) != len(grid):
+                raise ValueError(f"record {r['key']}: {len(r.get('images', []))} images but {len(grid)} grids")
+            input_ids.append(ids.astype(np.int64))
+            targets.append(shifted_targets(labels, lens))
+            positions.append(pos.astype(np.int64))
+            mm_types.append((ids == self.image_token_id).astype(np.int64) + 2 * (ids == self.video_token_id))
+            images += list(r.get("images", []))
+            stored_grids.append(grid)
+            seq_lens.append(lens)
+        batch: dict[str, Any] = {
+            "input_ids": torch.from_numpy(np.stack(input_ids)),
+            "targets": torch.from_numpy(np.stack(targets)),
+            "position_ids": torch.from_numpy(np.stack(positions, axis=1)),  # (4, B, L)
+            "mm_token_type_ids": torch.from_numpy(np.stack(mm_types)),
+            "pixel_values": None,
+            "image_grid_thw": None,
+        }
+        if images:
+            pixel_values, grid = self._process_images(images)
+            stored = np.concatenate(stored_grids)
+            if self.check_grids and not np.array_equal(grid, stored):
+                keys = [r["key"] for r in records]
+                raise ValueError(f"records {keys}: image processor grids {grid.tolist()} != stored image_grid_thw "
+                                 f"{stored.tolist()}; pack and train with the same image processor settings")
+            batch["pixel_values"] = torch.from_numpy(pixel_values)
+            batch["image_grid_thw"] = torch.from_numpy(stored)
+        batch["stats"] = batch_stats(seq_lens, batch["targets"], int(batch["input_ids"].numel()),
+                                     num_patches=0 if not images else int(batch["image_grid_thw"].prod(-1).sum()))
+        return batch
+
+    def _process_images(self, images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        from PIL import Image
+
+        pil = []
+        for data in images:
+            with Image.open(io.BytesIO(data)) as im:
+                pil.append(im.convert("RGB"))
+        out = self.image_processor(images=pil, return_tensors="np")
+        return np.asarray(out["pixel_values"], dtype=np.float32), np.asarray(out["image_grid_thw"], dtype=np.int64)
+
+
+def batch_stats(seq_lens: list[np.ndarray], targets: torch.Tensor, capacity: int, *, num_patches: int) -> dict[str, float]:
+    """Token counts of a batch for metrics: real tokens, label tokens, padding, Σ s² (attention cost), patches."""
+    lens = np.concatenate(seq_lens).astype(np.int64)
+    tokens = int(lens.sum())
+    return {"tokens": tokens, "label_tokens": int((targets != IGNORE_INDEX).sum()), "capacity": capacity,
+            "samples": int(len(lens)), "sum_sq_len": float((lens.astype(np.float64) ** 2).sum()),
+            "patches": num_patches}
+
+
+def load_image_processor(path: str) -> Any:
+    """`Glm4vImageProcessorPil` from a directory with preprocessor_config.json, or the defaults for ""."""
+    from vlmloom.trainer.synthetic import default_image_processor
+    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+
+    if path and os.path.isfile(os.path.join(path, "preprocessor_config.json")):
+        return Glm4vImageProcessorPil.from_pretrained(path)
+    return default_image_processor()
+
+
+def packed_source(paths: list[str], *, shuffle_buffer: int, seed: int, rank: int, world_size: int, epochs: int) -> Any:
+    """The packed-shard reader over `paths` (directories or shards) for this rank."""
+    from vlmloom.packing.reader import PackedDataset
+
+    return PackedDataset(paths, shuffle_buffer=shuffle_buffer, seed=seed, rank=rank, world_size=world_size,
+                         epochs=epochs)
+
+
+def make_loader(source: Any, collator: PackedCollator, *, micro_batch: int, num_workers: int = 0) -> Any:
+    """A torchdata `StatefulDataLoader` over `source` (an IterableDataset of records): its state_dict holds the
+    source's state, so a checkpoint resumes at the next unseen batch."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    return StatefulDataLoader(source, batch_size=micro_batch, collate_fn=collator, num_workers=num_workers,
+                              drop_last=True, persistent_workers=False)

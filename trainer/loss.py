@@ -1,0 +1,76 @@
+"""Token-level causal-LM loss over packed batches, normalised over a whole optimizer step.
+
+`CausalLMLoss(model)` is the module DeepSpeed wraps: batch → (sum of token losses, number of label tokens).
+`step_loss_scale(...)` turns the sum into the value to back-propagate so that, after DeepSpeed's averaging
+over data-parallel ranks, the gradient is that of  Σ token losses / Σ label tokens  over every micro-batch of
+every rank in the step — not a mean of per-micro-batch means.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vlmloom.schemas.packed import IGNORE_INDEX
+
+
+def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Σ cross-entropy over label positions. logits: (N, V); targets: (N,) with -100 = no loss. Returns fp32 ()."""
+    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def step_loss_scale(step_label_tokens: int, world_size: int) -> float:
+    """Factor for a micro-batch's loss sum: DeepSpeed averages gradients over `world_size` ranks (and we call
+    backward without its 1/grad_accum), so sum · world_size / (label tokens of the whole step, all ranks)."""
+    return world_size / max(step_label_tokens, 1)
+
+
+class CausalLMLoss(torch.nn.Module):
+    """Wraps `Glm4vForConditionalGeneration`; forward(batch) → (loss_sum fp32, label_tokens int64).
+
+    Logits are computed only at label positions (a (label_tokens, vocab) matrix instead of (B·L, vocab)). When a
+    batch has no image and the vision tower trains, a 2×2-patch dummy image goes through it and its output is
+    added ×0: every rank then runs the same modules, which ZeRO-3's parameter gathering needs.
+    """
+
+    def __init__(self, model: Any):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
+                mm_token_type_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                image_grid_thw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.model(input_ids=input_ids, position_ids=position_ids, pixel_values=pixel_values,
+                               image_grid_thw=image_grid_thw, mm_token_type_ids=mm_token_type_ids, use_cache=False)
+        hidden = out.last_hidden_state
+        mask = targets != IGNORE_INDEX
+        logits = self.model.lm_head(hidden[mask])
+        loss_sum = token_loss_sum(logits, targets[mask])
+        if pixel_values is None and self._vision_trains():
+            loss_sum = loss_sum + 0.0 * self._dummy_vision(hidden).sum()
+        return loss_sum, mask.sum()
+
+    def logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Full (B, L, V) logits of a batch (for tests and evaluation)."""
+        out = self.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                         pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                         mm_token_type_ids=batch["mm_token_type_ids"], use_cache=False)
+        return out.logits
+
+    def _vision_trains(self) -> bool:
+        return any(p.requires_grad for p in self.model.model.visual.parameters())
+
+    def _dummy_vision(self, like: torch.Tensor) -> torch.Tensor:
+        vcfg = self.model.config.vision_config
+        merge = vcfg.spatial_merge_size
+        grid = torch.tensor([[1, merge, merge]], device=like.device)
+        patch_dim = vcfg.in_channels * vcfg.temporal_patch_size * vcfg.patch_size**2
+        pixels = torch.zeros(merge * merge, patch_dim, device=like.device, dtype=like.dtype)
+        return self.model.model.visual(pixels, grid_thw=grid).pooler_output
+
+
+def model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The tensors of a collated batch that `CausalLMLoss.forward` takes, moved to `device`."""
+    keys = ("input_ids", "position_ids", "targets", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+    return {k: (batch[k].to(device, non_blocking=True) if batch[k] is not None else None) for k in keys}
