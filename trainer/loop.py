@@ -1,0 +1,249 @@
+"""The training loop: config → model → DeepSpeed engine → data → steps → checkpoints → metrics → export.
+
+`train(config)` runs one job and returns a summary dict. Pre-training and SFT differ only in their data
+(labels present or derived); RLCS will plug its own record source and loss into the same loop.
+Only this package imports deepspeed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import socket
+import time
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from vlmloom.trainer import checkpoint as ckpt
+from vlmloom.trainer.config import TrainConfig
+from vlmloom.trainer.data import PackedCollator, load_image_processor, make_loader, packed_source
+from vlmloom.trainer.loss import CausalLMLoss, model_inputs, step_loss_scale
+from vlmloom.trainer.metrics import MetricsLogger, peak_tflops, step_flops, sum_stats
+from vlmloom.trainer.model import describe, freeze_parts, load_model, resolve_attn_implementation
+
+
+def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run the job described by `config`; `source` replaces the packed-shard reader (any iterable of records;
+    resume is exact when it has state_dict/load_state_dict). Returns a summary (losses, throughput, paths)."""
+    device, rank, world_size = init_distributed(config.dist_backend)
+    seed_everything(config.seed + rank)
+    precision = ("bf16" if device.type == "cuda" else "fp32") if config.precision == "auto" else config.precision
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    import deepspeed  # after init_distributed: DS_ACCELERATOR must be set before the first import
+
+    # model
+    attn = resolve_attn_implementation(config.attn_implementation, device)
+    model = load_model(config.model, attn_implementation=attn, seed=config.seed)
+    trainable = freeze_parts(model, vision=config.freeze_vision, projector=config.freeze_projector,
+                             llm=config.freeze_llm)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    wrapper = CausalLMLoss(model)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=wrapper, model_parameters=[p for p in wrapper.parameters() if p.requires_grad],
+        config=deepspeed_config(config, world_size, precision), lr_scheduler=lambda opt: lr_schedule(opt, config))
+
+    # data
+    image_processor = load_image_processor(config.image_processor)
+    collator = PackedCollator(model.config, image_processor=image_processor)
+    if source is None:
+        source = packed_source(config.data, shuffle_buffer=config.shuffle_buffer, seed=config.seed, rank=rank,
+                               world_size=world_size, epochs=config.epochs)
+    loader = make_loader(source, collator, micro_batch=config.micro_batch, num_workers=config.num_workers)
+
+    # resume
+    checkpoints_dir = os.path.join(config.output, "checkpoints")
+    step, resumed_from = 0, None
+    found = ckpt.find_resume(checkpoints_dir, config.resume)
+    if found is not None:
+        state = ckpt.load(engine, *found, rank=rank)
+        step, resumed_from = int(state["step"]), os.path.join(*found)
+        if state["loader"] is not None:
+            loader.load_state_dict(state["loader"])
+    batches = iter(loader)
+
+    is_main = rank == 0
+    logger = MetricsLogger(config.output, tensorboard=config.tensorboard, enabled=is_main)
+    if is_main:
+        write_run_info(config, model, trainable, attn, precision, world_size)
+    peak = peak_tflops(device, precision, config.peak_tflops)
+    progress = make_progress(config, step, enabled=is_main)
+    losses: list[float] = []
+    tokens_per_s: list[float] = []
+    stop_reason = "steps_done"
+    last_saved = step if resumed_from else -1
+    engine.train()
+    while step < config.steps:
+        t0 = time.perf_counter()
+        micro_batches = take(batches, config.grad_accum)
+        if micro_batches is None:
+            stop_reason = "data_exhausted"
+            break
+        # normalise by the label tokens of the whole optimizer step, over all ranks (not a mean of means)
+        step_label_tokens = all_reduce_sum(sum(b["stats"]["label_tokens"] for b in micro_batches), device)
+        scale = step_loss_scale(int(step_label_tokens), world_size)
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        for batch in micro_batches:
+            micro_loss, _ = engine(**model_inputs(batch, device))
+            engine.backward(micro_loss * scale, scale_wrt_gas=False)
+            engine.step()  # DeepSpeed steps optimizer and scheduler at the accumulation boundary only
+            loss_sum += micro_loss.detach().double()
+        step += 1
+        loss = float(all_reduce_sum(loss_sum, device)) / max(step_label_tokens, 1)
+        step_time = time.perf_counter() - t0
+        losses.append(loss)
+        stats = sum_stats([b["stats"] for b in micro_batches])
+        tokens = all_reduce_sum(stats["tokens"], device)
+        tokens_per_s.append(tokens / step_time)
+        if step % config.log_every == 0 or step == config.steps:
+            flops = all_reduce_sum(step_flops(model.config, stats), device)
+            grad_norm = engine.get_global_grad_norm()
+            record = {
+                "loss": loss, "lr": scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "tokens": int(tokens), "label_tokens": int(step_label_tokens), "samples": int(stats["samples"]),
+                "tokens_per_s": tokens / step_time, "step_time_s": step_time,
+                "padding_fraction": 1.0 - stats["tokens"] / stats["capacity"],
+                "tflops_per_device": flops / step_time / world_size / 1e12,
+                "mfu": (flops / step_time / world_size / 1e12 / peak) if peak else None,
+            }
+            logger.log(step, record)
+            progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / step_time:.0f}")
+        progress.update(1)
+        if config.checkpoint_every and step % config.checkpoint_every == 0:
+            ckpt.save(engine, checkpoints_dir, step, loader_state=loader.state_dict(), rank=rank,
+                      keep=config.keep_checkpoints)
+            last_saved = step
+    progress.close()
+    if step != last_saved and step > 0:
+        ckpt.save(engine, checkpoints_dir, step, loader_state=loader.state_dict(), rank=rank,
+                  keep=config.keep_checkpoints)
+    export_dir = None
+    if config.export:
+        tokenizer_dir = next((os.path.join(d, "tokenizer") for d in config.data
+                              if os.path.isdir(os.path.join(d, "tokenizer"))), None)
+        export_dir = ckpt.export_hf(engine, model, os.path.join(config.output, "hf_model"),
+                                    zero_stage=config.zero_stage, rank=rank, tokenizer_dir=tokenizer_dir,
+                                    image_processor=image_processor)
+    logger.close()
+    summary = {
+        "steps": step, "stop_reason": stop_reason, "resumed_from": resumed_from, "losses": losses,
+        "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+        "tokens_per_s": float(np.median(tokens_per_s)) if tokens_per_s else None,
+        "attn_implementation": attn, "precision": precision, "world_size": world_size,
+        "zero_stage": config.zero_stage, "output": config.output, "export_dir": export_dir,
+        "metrics": logger.path if is_main else None,
+    }
+    if is_main:
+        with open(os.path.join(config.output, "summary.json"), "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=2)
+    return summary
+
+
+def deepspeed_config(config: TrainConfig, world_size: int, precision: str) -> dict[str, Any]:
+    """DeepSpeed JSON config: ZeRO stage, bf16 on GPU, torch AdamW (no compiled optimizer op)."""
+    return {
+        "train_micro_batch_size_per_gpu": config.micro_batch,
+        "gradient_accumulation_steps": config.grad_accum,
+        "train_batch_size": config.micro_batch * config.grad_accum * world_size,
+        "gradient_clipping": config.grad_clip,
+        "zero_optimization": {"stage": config.zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": config.lr, "betas": list(config.betas), "eps": 1e-8, "weight_decay": config.weight_decay,
+            "torch_adam": True}},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to lr · min_lr_ratio at `steps`."""
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def init_distributed(backend: str = "auto") -> tuple[torch.device, int, int]:
+    """Join (or start, as a single process) the process group; returns (device, rank, world size).
+
+    Under `deepspeed`/`torchrun` the launcher's RANK/WORLD_SIZE/LOCAL_RANK are used; alone, a one-process group
+    on a free local port. CPU runs use gloo and DS_ACCELERATOR=cpu.
+    """
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "RANK" not in os.environ:
+        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"})
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=("nccl" if cuda else "gloo") if backend == "auto" else backend)
+    return device, dist.get_rank(), dist.get_world_size()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def all_reduce_sum(value: float | torch.Tensor, device: torch.device) -> float:
+    import torch.distributed as dist
+
+    tensor = torch.as_tensor(value, dtype=torch.float64, device=device).clone()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return float(tensor)
+
+
+def take(batches: Iterator[dict[str, Any]], n: int) -> list[dict[str, Any]] | None:
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(batches))
+        except StopIteration:
+            return None
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_progress(config: TrainConfig, initial: int, *, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=config.steps, initial=initial, disable=not (enabled and config.progress), desc="train",
+                dynamic_ncols=True)
+
+
+def write_run_info(config: TrainConfig, model: Any, trainable: dict[str, int], attn: str, precision: str,
+                   world_size: int) -> None:
+    import dataclasses
+
+    os.makedirs(config.output, exist_ok=True)
+    info = {"config": dataclasses.asdict(config), "model": describe(model), "trainable_by_part": trainable,
+            "attn_implementation": attn, "precision": precision, "world_size": world_size,
+            "torch": torch.__version__}
+    with open(os.path.join(config.output, "run.json"), "w", encoding="utf-8") as fh:
+        json.dump(info, fh, indent=2, default=str)
