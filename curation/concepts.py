@@ -105,9 +105,10 @@ def sample_text(sample: Sample) -> str:
     return " ".join(m.content for m in sample.messages if m.role != "system")
 
 
-def key_uniform(seed: int, key: str) -> float:
-    """A number in [0, 1) fixed by (seed, key): the same on every runner, worker and rerun."""
-    digest = hashlib.sha256(f"{seed}\x00{key}".encode("utf-8", "surrogateescape")).digest()
+def key_uniform(salt: str, key: str) -> float:
+    """A number in [0, 1) fixed by (salt, key): the same on every runner, worker and rerun. Each stage
+    salts with its own name and seed so that two stages' draws for one key are independent."""
+    digest = hashlib.sha256(f"{salt}\x00{key}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64
 
 
@@ -128,7 +129,7 @@ def judge(sample: Sample, counts: Mapping[int, int], config: ConceptConfig) -> V
             return Verdict.drop(NO_MATCH, "caption matches no vocabulary concept (concepts.drop_unmatched=true)")
         return Verdict.ok()
     probability = keep_probability(concept_ids, counts, config.cap)
-    draw = key_uniform(config.seed, sample.key)
+    draw = key_uniform(f"concepts/{config.seed}", sample.key)
     if draw < probability:
         return Verdict.ok(concept_keep_probability=round(probability, 6))
     rarest = min(concept_ids, key=lambda c: counts.get(c, 0))

@@ -63,7 +63,7 @@ UNSAFE_SOURCE_ID = "../evil"  # the key of the record whose tar members escape t
 # DISTINCT_MIN from all the others, so any near-dup threshold k in [NEAR_MAX, DISTINCT_MIN) finds exactly
 # the planted pairs.
 PHASH_NEAR_MAX = 8
-PHASH_DISTINCT_MIN = 14
+PHASH_DISTINCT_MIN = 12
 JPEG_QUALITY = 90
 REENCODE_QUALITY = 40
 TAR_DIR = "tars"
@@ -327,6 +327,23 @@ def _jitter(colour: tuple[int, int, int], rng: random.Random, amount: int = 25) 
     return tuple(max(0, min(255, c + rng.randint(-amount, amount))) for c in colour)  # type: ignore[return-value]
 
 
+def _shaded(pixels: np.ndarray, rng: random.Random, blobs: int = 3, strength: float = 1.0) -> np.ndarray:
+    """Add low-frequency light/shade blobs: they dominate pHash, so distinct images get distinct hashes."""
+    h, w = pixels.shape[:2]
+    step = 8  # the blobs are smooth: compute them on a coarse grid and upsample
+    gy, gx = np.mgrid[0:h:step, 0:w:step].astype(np.float32)
+    shade = np.zeros(gx.shape, dtype=np.float32)
+    for _ in range(blobs):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.2, 0.6) * max(w, h)
+        shade += rng.choice((-1, 1)) * rng.uniform(25, 55) * strength * np.exp(-((gx - cx) ** 2 + (gy - cy) ** 2) / (2 * r * r))
+    full = np.asarray(Image.fromarray(shade, "F").resize((w, h), Image.Resampling.BILINEAR))
+    return np.clip(pixels.astype(np.float32) + full[:, :, None], 0, 255).astype(np.uint8)
+
+
+def _backdrop(w: int, h: int, colour: tuple[int, int, int], rng: random.Random, strength: float = 1.0) -> Image.Image:
+    return Image.fromarray(_shaded(np.full((h, w, 3), colour, dtype=np.uint8), rng, strength=strength), "RGB")
+
+
 def _render_scene(scene: _Scene, rng: random.Random) -> Image.Image:
     w, h = scene.width, scene.height
     horizon = int(h * scene.horizon)
@@ -336,14 +353,7 @@ def _render_scene(scene: _Scene, rng: random.Random) -> Image.Image:
     pixels = np.empty((h, w, 3), dtype=np.uint8)
     pixels[:horizon] = sky[:, None, :]
     pixels[horizon:] = np.array(_jitter(GROUNDS[scene.ground], rng, 15), dtype=np.uint8)
-    # low-frequency light/shade blobs so that distinct scenes have distinct pHashes
-    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
-    shade = np.zeros((h, w), dtype=np.float32)
-    for _ in range(3):
-        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.2, 0.6) * max(w, h)
-        shade += rng.choice((-1, 1)) * rng.uniform(25, 55) * np.exp(-((gx - cx) ** 2 + (gy - cy) ** 2) / (2 * r * r))
-    pixels = np.clip(pixels.astype(np.float32) + shade[:, :, None], 0, 255).astype(np.uint8)
-    image = Image.fromarray(pixels, "RGB")
+    image = Image.fromarray(_shaded(pixels, rng), "RGB")
     draw = ImageDraw.Draw(image)
     unit = min(w, h)
     if scene.sun:
@@ -484,8 +494,7 @@ def _chart(rng: random.Random) -> tuple[Image.Image, dict[str, Any]]:
     values = [rng.randint(3, 95) for _ in labels]
     metric = rng.choice(CHART_METRICS)
     w, h = rng.randint(420, 640), rng.randint(300, 460)
-    background = _jitter((246, 246, 240), rng, 9)
-    image = Image.new("RGB", (w, h), background)
+    image = _backdrop(w, h, _jitter((236, 236, 230), rng, 12), rng, strength=0.8)
     draw = ImageDraw.Draw(image)
     title = f"{metric.capitalize()} by {'quarter' if labels[0] == 'Q1' else 'period' if labels[0] != 'North' else 'region'}"
     draw.text((20, 12), title, fill=(20, 20, 20), font=_font(20, bold=True))
@@ -551,7 +560,7 @@ def _qa_record(rng: random.Random) -> tuple[_Record, Image.Image]:
         answer = str(result)
         reasoning = f"First {a} {shown} {b} = {first}. Then {first} {second_op} {c} = {result}."
         w, h = rng.randint(360, 640), rng.randint(160, 320)
-        image = Image.new("RGB", (w, h), _jitter(rng.choice(((250, 245, 230), (230, 240, 250), (240, 250, 235), (250, 235, 240))), rng, 8))
+        image = _backdrop(w, h, _jitter(rng.choice(((240, 235, 220), (220, 230, 240), (230, 240, 225), (240, 225, 230))), rng, 10), rng)
         draw = ImageDraw.Draw(image)
         draw.rectangle([rng.randint(0, w // 3), 0, rng.randint(2 * w // 3, w), rng.randint(h // 6, h // 3)], fill=_jitter((180, 200, 230), rng, 40))
         draw.text((w // 2 + rng.randint(-30, 30), h // 2 + rng.randint(-20, 20)), f"{expr} = ?", fill=(15, 15, 15),
@@ -607,14 +616,18 @@ def _ocr_record(rng: random.Random) -> tuple[_Record, Image.Image]:
             lines.append(" ".join(words).capitalize())
         doc = "notice"
     h = 2 * margin + line_height * len(lines)
-    image = Image.new("RGB", (w, h), (255, 255, 255))
+    # The white page lies on a shaded desk at a random offset: the desk keeps documents apart for pHash
+    # while the text itself stays black on white.
+    desk = _jitter(rng.choice(((120, 85, 55), (70, 80, 100), (150, 160, 150), (190, 175, 150), (60, 60, 60), (170, 120, 120))), rng, 25)
+    ox, oy = rng.randint(10, 140), rng.randint(10, 140)
+    image = _backdrop(w + ox + rng.randint(10, 140), h + oy + rng.randint(10, 140), desk, rng)
     draw = ImageDraw.Draw(image)
-    # a coloured logo block in the free corner keeps documents apart for pHash without touching the text
+    image.paste(_backdrop(w, h, (248, 248, 245), rng, strength=0.5), (ox, oy))  # unevenly lit paper
     logo = rng.randint(24, margin - 8)  # above the first line, so it never touches text
-    draw.rectangle([w - margin // 2 - logo * 2, 4, w - margin // 2, 4 + logo], fill=_jitter(rng.choice(sorted(COLOURS.values())), rng, 20))
+    draw.rectangle([ox + w - margin // 2 - logo * 2, oy + 4, ox + w - margin // 2, oy + 4 + logo], fill=_jitter(rng.choice(sorted(COLOURS.values())), rng, 20))
     boxes = []
     for i, text in enumerate(lines):
-        x, y = margin, margin + i * line_height
+        x, y = ox + margin, oy + margin + i * line_height
         draw.text((x, y), text, fill=(0, 0, 0), font=_font(size, bold=(i == 0)))
         boxes.append({"text": text, "box": _text_box(draw, (x, y), text, _font(size, bold=(i == 0)))})
     caption = "\n".join(lines)
@@ -643,15 +656,17 @@ def _gui_record(rng: random.Random) -> tuple[_Record, Image.Image]:
     font, bold = _font(size), _font(size + 2, bold=True)
     pad = 24 if w < 600 else rng.randint(60, 200)
     field_w = w - 2 * pad
-    h = 90 + len(fields) * 95 + len(checks) * 50 + 120 + rng.randint(0, 120)
-    image = Image.new("RGB", (w, h), background)
+    banner = rng.randint(80, 200)  # a picture banner under the title bar, as app screens often have
+    h = 90 + banner + len(fields) * 95 + len(checks) * 50 + 120 + rng.randint(0, 120)
+    image = _backdrop(w, h, background, rng, strength=0.6)
+    image.paste(_backdrop(w, banner, _jitter(rng.choice(sorted(COLOURS.values())), rng, 40), rng, strength=2.0), (0, 64))
     draw = ImageDraw.Draw(image)
     elements = []
     title = f"{app} - {screen.capitalize()}"
     draw.rectangle([0, 0, w, 64], fill=theme)
     draw.text((pad, 32), title, fill=(255, 255, 255), font=bold, anchor="lm")
     elements.append({"label": title, "type": "title", "box": [int(v) for v in draw.textbbox((pad, 32), title, font=bold, anchor="lm")]})
-    y = 90
+    y = 90 + banner
     for name in fields:
         draw.text((pad, y), name, fill=(60, 60, 60), font=font)
         box = [pad, y + size + 8, pad + field_w, y + size + 8 + 44]

@@ -14,26 +14,13 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
+from vlmloom.curation.decode import TextDecodeError, decode_text
 from vlmloom.schemas.records import KINDS, ImageRef, Message, Rejection, Sample, Segment, make_key
 
 READ_STAGE = "read"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 TEXT_EXTENSIONS = ("txt", "caption")
 MAX_MEMBER_BYTES = 256 * 2**20  # a single tar member larger than this is refused (read_error)
-
-
-class TextDecodeError(ValueError):
-    pass
-
-
-def decode_text(raw: bytes | None) -> str | None:
-    """UTF-8 text with an optional BOM stripped; invalid UTF-8 raises TextDecodeError."""
-    if raw is None:
-        return None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise TextDecodeError(f"invalid UTF-8 at byte {exc.start}: {raw[max(0, exc.start - 8):exc.end + 8]!r}") from None
 
 
 def is_unsafe_member(name: str) -> bool:
@@ -61,40 +48,52 @@ class RawRecord:
 
 
 def iter_tar_records(fileobj, uri: str) -> Iterator[RawRecord | tuple[str, str, str]]:
-    """Stream a tar: yield RawRecords grouped by key, or (source_id, reason, detail) for refused members."""
+    """Stream a tar: yield one RawRecord per key (consecutive members sharing it), or one
+    (source_id, reason, detail) for a key with a refused member: the whole record is refused."""
     current: RawRecord | None = None
+    refused: dict[str, tuple[str, list[str]]] = {}  # key -> (reason, member names), for consecutive members
+
+    def flush():
+        nonlocal current
+        if current is not None:
+            if current.source_id in refused:
+                reason, names = refused.pop(current.source_id)
+                yield (current.source_id, reason, f"tar {uri}: member(s) {names} " + _REASON_TEXT[reason])
+            else:
+                yield current
+            current = None
+
     try:
         with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
             for member in tar:
-                name = member.name
-                if is_unsafe_member(name):
-                    key, _ = split_member_name(name)
-                    yield (key, "unsafe_member_path", f"tar member {name!r} in {uri} escapes the archive")
+                if member.isdir():
                     continue
-                if not member.isfile():
-                    if member.isdir():
-                        continue
-                    key, _ = split_member_name(name)
-                    yield (key, "unsafe_member_path", f"tar member {name!r} in {uri} is not a regular file")
-                    continue
-                key, ext = split_member_name(name)
-                if member.size > MAX_MEMBER_BYTES:
-                    yield (key, "read_error", f"tar member {name!r} is {member.size} bytes > {MAX_MEMBER_BYTES}")
-                    continue
-                data = tar.extractfile(member).read()
+                key, ext = split_member_name(member.name)
                 if current is not None and current.source_id != key:
-                    yield current
-                    current = None
+                    yield from flush()
                 if current is None:
                     current = RawRecord(key, {}, f"{uri}#{key}")
-                current.files[ext] = data
+                reason = None
+                if is_unsafe_member(member.name):
+                    reason = "unsafe_member_path"
+                elif not member.isfile():
+                    reason = "unsafe_member_path"
+                elif member.size > MAX_MEMBER_BYTES:
+                    reason = "read_error"
+                if reason:
+                    refused.setdefault(key, (reason, []))[1].append(member.name)
+                    continue
+                current.files[ext] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as exc:
-        if current is not None:
-            yield current
-            current = None
+        yield from flush()
         yield (f"{posixpath.basename(uri)}:<tar>", "read_error", f"{uri}: {type(exc).__name__}: {exc}")
-    if current is not None:
-        yield current
+    yield from flush()
+
+
+_REASON_TEXT = {
+    "unsafe_member_path": "escape the archive (absolute path or '..') or are not regular files",
+    "read_error": f"exceed {MAX_MEMBER_BYTES} bytes",
+}
 
 
 def _image_files(files: dict[str, bytes]) -> list[tuple[int, str, bytes]]:

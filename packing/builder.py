@@ -19,8 +19,6 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass, field
-from typing import Literal
-
 import numpy as np
 
 from vlmloom.schemas.packed import IGNORE_INDEX
@@ -58,6 +56,7 @@ class BuiltSample:
     image_grid_thw: np.ndarray  # [m, 3]
     images: list[bytes]
     image_formats: list[str]
+    truncated_from: int = 0  # original length when the over-long policy cut it
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])

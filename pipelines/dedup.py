@@ -139,15 +139,16 @@ class PhashNearDedup(beam.PTransform):
 
     def expand(self, samples):
         k = self._k
+        # Hashes travel as 16-digit hex strings: unsigned 64-bit ints overflow Beam's VarInt coder.
         by_hash = (samples
-                   | "Hash" >> beam.FlatMap(lambda s: [(int(s.signals["phash"], 16), (s.key, _pixels(s)))]
+                   | "Hash" >> beam.FlatMap(lambda s: [(s.signals["phash"], (s.key, _pixels(s)))]
                                             if s.signals.get("phash") else [])
                    | "GroupByHash" >> beam.GroupByKey())
         roots = (by_hash
                  | "Distinct" >> beam.Keys()
-                 | "Bands" >> beam.FlatMap(lambda h: [(band, h) for band in neardup.phash_band_keys(h, k)])
+                 | "Bands" >> beam.FlatMap(lambda h: [(band, h) for band in neardup.phash_band_keys(int(h, 16), k)])
                  | "GroupByBand" >> beam.GroupByKey()
-                 | "VerifyPairs" >> beam.FlatMap(lambda kv: neardup.verified_pairs(sorted(set(kv[1])), k))
+                 | "VerifyPairs" >> beam.FlatMap(_verified_hex_pairs, k)
                  | "Components" >> beam.CombineGlobally(UnionFindCombineFn()))
         decisions = (by_hash
                      | "ToCluster" >> beam.FlatMap(
@@ -155,6 +156,12 @@ class PhashNearDedup(beam.PTransform):
                      | "GroupByCluster" >> beam.GroupByKey()
                      | "Decide" >> beam.FlatMap(_decide, neardup.choose_representative))
         return _route(samples, decisions, PHASH_STAGE, "near_duplicate_image")
+
+
+def _verified_hex_pairs(bucket: tuple[Any, Iterable[str]], max_distance: int):
+    values = sorted({int(h, 16) for h in bucket[1]})
+    for a, b in neardup.verified_pairs(values, max_distance):
+        yield f"{a:016x}", f"{b:016x}"
 
 
 def minhash_bucket_edges(members: list[tuple[str, np.ndarray]], threshold: float, max_pairs: int):

@@ -113,7 +113,7 @@ def test_exif_orientation_is_applied_and_reencoded():
     assert stored.size == (20, 40) and stored.getexif().get(0x0112, 1) == 1
     # The stored pixels are the displayed orientation: compare with PIL's own transpose of the original.
     expected = np.asarray(image.transpose(Image.Transpose.ROTATE_270), dtype=np.int16)
-    assert np.abs(np.asarray(stored.convert("RGB"), dtype=np.int16) - expected).mean() < 4
+    assert np.abs(np.asarray(stored.convert("RGB"), dtype=np.int16) - expected).mean() < 10  # the wrong rotation is ~66 off
 
 
 def test_exif_orientation_1_keeps_bytes():

@@ -26,7 +26,8 @@ class TrainConfig:
     seed: int = 0
 
     # optimisation
-    steps: int = 10  # optimizer steps
+    steps: int = 10  # optimizer steps of the whole run (the lr schedule spans them)
+    stop_after: int = 0  # end this invocation at this global step (checkpointed) and resume later; 0 = at `steps`
     micro_batch: int = 1  # packed sequences per micro-batch per rank
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-4
@@ -83,5 +84,7 @@ class TrainConfig:
             raise ConfigError(f"betas {self.betas}: give two numbers, e.g. [0.9, 0.95]")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"min_lr_ratio ({self.min_lr_ratio}) must be within [0, 1]")
+        if self.stop_after < 0:
+            raise ConfigError(f"stop_after ({self.stop_after}) must be >= 0 (0 runs to `steps`)")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 0 or self.epochs < 0:
             raise ConfigError("checkpoint_every, keep_checkpoints and epochs must be >= 0")

@@ -75,8 +75,9 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
     tokens_per_s: list[float] = []
     stop_reason = "steps_done"
     last_saved = step if resumed_from else -1
+    end = min(config.steps, config.stop_after) if config.stop_after else config.steps
     engine.train()
-    while step < config.steps:
+    while step < end:
         t0 = time.perf_counter()
         micro_batches = take(batches, config.grad_accum)
         if micro_batches is None:
@@ -118,6 +119,8 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
                       keep=config.keep_checkpoints)
             last_saved = step
     progress.close()
+    if stop_reason == "steps_done" and step < config.steps:
+        stop_reason = "stop_after"
     if step != last_saved and step > 0:
         ckpt.save(engine, checkpoints_dir, step, loader_state=loader.state_dict(), rank=rank,
                   keep=config.keep_checkpoints)

@@ -1,0 +1,79 @@
+"""`vlmloom pack`: curated directories → packed shards (CPU only; no GPU is involved at this step).
+
+    vlmloom pack demo_out/curated --output demo_out/packed --seq-len 8192
+    vlmloom pack captions/ sft/ --output packed/ --seq-len 32768 --recipe recipe.yaml \\
+        --tokenizer /models/GLM-4.1V-9B-Thinking packer=best_fit_decreasing window=65536 balance.world_size=64
+
+Flags override keys of --config (a PackConfig YAML); trailing KEY=VALUE arguments override anything.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from vlmloom.schemas.config import ConfigError, apply_overrides, build_config, load_yaml
+
+from .pack import PackConfig, pack
+
+
+def parse_config(argv: list[str]) -> PackConfig:
+    parser = argparse.ArgumentParser(prog="vlmloom pack", description=__doc__.split("\n")[0])
+    parser.add_argument("args", nargs="*", metavar="CURATED_DIR | KEY=VALUE")
+    parser.add_argument("--output", "-o", help="packed directory to create")
+    parser.add_argument("--seq-len", type=int, help="tokens per packed sequence (default 8192)")
+    parser.add_argument("--config", help="PackConfig YAML")
+    parser.add_argument("--recipe", help="mixture recipe YAML (sources with weight or token_share)")
+    parser.add_argument("--tokenizer", help="tokenizer directory (default: train the demo tokenizer)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    ns = parser.parse_intermixed_args(argv)
+    inputs = [a for a in ns.args if "=" not in a or os.path.isdir(a)]
+    overrides = [a for a in ns.args if a not in inputs]
+    data = load_yaml(ns.config)
+    if ns.recipe:
+        data["recipe"] = load_yaml(ns.recipe)
+    if inputs:
+        data["inputs"] = inputs
+    for key, value in (("output", ns.output), ("seq_len", ns.seq_len), ("tokenizer", ns.tokenizer)):
+        if value is not None:
+            data[key] = value
+    if ns.overwrite:
+        data["overwrite"] = True
+    return build_config(PackConfig, apply_overrides(data, overrides))
+
+
+def summary(report: dict, output: str) -> str:
+    lines = [
+        f"packed {report['samples_packed']} samples into {report['sequences']} sequences of {report['seq_len']} "
+        f"tokens ({report['shards']} shards) at {output}",
+        f"  fill efficiency {100 * report['fill_efficiency']:.3f}%  (lower bound {report['lower_bound_sequences']} "
+        f"sequences); label tokens {report['label_tokens']}; truncated {report['truncated']}",
+        f"  dropped {report['dropped']}: " + (", ".join(f"{k}={v}" for k, v in report["dropped_by_reason"].items())
+                                               or "none"),
+    ]
+    for name, s in report["sources"].items():
+        target = f", target {s['target_share']:.3f}" if s["target_share"] is not None else ""
+        lines.append(f"  source {name}: {s['samples_used']} samples used of {s['usable']} usable, x{s['multiplier']:.3f},"
+                     f" tokens {s['tokens_used']} = {100 * s['realised_share']:.2f}%{target}")
+    b = report["balance"]
+    if b["world_size"] > 1:
+        lines.append(f"  balance over {b['world_size']} ranks: max/mean step cost {b['before']['mean_max_over_mean']}"
+                     f" -> {b['after']['mean_max_over_mean']} (worst {b['before']['worst_max_over_mean']} -> "
+                     f"{b['after']['worst_max_over_mean']})")
+    lines.append(f"  recipe hash {report['recipe_hash']}, config hash {report['config_hash']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        config = parse_config(argv)
+        report = pack(config)
+    except ConfigError as exc:
+        print(f"vlmloom pack: {exc}", file=sys.stderr)
+        return 2
+    print(summary(report, config.output))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

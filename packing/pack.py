@@ -1,0 +1,331 @@
+"""The pack step: curated directories (+ a mixture recipe) → fixed-length packed shards + manifest + report.
+
+    pass 1  read every source, render each sample (builder.py), keep its length or its rejection
+    plan    per-source multipliers from the recipe (mixture.py), a smooth interleave of the sources
+    pass 2  re-read and render the selected samples in mixed order → bin packing over a bounded window
+            (packers.py) → assemble each bin into one row of seq_len tokens → compute-balanced order
+            (balance.py) → deterministic tars, `manifest.parquet`, `rejected.parquet`, `pack_report.json`
+
+Everything is written under OUTPUT.tmp-PID and renamed to OUTPUT at the end, with `_SUCCESS` last.
+The same inputs, recipe and config give byte-identical shards.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Iterator, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vlmloom.schemas.config import ConfigError, config_hash, to_dict
+from vlmloom.schemas.formats import PACKED_FORMAT_VERSION, SHARDS_DIR, SUCCESS_FILE, shard_name
+from vlmloom.schemas.packed import IGNORE_INDEX, PACKED_MANIFEST_SCHEMA
+from vlmloom.schemas.records import REJECTION_SCHEMA, Rejection, Sample
+
+from . import tokenizer as T
+from .balance import BalanceConfig, attention_cost, balanced_order, imbalance
+from .builder import PRETRAIN_KINDS, STAGE, BuilderConfig, BuiltSample, SequenceBuilder
+from .curated import curated_shards, iter_curated_samples
+from .mixture import Recipe, default_recipe, interleave, multipliers, recipe_hash, resolve_recipe, select
+from .packers import PACKERS, plan_bins
+from .shards import ShardWriter, assemble, entry_members
+
+REPORT_FILE = "pack_report.json"
+MANIFEST_FILE = "manifest.parquet"
+REJECTED_FILE = "rejected.parquet"
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackConfig:
+    """`vlmloom pack` job."""
+    inputs: list[str] = field(default_factory=list)  # curated directories (CURATED_DIR arguments)
+    output: str = ""  # packed directory to create
+    seq_len: int = 8192  # tokens per packed sequence (L)
+    tokenizer: str = ""  # tokenizer directory; "" trains the demo BPE on the inputs into OUTPUT/tokenizer
+    tokenizer_vocab_size: int = 4096  # vocabulary of the demo tokenizer
+    packer: str = "best_fit_decreasing"  # best_fit_decreasing | first_fit_decreasing | greedy
+    window: int = 16384  # samples per packing window; 0 packs the whole set at once (memory grows with it)
+    carry_bins: int = 64  # partly filled sequences kept open from one window to the next
+    overlong: Literal["drop", "truncate"] = "drop"  # samples longer than seq_len: drop, or cut (text-only pre-training)
+    sequences_per_shard: int = 256  # packed sequences per tar
+    overwrite: bool = False  # replace an existing output directory
+    builder: BuilderConfig = field(default_factory=BuilderConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    recipe: Recipe | None = None  # mixture; None = every input once (weight 1.0)
+
+    def validate(self) -> None:
+        if self.seq_len < 16:
+            raise ConfigError(f"seq_len ({self.seq_len}) must be >= 16")
+        if self.packer not in PACKERS:
+            raise ConfigError(f"packer {self.packer!r}: known packers are {', '.join(PACKERS.names())}")
+        if self.sequences_per_shard < 1 or self.window < 0 or self.carry_bins < 0:
+            raise ConfigError("sequences_per_shard must be >= 1, window and carry_bins >= 0")
+
+
+def pack(config: PackConfig) -> dict:
+    """Run the pack step; returns the report (also written to OUTPUT/pack_report.json)."""
+    if not config.output:
+        raise ConfigError("output: give --output DIR")
+    if os.path.exists(config.output) and not config.overwrite:
+        raise ConfigError(f"output {config.output} exists: pass --overwrite or choose another directory")
+    recipe = resolve_recipe(config.recipe, config.inputs) if config.recipe else default_recipe(config.inputs)
+    if not recipe.sources:
+        raise ConfigError("no inputs: give one or more CURATED_DIRs or a recipe with paths")
+    for s in recipe.sources:
+        curated_shards(s.path)  # refuses unfinished directories up front
+
+    tmp = f"{os.path.normpath(config.output)}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.join(tmp, SHARDS_DIR))
+    try:
+        report = _pack_into(config, recipe, tmp)
+        with open(os.path.join(tmp, SUCCESS_FILE), "w") as fh:
+            fh.write("")
+        _publish(tmp, config.output, config.overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def _publish(tmp: str, output: str, overwrite: bool) -> None:
+    if os.path.exists(output):
+        if not overwrite:
+            raise ConfigError(f"output {output} appeared while packing; nothing was replaced")
+        old = f"{os.path.normpath(output)}.old-{os.getpid()}"
+        os.rename(output, old)
+        os.rename(tmp, output)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, output)
+
+
+def _pack_into(config: PackConfig, recipe: Recipe, out: str) -> dict:
+    tok_dir = os.path.join(out, TOKENIZER_DIR)
+    if config.tokenizer:
+        tokenizer = T.load_tokenizer(config.tokenizer)
+        tokenizer.save_pretrained(tok_dir)
+    else:
+        texts = (t for s in recipe.sources for sample in iter_curated_samples(s.path) for t in sample_texts(sample))
+        tokenizer = T.train_tokenizer(texts, tok_dir, vocab_size=config.tokenizer_vocab_size)
+    builder = SequenceBuilder(tokenizer, config.builder)
+    L = config.seq_len
+
+    # pass 1: lengths and rejections
+    lengths: list[np.ndarray] = []
+    rejections: list[Rejection] = []
+    truncated = 0
+    for s in recipe.sources:
+        source_lengths = []
+        for sample in iter_curated_samples(s.path):
+            built = _fit(builder.build(sample), sample, builder, L, config.overlong)
+            if isinstance(built, Rejection):
+                rejections.append(built)
+                source_lengths.append(-1)
+            else:
+                truncated += int(built.truncated_from > 0)
+                source_lengths.append(len(built))
+        lengths.append(np.asarray(source_lengths, np.int64))
+
+    # plan the mixture
+    tokens = [int(x[x > 0].sum()) for x in lengths]
+    mult = multipliers(recipe, tokens)
+    passes = [select(x, m, recipe.seed, i) for i, (x, m) in enumerate(zip(lengths, mult))]
+    counts = [sum(p.size for p in ps) for ps in passes]
+    order = interleave(counts)
+
+    # pass 2: pack in mixed order
+    streams = [_source_stream(builder, s.path, ps, L, config.overlong, s.name)
+               for s, ps in zip(recipe.sources, passes)]
+    pending: dict[int, BuiltSample] = {}
+
+    def feed() -> Iterator[int]:
+        for i, source_id in enumerate(order.tolist()):
+            built = next(streams[source_id])
+            pending[i] = built
+            yield len(built)
+
+    world = config.balance.world_size
+    writer = _StreamWriter(os.path.join(out, SHARDS_DIR), world, config.sequences_per_shard)
+    window: list[dict] = []
+    costs_before: list[int] = []
+    costs_after: list[int] = []
+    for bin_items in plan_bins(feed(), L, packer=config.packer, window=config.window, carry=config.carry_bins):
+        seq = assemble([pending.pop(i) for i in bin_items], L, builder.pad_id)
+        seq["attention_cost"] = attention_cost(seq["seq_lens"])
+        window.append(seq)
+        costs_before.append(seq["attention_cost"])
+        if len(window) >= world * config.balance.window_steps:
+            costs_after += _flush(window, writer, world, config.balance.window_steps)
+            window = []
+    costs_after += _flush(window, writer, world, config.balance.window_steps)
+    writer.close()
+
+    pq.write_table(pa.Table.from_pylist(sorted(writer.manifest, key=lambda r: r["key"]),
+                                        schema=PACKED_MANIFEST_SCHEMA), os.path.join(out, MANIFEST_FILE))
+    pq.write_table(pa.Table.from_pylist([dataclasses.asdict(r) for r in rejections], schema=REJECTION_SCHEMA),
+                   os.path.join(out, REJECTED_FILE))
+    report = _report(config, recipe, tokenizer, lengths, rejections, truncated, mult, writer,
+                     costs_before, costs_after)
+    with open(os.path.join(out, REPORT_FILE), "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2, sort_keys=True)
+    return report
+
+
+def _flush(window: list[dict], writer: "_StreamWriter", world: int, window_steps: int) -> list[int]:
+    costs = np.array([s["attention_cost"] for s in window], np.int64)
+    order = balanced_order(costs, world, window_steps, seed=writer.written)
+    for i in order.tolist():
+        writer.write(window[i])
+    return costs[order].tolist()
+
+
+class _StreamWriter:
+    """Sequence p goes to rank stream p % W; stream r's k-th shard is file k·W + r, so the reader's
+    rank split (shard i → rank i % W) hands every rank its own, step-aligned stream."""
+
+    def __init__(self, shard_dir: str, world: int, per_shard: int):
+        self.dir, self.world, self.per_shard = shard_dir, world, per_shard
+        self.open: dict[int, ShardWriter] = {}
+        self.shard_count = [0] * world
+        self.shards: list[str] = []
+        self.manifest: list[dict] = []
+        self.written = 0
+        self.tokens_by_source: dict[str, int] = {}
+        self.samples_by_source: dict[str, int] = {}
+        self.sample_lengths: list[int] = []
+
+    def write(self, seq: dict) -> None:
+        r = self.written % self.world
+        key = f"{self.written:09d}"
+        w = self.open.get(r)
+        if w is None:
+            name = shard_name(self.shard_count[r] * self.world + r)
+            w = self.open[r] = ShardWriter(os.path.join(self.dir, name))
+            self.shards.append(name)
+        w.write(entry_members(key, seq))
+        self.manifest.append({
+            "key": key, "shard": os.path.basename(w.path), "num_samples": int(seq["seq_lens"].size),
+            "num_tokens": int(seq["seq_lens"].sum()),
+            "num_label_tokens": int(np.count_nonzero(seq["labels"] != IGNORE_INDEX)),
+            "num_images": len(seq["images"]), "attention_cost": int(seq["attention_cost"]),
+            "sample_keys": seq["sample_keys"], "sources": seq["sources"],
+        })
+        for source, n in zip(seq["sources"], seq["seq_lens"].tolist()):
+            self.tokens_by_source[source] = self.tokens_by_source.get(source, 0) + n
+            self.samples_by_source[source] = self.samples_by_source.get(source, 0) + 1
+            self.sample_lengths.append(n)
+        if w.count >= self.per_shard:
+            w.close()
+            del self.open[r]
+            self.shard_count[r] += 1
+        self.written += 1
+
+    def close(self) -> None:
+        for r in sorted(self.open):
+            self.open[r].close()
+        self.open.clear()
+
+
+def _source_stream(builder: SequenceBuilder, path: str, passes: list[np.ndarray], L: int, overlong: str,
+                   name: str) -> Iterator[BuiltSample]:
+    for selected in passes:
+        wanted = set(selected.tolist())
+        for i, sample in enumerate(iter_curated_samples(path)):
+            if i in wanted:
+                built = _fit(builder.build(sample), sample, builder, L, overlong)
+                if isinstance(built, Rejection):  # pass 1 accepted it: the inputs changed under us
+                    raise RuntimeError(f"record {sample.key!r}: rendered differently in pass 2 ({built.reason})")
+                built.source = name
+                yield built
+
+
+def _fit(built: BuiltSample | Rejection, sample: Sample, builder: SequenceBuilder, L: int,
+         overlong: str) -> BuiltSample | Rejection:
+    """Apply the over-long policy. Truncation applies to pre-training kinds and never cuts an image block."""
+    if isinstance(built, Rejection) or len(built) <= L:
+        return built
+    if overlong == "truncate" and built.kind in PRETRAIN_KINDS:
+        begins = np.flatnonzero(built.input_ids == builder.ids[T.BEGIN_OF_IMAGE])
+        ends = np.flatnonzero(built.input_ids == builder.ids[T.END_OF_IMAGE])
+        if ((begins < L) & (ends >= L)).any():
+            return Rejection.of(sample, STAGE, "too_long_image_cut",
+                                f"{len(built)} tokens > seq_len {L}; truncation would cut an image")
+        if not (built.labels[:L] != IGNORE_INDEX).any():
+            return Rejection.of(sample, STAGE, "too_long", f"{len(built)} tokens > seq_len {L}; no text before it")
+        kept = int((ends < L).sum())
+        return dataclasses.replace(
+            built, input_ids=built.input_ids[:L].copy(), labels=built.labels[:L].copy(),
+            rope_position_ids=built.rope_position_ids[:, :L].copy(), image_grid_thw=built.image_grid_thw[:kept],
+            images=built.images[:kept], image_formats=built.image_formats[:kept], truncated_from=len(built))
+    return Rejection.of(sample, STAGE, "too_long",
+                        f"{len(built)} tokens > seq_len {L}: raise seq_len or set overlong=truncate")
+
+
+def sample_texts(sample: Sample) -> Iterator[str]:
+    """The texts a sample contributes to tokenizer training."""
+    for text in (sample.training_text(), *(seg.text for seg in sample.segments),
+                 *(m.content for m in sample.messages), *(o.text for o in sample.annotations.ocr),
+                 *(g.phrase for g in sample.annotations.grounding)):
+        if text:
+            yield text
+
+
+def _histogram(values, edges) -> dict:
+    counts, _ = np.histogram(np.asarray(values, np.float64), bins=np.asarray(edges, np.float64))
+    return {"edges": [float(e) for e in edges], "counts": counts.tolist()}
+
+
+def _report(config, recipe, tokenizer, lengths, rejections, truncated, mult, writer, costs_before,
+            costs_after) -> dict:
+    L = config.seq_len
+    manifest = writer.manifest
+    sequences = len(manifest)
+    tokens = sum(r["num_tokens"] for r in manifest)
+    dropped: dict[str, int] = {}
+    for r in rejections:
+        dropped[r.reason] = dropped.get(r.reason, 0) + 1
+    sources = {}
+    for s, x, m in zip(recipe.sources, lengths, mult):
+        used = writer.tokens_by_source.get(s.name, 0)
+        sources[s.name] = {
+            "path": s.path, "samples": int(x.size), "usable": int((x > 0).sum()),
+            "tokens_available": int(x[x > 0].sum()), "multiplier": round(m, 6),
+            "target_share": s.token_share if s.token_share >= 0 else None,
+            "samples_used": writer.samples_by_source.get(s.name, 0), "tokens_used": used,
+            "realised_share": round(used / tokens, 6) if tokens else 0.0,
+        }
+    samples_per_seq = [r["num_samples"] for r in manifest]
+    edges = [0] + [2 ** k for k in range(4, int(math.log2(L)) + 1)] + ([L] if L & (L - 1) else [])
+    return {
+        "format_version": PACKED_FORMAT_VERSION,
+        "seq_len": L, "sequences": sequences, "shards": len(writer.shards),
+        "samples_packed": sum(samples_per_seq), "tokens": tokens,
+        "label_tokens": sum(r["num_label_tokens"] for r in manifest),
+        "fill_efficiency": round(tokens / (sequences * L), 6) if sequences else 0.0,
+        "lower_bound_sequences": math.ceil(tokens / L),
+        "dropped_by_reason": dict(sorted(dropped.items())), "dropped": len(rejections), "truncated": truncated,
+        "histograms": {
+            "sample_length": _histogram(writer.sample_lengths, edges),
+            "sequence_fill": _histogram([r["num_tokens"] / L for r in manifest], np.linspace(0, 1, 11)),
+            "samples_per_sequence": _histogram(samples_per_seq, [1, 2, 3, 5, 9, 17, 33, 65, 129, 1 << 20]),
+        },
+        "sources": sources,
+        "recipe": to_dict(recipe), "recipe_hash": recipe_hash(recipe),
+        "balance": {"world_size": config.balance.world_size,
+                    # without balancing a shuffled loader deals sequences to ranks in random order
+                    "before": imbalance(np.random.default_rng(0).permutation(np.array(costs_before, np.int64)),
+                                        config.balance.world_size),
+                    "pack_order": imbalance(np.array(costs_before), config.balance.world_size),
+                    "after": imbalance(np.array(costs_after), config.balance.world_size)},
+        "config": to_dict(config), "config_hash": config_hash(config),
+        "tokenizer": {"dir": TOKENIZER_DIR, "vocab_size": len(tokenizer), "pad_id": int(tokenizer.pad_token_id),
+                      "special_token_ids": T.special_token_ids(tokenizer)},
+    }

@@ -1,0 +1,53 @@
+"""`vlmloom train`: train a GLM-4.1V-style model on packed shards with DeepSpeed.
+
+CPU (one process, gloo, fp32):
+    DS_ACCELERATOR=cpu vlmloom train --config configs/train_tiny.yaml --data demo_out/packed --output runs/tiny
+GPU, one node (bf16, ZeRO from the config):
+    deepspeed --num_gpus 8 -m vlmloom.trainer.cli --config train.yaml --data /data/packed zero_stage=2
+    (or: torchrun --nproc_per_node 8 -m vlmloom.trainer.cli --config train.yaml ...)
+Any config key can follow as KEY=VALUE (e.g. `steps=100 lr=2e-5 model.vocab_size=512`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from vlmloom.schemas.config import ConfigError, apply_overrides, build_config, load_yaml
+from vlmloom.trainer.config import TrainConfig
+
+
+def parse_args(argv: list[str]) -> TrainConfig:
+    parser = argparse.ArgumentParser(prog="vlmloom train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="train.yaml (keys of vlmloom.trainer.config.TrainConfig)")
+    parser.add_argument("--data", action="append", help="packed directory (repeatable); overrides `data`")
+    parser.add_argument("--output", help="run directory; overrides `output`")
+    parser.add_argument("--model", help="checkpoint directory; overrides `model`")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by `deepspeed`
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides")
+    args = parser.parse_args(argv)
+    data = load_yaml(args.config)
+    if args.data:
+        data["data"] = args.data
+    if args.output:
+        data["output"] = args.output
+    if args.model:
+        data["model"] = args.model
+    return build_config(TrainConfig, apply_overrides(data, args.overrides))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = parse_args(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"vlmloom train: {exc}", file=sys.stderr)
+        return 2
+    from vlmloom.trainer.loop import train
+
+    summary = train(config)
+    print(json.dumps({k: v for k, v in summary.items() if k != "losses"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
