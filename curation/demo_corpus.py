@@ -63,7 +63,7 @@ UNSAFE_SOURCE_ID = "../evil"  # the key of the record whose tar members escape t
 # DISTINCT_MIN from all the others, so any near-dup threshold k in [NEAR_MAX, DISTINCT_MIN) finds exactly
 # the planted pairs.
 PHASH_NEAR_MAX = 8
-PHASH_DISTINCT_MIN = 12
+PHASH_DISTINCT_MIN = 10
 JPEG_QUALITY = 90
 REENCODE_QUALITY = 40
 TAR_DIR = "tars"
@@ -168,7 +168,7 @@ class _Record:
     kind: str
     caption: bytes  # the KEY.txt member verbatim (planted bad records may hold invalid UTF-8 or nothing)
     meta: dict[str, Any]  # kind-specific fields of KEY.json
-    images: list[tuple[str, bytes]]  # (extension, bytes); image i>0 is written as KEY.i.ext
+    images: list[tuple[str, Any]]  # (extension, bytes; a PIL image until admitted); image i>0 is KEY.i.ext
     lang: str | None = None
     source_id: str = ""  # assigned once every record exists, from a seeded permutation
 
@@ -327,21 +327,30 @@ def _jitter(colour: tuple[int, int, int], rng: random.Random, amount: int = 25) 
     return tuple(max(0, min(255, c + rng.randint(-amount, amount))) for c in colour)  # type: ignore[return-value]
 
 
-def _shaded(pixels: np.ndarray, rng: random.Random, blobs: int = 3, strength: float = 1.0) -> np.ndarray:
-    """Add low-frequency light/shade blobs: they dominate pHash, so distinct images get distinct hashes."""
+def _shaded(pixels: np.ndarray, rng: random.Random, blobs: int = 3, strength: float = 1.0, step: int = 8,
+            scale: int = 1) -> np.ndarray:
+    """Add low-frequency light/shade blobs: they dominate pHash, so distinct images get distinct hashes.
+
+    `scale` is how much bigger the final image is than `pixels` (blob sizes are drawn in final pixels).
+    """
     h, w = pixels.shape[:2]
-    step = 8  # the blobs are smooth: compute them on a coarse grid and upsample
-    gy, gx = np.mgrid[0:h:step, 0:w:step].astype(np.float32)
+    # the blobs are smooth: compute them on a coarse grid and upsample
+    gy, gx = (g * scale for g in np.mgrid[0:h:step, 0:w:step].astype(np.float32))
+    h, w = h * scale, w * scale
     shade = np.zeros(gx.shape, dtype=np.float32)
     for _ in range(blobs):
         cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.2, 0.6) * max(w, h)
         shade += rng.choice((-1, 1)) * rng.uniform(25, 55) * strength * np.exp(-((gx - cx) ** 2 + (gy - cy) ** 2) / (2 * r * r))
-    full = np.asarray(Image.fromarray(shade, "F").resize((w, h), Image.Resampling.BILINEAR))
+    full = shade if step == 1 else np.asarray(Image.fromarray(shade, "F").resize(pixels.shape[1::-1], Image.Resampling.BILINEAR))
     return np.clip(pixels.astype(np.float32) + full[:, :, None], 0, 255).astype(np.uint8)
 
 
-def _backdrop(w: int, h: int, colour: tuple[int, int, int], rng: random.Random, strength: float = 1.0) -> Image.Image:
-    return Image.fromarray(_shaded(np.full((h, w, 3), colour, dtype=np.uint8), rng, strength=strength), "RGB")
+def _backdrop(w: int, h: int, colour: tuple[int, int, int], rng: random.Random, strength: float = 1.0, blobs: int = 3) -> Image.Image:
+    """A flat colour with `_shaded` blobs, computed on an 8x coarser grid and upsampled (it is smooth anyway)."""
+    coarse = np.empty(((h + 7) // 8, (w + 7) // 8, 3), dtype=np.uint8)
+    coarse[:] = colour
+    small = Image.fromarray(_shaded(coarse, rng, blobs=blobs, strength=strength, step=1, scale=8), "RGB")
+    return small.resize((w, h), Image.Resampling.BILINEAR)
 
 
 def _render_scene(scene: _Scene, rng: random.Random) -> Image.Image:
@@ -473,7 +482,7 @@ def _scene_record(rng: random.Random, lang: str | None = None) -> tuple[_Record,
     scene = _random_scene(rng, max_per_noun=3 if lang == "en" else 2)  # other languages only say "one" or "two"
     image = _render_scene(scene, rng)
     caption = _scene_caption(scene, lang, rng)
-    data = _encode(image, "jpg")
+    data = image  # encoded by _make_distinct once the image is admitted
     meta = {"objects": sorted(scene.counts()), "counts": scene.counts(), "sky": scene.sky, "ground": scene.ground}
     return _Record("caption", caption.encode("utf-8"), meta, [("jpg", data)], lang=lang), image
 
@@ -482,6 +491,8 @@ def _scene_record(rng: random.Random, lang: str | None = None) -> tuple[_Record,
 # Charts, QA
 # ----------------------------------------------------------------------------------------------
 CHART_METRICS = ("sales", "visitors", "rainfall in mm", "revenue in thousands", "downloads", "orders", "temperature")
+CITIES = ("Oslo", "Lisbon", "Denver", "Osaka", "Nairobi", "Lima", "Perth", "Quebec", "Tallinn", "Porto",
+          "Austin", "Bergen", "Kyoto", "Seville", "Dublin", "Leeds")
 CHART_LABELS = (("Q1", "Q2", "Q3", "Q4"), ("Jan", "Feb", "Mar", "Apr", "May", "Jun"),
                 ("2019", "2020", "2021", "2022", "2023", "2024"), ("Mon", "Tue", "Wed", "Thu", "Fri"),
                 ("North", "South", "East", "West"))
@@ -494,9 +505,11 @@ def _chart(rng: random.Random) -> tuple[Image.Image, dict[str, Any]]:
     values = [rng.randint(3, 95) for _ in labels]
     metric = rng.choice(CHART_METRICS)
     w, h = rng.randint(420, 640), rng.randint(300, 460)
-    image = _backdrop(w, h, _jitter((236, 236, 230), rng, 12), rng, strength=0.8)
+    tint = rng.choice(((236, 236, 230), (225, 235, 245), (240, 228, 220), (228, 242, 228), (240, 235, 210), (235, 225, 240)))
+    image = _backdrop(w, h, _jitter(tint, rng, 12), rng, strength=1.2)
     draw = ImageDraw.Draw(image)
-    title = f"{metric.capitalize()} by {'quarter' if labels[0] == 'Q1' else 'period' if labels[0] != 'North' else 'region'}"
+    where = f"{rng.choice(CITIES)} {rng.randint(2015, 2024)}"
+    title = f"{metric.capitalize()}, {where}"
     draw.text((20, 12), title, fill=(20, 20, 20), font=_font(20, bold=True))
     left, right, top, bottom = 50, w - 20, 50, h - 40
     draw.line([(left, top), (left, bottom), (right, bottom)], fill=(40, 40, 40), width=2)
@@ -516,15 +529,15 @@ def _chart(rng: random.Random) -> tuple[Image.Image, dict[str, Any]]:
         draw.line(points, fill=colour, width=3)
         for px, py in points:
             draw.ellipse([px - 5, py - 5, px + 5, py + 5], fill=colour)
-    chart = {"type": kind, "title": title, "metric": metric, "labels": labels, "values": values}
+    chart = {"type": kind, "title": title, "metric": metric, "where": where, "labels": labels, "values": values}
     return image, chart
 
 
 def _chart_record(rng: random.Random) -> tuple[_Record, Image.Image]:
     image, chart = _chart(rng)
     pairs = ", ".join(f"{label} {value}" for label, value in zip(chart["labels"], chart["values"]))
-    caption = f"{chart['type'].capitalize()} chart of {chart['metric']}: {pairs}."
-    return _Record("caption", caption.encode("utf-8"), {"chart": chart}, [("png", _encode(image, "png"))], lang="en"), image
+    caption = f"{chart['type'].capitalize()} chart of {chart['metric']} in {chart['where']}: {pairs}."
+    return _Record("caption", caption.encode("utf-8"), {"chart": chart}, [("png", image)], lang="en"), image
 
 
 def _qa_messages(question: str, reasoning: str, answer: str) -> list[dict[str, str]]:
@@ -539,14 +552,14 @@ def _qa_record(rng: random.Random) -> tuple[_Record, Image.Image]:
         labels, values = chart["labels"], chart["values"]
         if rng.random() < 0.5:
             i = rng.randrange(len(labels))
-            question = f"What is the value of {labels[i]} in the chart?"
+            question = f"What is the value of {labels[i]} in the chart of {chart['metric']} in {chart['where']}?"
             answer = str(values[i])
             reasoning = f"The bar or point labelled {labels[i]} is annotated with {values[i]}."
         else:
-            question = f"What is the total of all values shown in the chart of {chart['metric']}?"
+            question = f"What is the total of all values shown in the chart of {chart['metric']} in {chart['where']}?"
             answer = str(sum(values))
             reasoning = "Adding the values: " + " + ".join(map(str, values)) + f" = {sum(values)}."
-        domain, data, ext = "chart", _encode(image, "png"), "png"
+        domain, data, ext = "chart", image, "png"
         meta_extra: dict[str, Any] = {"chart": chart}
     else:
         a, b, c = rng.randint(2, 60), rng.randint(2, 40), rng.randint(2, 12)
@@ -565,7 +578,7 @@ def _qa_record(rng: random.Random) -> tuple[_Record, Image.Image]:
         draw.rectangle([rng.randint(0, w // 3), 0, rng.randint(2 * w // 3, w), rng.randint(h // 6, h // 3)], fill=_jitter((180, 200, 230), rng, 40))
         draw.text((w // 2 + rng.randint(-30, 30), h // 2 + rng.randint(-20, 20)), f"{expr} = ?", fill=(15, 15, 15),
                   font=_font(rng.randint(28, 40), bold=True), anchor="mm")
-        domain, data, ext, meta_extra = "math", _encode(image, "png"), "png", {}
+        domain, data, ext, meta_extra = "math", image, "png", {}
     meta = {"question": question, "answer": answer, "domain": domain,
             "messages": _qa_messages(question, reasoning, answer), **meta_extra}
     return _Record("qa", question.encode("utf-8"), meta, [(ext, data)], lang="en"), image
@@ -619,8 +632,8 @@ def _ocr_record(rng: random.Random) -> tuple[_Record, Image.Image]:
     # The white page lies on a shaded desk at a random offset: the desk keeps documents apart for pHash
     # while the text itself stays black on white.
     desk = _jitter(rng.choice(((120, 85, 55), (70, 80, 100), (150, 160, 150), (190, 175, 150), (60, 60, 60), (170, 120, 120))), rng, 25)
-    ox, oy = rng.randint(10, 140), rng.randint(10, 140)
-    image = _backdrop(w + ox + rng.randint(10, 140), h + oy + rng.randint(10, 140), desk, rng)
+    ox, oy = rng.randint(10, 360), rng.randint(10, 300)
+    image = _backdrop(w + ox + rng.randint(10, 360), h + oy + rng.randint(10, 300), desk, rng)
     draw = ImageDraw.Draw(image)
     image.paste(_backdrop(w, h, (248, 248, 245), rng, strength=0.5), (ox, oy))  # unevenly lit paper
     logo = rng.randint(24, margin - 8)  # above the first line, so it never touches text
@@ -631,7 +644,7 @@ def _ocr_record(rng: random.Random) -> tuple[_Record, Image.Image]:
         draw.text((x, y), text, fill=(0, 0, 0), font=_font(size, bold=(i == 0)))
         boxes.append({"text": text, "box": _text_box(draw, (x, y), text, _font(size, bold=(i == 0)))})
     caption = "\n".join(lines)
-    return _Record("ocr", caption.encode("utf-8"), {"lines": boxes, "document": doc}, [("png", _encode(image, "png"))], lang="en"), image
+    return _Record("ocr", caption.encode("utf-8"), {"lines": boxes, "document": doc}, [("png", image)], lang="en"), image
 
 
 APPS = ("Notes", "Weather", "Mail", "Calendar", "Bank", "Photos", "Music", "Travel", "Shop", "Fitness")
@@ -651,15 +664,26 @@ def _gui_record(rng: random.Random) -> tuple[_Record, Image.Image]:
     fields, buttons, checks = SCREENS[screen]
     w = rng.choice((360, 412, 480, 800, 1024))
     theme = _jitter(rng.choice(THEMES), rng, 20)
-    background = (255, 255, 255) if rng.random() < 0.6 else (242, 244, 248)
+    dark = rng.random() < 0.3
+    background = (34, 36, 42) if dark else (255, 255, 255) if rng.random() < 0.6 else (242, 244, 248)
+    ink, field_fill = ((230, 230, 235), (50, 53, 60)) if dark else ((50, 50, 55), (255, 255, 255))
     size = 22 if w < 600 else 24
     font, bold = _font(size), _font(size + 2, bold=True)
     pad = 24 if w < 600 else rng.randint(60, 200)
     field_w = w - 2 * pad
-    banner = rng.randint(80, 200)  # a picture banner under the title bar, as app screens often have
+    panel = 0 if w < 600 or rng.random() < 0.3 else int(w * rng.uniform(0.25, 0.4))  # a side picture on wide screens
+    panel_left = rng.random() < 0.5
+    if panel:
+        field_w = w - panel - 2 * pad
+        if panel_left:
+            pad += panel
+    banner = rng.randint(80, 300)  # a picture banner under the title bar, as app screens often have
     h = 90 + banner + len(fields) * 95 + len(checks) * 50 + 120 + rng.randint(0, 120)
     image = _backdrop(w, h, background, rng, strength=0.6)
     image.paste(_backdrop(w, banner, _jitter(rng.choice(sorted(COLOURS.values())), rng, 40), rng, strength=2.0), (0, 64))
+    if panel:
+        image.paste(_backdrop(panel, h - 64 - banner, _jitter(rng.choice(sorted(COLOURS.values())), rng, 40), rng, strength=2.0),
+                    (0 if panel_left else w - panel, 64 + banner))
     draw = ImageDraw.Draw(image)
     elements = []
     title = f"{app} - {screen.capitalize()}"
@@ -668,15 +692,15 @@ def _gui_record(rng: random.Random) -> tuple[_Record, Image.Image]:
     elements.append({"label": title, "type": "title", "box": [int(v) for v in draw.textbbox((pad, 32), title, font=bold, anchor="lm")]})
     y = 90 + banner
     for name in fields:
-        draw.text((pad, y), name, fill=(60, 60, 60), font=font)
+        draw.text((pad, y), name, fill=ink, font=font)
         box = [pad, y + size + 8, pad + field_w, y + size + 8 + 44]
-        draw.rounded_rectangle(box, radius=6, outline=(150, 150, 160), width=2, fill=(255, 255, 255))
+        draw.rounded_rectangle(box, radius=6, outline=(150, 150, 160), width=2, fill=field_fill)
         elements.append({"label": name, "type": "text_field", "box": box})
         y += 95
     for name in checks:
         box = [pad, y, pad + 26, y + 26]
         draw.rectangle(box, outline=theme, width=3, fill=theme if rng.random() < 0.5 else (255, 255, 255))
-        draw.text((pad + 40, y + 13), name, fill=(40, 40, 40), font=font, anchor="lm")
+        draw.text((pad + 40, y + 13), name, fill=ink, font=font, anchor="lm")
         elements.append({"label": name, "type": "checkbox", "box": box})
         y += 50
     y += 10
@@ -693,7 +717,7 @@ def _gui_record(rng: random.Random) -> tuple[_Record, Image.Image]:
                f"{_join_en([f'a {n} field' for n in fields])}, {_join_en([f'a {n} checkbox' for n in checks])}, "
                f"and the buttons {_join_en([repr(b).replace(chr(39), chr(34)) for b in buttons])}.")
     meta = {"app": app, "screen": screen, "elements": elements}
-    return _Record("gui", caption.encode("utf-8"), meta, [("png", _encode(image, "png"))], lang="en"), image
+    return _Record("gui", caption.encode("utf-8"), meta, [("png", image)], lang="en"), image
 
 
 def _interleaved_record(rng: random.Random) -> tuple[_Record, list[Image.Image]]:
@@ -710,7 +734,7 @@ def _interleaved_record(rng: random.Random) -> tuple[_Record, list[Image.Image]]
                 {"type": "text", "text": texts[2]}, {"type": "image", "image_index": 1}, {"type": "text", "text": texts[3]}]
     caption = " ".join(texts)
     record = _Record("interleaved", caption.encode("utf-8"), {"segments": segments},
-                     [("jpg", _encode(images[0], "jpg")), ("jpg", _encode(images[1], "jpg"))], lang="en")
+                     [("jpg", images[0]), ("jpg", images[1])], lang="en")
     return record, images
 
 
@@ -865,11 +889,13 @@ _MAKERS = {"scene": _scene_record, "chart": _chart_record, "ocr": _ocr_record, "
 
 
 def _make_distinct(seed: int, purpose: str, index: int, maker: Any, distinct: _DistinctImages) -> tuple[_Record, Any]:
-    for attempt in range(50):
+    for attempt in range(200):
         record, images = maker(_rng(seed, purpose, index, attempt))
         if distinct.admit(*(images if isinstance(images, list) else [images])):
+            # rendering is cheap, encoding is not: makers hand over PIL images, encoded only once admitted
+            record.images = [(ext, _encode(im, ext) if isinstance(im, Image.Image) else im) for ext, im in record.images]
             return record, images
-    raise RuntimeError(f"demo corpus: could not render a distinct image for {purpose} #{index} in 50 attempts")
+    raise RuntimeError(f"demo corpus: could not render a distinct image for {purpose} #{index} in 200 attempts")
 
 
 def build_demo_corpus(out_dir: str, config: DemoCorpusConfig = DemoCorpusConfig()) -> dict[str, Any]:

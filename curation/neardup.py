@@ -82,13 +82,51 @@ def _brute_force_pairs(values: np.ndarray, max_distance: int) -> list[tuple[np.n
     return found
 
 
+def _pairs_within_groups(
+    values: np.ndarray, keys: np.ndarray, max_distance: int, depth: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Index pairs within Hamming distance k among values that share a group key (values distinct).
+
+    All groups of <= BRUTE_FORCE_MAX values are compared at once: sort by key, then for each offset d
+    compare position p with p+d while both lie in the same group (one vectorised step per offset, over
+    the groups still larger than d). Larger groups are split again by `_split_pairs`.
+    """
+    n = len(values)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    sizes = np.diff(np.r_[starts, n])
+    found: list[tuple[np.ndarray, np.ndarray]] = []
+
+    # Positions of small groups, ordered by how many later members their group still has: the
+    # positions that take part at offset d are then a prefix of this order.
+    group_size = np.repeat(sizes, sizes)
+    later = group_size - 1 - (np.arange(n) - np.repeat(starts, sizes))
+    positions = np.flatnonzero((group_size <= BRUTE_FORCE_MAX) & (later >= 1))
+    positions = positions[np.argsort(-later[positions], kind="stable")]
+    neg_later = -later[positions]  # ascending
+    sorted_values = values[order]
+    for offset in range(1, int(-neg_later[0]) + 1 if len(neg_later) else 1):
+        active = positions[: int(np.searchsorted(neg_later, -offset, side="right"))]
+        close = _popcount(sorted_values[active] ^ sorted_values[active + offset]) <= max_distance
+        hits = active[close]
+        if len(hits):
+            found.append((order[hits], order[hits + offset]))
+
+    for start, size in zip(starts[sizes > BRUTE_FORCE_MAX].tolist(), sizes[sizes > BRUTE_FORCE_MAX].tolist()):
+        members = order[start:start + size]
+        for i, j in _split_pairs(values[members], max_distance, depth + 1):
+            found.append((members[i], members[j]))
+    return found
+
+
 def _split_pairs(values: np.ndarray, max_distance: int, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Index pairs (into `values`, distinct uint64s) within Hamming distance k; see `verified_pairs`."""
     n = len(values)
     if n < 2:
         return []
-    differing = np.bitwise_or.reduce(values ^ values[0])  # bits that are not common to all values
-    free_bits = [b for b in range(HASH_BITS) if (int(differing) >> b) & 1]
+    differing = int(np.bitwise_or.reduce(values ^ values[0]))  # bits that are not common to all values
+    free_bits = [b for b in range(HASH_BITS) if (differing >> b) & 1]
     if len(free_bits) <= max_distance:
         # Every pair differs only inside these <= k bits: the bucket is a clique. A star from the
         # smallest value has the same connected components and is linear, not quadratic, in size.
@@ -98,33 +136,25 @@ def _split_pairs(values: np.ndarray, max_distance: int, depth: int) -> list[tupl
     if n <= BRUTE_FORCE_MAX or depth >= 8:
         return _brute_force_pairs(values, max_distance)
     # Pigeonhole again on the bits that still differ: split them into k+1 groups; a close pair agrees
-    # on at least one whole group. Each sub-bucket fixes >= 1 more bit, so recursion terminates.
-    groups = [free_bits[i::max_distance + 1] for i in range(max_distance + 1)]
+    # on at least one whole group. Each sub-group fixes >= 1 more bit, so the recursion terminates.
     found: list[tuple[np.ndarray, np.ndarray]] = []
-    for bits in groups:
-        mask = np.uint64(sum(1 << b for b in bits))
-        sub_keys = values & mask
-        order = np.argsort(sub_keys, kind="stable")
-        sorted_keys = sub_keys[order]
-        bounds = np.flatnonzero(np.diff(sorted_keys)) + 1
-        for members in np.split(order, bounds):
-            if len(members) < 2 or len(members) == n:
-                # len == n cannot happen (the group holds a differing bit); guard against looping anyway.
-                continue
-            for i, j in _split_pairs(values[members], max_distance, depth + 1):
-                found.append((members[i], members[j]))
+    for g in range(max_distance + 1):
+        mask = np.uint64(sum(1 << b for b in free_bits[g::max_distance + 1]))
+        found.extend(_pairs_within_groups(values, values & mask, max_distance, depth))
     return found
 
 
-def _pair_indices(values: np.ndarray, max_distance: int) -> np.ndarray:
+def _unique_pairs(blocks: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """Unique (i, j), i < j, index pairs as an int64 array of shape (m, 2), sorted."""
-    blocks = _split_pairs(values, max_distance, 0)
     if not blocks:
         return np.empty((0, 2), dtype=np.int64)
     i = np.concatenate([b[0] for b in blocks])
     j = np.concatenate([b[1] for b in blocks])
-    pairs = np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1)
-    return np.unique(pairs, axis=0)
+    return np.unique(np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1), axis=0)
+
+
+def _pair_indices(values: np.ndarray, max_distance: int) -> np.ndarray:
+    return _unique_pairs(_split_pairs(values, max_distance, 0))
 
 
 def verified_pairs(hashes: list[int], max_distance: int) -> list[tuple[int, int]]:
@@ -248,25 +278,20 @@ def cluster_phashes(items: list[tuple[str, int, int]], max_distance: int) -> dic
     distinct, node_of_item = np.unique(hash_of_item, return_inverse=True)
     node_of_item = node_of_item.reshape(-1)
 
-    edge_blocks: list[np.ndarray] = []
+    # Each band is one grouping of the distinct hashes; all its buckets are verified together.
+    blocks: list[tuple[np.ndarray, np.ndarray]] = []
     for shift, width in _band_layout(max_distance):
         band = (distinct >> np.uint64(shift)) & np.uint64((1 << width) - 1)
-        order = np.argsort(band, kind="stable")
-        sorted_band = band[order]
-        starts = np.flatnonzero(np.r_[True, sorted_band[1:] != sorted_band[:-1]])
-        sizes = np.diff(np.r_[starts, len(order)])
-        for start, size in zip(starts[sizes >= 2].tolist(), sizes[sizes >= 2].tolist()):
-            members = order[start:start + size]
-            pairs = _pair_indices(distinct[members], max_distance)
-            if len(pairs):
-                edge_blocks.append(members[pairs])
+        blocks.extend(_pairs_within_groups(distinct, band, max_distance, 0))
+    edges = _unique_pairs(blocks)
 
     union: UnionFind[int] = UnionFind()
-    if edge_blocks:
-        for a, b in np.unique(np.concatenate(edge_blocks), axis=0).tolist():
-            union.union(a, b)
-    component = union.components()
-    item_groups = np.array([component.get(n, n) for n in node_of_item.tolist()], dtype=np.int64)
+    for a, b in edges.tolist():
+        union.union(a, b)
+    group_of_node = np.arange(len(distinct), dtype=np.int64)  # a node without edges is its own group
+    for node, smallest in union.components().items():
+        group_of_node[node] = smallest
+    item_groups = group_of_node[node_of_item]
     counts = np.bincount(item_groups, minlength=len(distinct))
     groups: dict[int, list[tuple[str, int]]] = defaultdict(list)
     for idx in np.flatnonzero(counts[item_groups] >= 2).tolist():

@@ -49,10 +49,9 @@ def write_atomic(path: str, data: bytes) -> None:
 
 
 def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
-    members = [(f"{sample.key}.json", sample.to_json().encode("utf-8"))]
-    text = sample.training_text()
-    if text:
-        members.append((f"{sample.key}.txt", text.encode("utf-8")))
+    # KEY.txt is always written (empty without text) so that samples of a kind share one member layout.
+    members = [(f"{sample.key}.json", sample.to_json().encode("utf-8")),
+               (f"{sample.key}.txt", (sample.training_text() or "").encode("utf-8"))]
     for i, image in enumerate(sample.images):
         if image.bytes is not None:
             members.append((formats.image_member_name(sample.key, i, image.format or "jpeg"), image.bytes))
@@ -74,14 +73,32 @@ def estimated_size(sample: Sample) -> int:
     return sum(len(img.bytes or b"") for img in sample.images) + len(sample.text or "") * 2 + 2048
 
 
-def plan_shards(sizes: list[tuple[str, int]], config: OutputConfig) -> dict[str, int]:
-    """Sorted (key, bytes) → {key: shard index}; shards close on sample count or byte size."""
+def member_layout(sample: Sample) -> str:
+    """The member extensions of a sample, e.g. "json,txt,jpg" or "json,txt,jpg,1.png"."""
+    return ",".join(name.split(".", 1)[1] for name, _ in sample_members_names(sample))
+
+
+def sample_members_names(sample: Sample) -> list[tuple[str, None]]:
+    names = [(f"{sample.key}.json", None), (f"{sample.key}.txt", None)]
+    names += [(formats.image_member_name(sample.key, i, img.format or "jpeg"), None)
+              for i, img in enumerate(sample.images) if img.bytes is not None]
+    return names
+
+
+def plan_shards(sizes: list[tuple[str, int, str]], config: OutputConfig) -> dict[str, int]:
+    """(key, bytes, layout) → {key: shard index}, in (layout, key) order.
+
+    A shard holds one member layout only: readers that infer columns from the first samples
+    (HF `datasets`' webdataset builder) need every sample of a tar to have the same members.
+    Shards close on sample count, byte size or a layout change.
+    """
     plan: dict[str, int] = {}
-    shard, count, nbytes = 0, 0, 0
-    for key, size in sorted(sizes):
-        if count and (count >= config.samples_per_shard or nbytes + size > config.bytes_per_shard):
+    shard, count, nbytes, layout = 0, 0, 0, None
+    for key, size, lay in sorted(sizes, key=lambda x: (x[2], x[0])):
+        if count and (count >= config.samples_per_shard or nbytes + size > config.bytes_per_shard or lay != layout):
             shard, count, nbytes = shard + 1, 0, 0
         plan[key] = shard
+        layout = lay
         count += 1
         nbytes += size
     return plan
@@ -90,7 +107,7 @@ def plan_shards(sizes: list[tuple[str, int]], config: OutputConfig) -> dict[str,
 def manifest_row(sample: Sample, shard: str) -> dict:
     return {
         "key": sample.key, "source": sample.source, "source_id": sample.source_id, "kind": sample.kind,
-        "shard": shard, "num_images": len(sample.images),
+        "shard": shard, "layout": member_layout(sample), "num_images": len(sample.images),
         "width": sample.images[0].width if sample.images else 0,
         "height": sample.images[0].height if sample.images else 0,
         "text_chars": len(sample.training_text() or ""),
@@ -136,7 +153,7 @@ class WriteCurated(beam.PTransform):
         samples, rejected = outputs["kept"], outputs["rejected"]
         cfg, out_dir = self._cfg, self._dir
         plan = (samples
-                | "Sizes" >> beam.Map(lambda s: (s.key, estimated_size(s)))
+                | "Sizes" >> beam.Map(lambda s: (s.key, estimated_size(s), member_layout(s)))
                 | "AllSizes" >> beam.combiners.ToList()
                 | "Plan" >> beam.Map(plan_shards, cfg))
         manifest = (samples

@@ -96,3 +96,49 @@ def test_data_exhaustion_stops_cleanly(records, tmp_path):
                                         "progress": False, "tensorboard": False})
     summary = train(config, source=synthetic.ListSource(records[:3], epochs=1))
     assert summary["stop_reason"] == "data_exhausted" and summary["steps"] == 3
+
+
+DP_SCRIPT = """
+import json, os, sys
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+from vlmloom.schemas.config import build_config
+from vlmloom.trainer import synthetic
+from vlmloom.trainer.config import TrainConfig
+from vlmloom.trainer.loop import train
+from vlmloom.trainer.model import tiny_glm4v_config
+
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+samples = synthetic.random_samples(tiny_glm4v_config(vocab_size=256), 40, seed=3, min_text=6, max_text=40)
+records = synthetic.greedy_pack(samples, 96)
+data = {"model": {"vocab_size": 256}, "output": sys.argv[1], "steps": 3, "lr": 3e-3, "warmup_steps": 1,
+        "progress": False, "tensorboard": False, "export": False, "micro_batch": int(sys.argv[2]),
+        "zero_stage": 2}
+summary = train(build_config(TrainConfig, data), source=synthetic.ListSource(records[rank::world], epochs=0))
+with open(os.path.join(sys.argv[1], f"summary_rank{rank}.json"), "w") as fh:
+    json.dump(summary, fh)
+"""
+
+
+@pytest.mark.slow
+def test_two_data_parallel_ranks_equal_one_rank_with_both_rows(records, tmp_path):
+    """Rank r reads rows r, r+2, …; the loss is normalised by the label tokens of both ranks, so two gloo
+    ranks × micro_batch 1 train exactly like one rank × micro_batch 2 reading rows in order."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "dp.py"
+    script.write_text(DP_SCRIPT)
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), str(script),
+                    str(tmp_path / "dp"), "1"], check=True, env=env, timeout=300)
+    dp = [json.loads((tmp_path / "dp" / f"summary_rank{r}.json").read_text()) for r in (0, 1)]
+    one = run(records, tmp_path / "one", steps=3, micro_batch=2)
+    assert dp[0]["world_size"] == 2 and dp[0]["losses"] == dp[1]["losses"]
+    np.testing.assert_allclose(dp[0]["losses"], one["losses"], rtol=1e-5)
+
+
+def _free_port() -> int:
+    from vlmloom.trainer.loop import free_port
+
+    return free_port()

@@ -1,0 +1,454 @@
+"""Beam stages for model-backed curation: CLIP filter, concept balance, contamination, recaption, OCR, grounding.
+
+Each stage follows the stage protocol of `pipelines/stages.py`: `PCollection[Sample]` →
+``{"kept": PCollection[Sample], "rejected": PCollection[Rejection]}``. The judgment lives in
+`curation/` (no Beam there); here each model runs through Beam's `RunInference` with one
+`ModelHandler` per stage (the model or index is loaded once per worker in `load_model()`, and
+elements are batched), then a generic decide step counts `dropped_<reason>` and routes rejects.
+Unexpected errors — a failing batch in the model, a failing decision — become `quarantined_error`
+Rejections, one per sample, and more than `max_error_ratio` of them fails the job.
+Stages needing a global pass use Beam combiners and side inputs: concept counts (`Count.PerElement`
+→ `AsDict`) and the CLIP top-fraction cutoff (`CombineGlobally` → `AsSingleton`).
+
+    stages = build_model_stages(build_config(ModelStagesConfig, yaml_section))
+    for name, stage in stages:
+        out = samples | name >> stage
+        samples, rejected = out["kept"], rejected + [out["rejected"]]
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Iterable, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, RunInference
+
+from vlmloom.curation import clip as clip_mod
+from vlmloom.curation import concepts as concepts_mod
+from vlmloom.curation import contamination as contamination_mod
+from vlmloom.curation import grounding as grounding_mod
+from vlmloom.curation import ocr as ocr_mod
+from vlmloom.curation import recaption as recaption_mod
+from vlmloom.curation.base import Verdict
+from vlmloom.curation.clip import ClipConfig, ClipScorer
+from vlmloom.curation.concepts import ConceptConfig, ConceptMatcher
+from vlmloom.curation.contamination import ContaminationConfig, ContaminationIndex
+from vlmloom.curation.grounding import GroundingAnnotator, GroundingConfig
+from vlmloom.curation.ocr import OcrAnnotator, OcrConfig
+from vlmloom.curation.recaption import RecaptionConfig, Recaptioner
+from vlmloom.pipelines.stages import KEPT, REJECTED, format_traceback, quarantine
+from vlmloom.schemas.config import ConfigError, config_hash
+from vlmloom.schemas.records import Rejection, Sample
+
+DEAD_LETTER = "dead_letter"
+STAGE_ORDER = ("clip", "concepts", "contamination", "recaption", "ocr", "grounding")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelStagesConfig:
+    clip: ClipConfig = ClipConfig()  # CLIP/SigLIP image-text filter (needs clip.model_path)
+    concepts: ConceptConfig = ConceptConfig()  # MetaCLIP-style concept balancing (no model)
+    contamination: ContaminationConfig = ContaminationConfig()  # benchmark decontamination (needs benchmarks)
+    recaption: RecaptionConfig = RecaptionConfig()  # VLM recaptioning (needs a server or a model dir)
+    ocr: OcrConfig = OcrConfig()  # OCR annotation (rapidocr ships its models)
+    grounding: GroundingConfig = GroundingConfig()  # grounding boxes from OCR / GUI elements / a detector
+
+
+# --- the generic pieces -----------------------------------------------------------------------
+@dataclass
+class InferenceFailure:
+    """Stands in for the output of a sample whose inference raised; its decide step re-raises it."""
+    error: str
+
+
+class SampleModelHandler(ModelHandler[Sample, tuple, Any]):
+    """A ModelHandler over Samples: `load_model()` builds the stage's worker object once per worker
+    process; `run_inference` calls `infer(worker, batch)` and pairs each sample with its output."""
+
+    def __init__(self, name: str, load: Callable[[], Any], infer: Callable[[Any, list[Sample]], list[Any]],
+                 batch_size: int):
+        super().__init__()
+        self._name = name
+        self._load = load
+        self._infer = infer
+        self._batch_size = batch_size
+
+    def load_model(self) -> Any:
+        return self._load()
+
+    def run_inference(self, batch: Sequence[Sample], model: Any, inference_args: dict | None = None) -> Iterable[tuple]:
+        batch = list(batch)
+        try:
+            outputs = self._infer_checked(model, batch)
+        except Exception:
+            if len(batch) == 1:
+                raise
+            # One bad sample must not take its batch-mates to the dead letters: retry one by one and
+            # mark only the failing ones (their decide step raises, so they are quarantined alone).
+            outputs = []
+            for sample in batch:
+                try:
+                    outputs.append(self._infer_checked(model, [sample])[0])
+                except Exception as exc:
+                    outputs.append(InferenceFailure(format_traceback(exc)))
+        return list(zip(batch, outputs))
+
+    def _infer_checked(self, model: Any, batch: list[Sample]) -> list[Any]:
+        outputs = list(self._infer(model, batch))
+        if len(outputs) != len(batch):
+            raise RuntimeError(f"{self._name}: {len(outputs)} outputs for {len(batch)} samples")
+        return outputs
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": self._batch_size}
+
+    def get_num_bytes(self, batch: Sequence[Sample]) -> int:
+        return sum(len(s.images[0].bytes or b"") for s in batch if s.images)
+
+    def get_metrics_namespace(self) -> str:
+        return f"RunInference_{self._name}"
+
+
+class ClipModelHandler(SampleModelHandler):
+    def __init__(self, config: ClipConfig):
+        super().__init__("clip", partial(_loaded, ClipScorer(config), "encoder"),
+                         lambda scorer, batch: scorer.score_batch(batch), config.batch_size)
+
+
+class ContaminationModelHandler(SampleModelHandler):
+    def __init__(self, config: ContaminationConfig):
+        super().__init__("contamination", partial(_build_index, config),
+                         lambda index, batch: index.lookup(batch), config.batch_size)
+
+
+class RecaptionModelHandler(SampleModelHandler):
+    def __init__(self, config: RecaptionConfig):
+        super().__init__(f"recaption_{config.backend}", partial(_recaptioner, config),
+                         lambda worker, batch: worker.caption_batch(batch), config.batch_size)
+
+
+class OcrModelHandler(SampleModelHandler):
+    def __init__(self, config: OcrConfig):
+        super().__init__(f"ocr_{config.backend}", partial(_ocr_annotator, config),
+                         lambda worker, batch: worker.read_batch(batch), config.batch_size)
+
+
+class DetectorModelHandler(SampleModelHandler):
+    def __init__(self, config: GroundingConfig):
+        super().__init__(f"grounding_{config.detector_backend}", partial(_grounding_annotator, config),
+                         lambda worker, batch: worker.detect_batch(batch), config.batch_size)
+
+
+def _loaded(worker: Any, attribute: str) -> Any:
+    getattr(worker, attribute)  # force the lazy model load inside load_model()
+    return worker
+
+
+def _build_index(config: ContaminationConfig) -> ContaminationIndex:
+    encoder = None
+    if config.check_images and config.embedding_model_path:
+        encoder = clip_mod.load_encoder(config.embedding_backend, config.embedding_model_path)
+    return ContaminationIndex.build(config, encoder=encoder)
+
+
+def _recaptioner(config: RecaptionConfig) -> Recaptioner:
+    return Recaptioner(config, recaption_mod.RECAPTION_BACKENDS.get(config.backend)(config))
+
+
+def _ocr_annotator(config: OcrConfig) -> OcrAnnotator:
+    return OcrAnnotator(config, ocr_mod.OCR_BACKENDS.get(config.backend)(config))
+
+
+def _grounding_annotator(config: GroundingConfig) -> GroundingAnnotator:
+    detector = grounding_mod.DETECTOR_BACKENDS.get(config.detector_backend)(config) if config.uses_detector else None
+    return GroundingAnnotator(config, detector)
+
+
+# decide(element, *side_inputs) -> (sample, verdict); verdict None = pass through untouched.
+Decide = Callable[..., tuple[Sample, Verdict | None]]
+
+
+class _DecideDoFn(beam.DoFn):
+    def __init__(self, stage: str, decide: Decide, config_hash_: str, decision: str):
+        self._stage = stage
+        self._decide = decide
+        self._hash = config_hash_
+        self._decision = decision
+        self._kept = Metrics.counter(stage, "kept")
+        self._counters: dict[str, Any] = {}
+
+    def process(self, element, *side_inputs):
+        sample, verdict = self._decide(element, *side_inputs)
+        if verdict is None:
+            yield sample
+            return
+        sample.signals.update(verdict.signals)
+        if verdict.keep:
+            self._kept.inc()
+            sample.with_lineage(self._stage, self._hash, self._decision)
+            yield sample
+            return
+        reason = verdict.reason or "unspecified"
+        if reason not in self._counters:
+            self._counters[reason] = Metrics.counter(self._stage, f"dropped_{reason}")
+        self._counters[reason].inc()
+        yield beam.pvalue.TaggedOutput(REJECTED, Rejection.of(sample, self._stage, reason, verdict.detail))
+
+
+def _quarantine_any(stage: str):
+    """Dead-letter elements may be a Sample, a (sample, output) pair, or a whole failed batch."""
+    to_rejection = quarantine(stage)
+
+    def expand(bad) -> list[Rejection]:
+        element, error = bad
+        if isinstance(element, tuple) and element and isinstance(element[0], Sample):
+            element = element[0]
+        if isinstance(element, list):
+            return [to_rejection((e[0] if isinstance(e, tuple) else e, error)) for e in element]
+        return [to_rejection((element, error))]
+
+    return expand
+
+
+def _decide(pcoll, label: str, stage: str, decide: Decide, hash_: str, decision: str, max_error_ratio: float,
+            side_inputs: Sequence[Any] = ()):
+    # with_exception_handling() before with_outputs(): the other order (Beam 2.77) yields three
+    # outputs (main, rejected, bad) rather than (good, bad).
+    result = (
+        pcoll
+        | label >> beam.ParDo(_DecideDoFn(stage, decide, hash_, decision), *side_inputs)
+        .with_exception_handling(threshold=max_error_ratio, use_subprocess=False, dead_letter_tag=DEAD_LETTER)
+        .with_outputs(REJECTED, main=KEPT)
+    )
+    quarantined = result[DEAD_LETTER] | f"{label}Quarantine" >> beam.FlatMap(_quarantine_any(stage))
+    return result[KEPT], (result[REJECTED], quarantined)
+
+
+def _split(samples, applies: Callable[[Sample], bool]):
+    todo, passthrough = samples | "Route" >> beam.Partition(lambda s, _n: 0 if applies(s) else 1, 2)
+    return todo, passthrough
+
+
+def _run_model(todo, handler: SampleModelHandler, stage: str, max_error_ratio: float):
+    results, dlq = todo | "RunInference" >> RunInference(handler).with_exception_handling(
+        threshold=max_error_ratio, use_subprocess=False)
+    failed = [dlq.failed_inferences, *dlq.failed_preprocessing, *dlq.failed_postprocessing]
+    failed = [f for f in failed if f is not None]
+    quarantined = (failed | "MergeFailedInference" >> beam.Flatten()
+                   | "QuarantineInference" >> beam.FlatMap(_quarantine_any(stage)))
+    return results, quarantined
+
+
+class ModelStage(beam.PTransform):
+    """Samples that `applies` → RunInference(handler) → `judge(sample, output)`; the rest pass through."""
+
+    def __init__(self, stage: str, handler: SampleModelHandler, applies: Callable[[Sample], bool],
+                 judge: Callable[[Sample, Any], Verdict], config_hash_: str, decision: str = "kept",
+                 max_error_ratio: float = 0.05):
+        super().__init__(label=stage)
+        self._stage, self._handler, self._applies, self._judge = stage, handler, applies, judge
+        self._hash, self._decision, self._max_error_ratio = config_hash_, decision, max_error_ratio
+
+    def expand(self, samples):
+        todo, passthrough = _split(samples, self._applies)
+        results, quarantined = _run_model(todo, self._handler, self._stage, self._max_error_ratio)
+        kept, rejected = _decide(results, "Judge", self._stage, partial(_judge_pair, self._judge), self._hash,
+                                 self._decision, self._max_error_ratio)
+        return {KEPT: (kept, passthrough) | "MergeKept" >> beam.Flatten(),
+                REJECTED: (*rejected, quarantined) | "MergeRejected" >> beam.Flatten()}
+
+
+def _judge_pair(judge: Callable[[Sample, Any], Verdict], pair: tuple) -> tuple[Sample, Verdict]:
+    sample, output = pair
+    if isinstance(output, InferenceFailure):
+        raise RuntimeError(f"inference failed: {output.error}")
+    return sample, judge(sample, output)
+
+
+# --- CLIP: threshold per sample, then an optional global top-fraction cut -----------------------
+class TopFractionCutoff(beam.CombineFn):
+    """Exact cutoff of the top fraction: keeps every score (4 bytes each as float32 would do; Python
+    floats here), so it suits up to tens of millions of samples per job."""
+
+    def __init__(self, fraction: float):
+        self._fraction = fraction
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, accumulator, score):
+        accumulator.append(score)
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        return [s for acc in accumulators for s in acc]
+
+    def extract_output(self, accumulator):
+        return clip_mod.top_fraction_cutoff(accumulator, self._fraction)
+
+
+def _top_fraction_decide(fraction: float, sample: Sample, cutoff: float) -> tuple[Sample, Verdict | None]:
+    if sample.signals.get("clip_score") is None:
+        return sample, None
+    return sample, clip_mod.judge_top_fraction(sample, cutoff, fraction)
+
+
+class ClipStage(beam.PTransform):
+    def __init__(self, config: ClipConfig, max_error_ratio: float = 0.05):
+        super().__init__(label="clip")
+        self._config = config
+        self._max_error_ratio = max_error_ratio
+
+    def expand(self, samples):
+        config = self._config
+        scorer = ClipScorer(config)
+        scored = samples | "Score" >> ModelStage("clip", ClipModelHandler(config), scorer.applies, scorer.judge,
+                                                 config_hash(config), "kept", self._max_error_ratio)
+        if not config.top_fraction or config.top_fraction >= 1.0:
+            return scored
+        kept = scored[KEPT]
+        cutoff = (kept
+                  | "Scores" >> beam.FlatMap(lambda s: [s.signals["clip_score"]]
+                                             if s.signals.get("clip_score") is not None else [])
+                  | "Cutoff" >> beam.CombineGlobally(TopFractionCutoff(config.top_fraction)))
+        top, rejected = _decide(kept, "TopFraction", "clip", partial(_top_fraction_decide, config.top_fraction),
+                                config_hash(config), "kept", self._max_error_ratio,
+                                [beam.pvalue.AsSingleton(cutoff)])
+        return {KEPT: top, REJECTED: (scored[REJECTED], *rejected) | "MergeRejected" >> beam.Flatten()}
+
+
+# --- concepts: match per sample, count globally, then decide with the counts as a side input ----
+class _MatchConceptsDoFn(beam.DoFn):
+    def __init__(self, config: ConceptConfig):
+        self._config = config
+        self._matcher: ConceptMatcher | None = None
+
+    def setup(self):
+        self._matcher = ConceptMatcher.from_file(self._config.vocabulary_file)
+
+    def process(self, sample: Sample):
+        if sample.kind in self._config.kinds:
+            ids = self._matcher.match(concepts_mod.sample_text(sample))
+            sample.signals["concept_ids"] = ids
+            sample.signals["concept_names"] = [self._matcher.concepts[i] for i in ids]
+        yield sample
+
+
+def _concept_decide(config: ConceptConfig, sample: Sample, counts: dict) -> tuple[Sample, Verdict | None]:
+    if sample.kind not in config.kinds:
+        return sample, None
+    return sample, concepts_mod.judge(sample, counts, config)
+
+
+class ConceptBalanceStage(beam.PTransform):
+    def __init__(self, config: ConceptConfig, max_error_ratio: float = 0.05):
+        super().__init__(label="concepts")
+        self._config = config
+        self._max_error_ratio = max_error_ratio
+
+    def expand(self, samples):
+        config = self._config
+        matched, bad = (samples | "Match" >> beam.ParDo(_MatchConceptsDoFn(config))
+                        .with_exception_handling(threshold=self._max_error_ratio, use_subprocess=False))
+        quarantined = bad | "MatchQuarantine" >> beam.FlatMap(_quarantine_any("concepts"))
+        counts = (matched
+                  | "ConceptIds" >> beam.FlatMap(lambda s: s.signals.get("concept_ids") or []
+                                                 if s.kind in config.kinds else [])
+                  | "Count" >> beam.combiners.Count.PerElement())
+        kept, rejected = _decide(matched, "Balance", "concepts", partial(_concept_decide, config),
+                                 config_hash(config), "kept", self._max_error_ratio,
+                                 [beam.pvalue.AsDict(counts)])
+        return {KEPT: kept, REJECTED: (*rejected, quarantined) | "MergeRejected" >> beam.Flatten()}
+
+
+# --- the other stages -------------------------------------------------------------------------
+def _applies_always(sample: Sample) -> bool:
+    return True
+
+
+def contamination_stage(config: ContaminationConfig, max_error_ratio: float = 0.05) -> ModelStage:
+    return ModelStage("contamination", ContaminationModelHandler(config), _applies_always,
+                      contamination_mod.judge, config_hash(config), "kept", max_error_ratio)
+
+
+def recaption_stage(config: RecaptionConfig, max_error_ratio: float = 0.05) -> ModelStage:
+    worker = Recaptioner(config)
+    return ModelStage("recaption", RecaptionModelHandler(config), worker.applies, worker.judge,
+                      config_hash(config), "recaptioned", max_error_ratio)
+
+
+def ocr_stage(config: OcrConfig, max_error_ratio: float = 0.05) -> ModelStage:
+    worker = OcrAnnotator(config)
+    return ModelStage("ocr", OcrModelHandler(config), worker.applies, worker.judge, config_hash(config),
+                      "annotated", max_error_ratio)
+
+
+def grounding_stage(config: GroundingConfig, max_error_ratio: float = 0.05) -> ModelStage:
+    worker = GroundingAnnotator(config)
+    return ModelStage("grounding", DetectorModelHandler(config), worker.applies, worker.judge,
+                      config_hash(config), "annotated", max_error_ratio)
+
+
+def effective(config: ModelStagesConfig) -> ModelStagesConfig:
+    """Fill cross-stage defaults: contamination confirms pHash hits with the CLIP model when it has none."""
+    contamination = config.contamination
+    if not contamination.embedding_model_path and config.clip.enabled and config.clip.model_path:
+        contamination = dataclasses.replace(contamination, embedding_model_path=config.clip.model_path,
+                                            embedding_backend=config.clip.backend)
+    return dataclasses.replace(config, contamination=contamination)
+
+
+def build_model_stages(config: ModelStagesConfig, max_error_ratio: float = 0.05) -> list[tuple[str, beam.PTransform]]:
+    """The enabled stages in pipeline order, each a PTransform following the stage protocol."""
+    config = effective(config)
+    for name in STAGE_ORDER:
+        section = getattr(config, name)
+        if section.enabled:
+            try:
+                section.validate()
+            except ConfigError as exc:
+                raise ConfigError(f"{name}: {exc}" if not str(exc).startswith(name) else str(exc)) from None
+    builders = {
+        "clip": lambda c: ClipStage(c, max_error_ratio),
+        "concepts": lambda c: ConceptBalanceStage(c, max_error_ratio),
+        "contamination": lambda c: contamination_stage(c, max_error_ratio),
+        "recaption": lambda c: recaption_stage(c, max_error_ratio),
+        "ocr": lambda c: ocr_stage(c, max_error_ratio),
+        "grounding": lambda c: grounding_stage(c, max_error_ratio),
+    }
+    return [(name, builders[name](getattr(config, name))) for name in STAGE_ORDER if getattr(config, name).enabled]
+
+
+def describe_disabled(config: ModelStagesConfig) -> list[str]:
+    """One human line per stage that is off, saying what it needs and how to turn it on."""
+    lines = []
+    c = config
+    if not c.clip.enabled:
+        need = "no clip.model_path" if not c.clip.model_path else "clip.enabled is false"
+        lines.append(f"clip: off ({need}; set clip.enabled=true clip.model_path=DIR (a local CLIPModel/SiglipModel "
+                     "directory) to enable)")
+    if not c.concepts.enabled:
+        lines.append("concepts: off (set concepts.enabled=true to enable; needs no model, uses the shipped "
+                     "vocabulary unless concepts.vocabulary_path=FILE)")
+    if not c.contamination.enabled:
+        need = "no contamination.benchmarks" if not c.contamination.benchmarks else "contamination.enabled is false"
+        lines.append(f"contamination: off ({need}; set contamination.enabled=true and "
+                     "contamination.benchmarks=[{name: NAME, path: PARQUET_OR_DIR}] to enable)")
+    if not c.recaption.enabled:
+        need = "no recaption.base_url or recaption.model_path" if not c.recaption.configured else \
+            "recaption.enabled is false"
+        lines.append(f"recaption: off ({need}; set recaption.enabled=true with recaption.base_url=URL "
+                     "(OpenAI-compatible server) or recaption.backend=transformers recaption.model_path=DIR to enable)")
+    if not c.ocr.enabled:
+        lines.append("ocr: off (set ocr.enabled=true to enable; the default rapidocr backend ships its models)")
+    if not c.grounding.enabled:
+        lines.append("grounding: off (set grounding.enabled=true to enable; boxes come from OCR lines and "
+                     "meta.elements, add 'detector' to grounding.sources with grounding.detector_model_path=DIR "
+                     "for natural images)")
+    elif "detector" in c.grounding.sources and not c.grounding.detector_model_path:
+        lines.append("grounding.detector: off (no grounding.detector_model_path; set it to a local zero-shot "
+                     "detector dir to enable)")
+    return lines

@@ -1,0 +1,171 @@
+"""The `curate` job end to end on a small demo corpus: accounting, planted records, determinism across
+runners, readable shards, refusal of existing output, atomicity on failure."""
+import glob
+import hashlib
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from vlmloom.curation.demo_corpus import DemoCorpusConfig, build_demo_corpus
+from vlmloom.pipelines.curate import curate, load_config
+from vlmloom.schemas.config import ConfigError
+
+RUNNERS = {
+    "in_process": ["--direct_num_workers=1"],
+    "multi_processing": ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+    "portable_loopback": ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    expected = build_demo_corpus(str(root / "corpus"), DemoCorpusConfig(num_samples=80, samples_per_tar=40))
+    return str(root / "corpus"), expected
+
+
+def _config(corpus_dir, output, **extra):
+    return load_config({"inputs": [{"path": os.path.join(corpus_dir, "tars", "*.tar"), "name": "wds"},
+                                   {"path": os.path.join(corpus_dir, "manifest.parquet"), "name": "man"}],
+                        "output": output, **extra})
+
+
+@pytest.fixture(scope="module")
+def curated(corpus, tmp_path_factory):
+    corpus_dir, expected = corpus
+    out = str(tmp_path_factory.mktemp("curated") / "out")
+    report = curate(_config(corpus_dir, out), RUNNERS["in_process"])
+    return out, report, expected
+
+
+def _rows(out):
+    kept = pq.read_table(os.path.join(out, "manifest.parquet")).to_pylist()
+    rejected = pq.read_table(os.path.join(out, "rejected", "rejected.parquet")).to_pylist()
+    return kept, rejected
+
+
+def test_every_input_record_is_kept_or_rejected(curated):
+    out, report, expected = curated
+    kept, rejected = _rows(out)
+    total = expected["total_records"] + expected["manifest_records"]
+    assert report["accounting"]["input_records"] == total
+    assert len(kept) + len(rejected) == total
+    assert len({r["key"] for r in kept} | {r["key"] for r in rejected}) == total  # no record twice
+    assert os.path.exists(os.path.join(out, "_SUCCESS"))
+    funnel = report["funnel"]
+    assert funnel[0]["in"] == total and all(a["kept"] == b["in"] for a, b in zip(funnel, funnel[1:]))
+
+
+def test_every_planted_bad_record_has_its_specific_reason(curated):
+    out, _, expected = curated
+    _, rejected = _rows(out)
+    by_id = {(r["source"], r["source_id"]): r["reason"] for r in rejected}
+    for source_id, reason in expected["bad_records"].items():
+        assert by_id.get(("wds", source_id)) == reason, source_id
+
+
+def test_planted_duplicate_groups_keep_exactly_one_member(curated):
+    out, _, expected = curated
+    kept, rejected = _rows(out)
+    kept_ids = {r["source_id"] for r in kept if r["source"] == "wds"}
+    reasons = {r["source_id"]: r["reason"] for r in rejected if r["source"] == "wds"}
+    # union the planted pairs into groups (chains of variants are one group)
+    parent: dict[str, str] = {}
+
+    def find(x):
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for group in ("exact_duplicates", "near_duplicates"):
+        for pair in expected[group]:
+            parent[find(pair[0])] = find(pair[1])
+    groups: dict[str, list[str]] = {}
+    for x in list(parent):
+        groups.setdefault(find(x), []).append(x)
+    assert groups
+    for members in groups.values():
+        assert sum(m in kept_ids for m in members) <= 1, members
+        dropped = [reasons.get(m) for m in members if m not in kept_ids]
+        assert all(r in ("exact_duplicate", "near_duplicate_image") or r and r.startswith("benchmark")
+                   for r in dropped), (members, dropped)
+
+
+def test_shards_load_with_webdataset_and_hf_datasets(curated):
+    import webdataset as wds
+    from datasets import Features, Image, load_dataset
+
+    from vlmloom.schemas import formats
+
+    out, _, _ = curated
+    kept, _ = _rows(out)
+    shards = sorted(glob.glob(os.path.join(out, "shards", "*.tar")))
+    seen = [s["__key__"] for s in wds.WebDataset(shards, shardshuffle=False)]
+    assert sorted(seen) == sorted(r["key"] for r in kept)
+    by_layout: dict[str, list[str]] = {}
+    for row in kept:
+        by_layout.setdefault(row["layout"], []).append(row["shard"])
+    assert len(by_layout) > 1  # the demo mixes jpg, png, image-less and multi-image samples
+    for layout, names in by_layout.items():
+        files = sorted({os.path.join(out, "shards", n) for n in names})
+        features = Features.from_arrow_schema(formats.shard_arrow_schema(layout))
+        for ext in layout.split(",")[2:]:
+            features[ext] = Image()
+        ds = load_dataset("webdataset", data_files={"train": files}, split="train", features=features)
+        assert ds.num_rows == len(names), layout
+        first = ds[0]
+        assert first["json"]["key"] == first["__key__"] and isinstance(first["txt"], str)
+        assert sorted(ds.column_names) == sorted(["__key__", "__url__"] + layout.split(",")), layout
+
+
+@pytest.mark.parametrize("runner", ["multi_processing", "portable_loopback"])
+def test_output_is_byte_identical_across_runners(corpus, curated, tmp_path, runner):
+    corpus_dir, _ = corpus
+    out_ref = curated[0]
+    out = str(tmp_path / runner)
+    curate(_config(corpus_dir, out), RUNNERS[runner])
+
+    def digest(d):
+        files = sorted(glob.glob(os.path.join(d, "shards", "*.tar"))) + [
+            os.path.join(d, "manifest.parquet"), os.path.join(d, "rejected", "rejected.parquet")]
+        return [(os.path.relpath(f, d), hashlib.sha256(open(f, "rb").read()).hexdigest()) for f in files]
+
+    assert digest(out) == digest(out_ref)
+
+
+def test_existing_output_is_refused_unless_overwrite(corpus, tmp_path):
+    corpus_dir, _ = corpus
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(ConfigError, match="--overwrite"):
+        curate(_config(corpus_dir, str(out)))
+    assert (out / "keep.txt").exists()
+
+
+def test_failed_job_leaves_no_output(corpus, tmp_path):
+    corpus_dir, _ = corpus
+    out = tmp_path / "failed"
+    # every record fails the decode stage unexpectedly (max_pixels is not an int) and no errors are tolerated
+    config = _config(corpus_dir, str(out), max_error_ratio=0.0)
+    object.__setattr__(config.decode, "max_pixels", "not-a-number")
+    with pytest.raises(Exception):
+        curate(config)
+    assert not out.exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("failed")]
+
+
+def test_empty_input_writes_an_empty_but_valid_output(tmp_path):
+    import tarfile
+
+    src = tmp_path / "empty.tar"
+    with tarfile.open(src, "w"):
+        pass
+    out = tmp_path / "out"
+    report = curate(load_config({"inputs": [{"path": str(src)}], "output": str(out)}))
+    assert report["accounting"] == {**report["accounting"], "input_records": 0, "kept": 0, "rejected": 0}
+    assert pq.read_table(out / "manifest.parquet").num_rows == 0
+    assert json.loads((out / "report.json").read_text())["shards"] == 0
