@@ -124,10 +124,14 @@ def _phash(image: Image.Image) -> int:
 
 
 class _DistinctImages:
-    """pHashes of images meant to be distinct; `admit` refuses an image within PHASH_DISTINCT_MIN of any."""
+    """pHashes of images meant to be distinct; `admit` refuses an image within PHASH_DISTINCT_MIN of any.
+
+    `texts` holds the captions of the clean samples, which must be unique too (text dedup must find only plants).
+    """
 
     def __init__(self) -> None:
         self._hashes = np.zeros(0, dtype=np.uint64)
+        self.texts: set[bytes] = set()
 
     def admit(self, *images: Image.Image) -> bool:
         hashes = np.array([_phash(im) for im in images], dtype=np.uint64)
@@ -451,11 +455,11 @@ def _scene_caption(scene: _Scene, lang: str, rng: random.Random) -> str:
         items = [_en_phrase(n, counts[n], [c for m, c, _ in scene.objects if m == n]) for n in nouns]
         if scene.sun:
             items.append("a bright sun")
-        for _ in range(20):
-            template = rng.choice(EN_TEMPLATES)
+        for attempt in range(30):  # long lists name fewer objects (still all drawn) to stay within 25 words
+            template = EN_TEMPLATES[1] if attempt == 29 else rng.choice(EN_TEMPLATES)
+            listed = _join_en(items[: max(1, len(items) - attempt // 6)])
             text = template.format(style=rng.choice(STYLES), place="lakeside" if scene.water else rng.choice(PLACES),
-                                   list=_join_en(items), List=_join_en(items)[0].upper() + _join_en(items)[1:],
-                                   sky=scene.sky, ground=scene.ground)
+                                   list=listed, List=listed[0].upper() + listed[1:], sky=scene.sky, ground=scene.ground)
             if rng.random() < 0.6 or _word_count(text) < 8:
                 noun, colour, fx = rng.choice(scene.objects)
                 extra = rng.choice(EN_EXTRA).format(colour=colour, noun=noun, side="left" if fx < 0.5 else "right",
@@ -463,7 +467,7 @@ def _scene_caption(scene: _Scene, lang: str, rng: random.Random) -> str:
                 text = f"{text} {extra}"
             if 8 <= _word_count(text) <= 25:
                 return text
-        return " ".join(text.split()[:25]).rstrip(",.") + "."
+        return text
     table = NOUNS_I18N[lang]
     items = [table[n][0] if counts[n] == 1 else table[n][1] for n in nouns]
     if scene.sun:
@@ -656,6 +660,17 @@ SCREENS = {
     "checkout": (["Card number", "Expiry date", "Address"], ["Pay now", "Edit cart"], ["Save card"]),
     "contact": (["Subject", "Message"], ["Send", "Discard"], ["Copy to me"]),
 }
+PEOPLE = ("Anna Berg", "Omar Haddad", "Li Wei", "Maria Lopez", "Tom Becker", "Sara Nilsson", "Ken Sato", "Eva Novak",
+          "Raj Patel", "Julia Costa", "Noah Fischer", "Mia Rossi", "Ivan Petrov", "Lena Vogel", "Ali Demir", "Zoe Martin")
+FIELD_VALUES = {
+    "Name": lambda rng: rng.choice(PEOPLE),
+    "Display name": lambda rng: rng.choice(PEOPLE).split()[0] + str(rng.randint(1, 99)),
+    "Email": lambda rng: rng.choice(PEOPLE).lower().replace(" ", ".") + f"{rng.randint(1, 99)}@example.com",
+    "Search": lambda rng: " ".join(rng.sample(ITEMS, 2)).lower(),
+    "Subject": lambda rng: f"Order {rng.randint(1000, 9999)} {rng.choice(('delayed', 'question', 'refund', 'invoice'))}",
+    "Address": lambda rng: f"{rng.randint(1, 199)} {rng.choice(STREETS)}, {rng.choice(CITIES)}",
+    "Language": lambda rng: rng.choice(("English", "Deutsch", "Français", "Español", "Italiano", "Svenska")),
+}
 THEMES = ((40, 100, 200), (30, 150, 100), (200, 80, 40), (120, 60, 170), (50, 50, 60), (0, 140, 160))
 
 
@@ -686,6 +701,7 @@ def _gui_record(rng: random.Random) -> tuple[_Record, Image.Image]:
                     (0 if panel_left else w - panel, 64 + banner))
     draw = ImageDraw.Draw(image)
     elements = []
+    filled: tuple[str, str] | None = None
     title = f"{app} - {screen.capitalize()}"
     draw.rectangle([0, 0, w, 64], fill=theme)
     draw.text((pad, 32), title, fill=(255, 255, 255), font=bold, anchor="lm")
@@ -695,6 +711,9 @@ def _gui_record(rng: random.Random) -> tuple[_Record, Image.Image]:
         draw.text((pad, y), name, fill=ink, font=font)
         box = [pad, y + size + 8, pad + field_w, y + size + 8 + 44]
         draw.rounded_rectangle(box, radius=6, outline=(150, 150, 160), width=2, fill=field_fill)
+        if name in FIELD_VALUES and not filled and rng.random() < 0.7:
+            filled = (name, FIELD_VALUES[name](rng))
+            draw.text((box[0] + 12, (box[1] + box[3]) // 2), filled[1], fill=ink, font=font, anchor="lm")
         elements.append({"label": name, "type": "text_field", "box": box})
         y += 95
     for name in checks:
@@ -713,9 +732,12 @@ def _gui_record(rng: random.Random) -> tuple[_Record, Image.Image]:
         draw.text(((box[0] + box[2]) // 2, (box[1] + box[3]) // 2), name, fill=(255, 255, 255) if primary else (30, 30, 30), font=font, anchor="mm")
         elements.append({"label": name, "type": "button", "box": box})
         x += bw + 20
-    caption = (f"A {screen} screen of the {app} app with "
+    device = "phone" if w < 600 else "desktop"
+    caption = (f"A {'dark' if dark else 'light'} {screen} screen of the {app} {device} app with "
                f"{_join_en([f'a {n} field' for n in fields])}, {_join_en([f'a {n} checkbox' for n in checks])}, "
-               f"and the buttons {_join_en([repr(b).replace(chr(39), chr(34)) for b in buttons])}.")
+               f"and the buttons {_join_en([chr(34) + b + chr(34) for b in buttons])}.")
+    if filled:
+        caption += f' The {filled[0]} field contains "{filled[1]}".'
     meta = {"app": app, "screen": screen, "elements": elements}
     return _Record("gui", caption.encode("utf-8"), meta, [("png", image)], lang="en"), image
 
@@ -849,30 +871,48 @@ def _ngrams(text: str, n: int = 13) -> set[tuple[str, ...]]:
 # ----------------------------------------------------------------------------------------------
 # Near-duplicate captions
 # ----------------------------------------------------------------------------------------------
-LONG_FILLERS = (
-    "The picture was drawn for a small exhibition about everyday places and the people who remember them.",
-    "Every shape has a clear outline, and the colours were chosen to look calm rather than bright.",
-    "Children who saw the drawing said it reminded them of summer holidays with their grandparents.",
-    "In the background the light changes slowly, as if the afternoon were about to turn into evening.",
-    "Nothing in the scene moves, yet the arrangement suggests a gentle breeze across the open land.",
-    "The artist added small details only where the eye would stop, leaving the rest quiet and empty.",
-    "A caption like this one is long on purpose, so that text deduplication has enough words to compare.",
+PARAGRAPH_TEMPLATES = (
+    "{name} walked past the {adj} {thing} near {city} at {time} and counted {num} {adj2} {things}.",
+    "On {day} the {adj} {thing} beside the {place} looked {adj2} under a {sky} sky.",
+    "{name} wrote that {num} {things} had been {verb} in {city} since {year}.",
+    "The {adj} light of {time} made every {thing} in the {place} seem {adj2}.",
+    "Later {name} and {name2} {verb2} a {adj} {thing} for the {event} in {city}.",
+    "Nobody in {city} remembered a {day} as {adj} as this one, {name} said after the {event}.",
+    "A {adj} {thing} and {num} {adj2} {things} were left near the {place} after the {event}.",
 )
-SWAP_WORDS = {"calm": "soft", "bright": "loud", "summer": "winter", "small": "modest", "afternoon": "morning",
-              "gentle": "light", "quiet": "still", "clear": "sharp", "slowly": "gradually", "evening": "night"}
+ADJECTIVES = ("quiet", "bright", "old", "narrow", "busy", "gentle", "cold", "warm", "crooked", "tall", "faded", "golden",
+              "muddy", "silent", "windy", "small", "wooden", "painted", "empty", "crowded", "shiny", "rusty", "pale", "broad")
+THINGS = {"bench": "benches", "lantern": "lanterns", "bicycle": "bicycles", "fence": "fences", "kite": "kites",
+          "wagon": "wagons", "statue": "statues", "umbrella": "umbrellas", "barrel": "barrels", "ladder": "ladders",
+          "basket": "baskets", "bridge": "bridges", "tractor": "tractors", "window": "windows", "well": "wells"}
+TIMES = ("dawn", "noon", "dusk", "midnight", "early morning", "late afternoon", "sunrise", "twilight")
+DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+PARAGRAPH_PLACES = ("harbour", "station", "market", "old mill", "school", "church", "orchard", "river bank", "square")
+VERBS = ("repaired", "painted", "sold", "moved", "counted", "photographed", "forgotten", "rebuilt")
+VERBS2 = ("carried", "decorated", "borrowed", "cleaned", "measured", "sketched")
+EVENTS = ("festival", "market day", "school fair", "harvest", "concert", "bicycle race", "parade", "auction")
 
 
-def _long_caption(scene: _Scene, rng: random.Random) -> str:
-    parts = [_scene_caption(scene, "en", rng)] + rng.sample(LONG_FILLERS, 5)
-    return " ".join(parts)
+def _paragraph(rng: random.Random) -> str:
+    """About 90 words of template prose with a slot every few words, so unrelated paragraphs share few shingles."""
+    def fill(template: str) -> str:
+        thing = rng.choice(sorted(THINGS))
+        return template.format(
+            name=rng.choice(PEOPLE).split()[0], name2=rng.choice(PEOPLE).split()[0], adj=rng.choice(ADJECTIVES),
+            adj2=rng.choice(ADJECTIVES), thing=thing, things=THINGS[rng.choice(sorted(THINGS))], city=rng.choice(CITIES),
+            time=rng.choice(TIMES), num=rng.choice(("two", "three", "four", "five", "six", "seven", "nine", "twelve")),
+            day=rng.choice(DAYS), place=rng.choice(PARAGRAPH_PLACES), sky=rng.choice(sorted(SKIES)),
+            verb=rng.choice(VERBS), verb2=rng.choice(VERBS2), year=rng.randint(1950, 2020), event=rng.choice(EVENTS))
+    return " ".join(fill(t) for t in rng.sample(PARAGRAPH_TEMPLATES, 6))
 
 
 def _one_word_changed(text: str, rng: random.Random) -> str:
+    """`text` with one adjective (not among the first or last ten words) replaced by another."""
     words = text.split(" ")
-    positions = [i for i, w in enumerate(words) if w.strip(",.") in SWAP_WORDS]
+    positions = [i for i, w in enumerate(words) if w.strip(",.") in ADJECTIVES and 10 <= i < len(words) - 10]
     i = rng.choice(positions)
     core = words[i].strip(",.")
-    words[i] = words[i].replace(core, SWAP_WORDS[core])
+    words[i] = words[i].replace(core, rng.choice([a for a in ADJECTIVES if a != core]))
     return " ".join(words)
 
 
@@ -891,7 +931,10 @@ _MAKERS = {"scene": _scene_record, "chart": _chart_record, "ocr": _ocr_record, "
 def _make_distinct(seed: int, purpose: str, index: int, maker: Any, distinct: _DistinctImages) -> tuple[_Record, Any]:
     for attempt in range(200):
         record, images = maker(_rng(seed, purpose, index, attempt))
+        if record.caption in distinct.texts:
+            continue
         if distinct.admit(*(images if isinstance(images, list) else [images])):
+            distinct.texts.add(record.caption)
             # rendering is cheap, encoding is not: makers hand over PIL images, encoded only once admitted
             record.images = [(ext, _encode(im, ext) if isinstance(im, Image.Image) else im) for ext, im in record.images]
             return record, images
@@ -988,8 +1031,10 @@ def build_demo_corpus(out_dir: str, config: DemoCorpusConfig = DemoCorpusConfig(
                 image = _render_scene(scene, _rng(seed, "near_text_render", j, k, attempt))
                 if distinct.admit(image):
                     break
+            else:
+                raise RuntimeError(f"demo corpus: near-duplicate text image {j}/{k} not distinct after 50 attempts")
             pair.append((scene, image))
-        text = _long_caption(pair[0][0], rng)
+        text = f"{_scene_caption(pair[0][0], 'en', rng)} {_paragraph(rng)}"
         variant_text = _one_word_changed(text, rng)
         a = _Record("caption", text.encode("utf-8"), {"objects": sorted(pair[0][0].counts())}, [("jpg", _encode(pair[0][1], "jpg"))], lang="en")
         b = _Record("caption", variant_text.encode("utf-8"), {"objects": sorted(pair[1][0].counts())}, [("jpg", _encode(pair[1][1], "jpg"))], lang="en")
@@ -1015,6 +1060,8 @@ def build_demo_corpus(out_dir: str, config: DemoCorpusConfig = DemoCorpusConfig(
                 image = _render_scene(scene, rng)
                 if distinct.admit(image):
                     break
+            else:
+                raise RuntimeError(f"demo corpus: benchmark plant image {j} not distinct after 50 attempts")
             images = [("jpg", _encode(image, "jpg"))]
             caption = f"{_scene_caption(scene, 'en', rng)} Quiz: {item['question']}"
         rec = _Record("caption", caption.encode("utf-8"), {}, images, lang="en")

@@ -325,7 +325,9 @@ def _report(config, recipe, tokenizer, lengths, rejections, truncated, mult, wri
                                         config.balance.world_size),
                     "pack_order": imbalance(np.array(costs_before), config.balance.world_size),
                     "after": imbalance(np.array(costs_after), config.balance.world_size)},
-        "config": to_dict(config), "config_hash": config_hash(config),
+        "config": to_dict(config),
+        # what determines the shards: everything but where they go
+        "config_hash": config_hash({k: v for k, v in to_dict(config).items() if k not in ("output", "overwrite")}),
         "tokenizer": {"dir": TOKENIZER_DIR, "vocab_size": len(tokenizer), "pad_id": int(tokenizer.pad_token_id),
                       "special_token_ids": T.special_token_ids(tokenizer)},
     }

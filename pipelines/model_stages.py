@@ -58,6 +58,10 @@ class ModelStagesConfig:
 
 
 # --- the generic pieces -----------------------------------------------------------------------
+class _OneByOne(Exception):
+    pass
+
+
 @dataclass
 class InferenceFailure:
     """Stands in for the output of a sample whose inference raised; its decide step re-raises it."""
@@ -69,12 +73,13 @@ class SampleModelHandler(ModelHandler[Sample, tuple, Any]):
     process; `run_inference` calls `infer(worker, batch)` and pairs each sample with its output."""
 
     def __init__(self, name: str, load: Callable[[], Any], infer: Callable[[Any, list[Sample]], list[Any]],
-                 batch_size: int):
+                 batch_size: int, per_sample: bool = False):
         super().__init__()
         self._name = name
         self._load = load
         self._infer = infer
         self._batch_size = batch_size
+        self._per_sample = per_sample  # the backend reads one image at a time anyway (OCR): isolate errors up front
 
     def load_model(self) -> Any:
         return self._load()
@@ -82,9 +87,11 @@ class SampleModelHandler(ModelHandler[Sample, tuple, Any]):
     def run_inference(self, batch: Sequence[Sample], model: Any, inference_args: dict | None = None) -> Iterable[tuple]:
         batch = list(batch)
         try:
+            if self._per_sample:
+                raise _OneByOne()
             outputs = self._infer_checked(model, batch)
         except Exception:
-            if len(batch) == 1:
+            if len(batch) == 1 and not self._per_sample:
                 raise
             # One bad sample must not take its batch-mates to the dead letters: retry one by one and
             # mark only the failing ones (their decide step raises, so they are quarantined alone).
@@ -133,7 +140,7 @@ class RecaptionModelHandler(SampleModelHandler):
 class OcrModelHandler(SampleModelHandler):
     def __init__(self, config: OcrConfig):
         super().__init__(f"ocr_{config.backend}", partial(_ocr_annotator, config),
-                         lambda worker, batch: worker.read_batch(batch), config.batch_size)
+                         lambda worker, batch: worker.read_batch(batch), config.batch_size, per_sample=True)
 
 
 class DetectorModelHandler(SampleModelHandler):

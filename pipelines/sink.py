@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tarfile
 import uuid
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from apache_beam.metrics import Metrics
 from vlmloom.schemas import formats
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.records import REJECTION_SCHEMA, Rejection, Sample
+
+log = logging.getLogger("vlmloom.curate")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,6 +132,7 @@ class _WriteShard(beam.DoFn):
         for sample in samples:
             members.extend(sample_members(sample))
         write_atomic(join(self._dir, name), tar_bytes(members))
+        log.info("wrote shard %s: %d samples", name, len(samples))
         self._shards.inc()
         self._samples.inc(len(samples))
         for sample in samples:

@@ -22,6 +22,7 @@ from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.records import KINDS, Rejection, Sample, make_key
 
 log = logging.getLogger(__name__)
+PROGRESS_EVERY = 1000
 FORMATS = ("auto", "webdataset", "parquet", "jsonl", "folder")
 
 
@@ -94,15 +95,20 @@ class _ReadTar(beam.DoFn):
         self._read = Metrics.counter("read", "records")
 
     def process(self, path: str):
+        count = 0
         with FileSystems.open(path) as fh:
             for item in readers.iter_tar_records(fh, path):
                 self._read.inc()
+                count += 1
+                if count % PROGRESS_EVERY == 0:
+                    log.info("read %d records from %s ...", count, path)
                 if isinstance(item, tuple):
                     source_id, reason, detail = item
                     yield Rejection(make_key(self._source, source_id), self._source, source_id,
                                     readers.READ_STAGE, reason, detail)
                 else:
                     yield readers.record_to_sample(item, self._source, self._kind)
+        log.info("read %d records from %s", count, path)
 
 
 class _ReadManifest(beam.DoFn):

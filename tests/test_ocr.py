@@ -133,7 +133,7 @@ def test_ocr_stage_covers_every_reason(reader):
         make_sample("broken", b"not an image"),  # unexpected error → quarantined, alone
     ]
     samples[3].annotations.ocr = [OcrLine("given", [0, 0, 500, 500], score=1.0)]
-    stage = ocr_stage(OcrConfig(enabled=True, batch_size=8))
+    stage = ocr_stage(OcrConfig(enabled=True, batch_size=8), max_error_ratio=0.5)
     with BeamPipeline() as p:
         out = p | beam.Create(samples) | stage
         assert_that(out["kept"] | "KeptKeys" >> beam.Map(lambda s: (s.key, s.signals.get("ocr_lines"),

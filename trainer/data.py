@@ -138,8 +138,10 @@ def packed_source(paths: list[str], *, shuffle_buffer: int, seed: int, rank: int
     """The packed-shard reader over `paths` (directories or shards) for this rank."""
     from vlmloom.packing.reader import PackedDataset
 
+    if not paths:
+        raise ValueError("data: no packed directories given (set `data` or pass --data DIR)")
     return PackedDataset(paths, shuffle_buffer=shuffle_buffer, seed=seed, rank=rank, world_size=world_size,
-                         epochs=epochs)
+                         epochs=epochs or None)  # the reader repeats forever with epochs=None
 
 
 def make_loader(source: Any, collator: PackedCollator, *, micro_batch: int, num_workers: int = 0) -> Any:

@@ -1,0 +1,48 @@
+"""The `vlmloom` CLI: curate with a YAML config and overrides, report, inspect, and config errors."""
+import json
+import os
+
+import pytest
+
+from vlmloom.curation.demo_corpus import DemoCorpusConfig, build_demo_corpus
+from vlmloom.pipelines.cli import main
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    build_demo_corpus(str(root / "corpus"), DemoCorpusConfig(num_samples=50))
+    return root
+
+
+def test_curate_report_and_inspect(small_corpus, capsys):
+    root = small_corpus
+    job = root / "job.yaml"
+    job.write_text("disable: [language]\nheuristics:\n  min_side: 100\noutput_format:\n  samples_per_shard: 7\n")
+    out = root / "out"
+    rc = main(["curate", str(root / "corpus" / "tars" / "*.tar"), "--output", str(out), "--config", str(job),
+               "--set", "dedup.phash_max_distance=4"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "balanced" in printed and "heuristics" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["heuristics"]["min_side"] == 100
+    assert report["config"]["dedup"]["phash_max_distance"] == 4
+    assert "language" not in [row["stage"] for row in report["funnel"]]
+    assert len(os.listdir(out / "shards")) == report["shards"] >= 2
+    assert main(["report", str(out)]) == 0
+    assert "input" in capsys.readouterr().out
+    assert main(["inspect", str(out), "--samples", "2"]) == 0
+    inspected = capsys.readouterr().out
+    assert inspected.count("signals=") == 2
+
+
+def test_config_errors_are_reported_with_a_fix(small_corpus, capsys):
+    root = small_corpus
+    rc = main(["curate", str(root / "corpus" / "tars" / "*.tar"), "--output", str(root / "bad"),
+               "--set", "dedup.phash_max_distanse=3"])
+    assert rc == 2
+    assert "did you mean 'phash_max_distance'" in capsys.readouterr().err
+    rc = main(["curate", str(root / "nothing-here" / "*.tar"), "--output", str(root / "bad2")])
+    assert rc == 2 and "matches no files" in capsys.readouterr().err
+    assert main(["no-such-command"]) == 2

@@ -1,0 +1,106 @@
+"""Grounding annotation from OCR lines and GUI element sidecars, the box rendering, and the Beam stage."""
+from __future__ import annotations
+
+import io
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
+
+from vlmloom.curation.grounding import Detection, GroundingAnnotator, GroundingConfig, render_box
+from vlmloom.pipelines.model_stages import grounding_stage
+from vlmloom.schemas.config import ConfigError, build_config
+from vlmloom.schemas.records import Grounding, ImageRef, OcrLine, Sample
+
+
+def _png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), "white").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make(key: str, kind: str, width: int = 200, height: int = 100, **kw) -> Sample:
+    return Sample(key=key, source="t", source_id=key, kind=kind,
+                  images=[ImageRef(width=width, height=height, format="png", bytes=_png(width, height))], **kw)
+
+
+ELEMENTS = [
+    {"label": "Search", "type": "button", "box": [10, 10, 50, 30]},
+    {"label": "", "type": "checkbox", "box": [100, 50, 120, 70]},
+    {"label": "Broken", "type": "text", "box": [30, 30, 30, 40]},  # zero width: ignored
+    {"label": "No box", "type": "text"},  # malformed: ignored
+]
+
+
+def test_render_box():
+    assert render_box([1, 20, 300, 999]) == "<|begin_of_box|>[1,20,300,999]<|end_of_box|>"
+
+
+def test_gui_elements_become_thousandths_and_messages():
+    sample = make("gui", "gui", meta={"elements": ELEMENTS})
+    verdict = GroundingAnnotator(GroundingConfig()).judge(sample)
+    assert verdict.keep and verdict.signals["grounding_boxes"] == 2 and verdict.signals["grounding_boxes_gui"] == 2
+    assert sample.annotations.grounding == [Grounding("Search", [50, 100, 250, 300], "gui"),
+                                            Grounding("checkbox", [500, 500, 600, 700], "gui")]
+    assert [m.role for m in sample.messages] == ["user", "assistant", "user", "assistant"]
+    assert sample.messages[0].content.startswith("<image>") and '"Search"' in sample.messages[0].content
+    assert sample.messages[1].content == "<|begin_of_box|>[50,100,250,300]<|end_of_box|>"
+    assert "<image>" not in sample.messages[2].content
+
+
+def test_ocr_lines_ambiguous_phrases_and_caps():
+    lines = [OcrLine("Total", [0, 0, 100, 50]), OcrLine("Total", [0, 100, 100, 150]),
+             OcrLine("Paid", [0, 200, 300, 250]), OcrLine("Due", [0, 300, 100, 330]), OcrLine(" ", [0, 0, 5, 5])]
+    sample = make("doc", "ocr")
+    sample.annotations.ocr = lines
+    verdict = GroundingAnnotator(GroundingConfig(max_boxes=1, add_messages=False)).judge(sample)
+    assert not verdict.keep and verdict.reason == "grounding_too_few_boxes"  # capped to 1 < min_boxes 2
+    sample = make("doc", "ocr")
+    sample.annotations.ocr = lines
+    verdict = GroundingAnnotator(GroundingConfig(add_messages=False)).judge(sample)
+    assert verdict.keep and [g.phrase for g in sample.annotations.grounding] == ["Paid", "Due"]
+    assert sample.messages == []
+
+
+def test_detections_are_thresholded_and_merged_with_existing():
+    sample = make("nat", "grounding")
+    sample.annotations.grounding = [Grounding("given", [0, 0, 10, 10], "input")]
+    config = GroundingConfig(sources=("detector",), detector_threshold=0.5)
+    verdict = GroundingAnnotator(config).judge(sample, [Detection("dog", [20, 10, 120, 90], 0.9),
+                                                        Detection("cat", [0, 0, 50, 50], 0.2)])
+    assert verdict.keep
+    assert sample.annotations.grounding == [Grounding("given", [0, 0, 10, 10], "input"),
+                                            Grounding("dog", [100, 100, 600, 900], "detector")]
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="subset of"):
+        build_config(GroundingConfig, {"sources": ["ocr", "sam"]})
+    with pytest.raises(ConfigError, match="detector_model_path"):
+        build_config(GroundingConfig, {"enabled": True, "sources": ["detector"], "detector_labels": ["dog"]})
+
+
+def test_grounding_stage_covers_every_reason():
+    doc = make("doc", "ocr")
+    doc.annotations.ocr = [OcrLine("Name", [0, 0, 100, 40]), OcrLine("Address", [0, 50, 200, 90])]
+    lonely = make("lonely", "ocr")
+    lonely.annotations.ocr = [OcrLine("Only", [0, 0, 100, 40])]
+    samples = [doc, lonely, make("gui", "gui", meta={"elements": ELEMENTS}),
+               make("photo", "caption", text="a cat"),  # other kind: passes untouched
+               make("nobox", "gui", meta={"elements": [{"label": "x", "box": [1, 1]}]})]
+    with BeamPipeline() as p:
+        out = p | beam.Create(samples) | grounding_stage(GroundingConfig(enabled=True))
+        assert_that(out["kept"] | "Kept" >> beam.Map(lambda s: (s.key, len(s.annotations.grounding), len(s.messages))),
+                    equal_to([("doc", 2, 4), ("gui", 2, 4), ("photo", 0, 0)]), label="kept")
+        assert_that(out["rejected"] | "Rejected" >> beam.Map(lambda r: (r.key, r.reason)),
+                    equal_to([("lonely", "grounding_too_few_boxes"), ("nobox", "grounding_too_few_boxes")]),
+                    label="rejected")
+
+
+def test_grounding_stage_empty_input():
+    with BeamPipeline() as p:
+        out = p | beam.Create([]).with_output_types(Sample) | grounding_stage(GroundingConfig(enabled=True))
+        assert_that(out["kept"], equal_to([]), label="kept")
+        assert_that(out["rejected"], equal_to([]), label="rejected")
