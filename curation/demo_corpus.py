@@ -221,7 +221,6 @@ NOUN_COLOURS = {
 PLURALS = {"house": "houses", "tree": "trees", "car": "cars", "dog": "dogs", "mountain": "mountains",
            "boat": "boats", "cloud": "clouds", "flower": "flowers"}
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
-LANG_WEIGHTS = (("en", 70), ("de", 5), ("fr", 5), ("es", 5), ("zh", 5), ("ja", 5), ("ru", 5))
 
 # (one, two) per noun, and colour words for the sky / ground, per language.
 NOUNS_I18N = {
@@ -460,7 +459,7 @@ def _scene_caption(scene: _Scene, lang: str, rng: random.Random) -> str:
             listed = _join_en(items[: max(1, len(items) - attempt // 6)])
             text = template.format(style=rng.choice(STYLES), place="lakeside" if scene.water else rng.choice(PLACES),
                                    list=listed, List=listed[0].upper() + listed[1:], sky=scene.sky, ground=scene.ground)
-            if rng.random() < 0.6 or _word_count(text) < 8:
+            if rng.random() < 0.4 or _word_count(text) < 8:
                 noun, colour, fx = rng.choice(scene.objects)
                 extra = rng.choice(EN_EXTRA).format(colour=colour, noun=noun, side="left" if fx < 0.5 else "right",
                                                     horizon="high" if scene.horizon < 0.5 else "low")
@@ -477,12 +476,7 @@ def _scene_caption(scene: _Scene, lang: str, rng: random.Random) -> str:
     return rng.choice(I18N_TEMPLATES[lang]).format(list=joined, sky=SKY_I18N[lang][scene.sky], ground=GROUND_I18N[lang][scene.ground])
 
 
-def _pick_lang(rng: random.Random) -> str:
-    return rng.choices([lang for lang, _ in LANG_WEIGHTS], weights=[w for _, w in LANG_WEIGHTS])[0]
-
-
-def _scene_record(rng: random.Random, lang: str | None = None) -> tuple[_Record, Image.Image]:
-    lang = lang or _pick_lang(rng)
+def _scene_record(rng: random.Random, lang: str = "en") -> tuple[_Record, Image.Image]:
     scene = _random_scene(rng, max_per_noun=3 if lang == "en" else 2)  # other languages only say "one" or "two"
     image = _render_scene(scene, rng)
     caption = _scene_caption(scene, lang, rng)
@@ -920,7 +914,10 @@ def _one_word_changed(text: str, rng: random.Random) -> str:
 # Build
 # ----------------------------------------------------------------------------------------------
 def _kind_pattern(seed: int) -> list[str]:
-    pattern = ["scene"] * 50 + ["chart"] * 10 + ["ocr"] * 15 + ["gui"] * 10 + ["qa"] * 12 + ["interleaved"] * 3
+    """Kinds (and scene caption languages) of clean samples cycle through a shuffled block of 100, so every
+    mix of 100 or more samples holds every kind and language in fixed shares."""
+    scenes = ["scene:en"] * 32 + [f"scene:{lang}" for lang in I18N_TEMPLATES for _ in range(3)]
+    pattern = scenes + ["chart"] * 10 + ["ocr"] * 15 + ["gui"] * 10 + ["qa"] * 12 + ["interleaved"] * 3
     _rng(seed, "kinds").shuffle(pattern)
     return pattern
 
@@ -978,8 +975,10 @@ def build_demo_corpus(out_dir: str, config: DemoCorpusConfig = DemoCorpusConfig(
     pattern = _kind_pattern(seed)
     clean: list[_Record] = []
     for i in range(config.num_samples):
-        kind = pattern[i % len(pattern)]
+        kind, _, lang = pattern[i % len(pattern)].partition(":")
         maker = _interleaved_record if kind == "interleaved" else _MAKERS[kind]
+        if lang:
+            maker = functools.partial(_scene_record, lang=lang)
         record, _ = _make_distinct(seed, "clean", i, maker, distinct)
         clean.append(record)
     records += clean

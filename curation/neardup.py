@@ -106,11 +106,13 @@ def _pairs_within_groups(
     positions = positions[np.argsort(-later[positions], kind="stable")]
     neg_later = -later[positions]  # ascending
     sorted_values = values[order]
+    position_values = sorted_values[positions]  # gathered once; each offset reads a prefix of it
     for offset in range(1, int(-neg_later[0]) + 1 if len(neg_later) else 1):
-        active = positions[: int(np.searchsorted(neg_later, -offset, side="right"))]
-        close = _popcount(sorted_values[active] ^ sorted_values[active + offset]) <= max_distance
-        hits = active[close]
-        if len(hits):
+        count = int(np.searchsorted(neg_later, -offset, side="right"))
+        active = positions[:count]
+        close = _popcount(position_values[:count] ^ sorted_values[active + offset]) <= max_distance
+        if close.any():
+            hits = active[close]
             found.append((order[hits], order[hits + offset]))
 
     for start, size in zip(starts[sizes > BRUTE_FORCE_MAX].tolist(), sizes[sizes > BRUTE_FORCE_MAX].tolist()):

@@ -35,7 +35,7 @@ from vlmloom.pipelines import report as report_mod
 from vlmloom.pipelines.dedup import DedupConfig, dedup_stages
 from vlmloom.pipelines.model_stages import ModelStagesConfig, build_model_stages, describe_disabled
 from vlmloom.pipelines.sink import OutputConfig, WriteCurated, join, write_atomic
-from vlmloom.pipelines.sources import InputConfig, ReadInputs
+from vlmloom.pipelines.sources import InputConfig, ReadInputs, resolve_input
 from vlmloom.pipelines.stages import JudgeStage
 from vlmloom.schemas import formats
 from vlmloom.schemas.config import ConfigError, build_config, config_hash
@@ -193,7 +193,10 @@ def curate(config: CurateConfig, beam_args: list[str] | None = None) -> dict[str
         report = report_mod.build_report(work_dir, stage_names, counters, config, time.time() - started)
         report["disabled_model_stages"] = describe_disabled(config.models)
         write_atomic(join(work_dir, formats.REPORT_FILE), json.dumps(report, indent=2, sort_keys=True).encode())
-        write_atomic(join(work_dir, formats.REPORT_HTML_FILE), report_mod.render_html(work_dir, report).encode())
+        tar_inputs = {cfg.source_name(): files for cfg in config.inputs
+                      for fmt, files in [resolve_input(cfg)] if fmt == "webdataset"}
+        write_atomic(join(work_dir, formats.REPORT_HTML_FILE),
+                     report_mod.render_html(work_dir, report, tar_inputs).encode())
         report_mod.check_accounting(report)
         write_atomic(join(work_dir, formats.SUCCESS_FILE), b"")
     except BaseException:

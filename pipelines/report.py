@@ -148,17 +148,69 @@ def _thumbnails(out_dir: str, limit: int = 12) -> list[tuple[str, str]]:
     return out
 
 
-def render_html(out_dir: str, report: dict[str, Any]) -> str:
+def _thumbnail_url(data: bytes) -> str | None:
+    from PIL import Image
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.size[0] * img.size[1] > 50_000_000:
+            return None
+        img = img.convert("RGB")
+        img.thumbnail((96, 96))
+    except Exception:  # noqa: BLE001 - a rejected image is often undecodable: it just gets no thumbnail
+        return None
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=75)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def rejected_thumbnails(input_paths: dict[str, list[str]], wanted: dict[tuple[str, str], str],
+                        max_bytes_scanned: int = 512 * 2**20) -> dict[tuple[str, str], str]:
+    """Thumbnails for a few rejected (source, source_id) pairs, read back from webdataset tar inputs.
+    Stops when all are found or after `max_bytes_scanned`; records from other input formats get none."""
+    from vlmloom.curation import readers
+
+    found: dict[tuple[str, str], str] = {}
+    scanned = 0
+    for source, paths in sorted(input_paths.items()):
+        ids = {sid for (src, sid) in wanted if src == source}
+        for path in paths:
+            if not ids or scanned > max_bytes_scanned:
+                break
+            with FileSystems.open(path) as fh:
+                for item in readers.iter_tar_records(fh, path):
+                    if isinstance(item, tuple) or item.source_id not in ids:
+                        continue
+                    ids.discard(item.source_id)
+                    scanned += sum(len(v) for v in item.files.values())
+                    images = [v for k, v in sorted(item.files.items()) if k.split(".")[-1] in readers.IMAGE_EXTENSIONS]
+                    url = _thumbnail_url(images[0]) if images else None
+                    if url:
+                        found[(source, item.source_id)] = url
+                    if not ids:
+                        break
+    return found
+
+
+def render_html(out_dir: str, report: dict[str, Any], input_paths: dict[str, list[str]] | None = None) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(r['stage'])}</td><td>{r['in']}</td><td>{r['kept']}</td>"
         f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in r['dropped'].items()))}</td></tr>" for r in report["funnel"])
     rejected = _read_table(FileSystems.join(out_dir, formats.REJECTED_DIR, "rejected.parquet")).to_pylist()
-    examples: dict[str, dict] = {}
+    examples: dict[str, list[dict]] = {}
     for row in rejected:
-        examples.setdefault(row["reason"], row)
+        if len(examples.setdefault(row["reason"], [])) < 3:
+            examples[row["reason"]].append(row)
+    wanted = {(r["source"], r["source_id"]): r["reason"] for rows in examples.values() for r in rows}
+    thumbs_rejected = rejected_thumbnails(input_paths or {}, wanted)
+
+    def thumb(r):
+        url = thumbs_rejected.get((r["source"], r["source_id"]))
+        return f'<img src="{url}">' if url else ""
+
     reject_rows = "".join(
         f"<tr><td>{html.escape(r['reason'])}</td><td>{html.escape(r['stage'])}</td><td>{html.escape(r['source_id'])}</td>"
-        f"<td>{html.escape(r['detail'][:200])}</td></tr>" for r in examples.values())
+        f"<td>{html.escape(r['detail'][:200])}</td><td>{thumb(r)}</td></tr>" for rows in examples.values() for r in rows)
     thumbs = "".join(f'<figure><img src="{url}"><figcaption>{html.escape(key)}</figcaption></figure>'
                      for key, url in _thumbnails(out_dir))
     hists = "".join(f"<h3>{html.escape(name)}</h3><pre>{html.escape(json.dumps(h, indent=1))}</pre>"
@@ -168,7 +220,7 @@ def render_html(out_dir: str, report: dict[str, Any]) -> str:
 figure{{display:inline-block;margin:4px;font-size:10px}}</style></head><body>
 <h1>Curation report</h1><p>{html.escape(json.dumps(report['accounting']))}</p>
 <h2>Funnel</h2><table><tr><th>stage</th><th>in</th><th>kept</th><th>dropped by reason</th></tr>{rows}</table>
-<h2>Rejected: one example per reason</h2><table><tr><th>reason</th><th>stage</th><th>source id</th><th>detail</th></tr>{reject_rows}</table>
+<h2>Rejected: examples per reason</h2><table><tr><th>reason</th><th>stage</th><th>source id</th><th>detail</th><th>image</th></tr>{reject_rows}</table>
 <h2>Kept samples</h2>{thumbs}<h2>Histograms</h2>{hists}
 <h2>Model stages</h2><pre>{html.escape(json.dumps(report.get('sections', {}), indent=1))}</pre>
 </body></html>"""

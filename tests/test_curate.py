@@ -169,3 +169,12 @@ def test_empty_input_writes_an_empty_but_valid_output(tmp_path):
     assert report["accounting"] == {**report["accounting"], "input_records": 0, "kept": 0, "rejected": 0}
     assert pq.read_table(out / "manifest.parquet").num_rows == 0
     assert json.loads((out / "report.json").read_text())["shards"] == 0
+
+
+def test_html_report_shows_kept_and_rejected_thumbnails(curated):
+    out, report, _ = curated
+    page = open(os.path.join(out, "report.html"), encoding="utf-8").read()
+    assert "Funnel" in page and "near_duplicate_image" in page
+    kept_part, rejected_part = page.split("<h2>Kept samples</h2>")[1], page.split("<h2>Kept samples</h2>")[0]
+    assert kept_part.count("<img") >= 5
+    assert rejected_part.count("<img") >= 3  # duplicates and filtered images are decodable

@@ -43,7 +43,7 @@ def test_cli_trains_on_packed_shards_resumes_and_exports(packed, capsys):
     summary = json.loads(open(os.path.join(out, "summary.json")).read())
     assert summary["steps"] == 4 and summary["resumed_from"].endswith("step_000000002")
     straight = str(packed / "straight")
-    assert main(args[:4] + [straight] + args[6:] + ["export=false"]) == 0
+    assert main(args[:5] + [straight] + args[6:] + ["export=false"]) == 0
     losses = [json.loads(line)["loss"] for line in open(os.path.join(straight, "metrics.jsonl"))]
     resumed = [json.loads(line)["loss"] for line in open(os.path.join(out, "metrics.jsonl"))]
     assert resumed == losses  # 2 + 2 steps through the real reader (shuffle buffer included) == 4 straight
