@@ -53,27 +53,9 @@ def run_pipeline(tars_glob: str, out: str, workers: int) -> float:
 
 
 def neardup_scale(n: int) -> None:
-    """Run in a child process so that its peak RSS is its own."""
-    code = f"""
-import random, resource, time
-from vlmloom.curation.neardup import cluster_phashes
-rng = random.Random(0)
-items = []
-for i in range({n} - 100_000):
-    h = rng.getrandbits(64)
-    items.append((f"k{{i:08d}}", h, 1000 + i % 7))
-    if i % 20 == 0:
-        items.append((f"v{{i:08d}}", h ^ (1 << rng.randrange(64)) ^ (1 << rng.randrange(64)), 900))
-same = rng.getrandbits(64)
-items += [(f"s{{i:08d}}", same, 500) for i in range(100_000)]
-t = time.perf_counter()
-result = cluster_phashes(items, 6)
-dt = time.perf_counter() - t
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(f"| {{len(items):,}} hashes (incl. 100k identical) | {{dt:.1f}} s | {{len(items)/dt:,.0f}}/s | {{len(result):,}} dropped | {{rss:,.0f}} MB |")
-"""
-    print("\n| near-dup clustering | time | hashes/s | non-representatives | peak RSS |\n|---|---|---|---|---|")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    """The clustering table comes from bench/neardup_scale.py (each k in its own process for a clean peak RSS)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "neardup_scale.py")
+    subprocess.run([sys.executable, script, "--items", str(n), "--max-distance", "6"], check=True)
 
 
 def main() -> None:

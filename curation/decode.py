@@ -8,6 +8,7 @@ Bad input never raises: it becomes a drop with a stable reason code and a detail
 """
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 
@@ -21,6 +22,10 @@ from vlmloom.schemas.records import ImageRef, Sample
 
 STAGE = "decode"
 KINDS_NEEDING_IMAGE = ("caption", "ocr", "grounding", "gui")
+# Raster formats seen in image-text corpora. Anything else (EPS runs Ghostscript, PSD, PDF, ...) is
+# `unidentified_image`: parsing rare formats from untrusted bytes buys risk, not data.
+# (MPO, multi-picture JPEG, is recognised through the JPEG opener.)
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "JPEG2000", "ICO", "PPM", "TGA")
 _EXIF_ORIENTATION = 0x0112
 _JPEG_QUALITY = 95  # re-encode quality after an EXIF rotation: visually lossless, ~1.5x the bytes of q75
 
@@ -96,6 +101,13 @@ def _reencode(image: Image.Image, source_format: str, original: Image.Image) -> 
     return out.getvalue(), "png"
 
 
+@functools.lru_cache(maxsize=1)
+def _openers() -> tuple[str, ...]:
+    """IMAGE_FORMATS this Pillow build can open (AVIF and JPEG2000 depend on optional codecs)."""
+    Image.init()
+    return tuple(f for f in IMAGE_FORMATS if f in Image.OPEN)
+
+
 def _decode_one(ref: ImageRef, index: int, config: DecodeConfig, measure: bool) -> dict:
     """Decode image `index` in place (fills sha256/size/format, may replace bytes); returns signals if `measure`."""
     data = ref.bytes
@@ -105,9 +117,11 @@ def _decode_one(ref: ImageRef, index: int, config: DecodeConfig, measure: bool) 
     if len(data) > config.max_bytes:
         raise _Drop("image_too_large_bytes", f"image {index}: {len(data)} bytes > max_bytes {config.max_bytes}")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=_openers())
     except UnidentifiedImageError:
-        raise _Drop("unidentified_image", f"image {index}: PIL cannot identify the format ({len(data)} bytes)") from None
+        raise _Drop(
+            "unidentified_image", f"image {index}: not a supported image format ({len(data)} bytes, starts {data[:8]!r})"
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _Drop("decompression_bomb", f"image {index}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any header parse failure is a decode error, never a crash

@@ -472,8 +472,13 @@ def _scene_caption(scene: _Scene, lang: str, rng: random.Random) -> str:
     if scene.sun:
         items.append(table["sun"][0])
     sep, last = I18N_JOIN[lang]
-    joined = items[0] if len(items) == 1 else sep.join(items[:-1]) + last + items[-1]
-    return rng.choice(I18N_TEMPLATES[lang]).format(list=joined, sky=SKY_I18N[lang][scene.sky], ground=GROUND_I18N[lang][scene.ground])
+    template = rng.choice(I18N_TEMPLATES[lang])
+    while True:  # name fewer (still drawn) objects until the sentence fits 25 words
+        joined = items[0] if len(items) == 1 else sep.join(items[:-1]) + last + items[-1]
+        text = template.format(list=joined, sky=SKY_I18N[lang][scene.sky], ground=GROUND_I18N[lang][scene.ground])
+        if _word_count(text) <= 25 or len(items) == 1:
+            return text
+        items = items[:-1]
 
 
 def _scene_record(rng: random.Random, lang: str = "en") -> tuple[_Record, Image.Image]:
@@ -550,11 +555,19 @@ def _qa_record(rng: random.Random) -> tuple[_Record, Image.Image]:
         labels, values = chart["labels"], chart["values"]
         if rng.random() < 0.5:
             i = rng.randrange(len(labels))
-            question = f"What is the value of {labels[i]} in the chart of {chart['metric']} in {chart['where']}?"
+            question = rng.choice((
+                "What is the value of {label} in the {kind} chart of {metric} in {where}?",
+                "In the {kind} chart of {metric} for {where}, which number is shown for {label}?",
+                "Read the {kind} chart ({where}): how much {metric} does {label} have?",
+            )).format(label=labels[i], kind=chart["type"], metric=chart["metric"], where=chart["where"])
             answer = str(values[i])
             reasoning = f"The bar or point labelled {labels[i]} is annotated with {values[i]}."
         else:
-            question = f"What is the total of all values shown in the chart of {chart['metric']} in {chart['where']}?"
+            question = rng.choice((
+                "What is the total of the values for {labels} in the chart of {metric} in {where}?",
+                "Add up {labels} in this {kind} chart of {metric} ({where}). What is the sum?",
+                "The {kind} chart shows {metric} in {where} for {labels}; what do they sum to?",
+            )).format(labels=_join_en(labels), kind=chart["type"], metric=chart["metric"], where=chart["where"])
             answer = str(sum(values))
             reasoning = "Adding the values: " + " + ".join(map(str, values)) + f" = {sum(values)}."
         domain, data, ext = "chart", image, "png"
@@ -570,7 +583,8 @@ def _qa_record(rng: random.Random) -> tuple[_Record, Image.Image]:
         question = f"What is {expr}?"
         answer = str(result)
         reasoning = f"First {a} {shown} {b} = {first}. Then {first} {second_op} {c} = {result}."
-        w, h = rng.randint(360, 640), rng.randint(160, 320)
+        w = rng.randint(360, 640)
+        h = rng.randint(max(180, w // 2), 360)
         image = _backdrop(w, h, _jitter(rng.choice(((240, 235, 220), (220, 230, 240), (230, 240, 225), (240, 225, 230))), rng, 10), rng)
         draw = ImageDraw.Draw(image)
         draw.rectangle([rng.randint(0, w // 3), 0, rng.randint(2 * w // 3, w), rng.randint(h // 6, h // 3)], fill=_jitter((180, 200, 230), rng, 40))
@@ -1002,7 +1016,9 @@ def build_demo_corpus(out_dir: str, config: DemoCorpusConfig = DemoCorpusConfig(
 
     # Near-duplicate images of scene originals, plus two chains (variant of a variant).
     near: list[tuple[_Record, _Record, str]] = []
-    near_sources = plan_rng.sample([i for i in scenes if i not in set(dup_sources)], n_plant)
+    # originals of at least 320 px a side, so that even a 0.5x resize passes a 160 px minimum-size filter
+    big_scenes = [i for i in scenes if i not in set(dup_sources) and min(Image.open(io.BytesIO(clean[i].images[0][1])).size) >= 320]
+    near_sources = plan_rng.sample(big_scenes, n_plant)
     variants: list[tuple[_Record, Image.Image]] = []
     for j, i in enumerate(near_sources):
         how = VARIANT_KINDS[j % len(VARIANT_KINDS)]

@@ -163,9 +163,11 @@ def verified_pairs(hashes: list[int], max_distance: int) -> list[tuple[int, int]
     """Edges (a, b), a < b, between distinct hash values of one bucket within Hamming distance k, sorted.
 
     Callers pass DISTINCT values (group identical hashes first: 100k copies of one hash are one node).
-    Cost: buckets of <= BRUTE_FORCE_MAX values are compared all-pairs, vectorised (n²/2 XOR+popcount).
-    Larger buckets are split again by pigeonhole over the bits that still differ between their values,
-    so the work is about (k+1)·n per level plus small all-pairs leaves instead of n².
+    Cost: a bucket of <= BRUTE_FORCE_MAX values is compared all-pairs, vectorised (n²/2 XOR+popcount).
+    A larger one is split again by pigeonhole over the bits that still differ between its values (k+1
+    groupings, each sub-bucket fixing more bits; all small sub-buckets of one grouping are compared in
+    one vectorised pass), so the work is about (k+1)·n per level plus small all-pairs leaves, not n².
+    After 8 levels a sub-bucket is compared all-pairs whatever its size (not reached by real pHashes).
     Cap for pathological buckets: where a (sub-)bucket's values differ in <= k bit positions in total,
     every pair is within k and the bucket is a clique; it is returned as a star from its smallest value
     (same connected components, n-1 edges instead of n²/2). So the result is exactly the edge set
@@ -300,11 +302,6 @@ def cluster_phashes(items: list[tuple[str, int, int]], max_distance: int) -> dic
         key, _, pixels = items[idx]
         groups[int(item_groups[idx])].append((key, int(pixels)))
     return _clusters_to_representatives(groups)
-
-
-def choose_text_representative(members: list[tuple[str, int]]) -> str:
-    """(key, text_length) → the key to keep: the longest text, ties broken by the smallest key."""
-    return choose_representative(members)
 
 
 def cluster_minhash(items: list[tuple[str, np.ndarray, int]], threshold: float, bands: int, rows: int) -> dict[str, str]:

@@ -15,7 +15,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image, ImageFilter
 
 from vlmloom.curation.contamination import (BenchmarkItem, BenchmarkSource, ContaminationConfig, ContaminationIndex,
-                                            load_benchmark, normalize_tokens)
+                                            load_benchmark, normalize_tokens, sample_phash)
 from vlmloom.pipelines.model_stages import contamination_stage
 from vlmloom.schemas.config import ConfigError, build_config
 from vlmloom.schemas.records import ImageRef, Message, Sample
@@ -104,12 +104,13 @@ class MeanColourEncoder:
 
 def test_embedding_confirms_phash_candidates(bench_parquet):
     config = ContaminationConfig(benchmarks=(BenchmarkSource(name="demo", path=bench_parquet),), check_text=False,
-                                 min_embedding_cosine=0.999)
+                                 max_phash_distance=20, min_embedding_cosine=0.999)
     index = ContaminationIndex.build(config, encoder=MeanColourEncoder())
     copy = sample("copy", image=encode(picture(1)))
-    # Same structure, different palette: pHash (luminance DCT) may still be near; the embedding says no.
+    # Same structure, different palette: a pHash candidate (luminance DCT) that the embedding rejects.
     tinted = Image.fromarray((np.asarray(picture(1)) * [1.0, 0.2, 0.2]).astype(np.uint8))
     recoloured = sample("tint", image=encode(tinted))
+    assert index.phash_candidates(sample_phash(recoloured))
     hits = index.lookup([copy, recoloured])
     assert hits[0] is not None and "cosine=1.000" in hits[0].detail()
     assert hits[1] is None

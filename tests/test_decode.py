@@ -158,6 +158,9 @@ def test_unidentified_image():
     rng = np.random.default_rng(3)
     _, verdict = judge(rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
     assert verdict.reason == "unidentified_image"
+    eps = encode(Image.new("RGB", (8, 8)), "EPS")  # PIL can read EPS, via Ghostscript: not from untrusted bytes
+    _, verdict = judge(eps)
+    assert verdict.reason == "unidentified_image" and verdict.detail.startswith("image 0: not a supported image format")
 
 
 def test_declared_size_over_max_pixels_is_rejected_before_decoding():

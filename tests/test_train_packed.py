@@ -55,3 +55,20 @@ def test_cli_trains_on_packed_shards_resumes_and_exports(packed, capsys):
     assert main(["--data", data, "--model", hf, "--output", sft, "mode=sft", "steps=2", "progress=false",
                  "freeze_vision=true"]) == 0
     assert json.loads(open(os.path.join(sft, "summary.json")).read())["steps"] == 2
+
+
+def test_tiny_model_takes_vocabulary_from_the_packed_tokenizer(packed):
+    from transformers import AutoTokenizer
+
+    from vlmloom.trainer.model import resolve_model_spec
+
+    data = str(packed / "packed")
+    tok = AutoTokenizer.from_pretrained(os.path.join(data, "tokenizer"))
+    spec = resolve_model_spec({"hidden_size": 32, "num_attention_heads": 2}, [data])
+    assert spec["vocab_size"] == len(tok) and spec["hidden_size"] == 32
+    assert spec["image_token_id"] == tok.convert_tokens_to_ids("<|image|>")
+    assert spec["image_start_token_id"] == tok.convert_tokens_to_ids("<|begin_of_image|>")
+    assert spec["pad_token_id"] == tok.pad_token_id
+    assert resolve_model_spec("tiny", [data])["vocab_size"] == len(tok)
+    out = str(packed / "tiny_from_tokenizer")
+    assert main(["--data", data, "--output", out, "model=tiny", "steps=1", "progress=false", "export=false"]) == 0

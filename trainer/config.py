@@ -19,7 +19,8 @@ class TrainConfig:
 
     mode: Literal["pretrain", "sft"] = "pretrain"  # objective plugged into the loop (RLCS will add "rlcs")
     # model: a Hugging Face checkpoint directory (str), or a mapping of tiny-model sizes for tests/demos
-    # (keys of `vlmloom.trainer.model.tiny_glm4v_config`, e.g. {vocab_size: 512, hidden_size: 64}).
+    # (keys of `vlmloom.trainer.model.tiny_glm4v_config`, e.g. {hidden_size: 64}); "tiny" or a mapping without
+    # vocab_size takes vocabulary and special-token ids from DATA/tokenizer.
     model: str | dict[str, Any] = ""
     data: list[str] = dataclasses.field(default_factory=list)  # packed directories or shard paths
     output: str = "train_out"  # run directory: checkpoints/, metrics.jsonl, tensorboard/, hf_model/

@@ -22,7 +22,8 @@ from vlmloom.trainer.config import TrainConfig
 from vlmloom.trainer.data import PackedCollator, load_image_processor, make_loader, packed_source
 from vlmloom.trainer.loss import CausalLMLoss, model_inputs, step_loss_scale
 from vlmloom.trainer.metrics import MetricsLogger, peak_tflops, step_flops, sum_stats
-from vlmloom.trainer.model import describe, freeze_parts, load_model, resolve_attn_implementation
+from vlmloom.trainer.model import (describe, freeze_parts, load_model, resolve_attn_implementation,
+                                   resolve_model_spec)
 
 
 def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -36,7 +37,7 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
 
     # model
     attn = resolve_attn_implementation(config.attn_implementation, device)
-    model = load_model(config.model, attn_implementation=attn, seed=config.seed)
+    model = load_model(resolve_model_spec(config.model, config.data), attn_implementation=attn, seed=config.seed)
     trainable = freeze_parts(model, vision=config.freeze_vision, projector=config.freeze_projector,
                              llm=config.freeze_llm)
     if config.gradient_checkpointing:

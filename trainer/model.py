@@ -123,6 +123,24 @@ def special_token_ids(tokenizer_dir: str, vocab_size: int) -> dict[str, int]:
     return out
 
 
+def resolve_model_spec(spec: str | dict[str, Any], data: list[str]) -> str | dict[str, Any]:
+    """`"tiny"` or a tiny-sizes mapping without vocab_size → sizes whose vocabulary and special-token ids come
+    from the first packed directory's `tokenizer/` (so a demo config needs no ids). Anything else: unchanged."""
+    if spec == "tiny":
+        spec = {}
+    if not isinstance(spec, dict) or "vocab_size" in spec:
+        return spec
+    tokenizer_dir = next((os.path.join(d, "tokenizer") for d in data if os.path.isdir(os.path.join(d, "tokenizer"))),
+                         None)
+    if tokenizer_dir is None:
+        raise ValueError("model: a tiny model without vocab_size takes its vocabulary from DATA/tokenizer, "
+                         f"but none of {data} has one; set model.vocab_size")
+    from transformers import AutoTokenizer
+
+    vocab_size = len(AutoTokenizer.from_pretrained(tokenizer_dir))
+    return {**special_token_ids(tokenizer_dir, vocab_size), "vocab_size": vocab_size, **spec}
+
+
 def resolve_attn_implementation(name: str, device: torch.device) -> str:
     """`auto` → flash_attention_2 (CUDA, package installed) → vlmloom_varlen (CUDA, torch varlen_attn) → sdpa."""
     if name != "auto":

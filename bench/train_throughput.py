@@ -1,0 +1,214 @@
+"""Training throughput of packed vs padded batches of the same samples, per attention implementation.
+
+Samples with a realistic length mix (captions with an image, interleaved documents, long texts) are laid out two
+ways: packed into rows of L tokens (first-fit decreasing), and padded (one sample per row of L tokens). Every
+row goes through the same DeepSpeed step (`vlmloom.trainer`: CausalLMLoss, token-normalised loss, ZeRO, torch
+AdamW); batches are collated before timing, so the figures are the model's, not the data loader's.
+Reported: real tokens/s, useful-FLOP MFU (padding not counted), padding fraction, peak memory.
+
+GPU (GLM-4.1V-shaped ~1.9B model with random weights, bf16, L=8192, ZeRO-2):
+    python bench/train_throughput.py --json bench_train.json
+CPU (tiny model, fp32, L=512; checks the plumbing, figures are not meaningful for GPUs):
+    DS_ACCELERATOR=cpu python bench/train_throughput.py
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+from vlmloom.schemas.config import build_config  # noqa: E402
+from vlmloom.trainer import synthetic  # noqa: E402
+from vlmloom.trainer.attention import register_varlen_attention, varlen_available  # noqa: E402
+from vlmloom.trainer.config import TrainConfig  # noqa: E402
+from vlmloom.trainer.data import PackedCollator  # noqa: E402
+from vlmloom.trainer.loop import deepspeed_config, init_distributed  # noqa: E402
+from vlmloom.trainer.loss import CausalLMLoss, model_inputs, step_loss_scale  # noqa: E402
+from vlmloom.trainer.metrics import peak_tflops, step_flops  # noqa: E402
+from vlmloom.trainer.model import load_model  # noqa: E402
+
+# GLM-4.1V-9B shapes scaled down to ~1.9B: same vocabulary, GQA ratio, head_dim 128, vision geometry.
+GPU_MODEL = {
+    "vocab_size": 151552, "hidden_size": 2048, "intermediate_size": 6912, "num_hidden_layers": 20,
+    "num_attention_heads": 16, "num_key_value_heads": 2,
+    "vision_hidden_size": 1536, "vision_depth": 8, "vision_heads": 12, "vision_intermediate_size": 4096,
+}
+CPU_MODEL = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+
+
+def length_mix(n: int, seq_len: int, seed: int) -> list[tuple[int, list[tuple[int, int]]]]:
+    """(text tokens, image sizes) per sample: 50% captions (1 image, 30-300 text tokens), 30% interleaved
+    documents (2 images, 300-2000 tokens, log-uniform), 20% long texts (1000 - seq_len/2 tokens)."""
+    rng = np.random.default_rng(seed)
+    scale = seq_len / 8192
+    sizes = [(448, 448), (672, 448), (448, 672), (896, 672)] if scale >= 0.5 else [(56, 56), (84, 56)]
+    out = []
+    for _ in range(n):
+        kind = rng.random()
+        if kind < 0.5:
+            text = int(rng.integers(30, 300) * max(scale, 0.1))
+            images = [sizes[int(rng.integers(len(sizes)))]]
+        elif kind < 0.8:
+            text = int(np.exp(rng.uniform(np.log(300), np.log(2000))) * max(scale, 0.1))
+            images = [sizes[int(rng.integers(len(sizes)))] for _ in range(2)]
+        else:
+            text = int(rng.integers(1000, seq_len // 2) * max(scale, 0.1)) if scale >= 0.5 else int(
+                rng.integers(seq_len // 8, seq_len // 2))
+            images = []
+        out.append((max(text, 8), images))
+    return out
+
+
+def first_fit_decreasing(samples: list[dict], seq_len: int) -> list[dict]:
+    bins: list[list[dict]] = []
+    space: list[int] = []
+    for s in sorted(samples, key=lambda s: -len(s["input_ids"])):
+        n = len(s["input_ids"])
+        for i, free in enumerate(space):
+            if n <= free:
+                bins[i].append(s)
+                space[i] -= n
+                break
+        else:
+            bins.append([s])
+            space.append(seq_len - n)
+    return [synthetic.pack_samples(b, seq_len, key=f"p{i}") for i, b in enumerate(bins)]
+
+
+def available_impls(device: torch.device) -> list[str]:
+    impls = ["sdpa"]
+    if device.type != "cuda" or varlen_available():
+        impls.append("vlmloom_varlen")  # on CPU: the per-sample sdpa reference of the same function
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        impls.append("flash_attention_2")
+    return impls
+
+
+def measure(engine, model, batches, device, warmup: int, peak: float | None) -> dict:
+    """`warmup` untimed rows, then every row of `batches` once (so both layouts cover the same samples)."""
+    times, useful_flops, tokens, capacity = [], 0.0, 0, 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for i, batch in enumerate(batches[:warmup] + batches):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        loss_sum, _ = engine(**model_inputs(batch, device))
+        engine.backward(loss_sum * step_loss_scale(batch["stats"]["label_tokens"], 1), scale_wrt_gas=False)
+        engine.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - t0
+        if i >= warmup:
+            times.append(elapsed)
+            useful_flops += step_flops(model.config, batch["stats"])
+            tokens += batch["stats"]["tokens"]
+            capacity += batch["stats"]["capacity"]
+    total = sum(times)
+    tflops = useful_flops / total / 1e12
+    return {
+        "tokens_per_s": tokens / total, "step_s": total / len(times), "tflops": tflops,
+        "mfu": tflops / peak if peak else None, "padding_fraction": 1 - tokens / capacity,
+        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "loss": float(loss_sum.detach()) / max(batch["stats"]["label_tokens"], 1),
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seq-len", type=int, default=0, help="row length L (default: 8192 GPU, 512 CPU)")
+    parser.add_argument("--samples", type=int, default=0, help="samples in the mix (default: 96 GPU, 48 CPU)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--zero-stage", type=int, default=2)
+    parser.add_argument("--impl", action="append", help="attention implementation(s); default: all available")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+
+    device, _, _ = init_distributed()
+    cuda = device.type == "cuda"
+    seq_len = args.seq_len or (8192 if cuda else 512)
+    n_samples = args.samples or (96 if cuda else 48)
+    precision = "bf16" if cuda else "fp32"
+    spec = GPU_MODEL if cuda else CPU_MODEL
+    impls = args.impl or available_impls(device)
+    register_varlen_attention()
+
+    import deepspeed
+
+    model = load_model(spec, attn_implementation=impls[0], seed=0)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    params = sum(p.numel() for p in model.parameters())
+    config = build_config(TrainConfig, {"model": spec, "zero_stage": args.zero_stage, "lr": 1e-5,
+                                        "grad_clip": 1.0})
+    engine, *_ = deepspeed.initialize(model=CausalLMLoss(model), model_parameters=model.parameters(),
+                                      config=deepspeed_config(config, 1, precision))
+    engine.train()
+
+    # the same samples, packed and padded; collated (images decoded and processed) before timing
+    collator = PackedCollator(model.config)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    samples = [synthetic.make_sample(model.config, rng, text_tokens=t, image_sizes=im, prompt_tokens=0, key=f"s{i}",
+                                     processor=collator.image_processor)
+               for i, (t, im) in enumerate(length_mix(n_samples, seq_len, seed=0))]
+    samples = [s for s in samples if len(s["input_ids"]) <= seq_len]
+    packed = [collator([r]) for r in first_fit_decreasing(samples, seq_len)]
+    padded = [collator([synthetic.pad_sample(s, seq_len)]) for s in samples]
+    lengths = np.array([len(s["input_ids"]) for s in samples])
+    print(f"# {len(samples)} samples, tokens/sample mean {lengths.mean():.0f} median {np.median(lengths):.0f} "
+          f"max {lengths.max()}; {len(packed)} packed rows vs {len(padded)} padded rows of L={seq_len} "
+          f"(prepared in {time.perf_counter() - t0:.1f} s)", flush=True)
+
+    peak = peak_tflops(device, precision)
+    device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    print(f"# device {device_name}, {precision}, ZeRO-{args.zero_stage}, model {params / 1e9:.2f}B params, "
+          f"peak {peak} TFLOP/s, gradient checkpointing {args.gradient_checkpointing}", flush=True)
+    results = []
+    header = f"{'attention':<18} {'layout':<7} {'tokens/s':>10} {'step s':>8} {'TFLOP/s':>8} {'MFU':>6} {'pad':>5} {'mem GiB':>8}"
+    print(header)
+    for impl in impls:
+        vision_impl = "flash_attention_2" if impl == "flash_attention_2" else "sdpa"
+        model.set_attn_implementation({"text_config": impl, "vision_config": vision_impl, "": impl})
+        for layout, batches in (("packed", packed), ("padded", padded)):
+            try:
+                row = measure(engine, model, batches, device, args.warmup, peak)
+            except torch.cuda.OutOfMemoryError as exc:
+                row = {"error": f"out of memory: {str(exc).splitlines()[0]}"}
+                engine.zero_grad()
+            row.update(attention=impl, layout=layout)
+            results.append(row)
+            if "error" in row:
+                print(f"{impl:<18} {layout:<7} {row['error']}", flush=True)
+            else:
+                mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-"
+                mem = f"{row['peak_mem_gib']:.1f}" if row["peak_mem_gib"] is not None else "-"
+                print(f"{impl:<18} {layout:<7} {row['tokens_per_s']:>10.0f} {row['step_s']:>8.3f} "
+                      f"{row['tflops']:>8.3f} {mfu:>6} {row['padding_fraction']:>5.2f} {mem:>8}", flush=True)
+            gc.collect()
+            if cuda:
+                torch.cuda.empty_cache()
+    for impl in impls:
+        by = {r["layout"]: r for r in results if r["attention"] == impl and "error" not in r}
+        if len(by) == 2:
+            print(f"# {impl}: packed / padded tokens/s = {by['packed']['tokens_per_s'] / by['padded']['tokens_per_s']:.2f}x")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"device": device_name, "seq_len": seq_len, "params": params, "precision": precision,
+                       "zero_stage": args.zero_stage, "samples": len(samples), "results": results}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
