@@ -39,6 +39,7 @@ import imagehash
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from datasketch import MinHash, MinHashLSH
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 # Reason codes the curation stages must emit for the planted bad records (expected.json "bad_records").
@@ -110,7 +111,7 @@ def _encode(image: Image.Image, fmt: str, quality: int = JPEG_QUALITY) -> bytes:
     if fmt == "jpg":
         image.convert("RGB").save(buf, format="JPEG", quality=quality, optimize=False, progressive=False)
     else:
-        image.save(buf, format="PNG", compress_level=6)
+        image.save(buf, format="PNG", compress_level=3)  # 6 costs ~50% more time for ~15% smaller files
     return buf.getvalue()
 
 
@@ -123,17 +124,32 @@ def _phash(image: Image.Image) -> int:
     return int(str(imagehash.phash(image)), 16)
 
 
-class _DistinctImages:
-    """pHashes of images meant to be distinct; `admit` refuses an image within PHASH_DISTINCT_MIN of any.
+TEXT_DISTINCT_MAX_JACCARD = 0.5  # clean captions overlap less than this (word 5-gram shingles), planted pairs >= 0.8
 
-    `texts` holds the captions of the clean samples, which must be unique too (text dedup must find only plants).
+
+def _shingles(text: str) -> set[str]:
+    """Word 5-grams, or character 5-grams for text without spaces between words (zh, ja)."""
+    words = text.lower().split()
+    if len(words) >= 8:
+        return {" ".join(words[i:i + 5]) for i in range(len(words) - 4)}
+    flat = "".join(words)
+    return {flat[i:i + 5] for i in range(max(1, len(flat) - 4))}
+
+
+class _Distinct:
+    """What the clean samples must keep apart, so that dedup stages find exactly the planted pairs.
+
+    Images: `admit_images` refuses an image within PHASH_DISTINCT_MIN bits of any admitted one.
+    Captions: `text_is_new` refuses a caption whose shingle Jaccard with an admitted one reaches
+    TEXT_DISTINCT_MAX_JACCARD (candidates from MinHash LSH, then checked exactly; deterministic seeds).
     """
 
     def __init__(self) -> None:
         self._hashes = np.zeros(0, dtype=np.uint64)
-        self.texts: set[bytes] = set()
+        self._lsh = MinHashLSH(threshold=0.4, num_perm=64)
+        self._shingles: dict[str, set[str]] = {}
 
-    def admit(self, *images: Image.Image) -> bool:
+    def admit_images(self, *images: Image.Image) -> bool:
         hashes = np.array([_phash(im) for im in images], dtype=np.uint64)
         if len(hashes) > 1 and int(np.bitwise_count(hashes[0] ^ hashes[1])) <= PHASH_DISTINCT_MIN:
             return False
@@ -142,6 +158,21 @@ class _DistinctImages:
                 return False
         self._hashes = np.concatenate([self._hashes, hashes])
         return True
+
+    def text_is_new(self, text: bytes) -> tuple[bool, tuple[set[str], MinHash]]:
+        shingles = _shingles(text.decode("utf-8"))
+        minhash = MinHash(num_perm=64, seed=1)
+        minhash.update_batch([s.encode("utf-8") for s in sorted(shingles)])
+        for other in self._lsh.query(minhash):
+            theirs = self._shingles[other]
+            if len(shingles & theirs) / len(shingles | theirs) >= TEXT_DISTINCT_MAX_JACCARD:
+                return False, (shingles, minhash)
+        return True, (shingles, minhash)
+
+    def add_text(self, sketch: tuple[set[str], MinHash]) -> None:
+        name = str(len(self._shingles))
+        self._shingles[name] = sketch[0]
+        self._lsh.insert(name, sketch[1])
 
 
 @functools.lru_cache(maxsize=None)
@@ -158,6 +189,10 @@ def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
 
 def _text_box(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, font: ImageFont.FreeTypeFont) -> list[int]:
     return [int(v) for v in draw.textbbox(xy, text, font=font)]
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
 def _word_count(text: str) -> int:
@@ -276,11 +311,11 @@ I18N_TEMPLATES = {
 I18N_JOIN = {"de": (", ", " und "), "fr": (", ", " et "), "es": (", ", " y "), "ru": (", ", " и "),
              "zh": ("、", "和"), "ja": ("、", "と")}
 EN_TEMPLATES = (
-    "A {style} picture of {list} under a {sky} sky, with {ground} ground stretching to the horizon.",
+    "A {style} picture of {list} under {a_sky} sky, with {ground} ground stretching to the horizon.",
     "This image shows {list}. The sky is {sky} and the ground below is {ground}.",
     "Illustration of a quiet {place} with {list}, seen on a day when the sky is {sky}.",
     "In this {style} drawing of a {place} we can see {list} on {ground} ground.",
-    "{List} in a {place}, painted in a {style} style below a {sky} sky.",
+    "{List} in a {place}, painted in a {style} style below {a_sky} sky.",
 )
 EN_EXTRA = (
     "The {colour} {noun} is on the {side} side of the picture.",
@@ -458,7 +493,8 @@ def _scene_caption(scene: _Scene, lang: str, rng: random.Random) -> str:
             template = EN_TEMPLATES[1] if attempt == 29 else rng.choice(EN_TEMPLATES)
             listed = _join_en(items[: max(1, len(items) - attempt // 6)])
             text = template.format(style=rng.choice(STYLES), place="lakeside" if scene.water else rng.choice(PLACES),
-                                   list=listed, List=listed[0].upper() + listed[1:], sky=scene.sky, ground=scene.ground)
+                                   list=listed, List=listed[0].upper() + listed[1:], sky=scene.sky, a_sky=_a(scene.sky),
+                                   ground=scene.ground)
             if rng.random() < 0.4 or _word_count(text) < 8:
                 noun, colour, fx = rng.choice(scene.objects)
                 extra = rng.choice(EN_EXTRA).format(colour=colour, noun=noun, side="left" if fx < 0.5 else "right",
@@ -509,7 +545,7 @@ def _chart(rng: random.Random) -> tuple[Image.Image, dict[str, Any]]:
     metric = rng.choice(CHART_METRICS)
     w, h = rng.randint(420, 640), rng.randint(300, 460)
     tint = rng.choice(((236, 236, 230), (225, 235, 245), (240, 228, 220), (228, 242, 228), (240, 235, 210), (235, 225, 240)))
-    image = _backdrop(w, h, _jitter(tint, rng, 12), rng, strength=1.2)
+    image = _backdrop(w, h, _jitter(tint, rng, 12), rng, strength=1.0)
     draw = ImageDraw.Draw(image)
     where = f"{rng.choice(CITIES)} {rng.randint(2015, 2024)}"
     title = f"{metric.capitalize()}, {where}"
@@ -526,7 +562,7 @@ def _chart(rng: random.Random) -> tuple[Image.Image, dict[str, Any]]:
             fill = rng.choice([c for n, c in sorted(COLOURS.items()) if n not in ("white",)])
             draw.rectangle([cx - slot * 0.3, y, cx + slot * 0.3, bottom], fill=fill)
         points.append((cx, y))
-        draw.text((cx, y - 4), str(value), fill=(20, 20, 20), font=_font(16), anchor="mb")
+        draw.text((cx, y - (4 if kind == "bar" else 10)), str(value), fill=(20, 20, 20), font=_font(16), anchor="mb")
         draw.text((cx, bottom + 6), label, fill=(20, 20, 20), font=_font(16), anchor="mt")
     if kind == "line":
         draw.line(points, fill=colour, width=3)
@@ -622,7 +658,7 @@ def _ocr_record(rng: random.Random) -> tuple[_Record, Image.Image]:
         items = rng.sample(ITEMS, rng.randint(3, 7))
         prices = [rng.randint(50, 1500) / 100 for _ in items]
         lines = [rng.choice(SHOPS), f"{rng.randint(1, 199)} {rng.choice(STREETS)}",
-                 f"Date: 2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}  Time: {rng.randint(8, 20):02d}:{rng.randint(0, 59):02d}"]
+                 f"Date: 2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} Time: {rng.randint(8, 20):02d}:{rng.randint(0, 59):02d}"]
         lines += [f"{item} {price:.2f}" for item, price in zip(items, prices)]
         lines += [f"Total {sum(prices):.2f}", rng.choice(("Thank you for shopping with us", "Please keep this receipt", "Have a nice day"))]
         doc = "receipt"
@@ -679,6 +715,14 @@ FIELD_VALUES = {
     "Address": lambda rng: f"{rng.randint(1, 199)} {rng.choice(STREETS)}, {rng.choice(CITIES)}",
     "Language": lambda rng: rng.choice(("English", "Deutsch", "Français", "Español", "Italiano", "Svenska")),
 }
+GUI_CAPTIONS = (
+    '{app} app, {screen} screen on a {device} in {theme} mode with {a_banner} banner{side}. '
+    'The {field} field reads "{value}" and the main button says "{primary}".',
+    'Screenshot of the {screen} page in {app} ({device}, {theme} theme): {a_banner} header picture{side}, '
+    '"{value}" typed into {field}, and a "{primary}" button.',
+    '{Theme} {app} {screen} form on a {device}; {field} is filled with "{value}", {a_banner} banner sits on top{side}, '
+    'and "{primary}" submits it.',
+)
 THEMES = ((40, 100, 200), (30, 150, 100), (200, 80, 40), (120, 60, 170), (50, 50, 60), (0, 140, 160))
 
 
@@ -703,9 +747,10 @@ def _gui_record(rng: random.Random) -> tuple[_Record, Image.Image]:
     banner = rng.randint(80, 300)  # a picture banner under the title bar, as app screens often have
     h = 90 + banner + len(fields) * 95 + len(checks) * 50 + 120 + rng.randint(0, 120)
     image = _backdrop(w, h, background, rng, strength=0.6)
-    image.paste(_backdrop(w, banner, _jitter(rng.choice(sorted(COLOURS.values())), rng, 40), rng, strength=2.0), (0, 64))
+    banner_colour, panel_colour = rng.choice(sorted(COLOURS)), rng.choice(sorted(COLOURS))
+    image.paste(_backdrop(w, banner, _jitter(COLOURS[banner_colour], rng, 30), rng, strength=2.0), (0, 64))
     if panel:
-        image.paste(_backdrop(panel, h - 64 - banner, _jitter(rng.choice(sorted(COLOURS.values())), rng, 40), rng, strength=2.0),
+        image.paste(_backdrop(panel, h - 64 - banner, _jitter(COLOURS[panel_colour], rng, 30), rng, strength=2.0),
                     (0 if panel_left else w - panel, 64 + banner))
     draw = ImageDraw.Draw(image)
     elements = []
@@ -719,7 +764,7 @@ def _gui_record(rng: random.Random) -> tuple[_Record, Image.Image]:
         draw.text((pad, y), name, fill=ink, font=font)
         box = [pad, y + size + 8, pad + field_w, y + size + 8 + 44]
         draw.rounded_rectangle(box, radius=6, outline=(150, 150, 160), width=2, fill=field_fill)
-        if name in FIELD_VALUES and not filled and rng.random() < 0.7:
+        if name in FIELD_VALUES and not filled:
             filled = (name, FIELD_VALUES[name](rng))
             draw.text((box[0] + 12, (box[1] + box[3]) // 2), filled[1], fill=ink, font=font, anchor="lm")
         elements.append({"label": name, "type": "text_field", "box": box})
@@ -740,12 +785,13 @@ def _gui_record(rng: random.Random) -> tuple[_Record, Image.Image]:
         draw.text(((box[0] + box[2]) // 2, (box[1] + box[3]) // 2), name, fill=(255, 255, 255) if primary else (30, 30, 30), font=font, anchor="mm")
         elements.append({"label": name, "type": "button", "box": box})
         x += bw + 20
-    device = "phone" if w < 600 else "desktop"
-    caption = (f"A {'dark' if dark else 'light'} {screen} screen of the {app} {device} app with "
-               f"{_join_en([f'a {n} field' for n in fields])}, {_join_en([f'a {n} checkbox' for n in checks])}, "
-               f"and the buttons {_join_en([chr(34) + b + chr(34) for b in buttons])}.")
-    if filled:
-        caption += f' The {filled[0]} field contains "{filled[1]}".'
+    assert filled is not None  # every screen in SCREENS has a field with a FIELD_VALUES generator
+    theme_name = "dark" if dark else "light"
+    side = f" and {_a(panel_colour)} side panel on the {'left' if panel_left else 'right'}" if panel else ""
+    # slots every few words keep captions of the same screen type apart for text dedup
+    caption = rng.choice(GUI_CAPTIONS).format(
+        app=app, screen=screen, device="phone" if w < 600 else "desktop", theme=theme_name, Theme=theme_name.capitalize(),
+        a_banner=_a(banner_colour), side=side, field=filled[0], value=filled[1], primary=buttons[0])
     meta = {"app": app, "screen": screen, "elements": elements}
     return _Record("gui", caption.encode("utf-8"), meta, [("png", image)], lang="en"), image
 
@@ -881,15 +927,15 @@ def _ngrams(text: str, n: int = 13) -> set[tuple[str, ...]]:
 # ----------------------------------------------------------------------------------------------
 PARAGRAPH_TEMPLATES = (
     "{name} walked past the {adj} {thing} near {city} at {time} and counted {num} {adj2} {things}.",
-    "On {day} the {adj} {thing} beside the {place} looked {adj2} under a {sky} sky.",
+    "On {day} the {adj} {thing} beside the {place} looked {adj2} under {a_sky} sky.",
     "{name} wrote that {num} {things} had been {verb} in {city} since {year}.",
     "The {adj} light of {time} made every {thing} in the {place} seem {adj2}.",
     "Later {name} and {name2} {verb2} a {adj} {thing} for the {event} in {city}.",
     "Nobody in {city} remembered a {day} as {adj} as this one, {name} said after the {event}.",
     "A {adj} {thing} and {num} {adj2} {things} were left near the {place} after the {event}.",
 )
-ADJECTIVES = ("quiet", "bright", "old", "narrow", "busy", "gentle", "cold", "warm", "crooked", "tall", "faded", "golden",
-              "muddy", "silent", "windy", "small", "wooden", "painted", "empty", "crowded", "shiny", "rusty", "pale", "broad")
+ADJECTIVES = ("quiet", "bright", "dusty", "narrow", "busy", "gentle", "cold", "warm", "crooked", "tall", "faded", "golden",
+              "muddy", "silent", "windy", "small", "wooden", "painted", "weathered", "crowded", "shiny", "rusty", "pale", "broad")
 THINGS = {"bench": "benches", "lantern": "lanterns", "bicycle": "bicycles", "fence": "fences", "kite": "kites",
           "wagon": "wagons", "statue": "statues", "umbrella": "umbrellas", "barrel": "barrels", "ladder": "ladders",
           "basket": "baskets", "bridge": "bridges", "tractor": "tractors", "window": "windows", "well": "wells"}
@@ -909,7 +955,7 @@ def _paragraph(rng: random.Random) -> str:
             name=rng.choice(PEOPLE).split()[0], name2=rng.choice(PEOPLE).split()[0], adj=rng.choice(ADJECTIVES),
             adj2=rng.choice(ADJECTIVES), thing=thing, things=THINGS[rng.choice(sorted(THINGS))], city=rng.choice(CITIES),
             time=rng.choice(TIMES), num=rng.choice(("two", "three", "four", "five", "six", "seven", "nine", "twelve")),
-            day=rng.choice(DAYS), place=rng.choice(PARAGRAPH_PLACES), sky=rng.choice(sorted(SKIES)),
+            day=rng.choice(DAYS), place=rng.choice(PARAGRAPH_PLACES), a_sky=_a(rng.choice(sorted(SKIES))),
             verb=rng.choice(VERBS), verb2=rng.choice(VERBS2), year=rng.randint(1950, 2020), event=rng.choice(EVENTS))
     return " ".join(fill(t) for t in rng.sample(PARAGRAPH_TEMPLATES, 6))
 
@@ -939,17 +985,16 @@ def _kind_pattern(seed: int) -> list[str]:
 _MAKERS = {"scene": _scene_record, "chart": _chart_record, "ocr": _ocr_record, "gui": _gui_record, "qa": _qa_record}
 
 
-def _make_distinct(seed: int, purpose: str, index: int, maker: Any, distinct: _DistinctImages) -> tuple[_Record, Any]:
+def _make_distinct(seed: int, purpose: str, index: int, maker: Any, distinct: _Distinct) -> tuple[_Record, Any]:
     for attempt in range(200):
         record, images = maker(_rng(seed, purpose, index, attempt))
-        if record.caption in distinct.texts:
-            continue
-        if distinct.admit(*(images if isinstance(images, list) else [images])):
-            distinct.texts.add(record.caption)
+        text_ok, sketch = distinct.text_is_new(record.caption)
+        if text_ok and distinct.admit_images(*(images if isinstance(images, list) else [images])):
+            distinct.add_text(sketch)
             # rendering is cheap, encoding is not: makers hand over PIL images, encoded only once admitted
             record.images = [(ext, _encode(im, ext) if isinstance(im, Image.Image) else im) for ext, im in record.images]
             return record, images
-    raise RuntimeError(f"demo corpus: could not render a distinct image for {purpose} #{index} in 200 attempts")
+    raise RuntimeError(f"demo corpus: could not render a distinct image and caption for {purpose} #{index} in 200 attempts")
 
 
 def build_demo_corpus(out_dir: str, config: DemoCorpusConfig = DemoCorpusConfig()) -> dict[str, Any]:
@@ -966,7 +1011,7 @@ def build_demo_corpus(out_dir: str, config: DemoCorpusConfig = DemoCorpusConfig(
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"demo corpus: {out_dir} exists and is not empty; pick a new directory or remove it")
     seed = config.seed
-    distinct = _DistinctImages()
+    distinct = _Distinct()
     records: list[_Record] = []
 
     # Benchmark first: its images must stay distinct from everything the corpus holds unless planted.
@@ -976,7 +1021,7 @@ def build_demo_corpus(out_dir: str, config: DemoCorpusConfig = DemoCorpusConfig(
         for attempt in range(50):
             item, image = _benchmark_item(_rng(seed, "bench", index, attempt), index)
             grams = _ngrams(item["question"])
-            if not grams & bench_grams and distinct.admit(image):
+            if not grams & bench_grams and distinct.admit_images(image):
                 break
         else:
             raise RuntimeError(f"demo corpus: benchmark item {index} not distinct after 50 attempts")
@@ -1002,7 +1047,7 @@ def build_demo_corpus(out_dir: str, config: DemoCorpusConfig = DemoCorpusConfig(
     scenes = [i for i, r in enumerate(clean) if r.kind == "caption" and "chart" not in r.meta]
     n_plant = max(3, round(0.03 * config.num_samples))
 
-    # Exact duplicates: same image bytes, new id; half keep the caption, half get a fresh one.
+    # Exact duplicates: same image bytes, new id; half keep the caption, half (scenes) get a sentence appended.
     exact: list[tuple[_Record, _Record]] = []
     dup_sources = plan_rng.sample(single, n_plant)
     for j, i in enumerate(dup_sources):
@@ -1044,7 +1089,7 @@ def build_demo_corpus(out_dir: str, config: DemoCorpusConfig = DemoCorpusConfig(
             for attempt in range(50):
                 scene = _random_scene(_rng(seed, "near_text", j, k, attempt))
                 image = _render_scene(scene, _rng(seed, "near_text_render", j, k, attempt))
-                if distinct.admit(image):
+                if distinct.admit_images(image):
                     break
             else:
                 raise RuntimeError(f"demo corpus: near-duplicate text image {j}/{k} not distinct after 50 attempts")
@@ -1064,16 +1109,17 @@ def build_demo_corpus(out_dir: str, config: DemoCorpusConfig = DemoCorpusConfig(
         rng = _rng(seed, "bench_plant", j)
         if how == "image":
             images = [("jpg", item["image_bytes"])]
-            caption = rng.choice(("A landscape drawing found on a website.", "Simple sketch of the countryside with a few objects."))
+            caption = rng.choice(("A landscape drawing found on a website, with a few simple objects under the sky.",
+                                  "Simple sketch of the countryside with a few objects, copied from an online quiz."))
         elif how == "near_image":
             data, _ = _close_variant(_decode(item["image_bytes"]), "reencode", rng)
             images = [("jpg", data)]
-            caption = "An illustrated landscape, shared in a drawing forum."
+            caption = "An illustrated landscape with simple shapes and colours, shared in a drawing forum last year."
         else:
             for attempt in range(50):
                 scene = _random_scene(_rng(seed, "bench_plant_scene", j, attempt))
                 image = _render_scene(scene, rng)
-                if distinct.admit(image):
+                if distinct.admit_images(image):
                     break
             else:
                 raise RuntimeError(f"demo corpus: benchmark plant image {j} not distinct after 50 attempts")

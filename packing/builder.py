@@ -152,7 +152,7 @@ class SequenceBuilder:
             seq.special(role_token, trained=after_assistant)  # the token that ends an assistant turn is trained
             seq.text("\n", trained=False)
             if message.role == "assistant":
-                seq.text(message.content, trained=True, allow_reasoning_tokens=True)
+                seq.text(message.content, trained=True)
                 after_assistant = True
                 continue
             after_assistant = False
@@ -183,7 +183,7 @@ class _Sequence:
         self.pieces.append(np.array([self.b.ids[token]], np.int32))
         self.trained.append(trained)
 
-    def text(self, text: str, trained: bool, allow_reasoning_tokens: bool = False) -> None:
+    def text(self, text: str, trained: bool) -> None:
         ids = np.asarray(self.b.encode(text), np.int32)
         if ids.size and np.isin(ids, self.b._structural_ids).any():
             raise _Reject("special_token_in_text", "the text contains a structural special token string")

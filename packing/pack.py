@@ -12,6 +12,7 @@ The same inputs, recipe and config give byte-identical shards.
 from __future__ import annotations
 
 import dataclasses
+from array import array
 import json
 import math
 import os
@@ -51,7 +52,7 @@ class PackConfig:
     tokenizer: str = ""  # tokenizer directory; "" trains the demo BPE on the inputs into OUTPUT/tokenizer
     tokenizer_vocab_size: int = 4096  # vocabulary of the demo tokenizer
     packer: str = "best_fit_decreasing"  # best_fit_decreasing | first_fit_decreasing | greedy
-    window: int = 16384  # samples per packing window; 0 packs the whole set at once (memory grows with it)
+    window: int = 4096  # samples per packing window (held in memory with their image bytes); 0 = whole set
     carry_bins: int = 64  # partly filled sequences kept open from one window to the next
     overlong: Literal["drop", "truncate"] = "drop"  # samples longer than seq_len: drop, or cut (text-only pre-training)
     sequences_per_shard: int = 256  # packed sequences per tar
@@ -200,7 +201,7 @@ class _StreamWriter:
         self.written = 0
         self.tokens_by_source: dict[str, int] = {}
         self.samples_by_source: dict[str, int] = {}
-        self.sample_lengths: list[int] = []
+        self.sample_lengths = array("i")
 
     def write(self, seq: dict) -> None:
         r = self.written % self.world

@@ -69,7 +69,7 @@ def decode_entry(key: str, members: dict[str, bytes]) -> dict:
     out: dict = {"key": key}
     for name in ARRAY_FIELDS:
         out[name] = np.load(io.BytesIO(members[f"{name}.npy"]), allow_pickle=False)
-    image_names = sorted(ext for ext in members if ext.startswith("img_"))
+    image_names = sorted((ext for ext in members if ext.startswith("img_")), key=lambda e: int(e[4:].split(".")[0]))
     out["images"] = [members[ext] for ext in image_names]
     return out
 

@@ -39,11 +39,10 @@ from vlmloom.curation.contamination import ContaminationConfig, ContaminationInd
 from vlmloom.curation.grounding import GroundingAnnotator, GroundingConfig
 from vlmloom.curation.ocr import OcrAnnotator, OcrConfig
 from vlmloom.curation.recaption import RecaptionConfig, Recaptioner
-from vlmloom.pipelines.stages import KEPT, REJECTED, format_traceback, quarantine
+from vlmloom.pipelines.stages import DEAD_LETTER, KEPT, REJECTED, format_traceback, quarantine
 from vlmloom.schemas.config import ConfigError, config_hash
 from vlmloom.schemas.records import Rejection, Sample
 
-DEAD_LETTER = "dead_letter"
 STAGE_ORDER = ("clip", "concepts", "contamination", "recaption", "ocr", "grounding")
 
 

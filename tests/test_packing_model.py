@@ -94,3 +94,53 @@ def test_three_row_positions_do_leak_across_samples(setup):
     alone_pos = np.concatenate([np.arange(len(b))[None], b.rope_position_ids])
     alone = _forward(model, processor, builder.image_token_id, b.input_ids, alone_pos, b.images, b.labels)
     assert (packed.logits[0, len(built[0]):] - alone.logits[0]).abs().max().item() > 1e-3
+
+
+def test_pack_read_collate_forward_end_to_end(tmp_path):
+    """Shards written by `pack`, read by PackedDataset, batched by collate_packed: each sample's logits in a
+    batch of 2 packed rows equal its logits alone."""
+    from vlmloom.packing.collate import collate_packed
+    from vlmloom.packing.curated import iter_curated_samples
+    from vlmloom.packing.fixtures import write_curated_dir
+    from vlmloom.packing.pack import PackConfig, pack
+    from vlmloom.packing.reader import PackedDataset
+    from vlmloom.packing.tokenizer import load_tokenizer
+
+    write_curated_dir(str(tmp_path / "cur"), synthetic_samples(8, seed=11, image_side=(28, 70), max_words=10))
+    pack(PackConfig(inputs=[str(tmp_path / "cur")], output=str(tmp_path / "p"), seq_len=192, tokenizer_vocab_size=300))
+    tok = load_tokenizer(str(tmp_path / "p" / "tokenizer"))
+    builder = SequenceBuilder(tok)
+    ids = builder.ids
+    config = transformers.Glm4vConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
+                                          "partial_rotary_factor": 1.0}),
+        vision_config=dict(depth=1, hidden_size=16, num_heads=1, intermediate_size=32, out_hidden_size=32),
+        image_token_id=ids[IMAGE], video_token_id=ids[VIDEO], image_start_token_id=ids[BEGIN_OF_IMAGE],
+        image_end_token_id=ids[END_OF_IMAGE], video_start_token_id=ids[BEGIN_OF_VIDEO],
+        video_end_token_id=ids[END_OF_VIDEO])
+    torch.manual_seed(1)
+    model = transformers.Glm4vForConditionalGeneration(config).eval()
+    items = list(PackedDataset(str(tmp_path / "p")))[:2]
+    batch = collate_packed(items, image_token_id=builder.image_token_id)
+    assert batch["position_ids"].shape == (4, 2, 192)
+    with torch.no_grad():
+        packed = model(**batch, use_cache=False).logits
+    by_key = {s.key: builder.build(s) for s in iter_curated_samples(str(tmp_path / "cur"))}
+    processor = transformers.Glm4vImageProcessorPil()
+    for row, item in enumerate(items):
+        meta = _entry_meta(tmp_path / "p", item["key"])
+        at = 0
+        for key in meta["sample_keys"]:
+            b = by_key[key]
+            pos = np.concatenate([np.arange(len(b))[None], b.rope_position_ids])
+            alone = _forward(model, processor, builder.image_token_id, b.input_ids, pos, b.images, b.labels)
+            assert (packed[row, at:at + len(b)] - alone.logits[0]).abs().max().item() < 1e-4
+            at += len(b)
+
+
+def _entry_meta(packed_dir, key):
+    import pyarrow.parquet as pq
+    rows = {r["key"]: r for r in pq.read_table(f"{packed_dir}/manifest.parquet").to_pylist()}
+    return rows[key]

@@ -130,3 +130,21 @@ def test_cli_with_truncation_and_balance(curated, tmp_path, capsys):
         got = [int(x["key"]) for x in PackedDataset(out, rank=rank, world_size=2)]
         assert got and all(k % 2 == rank for k in got)
     assert main([curated[0], "--output", out, "--seq-len", "96"]) == 2
+
+
+def test_shards_read_by_webdataset(curated, tmp_path):
+    """The packed tars are plain webdataset: its reader sees the same entries and arrays."""
+    import glob
+    import io
+
+    wds = pytest.importorskip("webdataset")
+    out = str(tmp_path / "w")
+    pack(PackConfig(inputs=[curated[0]], output=out, seq_len=1024, sequences_per_shard=3, tokenizer_vocab_size=300))
+    ours = list(PackedDataset(out))
+    theirs = list(wds.WebDataset(sorted(glob.glob(f"{out}/shards/*.tar")), shardshuffle=False, empty_check=False))
+    assert [x["__key__"] for x in theirs] == [x["key"] for x in ours]
+    for a, b in zip(ours, theirs):
+        assert np.array_equal(np.load(io.BytesIO(b["position_ids.npy"])), a["position_ids"])
+        images = sorted((k for k in b if k.startswith("img_")), key=lambda k: int(k[4:].split(".")[0]))
+        assert [b[k] for k in images] == a["images"]
+        assert json.loads(b["json"])["num_tokens"] == int(a["seq_lens"].sum())

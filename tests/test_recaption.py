@@ -17,7 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from vlmloom.curation.concepts import key_uniform
-from vlmloom.curation.recaption import (OpenAICaptioner, RateLimiter, RecaptionConfig, Recaptioner, image_data_url,
+from vlmloom.curation.recaption import (CaptionResult, OpenAICaptioner, RateLimiter, RecaptionConfig, Recaptioner, image_data_url,
                                         save_random_vlm)
 from vlmloom.pipelines.model_stages import recaption_stage
 from vlmloom.schemas.config import ConfigError, build_config
@@ -202,17 +202,14 @@ def test_recaption_stage_covers_every_reason(server):
 
 def test_text_choice_ratio_is_per_key_and_reproducible():
     worker = Recaptioner(RecaptionConfig(recaption_ratio=0.3), captioner=lambda batch: [])
-    from vlmloom.curation.recaption import CaptionResult
 
     choices = []
     for i in range(400):
         sample = Sample(key=f"k{i}", source="t", source_id=str(i), text="x")
-        worker.judge(sample, CaptionResult(text="a long enough caption"))
-        choices.append(sample.signals["text_choice"])
+        choices.append(worker.judge(sample, CaptionResult(text="a long enough caption")).signals["text_choice"])
     assert 0.24 < choices.count("recaption") / 400 < 0.36
     again = Sample(key="k0", source="t", source_id="0", text="x")
-    worker.judge(again, CaptionResult(text="a long enough caption"))
-    assert again.signals["text_choice"] == choices[0]
+    assert worker.judge(again, CaptionResult(text="a long enough caption")).signals["text_choice"] == choices[0]
 
 
 @pytest.fixture(scope="module")

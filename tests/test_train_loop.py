@@ -59,9 +59,19 @@ def test_grad_accumulation_equals_one_big_batch(records, tmp_path):
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_zero_stages_match_stage_0(records, tmp_path, stage):
-    base = run(records, tmp_path / "z0", steps=3, grad_accum=2, zero_stage=0)
+    from safetensors.torch import load_file
+
+    base = run(records, tmp_path / "z0", steps=3, grad_accum=2, zero_stage=0, export=True)
     zero = run(records, tmp_path / f"z{stage}", steps=3, grad_accum=2, zero_stage=stage, export=True)
     np.testing.assert_allclose(zero["losses"], base["losses"], rtol=1e-5)
+    weights = [load_file(os.path.join(run_["export_dir"], "model.safetensors")) for run_ in (base, zero)]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        torch.testing.assert_close(weights[1][name], weights[0][name], rtol=1e-3, atol=1e-4)
+    norms = [[json.loads(line)["grad_norm"] for line in open(tmp_path / d / "metrics.jsonl")]
+             for d in ("z0", f"z{stage}")]
+    assert all(n is not None and n > 0 for n in norms[0])
+    np.testing.assert_allclose(norms[1], norms[0], rtol=1e-4)
     assert os.path.isfile(tmp_path / f"z{stage}" / "hf_model" / "config.json")
 
 
@@ -142,3 +152,23 @@ def _free_port() -> int:
     from vlmloom.trainer.loop import free_port
 
     return free_port()
+
+
+def test_zero3_from_a_checkpoint_dir_builds_partitioned_and_matches_stage_0(records, tmp_path):
+    from vlmloom.trainer.model import build_tiny_model_dir
+
+    model_dir = build_tiny_model_dir(str(tmp_path / "ckpt"), vocab_size=256, seed=1)
+    base = run(records, tmp_path / "z0", model=model_dir, steps=2, zero_stage=0)
+    zero3 = run(records, tmp_path / "z3", model=model_dir, steps=2, zero_stage=3)
+    np.testing.assert_allclose(zero3["losses"], base["losses"], rtol=1e-5)
+    info = json.loads((tmp_path / "z3" / "run.json").read_text())
+    assert info["model"]["parameters"] == json.loads((tmp_path / "z0" / "run.json").read_text())["model"]["parameters"]
+
+
+def test_gradient_checkpointing_and_varlen_attention_train_like_the_default(records, tmp_path):
+    base = run(records, tmp_path / "base", steps=2)
+    checkpointed = run(records, tmp_path / "gc", steps=2, gradient_checkpointing=True)
+    varlen = run(records, tmp_path / "varlen", steps=2, attn_implementation="vlmloom_varlen")
+    assert varlen["attn_implementation"] == "vlmloom_varlen"
+    np.testing.assert_allclose(checkpointed["losses"], base["losses"], rtol=1e-5)
+    np.testing.assert_allclose(varlen["losses"], base["losses"], rtol=1e-5)

@@ -37,7 +37,17 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
 
     # model
     attn = resolve_attn_implementation(config.attn_implementation, device)
-    model = load_model(resolve_model_spec(config.model, config.data), attn_implementation=attn, seed=config.seed)
+    ds_config = deepspeed_config(config, world_size, precision)
+    zero3_init = None
+    spec = resolve_model_spec(config.model, config.data)
+    if config.zero_stage == 3 and isinstance(spec, str):
+        from transformers.integrations import HfDeepSpeedConfig
+
+        # while this object lives, from_pretrained builds the model partitioned (deepspeed.zero.Init) instead of
+        # materialising every weight on every rank. Not for random tiny models: partitioned init draws
+        # different weights than the same seed does without ZeRO-3.
+        zero3_init = HfDeepSpeedConfig(ds_config)
+    model = load_model(spec, attn_implementation=attn, seed=config.seed, dtype=dtype)
     trainable = freeze_parts(model, vision=config.freeze_vision, projector=config.freeze_projector,
                              llm=config.freeze_llm)
     if config.gradient_checkpointing:
@@ -45,7 +55,7 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
     wrapper = CausalLMLoss(model)
     engine, _, _, scheduler = deepspeed.initialize(
         model=wrapper, model_parameters=[p for p in wrapper.parameters() if p.requires_grad],
-        config=deepspeed_config(config, world_size, precision), lr_scheduler=lambda opt: lr_schedule(opt, config))
+        config=ds_config, lr_scheduler=lambda opt: lr_schedule(opt, config))
 
     # data
     image_processor = load_image_processor(config.image_processor)
@@ -76,23 +86,32 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
     tokens_per_s: list[float] = []
     stop_reason = "steps_done"
     last_saved = step if resumed_from else -1
+    # DeepSpeed reports the gradient norm for ZeRO and bf16 only; fp32 ZeRO-0 clips without keeping it.
+    own_grad_norm = config.zero_stage == 0 and precision == "fp32"
     end = min(config.steps, config.stop_after) if config.stop_after else config.steps
     engine.train()
     while step < end:
         t0 = time.perf_counter()
         micro_batches = take(batches, config.grad_accum)
-        if micro_batches is None:
+        # every rank stops together when any one runs dry; otherwise the others would wait in a collective forever
+        if all_reduce_sum(float(micro_batches is None), device) > 0:
             stop_reason = "data_exhausted"
             break
         # normalise by the label tokens of the whole optimizer step, over all ranks (not a mean of means)
         step_label_tokens = all_reduce_sum(sum(b["stats"]["label_tokens"] for b in micro_batches), device)
         scale = step_loss_scale(int(step_label_tokens), world_size)
+        lr = scheduler.get_last_lr()[0]  # the rate this step's update uses
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        for batch in micro_batches:
+        grad_norm = None
+        for i, batch in enumerate(micro_batches):
             micro_loss, _ = engine(**model_inputs(batch, device))
             engine.backward(micro_loss * scale, scale_wrt_gas=False)
+            if i == len(micro_batches) - 1 and own_grad_norm:
+                grad_norm = total_grad_norm(wrapper)  # reduced over ranks by now; before clipping
             engine.step()  # DeepSpeed steps optimizer and scheduler at the accumulation boundary only
             loss_sum += micro_loss.detach().double()
+        if not own_grad_norm:
+            grad_norm = engine.get_global_grad_norm()
         step += 1
         loss = float(all_reduce_sum(loss_sum, device)) / max(step_label_tokens, 1)
         step_time = time.perf_counter() - t0
@@ -102,11 +121,11 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
         tokens_per_s.append(tokens / step_time)
         if step % config.log_every == 0 or step == config.steps:
             flops = all_reduce_sum(step_flops(model.config, stats), device)
-            grad_norm = engine.get_global_grad_norm()
             record = {
-                "loss": loss, "lr": scheduler.get_last_lr()[0],
+                "loss": loss, "lr": lr,
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "tokens": int(tokens), "label_tokens": int(step_label_tokens), "samples": int(stats["samples"]),
+                "tokens": int(tokens), "label_tokens": int(step_label_tokens),
+                "samples": int(all_reduce_sum(stats["samples"], device)),
                 "tokens_per_s": tokens / step_time, "step_time_s": step_time,
                 "padding_fraction": 1.0 - stats["tokens"] / stats["capacity"],
                 "tflops_per_device": flops / step_time / world_size / 1e12,
@@ -133,6 +152,7 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
                                     zero_stage=config.zero_stage, rank=rank, tokenizer_dir=tokenizer_dir,
                                     image_processor=image_processor)
     logger.close()
+    del zero3_init
     summary = {
         "steps": step, "stop_reason": stop_reason, "resumed_from": resumed_from, "losses": losses,
         "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
@@ -201,6 +221,11 @@ def init_distributed(backend: str = "auto") -> tuple[torch.device, int, int]:
 
         deepspeed.init_distributed(dist_backend=("nccl" if cuda else "gloo") if backend == "auto" else backend)
     return device, dist.get_rank(), dist.get_world_size()
+
+
+def total_grad_norm(module: torch.nn.Module) -> float:
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
 
 def free_port() -> int:

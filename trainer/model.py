@@ -196,16 +196,20 @@ def freeze_parts(model: Any, *, vision: bool, projector: bool, llm: bool) -> dic
     for p in visual.parameters():
         part = "projector" if id(p) in projector_ids else "vision"
         p.requires_grad_(not (projector if part == "projector" else vision))
-        parts[part] += p.numel() if p.requires_grad else 0
+        parts[part] += _numel(p) if p.requires_grad else 0
     for p in list(model.model.language_model.parameters()) + list(model.lm_head.parameters()):
         p.requires_grad_(not llm)
-        parts["llm"] += p.numel() if p.requires_grad else 0
+        parts["llm"] += _numel(p) if p.requires_grad else 0
     return parts
 
 
+def _numel(p: torch.nn.Parameter) -> int:
+    return int(getattr(p, "ds_numel", p.numel()))  # ZeRO-3 partitioned parameters report their full size here
+
+
 def describe(model: Any) -> dict[str, Any]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(_numel(p) for p in model.parameters())
+    trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
     return {"parameters": total, "trainable_parameters": trainable,
             "attn_implementation": model.config.text_config._attn_implementation}
 
