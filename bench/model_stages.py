@@ -92,7 +92,7 @@ def render_document(lines: list[str], width: int = 900, line_height: int = 46) -
     return buf.getvalue()
 
 
-def bench_ocr(n: int, lines_per_doc: int) -> dict:
+def bench_ocr(n: int, lines_per_doc: int, config: OcrConfig, label: str) -> dict:
     rng = np.random.default_rng(1)
     docs = []
     for i in range(n):
@@ -103,7 +103,7 @@ def bench_ocr(n: int, lines_per_doc: int) -> dict:
             w, h = im.size
         docs.append((Sample(key=f"d{i}", source="bench", source_id=str(i), kind="ocr",
                             images=[ImageRef(width=w, height=h, format="png", bytes=data)]), lines))
-    annotator = OcrAnnotator(OcrConfig(threads=1), OCR_BACKENDS.get("rapidocr")(OcrConfig(threads=1)))
+    annotator = OcrAnnotator(config, OCR_BACKENDS.get("rapidocr")(config))
     annotator.read_batch([docs[0][0]])  # warm-up
     seconds, accuracies = 0.0, []
     for sample, lines in docs:
@@ -112,7 +112,7 @@ def bench_ocr(n: int, lines_per_doc: int) -> dict:
         annotator.judge(sample, raw)
         seconds += time.perf_counter() - start
         accuracies.append(character_accuracy(transcript(sample.annotations.ocr), lines))
-    return {"stage": f"OCR rapidocr PP-OCRv6, 900×{h} render, {lines_per_doc} lines",
+    return {"stage": f"OCR rapidocr PP-OCRv6, 900×{h} render, {lines_per_doc} lines, {label}",
             "where": "1 core", "n": n, "seconds": seconds,
             "note": f"char accuracy {np.mean(accuracies):.4f}"}
 
@@ -169,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.device != "cpu":
             rows.append(bench_clip("vit-b-32", 256 if quick else 2048, 64, args.device))
     if "ocr" in only:
-        rows.append(bench_ocr(3 if quick else 12, 3))
+        n = 3 if quick else 10
+        rows.append(bench_ocr(n, 3, OcrConfig(threads=1, det_max_side=0), "rapidocr defaults (short side → 736)"))
+        rows.append(bench_ocr(n, 3, OcrConfig(threads=1), "ocr defaults (det_max_side=1600)"))
+        rows.append(bench_ocr(n, 12, OcrConfig(threads=1), "ocr defaults (det_max_side=1600)"))
+        rows.append(bench_ocr(n, 12, OcrConfig(threads=1, det_max_side=960, angle_classifier=False),
+                              "det_max_side=960, angle_classifier=false"))
     if "contamination" in only:
         rows.extend(bench_contamination(10_000 if quick else args.items, 200 if quick else 2000))
 

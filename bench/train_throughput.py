@@ -32,7 +32,7 @@ from vlmloom.trainer import synthetic  # noqa: E402
 from vlmloom.trainer.attention import register_varlen_attention, varlen_available  # noqa: E402
 from vlmloom.trainer.config import TrainConfig  # noqa: E402
 from vlmloom.trainer.data import PackedCollator  # noqa: E402
-from vlmloom.trainer.loop import deepspeed_config, init_distributed  # noqa: E402
+from vlmloom.trainer.loop import build_engine, deepspeed_config, init_distributed  # noqa: E402
 from vlmloom.trainer.loss import CausalLMLoss, model_inputs, step_loss_scale  # noqa: E402
 from vlmloom.trainer.metrics import peak_tflops, step_flops  # noqa: E402
 from vlmloom.trainer.model import load_model  # noqa: E402
@@ -144,16 +144,13 @@ def main(argv: list[str]) -> int:
     impls = args.impl or available_impls(device)
     register_varlen_attention()
 
-    import deepspeed
-
     model = load_model(spec, attn_implementation=impls[0], seed=0)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = sum(p.numel() for p in model.parameters())
     config = build_config(TrainConfig, {"model": spec, "zero_stage": args.zero_stage, "lr": 1e-5,
                                         "grad_clip": 1.0})
-    engine, *_ = deepspeed.initialize(model=CausalLMLoss(model), model_parameters=model.parameters(),
-                                      config=deepspeed_config(config, 1, precision))
+    engine, _ = build_engine(CausalLMLoss(model), config, deepspeed_config(config, 1, precision))
     engine.train()
 
     # the same samples, packed and padded; collated (images decoded and processed) before timing
@@ -176,7 +173,8 @@ def main(argv: list[str]) -> int:
     print(f"# device {device_name}, {precision}, ZeRO-{args.zero_stage}, model {params / 1e9:.2f}B params, "
           f"peak {peak} TFLOP/s, gradient checkpointing {args.gradient_checkpointing}", flush=True)
     results = []
-    header = f"{'attention':<18} {'layout':<7} {'tokens/s':>10} {'step s':>8} {'TFLOP/s':>8} {'MFU':>6} {'pad':>5} {'mem GiB':>8}"
+    header = (f"{'attention':<18} {'layout':<7} {'tokens/s':>10} {'step s':>8} {'TFLOP/s':>8} {'MFU':>6} "
+              f"{'pad':>5} {'mem GiB':>8}")
     print(header)
     for impl in impls:
         vision_impl = "flash_attention_2" if impl == "flash_attention_2" else "sdpa"
@@ -202,7 +200,8 @@ def main(argv: list[str]) -> int:
     for impl in impls:
         by = {r["layout"]: r for r in results if r["attention"] == impl and "error" not in r}
         if len(by) == 2:
-            print(f"# {impl}: packed / padded tokens/s = {by['packed']['tokens_per_s'] / by['padded']['tokens_per_s']:.2f}x")
+            ratio = by["packed"]["tokens_per_s"] / by["padded"]["tokens_per_s"]
+            print(f"# {impl}: packed / padded tokens/s = {ratio:.2f}x")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"device": device_name, "seq_len": seq_len, "params": params, "precision": precision,

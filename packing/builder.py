@@ -79,7 +79,8 @@ class SequenceBuilder:
         self.tokenizer = tokenizer
         self.config = config
         self.ids = T.special_token_ids(tokenizer)
-        missing = [t for t in _STRUCTURAL[:10] + (T.IMAGE,) if t not in self.ids]
+        missing = [t for t in (T.ENDOFTEXT, T.GMASK, T.SOP, T.SYSTEM, T.USER, T.ASSISTANT, T.BEGIN_OF_IMAGE,
+                               T.END_OF_IMAGE, T.IMAGE) if t not in self.ids]
         if missing:
             raise ValueError(f"tokenizer lacks GLM-4.1V special tokens {missing}")
         self.image_token_id = self.ids[T.IMAGE]

@@ -14,6 +14,7 @@ import sys
 
 from vlmloom.schemas.config import ConfigError, apply_overrides, build_config, load_yaml
 
+from .curated import CuratedDirError
 from .pack import PackConfig, pack
 
 
@@ -68,7 +69,7 @@ def main(argv: list[str]) -> int:
     try:
         config = parse_config(argv)
         report = pack(config)
-    except ConfigError as exc:
+    except (ConfigError, CuratedDirError) as exc:
         print(f"vlmloom pack: {exc}", file=sys.stderr)
         return 2
     print(summary(report, config.output))

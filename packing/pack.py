@@ -56,6 +56,7 @@ class PackConfig:
     carry_bins: int = 64  # partly filled sequences kept open from one window to the next
     overlong: Literal["drop", "truncate"] = "drop"  # samples longer than seq_len: drop, or cut (text-only pre-training)
     sequences_per_shard: int = 256  # packed sequences per tar
+    cache_mb: int = 512  # keep rendered samples (with image bytes) from pass 1 up to this size; 0 re-reads always
     overwrite: bool = False  # replace an existing output directory
     builder: BuilderConfig = field(default_factory=BuilderConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
@@ -123,16 +124,26 @@ def _pack_into(config: PackConfig, recipe: Recipe, out: str) -> dict:
     lengths: list[np.ndarray] = []
     rejections: list[Rejection] = []
     truncated = 0
+    budget = config.cache_mb << 20
+    caches: list[list[BuiltSample | None] | None] = []  # per source: pass-1 renderings, if they fit the budget
     for s in recipe.sources:
         source_lengths = []
+        cache: list[BuiltSample | None] | None = []
         for sample in iter_curated_samples(s.path):
             built = _fit(builder.build(sample), sample, builder, L, config.overlong)
             if isinstance(built, Rejection):
                 rejections.append(built)
                 source_lengths.append(-1)
+                built = None
             else:
                 truncated += int(built.truncated_from > 0)
                 source_lengths.append(len(built))
+                budget -= 12 * len(built) * 4 + sum(len(b) for b in built.images)
+            if cache is not None:
+                cache.append(built)
+                if budget < 0:
+                    cache = None  # this source is re-read in pass 2
+        caches.append(cache)
         lengths.append(np.asarray(source_lengths, np.int64))
 
     # plan the mixture
@@ -143,8 +154,9 @@ def _pack_into(config: PackConfig, recipe: Recipe, out: str) -> dict:
     order = interleave(counts)
 
     # pass 2: pack in mixed order
-    streams = [_source_stream(builder, s.path, ps, L, config.overlong, s.name)
-               for s, ps in zip(recipe.sources, passes)]
+    streams = [_source_stream(builder, s.path, ps, L, config.overlong, s.name, cache)
+               for s, ps, cache in zip(recipe.sources, passes, caches)]
+    del caches
     pending: dict[int, BuiltSample] = {}
 
     def feed() -> Iterator[int]:
@@ -236,7 +248,12 @@ class _StreamWriter:
 
 
 def _source_stream(builder: SequenceBuilder, path: str, passes: list[np.ndarray], L: int, overlong: str,
-                   name: str) -> Iterator[BuiltSample]:
+                   name: str, cache: list[BuiltSample | None] | None) -> Iterator[BuiltSample]:
+    if cache is not None:
+        for selected in passes:
+            for i in selected.tolist():
+                yield dataclasses.replace(cache[i], source=name)
+        return
     for selected in passes:
         wanted = set(selected.tolist())
         for i, sample in enumerate(iter_curated_samples(path)):

@@ -10,7 +10,8 @@ import os
 from typing import Iterable
 
 # The exact strings GLM-4.1V's tokenizer uses (zai-org/GLM-4.1V-9B-Thinking tokenizer_config.json and
-# transformers' glm4v processor). Order fixes their ids in the demo tokenizer: 0 .. len-1.
+# transformers' glm4v processor). In the demo tokenizer the special ones get ids 0..15 in this order and the
+# six reasoning/box tokens (not special: decoding keeps them) the last ids, after the BPE vocabulary.
 ENDOFTEXT = "<|endoftext|>"  # end of document / sequence; also the padding token
 GMASK = "[gMASK]"  # every GLM sequence starts with [gMASK]<sop>
 SOP = "<sop>"
@@ -48,10 +49,13 @@ def train_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 4096):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=2, show_progress=False,
-        special_tokens=[AddedToken(t, special=t not in _NOT_SKIPPED, normalized=False) for t in SPECIAL_TOKENS],
+        special_tokens=[AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS if t not in _NOT_SKIPPED],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator((t for t in texts if t), trainer=trainer)
+    # The trainer marks its tokens special; the reasoning/box tokens must survive skip_special_tokens=True
+    # decoding (verifiers read answers from <|begin_of_box|>…<|end_of_box|>), so they are added afterwards.
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in SPECIAL_TOKENS if t in _NOT_SKIPPED])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token=ENDOFTEXT, pad_token=ENDOFTEXT,
         additional_special_tokens=[t for t in SPECIAL_TOKENS if t != ENDOFTEXT and t not in _NOT_SKIPPED],

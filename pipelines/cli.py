@@ -25,7 +25,8 @@ def _curate(argv: list[str]) -> int:
     from vlmloom.pipelines.curate import curate, load_config
     from vlmloom.pipelines.report import summary_table
 
-    parser = argparse.ArgumentParser(prog="vlmloom curate", description="Curate a multimodal corpus with Apache Beam.")
+    parser = argparse.ArgumentParser(prog="vlmloom curate", description="Curate a multimodal corpus with Apache Beam.",
+                                     allow_abbrev=False)  # unknown flags belong to Beam: never prefix-match them
     parser.add_argument("inputs", nargs="*", help="tar/parquet/jsonl files, globs or folders")
     parser.add_argument("--output", help="output directory")
     parser.add_argument("--config", help="job YAML")

@@ -57,10 +57,6 @@ class ModelStagesConfig:
 
 
 # --- the generic pieces -----------------------------------------------------------------------
-class _OneByOne(Exception):
-    pass
-
-
 @dataclass
 class InferenceFailure:
     """Stands in for the output of a sample whose inference raised; its decide step re-raises it."""
@@ -85,22 +81,21 @@ class SampleModelHandler(ModelHandler[Sample, tuple, Any]):
 
     def run_inference(self, batch: Sequence[Sample], model: Any, inference_args: dict | None = None) -> Iterable[tuple]:
         batch = list(batch)
+        if not self._per_sample:
+            try:
+                return list(zip(batch, self._infer_checked(model, batch)))
+            except Exception:
+                if len(batch) == 1:
+                    raise
+        # One bad sample must not take its batch-mates to the dead letters: run one by one and mark
+        # only the failing ones (their decide step re-raises, so each is quarantined alone).
+        return [(sample, self._infer_one(model, sample)) for sample in batch]
+
+    def _infer_one(self, model: Any, sample: Sample) -> Any:
         try:
-            if self._per_sample:
-                raise _OneByOne()
-            outputs = self._infer_checked(model, batch)
-        except Exception:
-            if len(batch) == 1 and not self._per_sample:
-                raise
-            # One bad sample must not take its batch-mates to the dead letters: retry one by one and
-            # mark only the failing ones (their decide step raises, so they are quarantined alone).
-            outputs = []
-            for sample in batch:
-                try:
-                    outputs.append(self._infer_checked(model, [sample])[0])
-                except Exception as exc:
-                    outputs.append(InferenceFailure(format_traceback(exc)))
-        return list(zip(batch, outputs))
+            return self._infer_checked(model, [sample])[0]
+        except Exception as exc:
+            return InferenceFailure(format_traceback(exc))
 
     def _infer_checked(self, model: Any, batch: list[Sample]) -> list[Any]:
         outputs = list(self._infer(model, batch))
@@ -178,11 +173,15 @@ Decide = Callable[..., tuple[Sample, Verdict | None]]
 
 
 class _DecideDoFn(beam.DoFn):
-    def __init__(self, stage: str, decide: Decide, config_hash_: str, decision: str):
+    """Applies a decision; `final=False` for a stage's first step when a later step of the same stage
+    decides again (CLIP's top fraction), so kept counts and lineage are recorded once."""
+
+    def __init__(self, stage: str, decide: Decide, config_hash_: str, decision: str, final: bool = True):
         self._stage = stage
         self._decide = decide
         self._hash = config_hash_
         self._decision = decision
+        self._final = final
         self._kept = Metrics.counter(stage, "kept")
         self._counters: dict[str, Any] = {}
 
@@ -193,8 +192,9 @@ class _DecideDoFn(beam.DoFn):
             return
         sample.signals.update(verdict.signals)
         if verdict.keep:
-            self._kept.inc()
-            sample.with_lineage(self._stage, self._hash, self._decision)
+            if self._final:
+                self._kept.inc()
+                sample.with_lineage(self._stage, self._hash, self._decision)
             yield sample
             return
         reason = verdict.reason or "unspecified"
@@ -220,12 +220,12 @@ def _quarantine_any(stage: str):
 
 
 def _decide(pcoll, label: str, stage: str, decide: Decide, hash_: str, decision: str, max_error_ratio: float,
-            side_inputs: Sequence[Any] = ()):
+            side_inputs: Sequence[Any] = (), final: bool = True):
     # with_exception_handling() before with_outputs(): the other order (Beam 2.77) yields three
     # outputs (main, rejected, bad) rather than (good, bad).
     result = (
         pcoll
-        | label >> beam.ParDo(_DecideDoFn(stage, decide, hash_, decision), *side_inputs)
+        | label >> beam.ParDo(_DecideDoFn(stage, decide, hash_, decision, final), *side_inputs)
         .with_exception_handling(threshold=max_error_ratio, use_subprocess=False, dead_letter_tag=DEAD_LETTER)
         .with_outputs(REJECTED, main=KEPT)
     )
@@ -253,16 +253,17 @@ class ModelStage(beam.PTransform):
 
     def __init__(self, stage: str, handler: SampleModelHandler, applies: Callable[[Sample], bool],
                  judge: Callable[[Sample, Any], Verdict], config_hash_: str, decision: str = "kept",
-                 max_error_ratio: float = 0.05):
+                 max_error_ratio: float = 0.05, final: bool = True):
         super().__init__(label=stage)
         self._stage, self._handler, self._applies, self._judge = stage, handler, applies, judge
         self._hash, self._decision, self._max_error_ratio = config_hash_, decision, max_error_ratio
+        self._final = final
 
     def expand(self, samples):
         todo, passthrough = _split(samples, self._applies)
         results, quarantined = _run_model(todo, self._handler, self._stage, self._max_error_ratio)
         kept, rejected = _decide(results, "Judge", self._stage, partial(_judge_pair, self._judge), self._hash,
-                                 self._decision, self._max_error_ratio)
+                                 self._decision, self._max_error_ratio, final=self._final)
         return {KEPT: (kept, passthrough) | "MergeKept" >> beam.Flatten(),
                 REJECTED: (*rejected, quarantined) | "MergeRejected" >> beam.Flatten()}
 
@@ -311,9 +312,11 @@ class ClipStage(beam.PTransform):
     def expand(self, samples):
         config = self._config
         scorer = ClipScorer(config)
+        top_fraction = 0.0 < config.top_fraction < 1.0
         scored = samples | "Score" >> ModelStage("clip", ClipModelHandler(config), scorer.applies, scorer.judge,
-                                                 config_hash(config), "kept", self._max_error_ratio)
-        if not config.top_fraction or config.top_fraction >= 1.0:
+                                                 config_hash(config), "kept", self._max_error_ratio,
+                                                 final=not top_fraction)
+        if not top_fraction:
             return scored
         kept = scored[KEPT]
         cutoff = (kept

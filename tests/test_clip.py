@@ -105,7 +105,8 @@ def test_clip_stage_top_fraction(clip_dir, scores):
     config = ClipConfig(enabled=True, model_path=clip_dir, threshold=-1, top_fraction=0.25)
     with BeamPipeline() as p:
         out = p | beam.Create(samples()) | ClipStage(config)
-        assert_that(out["kept"] | "Kept" >> beam.Map(lambda s: s.key), equal_to(ranked[:2] + ["doc"]), label="kept")
+        assert_that(out["kept"] | "Kept" >> beam.Map(lambda s: (s.key, tuple(e.stage for e in s.lineage))),
+                    equal_to([(k, ("clip",)) for k in ranked[:2]] + [("doc", ())]), label="kept")
         assert_that(out["rejected"] | "Rejected" >> beam.Map(lambda r: (r.key, r.reason)),
                     equal_to([(k, "clip_below_top_fraction") for k in ranked[2:]]
                              + [("notext", "clip_missing_input")]), label="rejected")

@@ -104,3 +104,45 @@ def test_grounding_stage_empty_input():
         out = p | beam.Create([]).with_output_types(Sample) | grounding_stage(GroundingConfig(enabled=True))
         assert_that(out["kept"], equal_to([]), label="kept")
         assert_that(out["rejected"], equal_to([]), label="rejected")
+
+
+def save_random_owlvit(path: str) -> str:
+    """A tiny random OWL-ViT zero-shot detector with a word-level tokenizer, saved to `path`."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import (OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessorPil, OwlViTProcessor,
+                              PreTrainedTokenizerFast)
+
+    words = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"] + "a photo of dog cat car red button".split()
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="[BOS] $A [EOS]",
+                                                             special_tokens=[("[BOS]", 2), ("[EOS]", 3)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="[BOS]", eos_token="[EOS]",
+                                   pad_token="[PAD]", unk_token="[UNK]", model_max_length=16)
+    image_processor = OwlViTImageProcessorPil(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32})
+    OwlViTProcessor(image_processor=image_processor, tokenizer=fast).save_pretrained(path)
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    config = OwlViTConfig(text_config=dict(vocab_size=len(words), max_position_embeddings=16, eos_token_id=3,
+                                           bos_token_id=2, pad_token_id=0, **tower),
+                          vision_config=dict(image_size=32, patch_size=8, **tower), projection_dim=32)
+    torch.manual_seed(0)
+    OwlViTForObjectDetection(config).save_pretrained(path)
+    return path
+
+
+def test_detector_backend_runs_in_the_stage(tmp_path):
+    path = save_random_owlvit(str(tmp_path / "owlvit"))
+    config = GroundingConfig(enabled=True, sources=("detector",), kinds=("caption",), detector_model_path=path,
+                             detector_labels=("dog", "car"), detector_threshold=0.0, min_boxes=1)
+    photos = [make(f"p{i}", "caption", width=64, height=48) for i in range(3)]
+    photos[0].signals["concept_names"] = ["cat"]  # matched concepts join the label set
+    annotator = GroundingAnnotator(config)
+    assert annotator.labels_for(photos[0]) == ["dog", "car", "cat"]
+    detections = annotator.detect_batch(photos)
+    assert all(d.label in ("dog", "car", "cat") and 0.0 <= d.score <= 1.0 for dets in detections for d in dets)
+    with BeamPipeline() as p:
+        out = p | beam.Create(photos) | grounding_stage(config)
+        total = ((out["kept"] | "K" >> beam.Map(lambda s: 1)), (out["rejected"] | "R" >> beam.Map(lambda r: 1))) \
+            | beam.Flatten() | beam.CombineGlobally(sum)
+        assert_that(total, equal_to([3]), label="every sample accounted for")

@@ -50,6 +50,10 @@ def test_special_tokens_are_single_ids_and_round_trip(tok, tmp_path):
     assert tok.pad_token == T.ENDOFTEXT and tok.pad_token_id == ids[T.ENDOFTEXT]
     text = "<think>a</think><answer><|begin_of_box|>3<|end_of_box|></answer>"
     assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    # reasoning/box tokens are single ids that survive skip_special_tokens (verifiers read the box)
+    assert tok.decode(tok.encode(f"[gMASK]<sop>{text}<|endoftext|>", add_special_tokens=False),
+                      skip_special_tokens=True) == text
+    assert len(tok.encode(text, add_special_tokens=False)) == 8
     assert ids[T.THINK] in tok.encode("<think>", add_special_tokens=False)
 
 

@@ -1,7 +1,6 @@
 """PackedDataset: rank/worker split, seeded shuffle, exact resume under torchdata's StatefulDataLoader."""
 import numpy as np
 import pytest
-import torch
 
 from vlmloom.packing.fixtures import synthetic_samples, write_curated_dir
 from vlmloom.packing.pack import PackConfig, pack

@@ -72,6 +72,14 @@ def test_collator_rejects_image_token_count_mismatch(model, samples):
         PackedCollator(model.config)([record])
 
 
+def test_collator_rejects_text_positions_that_do_not_restart_per_sample(model, samples):
+    record = synthetic.pack_samples(samples[:2], 96)
+    n = int(record["seq_lens"].sum())
+    record["position_ids"][0, :n] = np.arange(n)  # one running count: the mask would join the samples
+    with pytest.raises(ValueError, match="restart at 0"):
+        PackedCollator(model.config)([record])
+
+
 def test_packed_loss_and_logits_equal_unpacked(model, samples):
     """A packed row never attends across samples: per-sample logits and the token-level loss match."""
     collator = PackedCollator(model.config)
@@ -172,8 +180,8 @@ def test_cli_parses_yaml_flags_and_overrides(tmp_path):
 
     path = tmp_path / "train.yaml"
     path.write_text("mode: sft\nmodel: {vocab_size: 256}\nsteps: 5\nzero_stage: 1\n")
-    config = parse_args(["--config", str(path), "--data", "a", "--data", "b", "--output", "o",
-                         "zero_stage=2", "model.hidden_size=32", "freeze_vision=true"])
+    config = parse_args(["zero_stage=2", "--config", str(path), "--data", "a", "model.hidden_size=32", "--data", "b",
+                         "--output", "o", "freeze_vision=true"])
     assert config.mode == "sft" and config.steps == 5 and config.zero_stage == 2
     assert config.data == ["a", "b"] and config.output == "o" and config.freeze_vision is True
     assert config.model == {"vocab_size": 256, "hidden_size": 32}

@@ -37,7 +37,7 @@ def test_cli_trains_on_packed_shards_resumes_and_exports(packed, capsys):
         "<|image|>")
     out = str(packed / "run")
     args = ["--data", data, "--model", model_dir, "--output", out, "steps=4", "lr=3e-3", "grad_accum=2",
-            "progress=false", "shuffle_buffer=4"]
+            "progress=false", "shuffle_buffer=4", "num_workers=2"]
     assert main(args + ["stop_after=2"]) == 0
     assert main(args) == 0  # resumes at step 2 from the reader's saved position
     summary = json.loads(open(os.path.join(out, "summary.json")).read())
@@ -46,7 +46,7 @@ def test_cli_trains_on_packed_shards_resumes_and_exports(packed, capsys):
     assert main(args[:5] + [straight] + args[6:] + ["export=false"]) == 0
     losses = [json.loads(line)["loss"] for line in open(os.path.join(straight, "metrics.jsonl"))]
     resumed = [json.loads(line)["loss"] for line in open(os.path.join(out, "metrics.jsonl"))]
-    assert resumed == losses  # 2 + 2 steps through the real reader (shuffle buffer included) == 4 straight
+    assert resumed == losses  # 2 + 2 steps through the real reader (2 workers, shuffle buffer) == 4 straight
     hf = summary["export_dir"]
     assert os.path.isfile(os.path.join(hf, "tokenizer_config.json"))
     assert os.path.isfile(os.path.join(hf, "model.safetensors"))

@@ -25,7 +25,7 @@ def parse_args(argv: list[str]) -> TrainConfig:
     parser.add_argument("--model", help="checkpoint directory; overrides `model`")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by `deepspeed`
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # KEY=VALUE may come before, between or after flags
     data = load_yaml(args.config)
     if args.data:
         data["data"] = args.data

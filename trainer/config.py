@@ -78,7 +78,8 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must be >= 1")
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise ConfigError(f"attn_implementation {self.attn_implementation!r}: use one of {list(ATTN_IMPLEMENTATIONS)}")
+            raise ConfigError(f"attn_implementation {self.attn_implementation!r}: "
+                              f"use one of {list(ATTN_IMPLEMENTATIONS)}")
         if self.freeze_vision and self.freeze_projector and self.freeze_llm:
             raise ConfigError("freeze_vision, freeze_projector and freeze_llm are all true: nothing would train")
         if len(self.betas) != 2:

@@ -31,6 +31,16 @@ def shifted_targets(labels: np.ndarray, seq_lens: np.ndarray) -> np.ndarray:
     return targets
 
 
+def check_text_positions(key: str, text_positions: np.ndarray, seq_lens: np.ndarray) -> None:
+    """Row 0 of the position ids must be 0..s-1 for every sample: transformers derives the block-diagonal mask
+    (or the varlen boundaries) from it, so anything else would let samples attend to each other."""
+    starts = np.concatenate([[0], np.cumsum(seq_lens)[:-1]]).astype(np.int64)
+    expected = np.arange(int(seq_lens.sum()), dtype=np.int64) - np.repeat(starts, seq_lens)
+    if not np.array_equal(text_positions[: len(expected)], expected):
+        raise ValueError(f"record {key}: position_ids[0] must restart at 0 for each of the {len(seq_lens)} samples "
+                         f"(seq_lens {seq_lens.tolist()}); packed samples would attend across each other")
+
+
 def pretrain_labels(input_ids: np.ndarray, seq_lens: np.ndarray, ignore_ids: Iterable[int]) -> np.ndarray:
     """Labels for records that carry none: every token of every sample except image/video tokens and padding."""
     labels = input_ids.astype(np.int64).copy()
@@ -69,6 +79,7 @@ class PackedCollator:
             pos = np.asarray(r["position_ids"])
             if pos.shape != (4, ids.shape[0]):
                 raise ValueError(f"record {r['key']}: position_ids has shape {pos.shape}, expected (4, {ids.shape[0]})")
+            check_text_positions(r["key"], pos[0], lens)
             grid = np.asarray(r.get("image_grid_thw", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
             n_image_tokens = int((ids == self.image_token_id).sum())
             if n_image_tokens != int(grid.prod(axis=1).sum()) // self.merge:
@@ -115,7 +126,8 @@ class PackedCollator:
         return np.asarray(out["pixel_values"], dtype=np.float32), np.asarray(out["image_grid_thw"], dtype=np.int64)
 
 
-def batch_stats(seq_lens: list[np.ndarray], targets: torch.Tensor, capacity: int, *, num_patches: int) -> dict[str, float]:
+def batch_stats(seq_lens: list[np.ndarray], targets: torch.Tensor, capacity: int, *,
+                num_patches: int) -> dict[str, float]:
     """Token counts of a batch for metrics: real tokens, label tokens, padding, Σ s² (attention cost), patches."""
     lens = np.concatenate(seq_lens).astype(np.int64)
     tokens = int(lens.sum())

@@ -33,7 +33,6 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
     seed_everything(config.seed + rank)
     precision = ("bf16" if device.type == "cuda" else "fp32") if config.precision == "auto" else config.precision
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    import deepspeed  # after init_distributed: DS_ACCELERATOR must be set before the first import
 
     # model
     attn = resolve_attn_implementation(config.attn_implementation, device)
@@ -53,9 +52,7 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     wrapper = CausalLMLoss(model)
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=wrapper, model_parameters=[p for p in wrapper.parameters() if p.requires_grad],
-        config=ds_config, lr_scheduler=lambda opt: lr_schedule(opt, config))
+    engine, scheduler = build_engine(wrapper, config, ds_config)
 
     # data
     image_processor = load_image_processor(config.image_processor)
@@ -165,6 +162,17 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
         with open(os.path.join(config.output, "summary.json"), "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2)
     return summary
+
+
+def build_engine(wrapper: CausalLMLoss, config: TrainConfig, ds_config: dict[str, Any]) -> tuple[Any, Any]:
+    """DeepSpeed engine around `wrapper` (its trainable parameters) with the config's lr schedule;
+    returns (engine, scheduler). Call `init_distributed` first: DS_ACCELERATOR must be set before deepspeed loads."""
+    import deepspeed
+
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=wrapper, model_parameters=[p for p in wrapper.parameters() if p.requires_grad],
+        config=ds_config, lr_scheduler=lambda opt: lr_schedule(opt, config))
+    return engine, scheduler
 
 
 def deepspeed_config(config: TrainConfig, world_size: int, precision: str) -> dict[str, Any]:

@@ -47,7 +47,8 @@ def step_flops(model_config: Any, stats: dict[str, float]) -> float:
     attention = 2 * 2 * t.num_hidden_layers * t.num_attention_heads * head_dim * stats["sum_sq_len"] / 2
     lm_head = 2 * t.hidden_size * t.vocab_size * stats["label_tokens"]  # logits only at label positions
     vision_block = 2 * (4 * v.hidden_size**2 + 3 * v.hidden_size * v.intermediate_size)
-    vision = stats["patches"] * (v.depth * vision_block + 2 * v.hidden_size * 3 * v.temporal_patch_size * v.patch_size**2)
+    patch_embed = 2 * v.hidden_size * 3 * v.temporal_patch_size * v.patch_size**2
+    vision = stats["patches"] * (v.depth * vision_block + patch_embed)
     forward = dense_per_token * stats["tokens"] + attention + lm_head + vision
     return 3.0 * forward
 

@@ -109,7 +109,8 @@ def special_token_ids(tokenizer_dir: str, vocab_size: int) -> dict[str, int]:
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     if len(tok) > vocab_size:
-        raise ValueError(f"vocab_size ({vocab_size}) < tokenizer size ({len(tok)}) of {tokenizer_dir}: raise vocab_size")
+        raise ValueError(f"vocab_size ({vocab_size}) < tokenizer size ({len(tok)}) of {tokenizer_dir}: "
+                         "raise vocab_size")
     names = {"image_token_id": IMAGE_TOKEN, "image_start_token_id": IMAGE_START_TOKEN,
              "image_end_token_id": IMAGE_END_TOKEN, "video_token_id": VIDEO_TOKEN,
              "video_start_token_id": VIDEO_START_TOKEN, "video_end_token_id": VIDEO_END_TOKEN}
