@@ -37,7 +37,9 @@ def test_resume_is_exact(records, tmp_path):
     """6 steps straight == 3 steps, stop, resume, 3 more steps: identical losses (model, optimizer, scheduler,
     RNG and data position all restored)."""
     common = {"steps": 6, "grad_accum": 2, "micro_batch": 1}
-    straight = run(records, tmp_path / "straight", **common)
+    straight = run(records, tmp_path / "straight", checkpoint_every=2, keep_checkpoints=2, **common)
+    kept = sorted(d for d in os.listdir(tmp_path / "straight" / "checkpoints") if d.startswith("step_"))
+    assert kept == ["step_000000004", "step_000000006"]
     first = run(records, tmp_path / "split", stop_after=3, **common)
     assert first["stop_reason"] == "stop_after" and first["steps"] == 3
     assert os.path.isfile(tmp_path / "split" / "checkpoints" / "step_000000003" / "trainer_state_rank0.pt")

@@ -72,6 +72,16 @@ def test_collator_rejects_image_token_count_mismatch(model, samples):
         PackedCollator(model.config)([record])
 
 
+def test_pretrain_derives_missing_labels_and_sft_refuses_them(model, samples):
+    record = synthetic.pad_sample(samples[1], 64)  # text only
+    del record["labels"]
+    batch = PackedCollator(model.config)([record])
+    n = len(samples[1]["input_ids"])
+    assert batch["targets"][0, : n - 1].tolist() == record["input_ids"][1:n].tolist()
+    with pytest.raises(ValueError, match="no labels"):
+        PackedCollator(model.config, derive_labels=False)([record])
+
+
 def test_collator_rejects_text_positions_that_do_not_restart_per_sample(model, samples):
     record = synthetic.pack_samples(samples[:2], 96)
     n = int(record["seq_lens"].sum())

@@ -17,7 +17,9 @@ ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "vlmloom_v
 class TrainConfig:
     """One training job: model, data, optimisation, DeepSpeed, checkpoints, metrics."""
 
-    mode: Literal["pretrain", "sft"] = "pretrain"  # objective plugged into the loop (RLCS will add "rlcs")
+    # pretrain: records without labels learn every text token; sft: records must carry the packer's labels
+    # (assistant spans). Both use the token-level loss; RLCS will add "rlcs" through the same loop.
+    mode: Literal["pretrain", "sft"] = "pretrain"
     # model: a Hugging Face checkpoint directory (str), or a mapping of tiny-model sizes for tests/demos
     # (keys of `vlmloom.trainer.model.tiny_glm4v_config`, e.g. {hidden_size: 64}); "tiny" or a mapping without
     # vocab_size takes vocabulary and special-token ids from DATA/tokenizer.

@@ -52,7 +52,8 @@ def pretrain_labels(input_ids: np.ndarray, seq_lens: np.ndarray, ignore_ids: Ite
 class PackedCollator:
     """list[record] → batch dict of tensors for `CausalLMLoss.forward` (all rows must share one length)."""
 
-    def __init__(self, model_config: Any, *, image_processor: Any = None, check_grids: bool = True):
+    def __init__(self, model_config: Any, *, image_processor: Any = None, check_grids: bool = True,
+                 derive_labels: bool = True):
         from vlmloom.trainer.synthetic import default_image_processor
 
         self.image_token_id = int(model_config.image_token_id)
@@ -63,6 +64,7 @@ class PackedCollator:
         self.merge = int(model_config.vision_config.spatial_merge_size) ** 2
         self.image_processor = image_processor or default_image_processor()
         self.check_grids = check_grids
+        self.derive_labels = derive_labels  # pretrain: records without labels learn every text token
 
     def __call__(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         lengths = {len(r["input_ids"]) for r in records}
@@ -75,6 +77,8 @@ class PackedCollator:
             ids = np.asarray(r["input_ids"])
             lens = np.asarray(r["seq_lens"], dtype=np.int64)
             labels = r.get("labels")
+            if labels is None and not self.derive_labels:
+                raise ValueError(f"record {r['key']}: no labels; SFT trains only on the spans the packer labelled")
             labels = pretrain_labels(ids, lens, self.ignore_ids) if labels is None else np.asarray(labels)
             pos = np.asarray(r["position_ids"])
             if pos.shape != (4, ids.shape[0]):

@@ -1,7 +1,8 @@
 """The training loop: config → model → DeepSpeed engine → data → steps → checkpoints → metrics → export.
 
 `train(config)` runs one job and returns a summary dict. Pre-training and SFT differ only in their data
-(labels present or derived); RLCS will plug its own record source and loss into the same loop.
+(labels derived when absent, or required); RLCS will plug its own record source (`source=`) and loss into the
+same loop.
 Only this package imports deepspeed.
 """
 from __future__ import annotations
@@ -56,7 +57,7 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
 
     # data
     image_processor = load_image_processor(config.image_processor)
-    collator = PackedCollator(model.config, image_processor=image_processor)
+    collator = PackedCollator(model.config, image_processor=image_processor, derive_labels=config.mode == "pretrain")
     if source is None:
         source = packed_source(config.data, shuffle_buffer=config.shuffle_buffer, seed=config.seed, rank=rank,
                                world_size=world_size, epochs=config.epochs)
