@@ -10,13 +10,16 @@ hashed normalised 13-grams of its question and answer. A sample is flagged when
 - text: any normalised 13-gram of its text is a 13-gram of a benchmark question or answer
   (benchmark texts shorter than 13 tokens but at least `min_short_tokens` long match whole)
   → `benchmark_text_overlap`.
-`detail` names the benchmark and item id; the signals keep them for the report.
+`detail` reads `benchmark=NAME item_id=ID <evidence>`, so the report can count hits per benchmark.
+The index is built per worker in `load_model()`; `cache_dir` keeps it on disk between workers and runs.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import pickle
 import re
 import tarfile
 import unicodedata
@@ -56,6 +59,7 @@ class ContaminationConfig:
     ngram: int = 13  # tokens per n-gram for the text side
     min_short_tokens: int = 8  # benchmark texts shorter than `ngram` but this long match whole; 0 = ignore short texts
     batch_size: int = 32  # samples per RunInference batch
+    cache_dir: str = ""  # keep the built index here, shared by workers and reruns (keyed by benchmark files + settings); "" = rebuild per worker
 
     def validate(self) -> None:
         if self.enabled and not self.benchmarks:
@@ -176,17 +180,39 @@ def normalize_tokens(text: str) -> list[str]:
     return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).lower()).split()
 
 
+def gram_hash(tokens: Sequence[str]) -> int:
+    """A 64-bit hash of a token sequence, the same in every process (so a cached index stays valid)."""
+    return int.from_bytes(hashlib.blake2b("\x1f".join(tokens).encode("utf-8"), digest_size=8).digest(), "little")
+
+
 def ngram_hashes(tokens: Sequence[str], n: int) -> set[int]:
-    """Hashes of the n-grams of `tokens` (stable within a process: the index and lookups share it)."""
-    return {hash(tuple(tokens[i:i + n])) for i in range(len(tokens) - n + 1)}
+    return {gram_hash(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
 
 
 def image_phash(data: bytes) -> int:
+    return _phash_and_thumbnail(data, thumbnail=False)[0]
+
+
+THUMBNAIL_SIDE = 224  # CLIP-style encoders see 224² crops: a thumbnail this size embeds like the original
+
+
+def _phash_and_thumbnail(data: bytes, thumbnail: bool) -> tuple[int, bytes | None]:
+    """One decode for both: the 64-bit pHash, and (for the embedding check) a small JPEG so the index
+    keeps ~10 kB per benchmark image instead of the original bytes."""
     import imagehash
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
-        return int(str(imagehash.phash(image.convert("RGB"))), 16)
+        rgb = image.convert("RGB")
+        phash = int(str(imagehash.phash(rgb)), 16)
+        if not thumbnail:
+            return phash, None
+        scale = THUMBNAIL_SIDE / min(rgb.size)
+        if scale < 1:
+            rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.BICUBIC)
+        buf = io.BytesIO()
+        rgb.save(buf, format="JPEG", quality=90)
+        return phash, buf.getvalue()
 
 
 def sample_phash(sample: Sample) -> int | None:
@@ -226,7 +252,7 @@ class ContaminationIndex:
     phash_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # position in `items`
     grams: dict[int, int] = field(default_factory=dict)  # n-gram hash → first item position
     short_lengths: set[int] = field(default_factory=set)  # lengths of whole-text short entries in `grams`
-    image_bytes: dict[int, bytes] = field(default_factory=dict)  # item → bytes, kept only for embedding checks
+    thumbnails: dict[int, bytes] = field(default_factory=dict)  # item → small JPEG, kept only for embedding checks
     encoder: Any = None
     _embedding_cache: dict[int, np.ndarray] = field(default_factory=dict)
 
@@ -242,10 +268,11 @@ class ContaminationIndex:
             position = len(index.items)
             index.items.append((item.benchmark, item.item_id))
             if config.check_images and config.max_phash_distance >= 0 and item.image_bytes:
-                hashes.append(image_phash(item.image_bytes))
+                phash, thumbnail = _phash_and_thumbnail(item.image_bytes, thumbnail=encoder is not None)
+                hashes.append(phash)
                 owners.append(position)
-                if encoder is not None:
-                    index.image_bytes[position] = item.image_bytes
+                if thumbnail is not None:
+                    index.thumbnails[position] = thumbnail
             if config.check_text:
                 for text in (item.question, item.answer):
                     index._add_text(text, position)
@@ -260,7 +287,7 @@ class ContaminationIndex:
             for h in ngram_hashes(tokens, n):
                 self.grams.setdefault(h, position)
         elif self.config.min_short_tokens and len(tokens) >= self.config.min_short_tokens:
-            self.grams.setdefault(hash(tuple(tokens)), position)
+            self.grams.setdefault(gram_hash(tokens), position)
             self.short_lengths.add(len(tokens))
 
     def __len__(self) -> int:
@@ -274,7 +301,7 @@ class ContaminationIndex:
             tokens = normalize_tokens(text)
             for n in (self.config.ngram, *sorted(self.short_lengths)):
                 for i in range(len(tokens) - n + 1):
-                    position = self.grams.get(hash(tuple(tokens[i:i + n])))
+                    position = self.grams.get(gram_hash(tokens[i:i + n]))
                     if position is not None:
                         bench, item_id = self.items[position]
                         snippet = " ".join(tokens[i:i + n])[:120]
@@ -294,7 +321,7 @@ class ContaminationIndex:
         if position not in self._embedding_cache:
             from PIL import Image
 
-            with Image.open(io.BytesIO(self.image_bytes[position])) as image:
+            with Image.open(io.BytesIO(self.thumbnails[position])) as image:
                 self._embedding_cache[position] = self.encoder.embed_images([image.convert("RGB")])[0]
         return self._embedding_cache[position]
 
@@ -334,6 +361,39 @@ class ContaminationIndex:
         """The first hit per sample: image side first (it is the stronger evidence), then text."""
         image = self.image_hits(samples)
         return [hit or (self.text_hit(s) if self.config.check_text else None) for s, hit in zip(samples, image)]
+
+
+# --- the index cache ----------------------------------------------------------------------------
+def _benchmark_fingerprint(config: ContaminationConfig, with_thumbnails: bool) -> str:
+    """Changes when a benchmark file or an index setting changes; file identity = path, size, mtime."""
+    parts: list[Any] = [config.check_images, config.check_text, config.max_phash_distance >= 0, config.ngram,
+                        config.min_short_tokens, with_thumbnails, 2]  # last: index format version
+    for source in config.benchmarks:
+        path = Path(source.path)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        parts.append((source.name, source.format, [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]))
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:20]
+
+
+def build_cached_index(config: ContaminationConfig, encoder: Any = None) -> ContaminationIndex:
+    """`ContaminationIndex.build`, loading/saving `config.cache_dir` when set (written atomically, so
+    workers racing to build it all end with the same file)."""
+    if not config.cache_dir:
+        return ContaminationIndex.build(config, encoder=encoder)
+    os.makedirs(config.cache_dir, exist_ok=True)
+    path = os.path.join(config.cache_dir, f"contamination-{_benchmark_fingerprint(config, encoder is not None)}.pkl")
+    if os.path.exists(path):
+        with open(path, "rb") as fh:
+            state = pickle.load(fh)
+        return ContaminationIndex(config=config, encoder=encoder, **state)
+    index = ContaminationIndex.build(config, encoder=encoder)
+    state = {"items": index.items, "phashes": index.phashes, "phash_items": index.phash_items,
+             "grams": index.grams, "short_lengths": index.short_lengths, "thumbnails": index.thumbnails}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, path)
+    return index
 
 
 def judge(sample: Sample, hit: Hit | None) -> Verdict:

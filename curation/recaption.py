@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from vlmloom.curation.base import Registry, Verdict
 from vlmloom.curation.concepts import key_uniform

@@ -42,6 +42,7 @@ class BuilderConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)  # image-token arithmetic (processor defaults)
     require_cot: bool = False  # true: every qa sample's last assistant turn must be <think>…</think><answer>…</answer>
     system_prompt: str = ""  # prepended as a <|system|> turn to qa samples without one; "" disables
+    kinds: list[str] = field(default_factory=list)  # pack only these kinds (e.g. [qa] for SFT); [] = all; others: kind_not_selected
 
 
 @dataclass
@@ -101,6 +102,8 @@ class SequenceBuilder:
             return Rejection.of(sample, STAGE, r.reason, r.detail)
 
     def _build(self, sample: Sample) -> BuiltSample:
+        if self.config.kinds and sample.kind not in self.config.kinds:
+            raise _Reject("kind_not_selected", f"kind {sample.kind!r} not in builder.kinds {self.config.kinds}")
         seq = _Sequence(self, sample)
         seq.special(T.GMASK)
         seq.special(T.SOP)

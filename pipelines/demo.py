@@ -67,26 +67,48 @@ def main(argv: list[str]) -> int:
 
     from vlmloom.packing.cli import main as pack_main
 
-    packed = os.path.join(out, "packed")
+    packed, packed_sft = os.path.join(out, "packed"), os.path.join(out, "packed_sft")
     t2 = time.time()
     rc = pack_main([config.output, "--output", packed, "--seq-len", str(args.seq_len)])
     if rc:
         return rc
-    print(f"[3/4] packed in {time.time() - t2:.1f} s → {packed}")
+    # the SFT set: only the long-CoT qa samples, same tokenizer so that the models agree
+    rc = pack_main([config.output, "--output", packed_sft, "--seq-len", str(args.seq_len),
+                    "--tokenizer", os.path.join(packed, "tokenizer"), "builder.kinds=[qa]", "builder.require_cot=true"])
+    if rc:
+        return rc
+    print(f"[3/4] packed in {time.time() - t2:.1f} s → {packed} (pre-training), {packed_sft} (SFT)")
     if args.skip_train:
         return 0
 
     from vlmloom.trainer.cli import main as train_main
 
     t3 = time.time()
-    for mode in ("pretrain", "sft"):
-        rc = train_main(["--config", _config_path(f"demo_train_{mode}.yaml"), "--data", packed,
-                         "--output", os.path.join(out, f"train_{mode}"), f"steps={args.train_steps}"])
-        if rc:
-            return rc
+    pretrain_dir, sft_dir = os.path.join(out, "train_pretrain"), os.path.join(out, "train_sft")
+    rc = train_main(["--config", _config_path("demo_train_pretrain.yaml"), "--data", packed,
+                     "--output", pretrain_dir, f"steps={args.train_steps}"])
+    if rc:
+        return rc
+    # SFT continues from the exported pre-trained model on the qa-only packed set.
+    rc = train_main(["--config", _config_path("demo_train_sft.yaml"), "--data", packed_sft, "--output", sft_dir,
+                     "--model", os.path.join(pretrain_dir, "hf_model"), f"steps={args.train_steps}"])
+    if rc:
+        return rc
+    _print_losses(pretrain_dir, "pretrain")
+    _print_losses(sft_dir, "sft")
     print(f"[4/4] trained in {time.time() - t3:.1f} s → {out}/train_pretrain, {out}/train_sft")
     print(f"demo done in {time.time() - t0:.1f} s")
     return 0
+
+
+def _print_losses(run_dir: str, name: str) -> None:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        losses = [json.loads(line).get("loss") for line in fh if line.strip()]
+    losses = [round(x, 3) for x in losses if isinstance(x, (int, float))]
+    print(f"      {name} loss by step: {losses}")
 
 
 def demo_model_overrides(corpus: str) -> list[str]:

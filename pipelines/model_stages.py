@@ -152,7 +152,7 @@ def _build_index(config: ContaminationConfig) -> ContaminationIndex:
     encoder = None
     if config.check_images and config.embedding_model_path:
         encoder = clip_mod.load_encoder(config.embedding_backend, config.embedding_model_path)
-    return ContaminationIndex.build(config, encoder=encoder)
+    return contamination_mod.build_cached_index(config, encoder=encoder)
 
 
 def _recaptioner(config: RecaptionConfig) -> Recaptioner:

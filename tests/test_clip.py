@@ -140,3 +140,24 @@ def test_open_clip_backend_skips_cleanly():
     pytest.importorskip("open_clip")
     pytest.importorskip("torchvision")
     assert load_encoder  # a real open_clip test needs a local checkpoint; see curation/clip.py
+
+
+def test_contamination_confirms_with_the_clip_encoder(clip_dir, tmp_path):
+    from vlmloom.curation.contamination import BenchmarkItem, BenchmarkSource, ContaminationConfig, ContaminationIndex
+    from vlmloom.pipelines.model_stages import effective
+
+    config = build_config(ModelStagesConfig, {
+        "clip": {"enabled": True, "model_path": clip_dir},
+        "contamination": {"enabled": True, "benchmarks": [{"name": "b", "path": str(tmp_path)}]},
+    })
+    assert effective(config).contamination.embedding_model_path == clip_dir  # falls back to clip's model
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).resize((64, 64))
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    index = ContaminationIndex.build(ContaminationConfig(check_text=False),
+                                     iter([BenchmarkItem("b", "item-1", image_bytes=buf.getvalue())]),
+                                     encoder=load_encoder("transformers", clip_dir))
+    hit = index.lookup([Sample(key="x", source="t", source_id="x", images=[ImageRef(bytes=buf.getvalue())])])[0]
+    assert hit is not None and hit.item_id == "item-1" and "cosine=" in hit.detail()
+    assert BenchmarkSource(name="b", path=str(tmp_path)) in effective(config).contamination.benchmarks

@@ -154,3 +154,24 @@ def test_build_accepts_items_directly():
     config = ContaminationConfig(check_images=False)
     index = ContaminationIndex.build(config, iter([BenchmarkItem("b", "1", question=QUESTION)]))
     assert index.text_hit(sample("x", text=QUESTION)).benchmark == "b"
+
+
+def test_index_cache_is_reused_and_invalidated(tmp_path, bench_parquet):
+    import shutil
+
+    from vlmloom.curation.contamination import build_cached_index
+
+    bench = tmp_path / "items.parquet"
+    shutil.copy(bench_parquet, bench)
+    config = ContaminationConfig(benchmarks=(BenchmarkSource(name="demo", path=str(bench)),),
+                                 cache_dir=str(tmp_path / "cache"))
+    first = build_cached_index(config)
+    files = list((tmp_path / "cache").iterdir())
+    assert len(files) == 1
+    second = build_cached_index(config)
+    assert second.items == first.items and second.grams == first.grams
+    assert second.phashes.tolist() == first.phashes.tolist()
+    assert second.text_hit(sample("t", text=QUESTION)).item_id == "q1"
+    pq.write_table(pa.table({"item_id": ["z"], "question": ["new"], "answer": ["a"]}), bench)
+    assert build_cached_index(config).items == [("demo", "z")]
+    assert len(list((tmp_path / "cache").iterdir())) == 2

@@ -29,7 +29,7 @@ def corpus(tmp_path_factory):
 def _config(corpus_dir, output, **extra):
     return load_config({"inputs": [{"path": os.path.join(corpus_dir, "tars", "*.tar"), "name": "wds"},
                                    {"path": os.path.join(corpus_dir, "manifest.parquet"), "name": "man"}],
-                        "output": output, **extra})
+                        "output": output, "dedup": {"phash_max_distance": 8}, **extra})  # the demo plants variants <= 8
 
 
 @pytest.fixture(scope="module")

@@ -163,3 +163,43 @@ def test_low_score_lines_are_discarded():
 def test_paddleocr_backend_skips_cleanly():
     pytest.importorskip("paddleocr")
     assert "paddleocr" in OCR_BACKENDS
+
+
+@pytest.mark.slow
+def test_model_stages_through_curate_on_demo_corpus(tmp_path):
+    """The demo's model stages inside `curate`: OCR accuracy on the rendered documents (≥ 95% on clean
+    renders), grounding from OCR/GUI boxes, and every planted benchmark leak caught by contamination."""
+    import json
+    import os
+
+    import pyarrow.parquet as pq
+
+    demo_corpus = pytest.importorskip("vlmloom.curation.demo_corpus")
+    from vlmloom.pipelines.curate import curate, load_config
+    from vlmloom.pipelines.demo import demo_model_overrides
+    from vlmloom.schemas.config import apply_overrides, load_yaml
+
+    corpus = str(tmp_path / "corpus")
+    expected = demo_corpus.build_demo_corpus(corpus, demo_corpus.DemoCorpusConfig(num_samples=50))
+    data = load_yaml(os.path.join(os.path.dirname(__file__), "..", "configs", "demo_curate.yaml"))
+    data["inputs"] = [{"path": os.path.join(corpus, "tars", "*.tar"), "name": "demo_wds"},
+                      {"path": os.path.join(corpus, "manifest.parquet"), "name": "demo_manifest"}]
+    data["output"] = str(tmp_path / "curated")
+    curate(load_config(apply_overrides(data, demo_model_overrides(corpus))), [])
+
+    manifest = pq.read_table(tmp_path / "curated" / "manifest.parquet").to_pylist()
+    rejected = pq.read_table(tmp_path / "curated" / "rejected" / "rejected.parquet").to_pylist()
+    model_stages = {"ocr", "grounding", "concepts", "contamination"}
+    assert [r for r in rejected if r["stage"] in model_stages and r["reason"] == "quarantined_error"] == []
+    ocr = [json.loads(r["signals"]) for r in manifest if r["kind"] == "ocr"]
+    accuracies = [s["ocr_char_accuracy"] for s in ocr if "ocr_char_accuracy" in s]
+    assert ocr and len(accuracies) == len(ocr)
+    assert sum(accuracies) / len(accuracies) >= 0.95 and min(accuracies) >= 0.9, accuracies
+    assert all(s["grounding_boxes"] >= 2 for s in ocr)
+    gui = [json.loads(r["signals"]) for r in manifest if r["kind"] == "gui"]
+    assert gui and all(s.get("grounding_boxes_gui", 0) >= 2 for s in gui)
+    caught = {(r["source_id"], r["detail"].split()[1]) for r in rejected if r["stage"] == "contamination"}
+    removed_earlier = {r["source_id"] for r in rejected if r["stage"] != "contamination"}
+    for plant in expected["benchmark_plants"]:
+        if plant["source_id"] not in removed_earlier:
+            assert (plant["source_id"], f"item_id={plant['item_id']}") in caught, plant

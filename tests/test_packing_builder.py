@@ -170,3 +170,11 @@ def test_overlong_policy(builder):
     assert _fit(b, s, builder, 5, "truncate").reason == "too_long_image_cut"  # the cut would split the image
     q = builder.build(qa())
     assert _fit(q, qa(), builder, len(q) - 1, "truncate").reason == "too_long"  # SFT is never truncated
+
+
+def test_kind_selection_for_sft_sets(builder):
+    sft_only = SequenceBuilder(builder.tokenizer, BuilderConfig(kinds=["qa"]))
+    caption = Sample(key="c", source="t", source_id="c", kind="caption", text="a cat", images=[make_image(56, 56, 0)])
+    assert sft_only.build(caption).reason == "kind_not_selected"
+    assert not isinstance(sft_only.build(qa()), Rejection)
+    assert not isinstance(builder.build(caption), Rejection)

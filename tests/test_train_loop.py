@@ -174,3 +174,11 @@ def test_gradient_checkpointing_and_varlen_attention_train_like_the_default(reco
     assert varlen["attn_implementation"] == "vlmloom_varlen"
     np.testing.assert_allclose(checkpointed["losses"], base["losses"], rtol=1e-5)
     np.testing.assert_allclose(varlen["losses"], base["losses"], rtol=1e-5)
+
+
+def test_a_plain_iterable_feeds_the_loop(records, tmp_path):
+    """The record source is pluggable (RLCS will hand its own): a generator works too, without exact resume."""
+    config = build_config(TrainConfig, {"model": TINY, "output": str(tmp_path / "gen"), "steps": 2, "export": False,
+                                        "progress": False, "tensorboard": False})
+    summary = train(config, source=(r for r in records))
+    assert summary["steps"] == 2 and summary["stop_reason"] == "steps_done"

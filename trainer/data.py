@@ -165,5 +165,24 @@ def make_loader(source: Any, collator: PackedCollator, *, micro_batch: int, num_
     source's state, so a checkpoint resumes at the next unseen batch."""
     from torchdata.stateful_dataloader import StatefulDataLoader
 
+    if not isinstance(source, torch.utils.data.Dataset):
+        source = _IterableSource(source)
     return StatefulDataLoader(source, batch_size=micro_batch, collate_fn=collator, num_workers=num_workers,
                               drop_last=True, persistent_workers=False)
+
+
+class _IterableSource(torch.utils.data.IterableDataset):
+    """Any iterable of records as an IterableDataset; resume is exact only if it has state_dict/load_state_dict."""
+
+    def __init__(self, records: Iterable[dict[str, Any]]):
+        self.records = records
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.records.state_dict() if hasattr(self.records, "state_dict") else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if hasattr(self.records, "load_state_dict"):
+            self.records.load_state_dict(state)
