@@ -117,7 +117,7 @@ def curate_stages(config: CurateConfig) -> list[tuple[str, beam.PTransform]]:
         minhash=config.dedup.minhash and config.enabled("near_dup_text"),
     )
     stages.extend(dedup_stages(dedup))
-    stages.extend(build_model_stages(config.models))
+    stages.extend(build_model_stages(config.models, ratio))
     return stages
 
 

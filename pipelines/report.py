@@ -81,7 +81,7 @@ def build_report(out_dir: str, stage_names: list[str], counters: dict[str, int],
             "height": _histogram([r["height"] for r in manifest], [0, 128, 256, 512, 1024, 2048]),
             "text_chars": _histogram([r["text_chars"] for r in manifest], [0, 16, 64, 256, 1024, 4096]),
         },
-        "sections": _model_sections(signals),
+        "sections": {**_model_sections(signals), **_rejection_sections(rejected)},
         "counters": dict(sorted(counters.items())),
         "config": to_dict(config),
     }
@@ -104,6 +104,16 @@ def _model_sections(signals: list[dict[str, Any]]) -> dict[str, Any]:
     return sections
 
 
+def _rejection_sections(rejected: list[dict[str, Any]]) -> dict[str, Any]:
+    """Contamination hits per benchmark, from the rejection details (`benchmark=NAME item_id=ID ...`)."""
+    hits: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for row in rejected:
+        if row["stage"] == "contamination" and row["reason"].startswith("benchmark_"):
+            fields = dict(part.split("=", 1) for part in row["detail"].split() if "=" in part)
+            hits[fields.get("benchmark", "?")][row["reason"]] += 1
+    return {"contamination": {name: dict(c) for name, c in sorted(hits.items())}} if hits else {}
+
+
 def check_accounting(report: dict[str, Any]) -> None:
     acc = report["accounting"]
     if not acc["balanced"]:
@@ -123,6 +133,8 @@ def summary_table(report: dict[str, Any]) -> str:
     lines.append(f"input {acc['input_records']} = kept {acc['kept']} + rejected {acc['rejected']}"
                  f"  ({'balanced' if acc['balanced'] else 'NOT BALANCED'}); shards {report['shards']};"
                  f" {report['seconds']} s")
+    for name, section in report.get("sections", {}).items():
+        lines.append(f"{name}: {json.dumps(section, sort_keys=True)}")
     return "\n".join(lines)
 
 

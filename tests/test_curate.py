@@ -1,5 +1,7 @@
 """The `curate` job end to end on a small demo corpus: accounting, planted records, determinism across
 runners, readable shards, refusal of existing output, atomicity on failure."""
+import copy
+import dataclasses
 import glob
 import hashlib
 import json
@@ -151,7 +153,9 @@ def test_failed_job_leaves_no_output(corpus, tmp_path):
     out = tmp_path / "failed"
     # every record fails the decode stage unexpectedly (max_pixels is not an int) and no errors are tolerated
     config = _config(corpus_dir, str(out), max_error_ratio=0.0)
-    object.__setattr__(config.decode, "max_pixels", "not-a-number")
+    broken = copy.copy(config.decode)  # a copy: the default DecodeConfig instance is shared by all configs
+    object.__setattr__(broken, "max_pixels", "not-a-number")
+    config = dataclasses.replace(config, decode=broken)
     with pytest.raises(Exception):
         curate(config)
     assert not out.exists()
