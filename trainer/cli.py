@@ -1,9 +1,9 @@
 """`vlmloom train`: train a GLM-4.1V-style model on packed shards with DeepSpeed.
 
 CPU (one process, gloo, fp32):
-    DS_ACCELERATOR=cpu vlmloom train --config configs/train_tiny.yaml --data demo_out/packed --output runs/tiny
+    DS_ACCELERATOR=cpu vlmloom train --config configs/demo_train_pretrain.yaml --data demo_out/packed --output runs/tiny
 GPU, one node (bf16, ZeRO from the config):
-    deepspeed --num_gpus 8 -m vlmloom.trainer.cli --config train.yaml --data /data/packed zero_stage=2
+    deepspeed --num_gpus 8 --module vlmloom.trainer.cli --config train.yaml --data /data/packed zero_stage=2
     (or: torchrun --nproc_per_node 8 -m vlmloom.trainer.cli --config train.yaml ...)
 Any config key can follow as KEY=VALUE (e.g. `steps=100 lr=2e-5 model.vocab_size=512`).
 """
