@@ -230,7 +230,7 @@ def main() -> None:
                   [("first_fit_decreasing", w) for w in (4096, 16384)] + [("greedy", 4096)]
         for L in seq_lens:
             r = child(["plan", demo_file, L, "best_fit_decreasing", 0])
-            print(fmt_row(f"(a) best_fit_decreasing whole set", L, r), flush=True)
+            print(fmt_row("(a) best_fit_decreasing whole set", L, r), flush=True)
             for packer, window in configs:
                 r = child(["plan", synth_file, L, packer, window])
                 print(fmt_row(f"(b) {packer} window={window or 'whole set'}", L, r), flush=True)

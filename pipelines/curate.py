@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -176,6 +175,15 @@ def _counters(result) -> dict[str, int]:
     return out
 
 
+def _with_quiet_workers(beam_args: list[str]) -> list[str]:
+    """Beam's worker processes log every channel set-up at INFO; unless the user chose a level,
+    keep them at WARNING and let vlmloom's own progress lines through."""
+    if any(a.startswith("--default_sdk_harness_log_level") for a in beam_args):
+        return beam_args
+    return beam_args + ["--default_sdk_harness_log_level=WARNING",
+                        '--sdk_harness_log_level_overrides={"vlmloom": "INFO"}']
+
+
 def curate(config: CurateConfig, beam_args: list[str] | None = None) -> dict[str, Any]:
     """Run the job; returns the report (also written to OUTPUT/report.json)."""
     if not config.inputs:
@@ -184,7 +192,7 @@ def curate(config: CurateConfig, beam_args: list[str] | None = None) -> dict[str
     work_dir = _prepare_output(output, config.overwrite)
     started = time.time()
     try:
-        options = PipelineOptions(beam_args or [])
+        options = PipelineOptions(_with_quiet_workers(list(beam_args or [])))
         pipeline = beam.Pipeline(options=options)
         stage_names = build_pipeline(pipeline, config, work_dir)
         result = pipeline.run()
@@ -209,6 +217,3 @@ def curate(config: CurateConfig, beam_args: list[str] | None = None) -> dict[str
         os.rename(work_dir, output)
     return report
 
-
-def read_manifest(output_dir: str):
-    return pq.read_table(join(output_dir, formats.MANIFEST_FILE))

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import time
-from importlib import resources
 
 from vlmloom.schemas.config import apply_overrides, load_yaml
 

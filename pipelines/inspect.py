@@ -1,7 +1,6 @@
 """`vlmloom inspect DIR`: the report summary of a curated output plus a few samples from its first shard."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile

@@ -22,7 +22,7 @@ from apache_beam.metrics import Metrics
 
 from vlmloom.schemas import formats
 from vlmloom.schemas.config import ConfigError
-from vlmloom.schemas.records import REJECTION_SCHEMA, Rejection, Sample
+from vlmloom.schemas.records import REJECTION_SCHEMA, Sample
 
 log = logging.getLogger("vlmloom.curate")
 
