@@ -26,9 +26,13 @@ demo: setup
 test: setup
 	DS_ACCELERATOR=cpu $(BIN)/python -m pytest -q -x tests
 
+# Every benchmark prints a table; the GPU half of train_throughput runs only where CUDA is present.
 bench: setup
 	$(BIN)/pip install -q -c constraints.txt -e ".[bench]"
 	$(BIN)/python bench/curate_throughput.py
+	$(BIN)/python bench/model_stages.py
+	$(BIN)/python bench/packing.py
+	DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} $(BIN)/python bench/train_throughput.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

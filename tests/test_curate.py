@@ -182,3 +182,31 @@ def test_html_report_shows_kept_and_rejected_thumbnails(curated):
     kept_part, rejected_part = page.split("<h2>Kept samples</h2>")[1], page.split("<h2>Kept samples</h2>")[0]
     assert kept_part.count("<img") >= 5
     assert rejected_part.count("<img") >= 3  # duplicates and filtered images are decodable
+
+
+def test_killed_job_leaves_no_visible_output(corpus, tmp_path):
+    """SIGKILL a running `vlmloom curate`: the final directory never appears, and no final-named shard is half written."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    corpus_dir, _ = corpus
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "vlmloom.pipelines.cli", "curate",
+                             os.path.join(corpus_dir, "tars", "*.tar"), "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not [p for p in os.listdir(tmp_path) if p.startswith("killed.tmp-")]:
+        time.sleep(0.05)
+    time.sleep(0.5)  # let it get into the pipeline
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    staging = [tmp_path / p for p in os.listdir(tmp_path) if p.startswith("killed.tmp-")]
+    assert staging, "the job never started writing"
+    for shard in glob.glob(os.path.join(str(staging[0]), "shards", "*.tar")):
+        import tarfile
+
+        with tarfile.open(shard) as tar:  # anything under a final shard name is a complete tar
+            tar.getmembers()
