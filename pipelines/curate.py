@@ -32,7 +32,7 @@ from vlmloom.curation.filters import HeuristicConfig, LanguageConfig, LanguageId
 from vlmloom.curation.readers import READ_STAGE
 from vlmloom.pipelines import report as report_mod
 from vlmloom.pipelines.dedup import DedupConfig, dedup_stages
-from vlmloom.pipelines.model_stages import ModelStagesConfig, build_model_stages, describe_disabled
+from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled
 from vlmloom.pipelines.sink import OutputConfig, WriteCurated, join, write_atomic
 from vlmloom.pipelines.sources import InputConfig, ReadInputs, resolve_input
 from vlmloom.pipelines.stages import JudgeStage
@@ -116,7 +116,10 @@ def curate_stages(config: CurateConfig) -> list[tuple[str, beam.PTransform]]:
         minhash=config.dedup.minhash and config.enabled("near_dup_text"),
     )
     stages.extend(dedup_stages(dedup))
-    stages.extend(build_model_stages(config.models, ratio))
+    if config.models.any_enabled():
+        from vlmloom.pipelines.model_stages import build_model_stages  # Beam ML + torch: only when needed
+
+        stages.extend(build_model_stages(config.models, ratio))
     return stages
 
 

@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
 
     from vlmloom.curation.demo_corpus import DemoCorpusConfig, build_demo_corpus
     from vlmloom.pipelines.curate import curate, load_config
-    from vlmloom.pipelines.model_stages import describe_disabled
+    from vlmloom.pipelines.model_config import describe_disabled
     from vlmloom.pipelines.report import summary_table
 
     out = args.output

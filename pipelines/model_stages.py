@@ -39,21 +39,12 @@ from vlmloom.curation.contamination import ContaminationConfig, ContaminationInd
 from vlmloom.curation.grounding import GroundingAnnotator, GroundingConfig
 from vlmloom.curation.ocr import OcrAnnotator, OcrConfig
 from vlmloom.curation.recaption import RecaptionConfig, Recaptioner
+from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled  # noqa: F401 (re-exported)
 from vlmloom.pipelines.stages import DEAD_LETTER, KEPT, REJECTED, format_traceback, quarantine
 from vlmloom.schemas.config import ConfigError, config_hash
 from vlmloom.schemas.records import Rejection, Sample
 
 STAGE_ORDER = ("clip", "concepts", "contamination", "recaption", "ocr", "grounding")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelStagesConfig:
-    clip: ClipConfig = ClipConfig()  # CLIP/SigLIP image-text filter (needs clip.model_path)
-    concepts: ConceptConfig = ConceptConfig()  # MetaCLIP-style concept balancing (no model)
-    contamination: ContaminationConfig = ContaminationConfig()  # benchmark decontamination (needs benchmarks)
-    recaption: RecaptionConfig = RecaptionConfig()  # VLM recaptioning (needs a server or a model dir)
-    ocr: OcrConfig = OcrConfig()  # OCR annotation (rapidocr ships its models)
-    grounding: GroundingConfig = GroundingConfig()  # grounding boxes from OCR / GUI elements / a detector
 
 
 # --- the generic pieces -----------------------------------------------------------------------
@@ -429,35 +420,3 @@ def build_model_stages(config: ModelStagesConfig, max_error_ratio: float = 0.05)
         "grounding": lambda c: grounding_stage(c, max_error_ratio),
     }
     return [(name, builders[name](getattr(config, name))) for name in STAGE_ORDER if getattr(config, name).enabled]
-
-
-def describe_disabled(config: ModelStagesConfig) -> list[str]:
-    """One human line per stage that is off, saying what it needs and how to turn it on."""
-    lines = []
-    c = config
-    if not c.clip.enabled:
-        need = "no clip.model_path" if not c.clip.model_path else "clip.enabled is false"
-        lines.append(f"clip: off ({need}; set clip.enabled=true clip.model_path=DIR (a local CLIPModel/SiglipModel "
-                     "directory) to enable)")
-    if not c.concepts.enabled:
-        lines.append("concepts: off (set concepts.enabled=true to enable; needs no model, uses the shipped "
-                     "vocabulary unless concepts.vocabulary_path=FILE)")
-    if not c.contamination.enabled:
-        need = "no contamination.benchmarks" if not c.contamination.benchmarks else "contamination.enabled is false"
-        lines.append(f"contamination: off ({need}; set contamination.enabled=true and "
-                     "contamination.benchmarks=[{name: NAME, path: PARQUET_OR_DIR}] to enable)")
-    if not c.recaption.enabled:
-        need = "no recaption.base_url or recaption.model_path" if not c.recaption.configured else \
-            "recaption.enabled is false"
-        lines.append(f"recaption: off ({need}; set recaption.enabled=true with recaption.base_url=URL "
-                     "(OpenAI-compatible server) or recaption.backend=transformers recaption.model_path=DIR to enable)")
-    if not c.ocr.enabled:
-        lines.append("ocr: off (set ocr.enabled=true to enable; the default rapidocr backend ships its models)")
-    if not c.grounding.enabled:
-        lines.append("grounding: off (set grounding.enabled=true to enable; boxes come from OCR lines and "
-                     "meta.elements, add 'detector' to grounding.sources with grounding.detector_model_path=DIR "
-                     "for natural images)")
-    elif "detector" in c.grounding.sources and not c.grounding.detector_model_path:
-        lines.append("grounding.detector: off (no grounding.detector_model_path; set it to a local zero-shot "
-                     "detector dir to enable)")
-    return lines
