@@ -1,0 +1,1 @@
+"""vlmloom.trainer.rewards: domain verifiers for RLCS and `vlmloom reward` (torch-free)."""
