@@ -27,7 +27,7 @@ from vlmloom.trainer.rewards.text import normalize_text
 
 MAX_NUMBER_CHARS = 200  # a number longer than this is not a number a chart or a grader means
 
-_LATEX_NOISE = re.compile(r"\\[,!;: ]|\\left|\\right|~|\{,\}|\\mathrm|\\text|\\displaystyle|\\!")
+_LATEX_NOISE = re.compile(r"\\[,!;: ]|\\left|\\right|~|\\mathrm|\\text|\\displaystyle|\\!")
 _NUMBER = r"(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d*)?|\.\d+)"
 _EXPONENT = r"(?:[eE](?P<e1>[-+]?\d{1,4})|\s*(?:\*|x|×|\\times|\\cdot|·)\s*10\s*\^\s*\{?\s*(?P<e2>[-+]?\d{1,4})\s*\}?)"
 _UNIT = r"(?P<unit>[^\W\d_][\w°µ²³/\.\^\-]{0,15}(?:\s+[^\W\d_][\w°µ²³/\.\^\-]{0,15})?)"
@@ -50,7 +50,7 @@ class Quantity:
 def _clean(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).strip()
     text = text.replace("−", "-").replace("–", "-").replace("\u2009", "").replace("\u202f", "")
-    text = text.replace("\\%", "%").replace("\\$", "$")
+    text = text.replace("\\%", "%").replace("\\$", "$").replace("{,}", ",")  # LaTeX thousands separator
     text = _LATEX_NOISE.sub("", text)
     text = text.replace("{", "").replace("}", "") if "frac" not in text and "^" not in text else text
     if text.startswith("$") and text.endswith("$") and len(text) > 1 and text.count("$") == 2:
