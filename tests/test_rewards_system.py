@@ -283,3 +283,17 @@ def test_vlmloom_dispatcher_has_reward(tmp_path, capsys):
     source.write_text(json.dumps({"id": "t", "domain": "text", "response": respond("Yes"), "answer": "yes"}) + "\n")
     assert main(["reward", str(source), "--set", "workers=0"]) == 0
     assert "text                1   1.000  correct=1" in capsys.readouterr().out
+
+
+def test_shipped_rewards_yaml_states_the_defaults():
+    import os
+
+    shipped = load_reward_config(os.path.join(os.path.dirname(__file__), "..", "configs", "rewards.yaml"))
+    default = RewardConfig()
+    assert shipped.routes == default.routes
+    assert {n: shipped.instance_params(n) for n in default.routes.values()} == \
+        {n: default.instance_params(n) for n in default.routes.values()}
+    assert (shipped.format, shipped.timeout_s, shipped.rule_timeout_s, shipped.workers, shipped.max_error_rate,
+            shipped.min_calls_for_error_rate, shipped.max_timeout_rate) == \
+        (default.format, default.timeout_s, default.rule_timeout_s, default.workers, default.max_error_rate,
+         default.min_calls_for_error_rate, default.max_timeout_rate)
