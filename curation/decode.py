@@ -157,6 +157,9 @@ def _open(data: bytes, index: int) -> Image.Image:
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _Drop("decompression_bomb", f"image {index}: {exc}") from None
+    except OSError as exc:
+        reason = "truncated_image" if "truncated" in str(exc).lower() else "decode_error"
+        raise _Drop(reason, f"image {index}: {type(exc).__name__}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any header parse failure is a decode error, never a crash
         raise _Drop("decode_error", f"image {index}: {type(exc).__name__}: {exc}") from None
 
