@@ -226,7 +226,7 @@ def to_rgb8(image: Image.Image) -> Image.Image:
                 (float(values.min()), float(values.max()))
         scaled = np.nan_to_num((values - low) * (255.0 / max(high - low, 1e-12)), nan=0.0)
         gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
+        return Image.fromarray(gray).convert("RGB")
     return image.convert("RGB")
 
 

@@ -63,7 +63,7 @@ def _gray16(seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     small = (rng.random((10, 12)) * 65535).astype(np.uint16)
     arr = np.kron(small, np.ones((8, 8), dtype=np.uint16))
-    return _encode(Image.fromarray(arr, mode="I;16"), "PNG")
+    return _encode(Image.fromarray(arr), "PNG")
 
 
 def _rgb16_png(seed: int) -> bytes:
