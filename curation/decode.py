@@ -13,6 +13,7 @@ import io
 from dataclasses import dataclass
 
 import imagehash
+import numpy as np
 from PIL import Image, ImageOps, ImageStat, UnidentifiedImageError
 
 from vlmloom.curation.base import Verdict
@@ -60,14 +61,27 @@ class DecodeConfig:
             )
 
 
+_UTF16_32_BOMS = ((b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe\x00\x00", "utf-32-le"),
+                  (b"\xfe\xff", "utf-16-be"), (b"\xff\xfe", "utf-16-le"))
+
+
 def decode_text(raw: bytes | None) -> str | None:
-    """UTF-8 bytes → str without a leading BOM; None stays None. Raises TextDecodeError on invalid UTF-8."""
+    """Text bytes → str without a leading BOM; None stays None. UTF-8 (with or without BOM), or UTF-16/32 when
+    a BOM says so (Windows tools write those). Raises TextDecodeError on anything else (latin-1, garbage)."""
     if raw is None:
         return None
     if isinstance(raw, str):
         return raw[1:] if raw.startswith("\ufeff") else raw
+    raw = bytes(raw)
+    for bom, encoding in _UTF16_32_BOMS:
+        if raw.startswith(bom):
+            try:
+                return raw[len(bom):].decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise TextDecodeError(f"invalid {encoding} after its BOM at byte {exc.start + len(bom)}: "
+                                      f"{exc.reason}") from None
     try:
-        return bytes(raw).decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         bad = exc.object[exc.start:exc.start + 4]
         raise TextDecodeError(f"invalid UTF-8 at byte {exc.start} ({bad!r}): {exc.reason}") from None
@@ -110,80 +124,126 @@ def _openers() -> tuple[str, ...]:
 
 def _decode_one(ref: ImageRef, index: int, config: DecodeConfig, measure: bool) -> dict:
     """Decode image `index` in place (fills sha256/size/format, may replace bytes); returns signals if `measure`."""
+    data = _checked_bytes(ref, index, config)
+    image = _open(data, index)
+    with image:
+        _check_header(image, index, config)
+        _load_pixels(image, index)
+        pixels, data, fmt = _apply_orientation(image, data, index)
+        ref.bytes = data
+        ref.sha256 = sha256_hex(data)
+        ref.width, ref.height = pixels.size
+        ref.format = fmt
+        return _measure(pixels, ref, index, config) if measure else {}
+
+
+def _checked_bytes(ref: ImageRef, index: int, config: DecodeConfig) -> bytes:
     data = ref.bytes
     if not data:
         where = f" (uri={ref.uri})" if ref.uri else ""
         raise _Drop("empty_bytes", f"image {index}: no encoded bytes{where}")
     if len(data) > config.max_bytes:
         raise _Drop("image_too_large_bytes", f"image {index}: {len(data)} bytes > max_bytes {config.max_bytes}")
+    return data
+
+
+def _open(data: bytes, index: int) -> Image.Image:
+    """Parse the header only (no pixels yet)."""
     try:
-        image = Image.open(io.BytesIO(data), formats=_openers())
+        return Image.open(io.BytesIO(data), formats=_openers())
     except UnidentifiedImageError:
         raise _Drop(
             "unidentified_image", f"image {index}: not a supported image format ({len(data)} bytes, starts {data[:8]!r})"
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _Drop("decompression_bomb", f"image {index}: {exc}") from None
+    except OSError as exc:
+        reason = "truncated_image" if "truncated" in str(exc).lower() else "decode_error"
+        raise _Drop(reason, f"image {index}: {type(exc).__name__}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any header parse failure is a decode error, never a crash
         raise _Drop("decode_error", f"image {index}: {type(exc).__name__}: {exc}") from None
-    with image:
-        width, height = image.size
-        fmt = (image.format or "").lower()
-        # Checked on the declared header size, before any pixel is decoded: the bomb never allocates.
-        if width * height > config.max_pixels:
-            raise _Drop(
-                "decompression_bomb",
-                f"image {index}: declared {width}x{height} = {width * height} pixels > max_pixels {config.max_pixels}",
-            )
-        if width < 1 or height < 1:
-            raise _Drop("decode_error", f"image {index}: declared size {width}x{height}")
-        ratio = _aspect_ratio(width, height)
-        if ratio > config.max_aspect_ratio:
-            raise _Drop(
-                "aspect_ratio_too_large",
-                f"image {index}: aspect ratio {ratio:.1f} ({width}x{height}) > max_aspect_ratio {config.max_aspect_ratio}",
-            )
-        try:
-            image.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise _Drop("decompression_bomb", f"image {index}: {exc}") from None
-        except OSError as exc:
-            reason = "truncated_image" if "truncated" in str(exc).lower() else "decode_error"
-            raise _Drop(reason, f"image {index}: {type(exc).__name__}: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - corrupt pixel data of any kind is a decode error
-            raise _Drop("decode_error", f"image {index}: {type(exc).__name__}: {exc}") from None
 
-        pixels = image
-        try:
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-        except Exception:  # noqa: BLE001 - an unreadable EXIF block is ignored, like browsers do
-            orientation = 1
-        if orientation in (2, 3, 4, 5, 6, 7, 8):
-            try:
-                pixels = ImageOps.exif_transpose(image)
-                data, fmt = _reencode(pixels, fmt, image)
-            except Exception as exc:  # noqa: BLE001
-                raise _Drop("decode_error", f"image {index}: EXIF orientation {orientation}: {exc}") from None
-            ref.bytes = data
-        ref.sha256 = sha256_hex(data)
-        ref.width, ref.height = pixels.size
-        ref.format = fmt
-        if not measure:
-            return {}
-        try:
-            rgb = pixels if pixels.mode == "RGB" else pixels.convert("RGB")
-            gray = rgb.convert("L")
-            signals = {
-                "width": ref.width,
-                "height": ref.height,
-                "pixel_std": round(float(ImageStat.Stat(gray).stddev[0]), 4),
-                "image_sha256": ref.sha256,
-            }
-            if config.phash:
-                signals["phash"] = str(imagehash.phash(gray))
-        except Exception as exc:  # noqa: BLE001
-            raise _Drop("decode_error", f"image {index}: measuring pixels: {type(exc).__name__}: {exc}") from None
-        return signals
+
+def _check_header(image: Image.Image, index: int, config: DecodeConfig) -> None:
+    """Size limits on the declared header size, before any pixel is decoded: a bomb never allocates."""
+    width, height = image.size
+    if width * height > config.max_pixels:
+        raise _Drop(
+            "decompression_bomb",
+            f"image {index}: declared {width}x{height} = {width * height} pixels > max_pixels {config.max_pixels}",
+        )
+    if width < 1 or height < 1:
+        raise _Drop("decode_error", f"image {index}: declared size {width}x{height}")
+    ratio = _aspect_ratio(width, height)
+    if ratio > config.max_aspect_ratio:
+        raise _Drop(
+            "aspect_ratio_too_large",
+            f"image {index}: aspect ratio {ratio:.1f} ({width}x{height}) > max_aspect_ratio {config.max_aspect_ratio}",
+        )
+
+
+def _load_pixels(image: Image.Image, index: int) -> None:
+    try:
+        image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _Drop("decompression_bomb", f"image {index}: {exc}") from None
+    except OSError as exc:
+        reason = "truncated_image" if "truncated" in str(exc).lower() else "decode_error"
+        raise _Drop(reason, f"image {index}: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - corrupt pixel data of any kind is a decode error
+        raise _Drop("decode_error", f"image {index}: {type(exc).__name__}: {exc}") from None
+
+
+def _apply_orientation(image: Image.Image, data: bytes, index: int) -> tuple[Image.Image, bytes, str]:
+    """(upright pixels, their encoded bytes, format): re-encoded only when EXIF says the image is rotated."""
+    fmt = (image.format or "").lower()
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - an unreadable EXIF block is ignored, like browsers do
+        orientation = 1
+    if orientation not in (2, 3, 4, 5, 6, 7, 8):
+        return image, data, fmt
+    try:
+        pixels = ImageOps.exif_transpose(image)
+        data, fmt = _reencode(pixels, fmt, image)
+    except Exception as exc:  # noqa: BLE001
+        raise _Drop("decode_error", f"image {index}: EXIF orientation {orientation}: {exc}") from None
+    return pixels, data, fmt
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """Any mode → 8-bit RGB with the full range kept. `convert("RGB")` clips high-bit-depth modes (I;16, I, F)
+    to white, so distinct 16-bit images would measure and hash alike: scale them to 0..255 first."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            low, high = (0.0, 1.0) if values.size and values.min() >= 0 and values.max() <= 1 else \
+                (float(np.nanmin(values)) if values.size else 0.0, float(np.nanmax(values)) if values.size else 1.0)
+        else:  # 16-bit samples (I;16*, or I holding 16-bit PNG data); wider integers are rescaled by their range
+            low, high = (0.0, 65535.0) if values.size and values.min() >= 0 and values.max() <= 65535 else \
+                (float(values.min()), float(values.max()))
+        scaled = np.nan_to_num((values - low) * (255.0 / max(high - low, 1e-12)), nan=0.0)
+        gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    return image.convert("RGB")
+
+
+def _measure(pixels: Image.Image, ref: ImageRef, index: int, config: DecodeConfig) -> dict:
+    try:
+        gray = to_rgb8(pixels).convert("L")
+        signals = {
+            "width": ref.width,
+            "height": ref.height,
+            "pixel_std": round(float(ImageStat.Stat(gray).stddev[0]), 4),
+            "image_sha256": ref.sha256,
+        }
+        if config.phash:
+            signals["phash"] = str(imagehash.phash(gray))
+    except Exception as exc:  # noqa: BLE001
+        raise _Drop("decode_error", f"image {index}: measuring pixels: {type(exc).__name__}: {exc}") from None
+    return signals
 
 
 def decode_sample(sample: Sample, config: DecodeConfig) -> Verdict:

@@ -1,17 +1,30 @@
 """Turn raw input units (webdataset tars, manifest rows, image folders) into Samples or Rejections.
 
 Pure Python over file objects, no Beam: `pipelines/sources.py` opens the files through Beam's
-FileSystems and calls these. Every raw record yields exactly one `Sample` or one `Rejection`
-(reason codes: `unsafe_member_path`, `text_not_utf8`, `invalid_json`, `missing_image_file`,
-`read_error`), so nothing is lost between the input and the first stage.
+FileSystems and calls these. Whatever the bytes, every raw record yields exactly one `Sample` or one
+`Rejection` with a specific reason, and nothing here raises on input data:
+
+  archive      `unsafe_member_path` (absolute/`..`/link member), `duplicate_member`, `member_too_large`,
+               `truncated_input` (the archive ends inside a member or header, or without its end marker),
+               `empty_input`,
+               `corrupt_archive` (an invalid header after valid members), `not_an_archive`
+  text/json    `text_not_utf8`, `invalid_json`, `json_too_deep`, `record_not_object`, `meta_not_object`,
+               `caption_not_text`, `invalid_field` (a field of the wrong type), `unknown_kind`
+  files        `missing_image_file`, `unsafe_image_path` (a manifest path leaving its folder), `read_error`
+
+`choose_key_winner` decides between samples that share one key (the `duplicate_key` rule).
 """
 from __future__ import annotations
 
+import bz2
+import gzip
+import hashlib
 import io
 import json
+import lzma
 import posixpath
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from vlmloom.curation.decode import TextDecodeError, decode_text
@@ -20,7 +33,25 @@ from vlmloom.schemas.records import KINDS, ImageRef, Message, Rejection, Sample,
 READ_STAGE = "read"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 TEXT_EXTENSIONS = ("txt", "caption")
-MAX_MEMBER_BYTES = 256 * 2**20  # a single tar member larger than this is refused (read_error)
+MAX_MEMBER_BYTES = 256 * 2**20  # a single tar member larger than this is refused (member_too_large)
+MAX_JSON_DEPTH = 64  # metadata nested deeper than this is refused (json_too_deep): no real corpus needs more
+ORIGIN_SIGNAL = "origin"  # signals[...]: where the record was read (file#member, file:line), for lineage and ties
+DUPLICATE_KEY = "duplicate_key"
+_BLOCK = 512  # tar block size
+
+
+class InvalidRecord(ValueError):
+    """A raw record that cannot become a Sample; carries the reason code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def printable(text: str) -> str:
+    """Names decoded with surrogateescape (non-UTF-8 file names) → valid UTF-8 text for Parquet/JSON."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def is_unsafe_member(name: str) -> bool:
@@ -31,7 +62,7 @@ def is_unsafe_member(name: str) -> bool:
 
 
 def split_member_name(name: str) -> tuple[str, str]:
-    """webdataset convention: key = path up to the first dot of the basename, ext = the rest."""
+    """webdataset convention (tars only): key = path up to the first dot of the basename, ext = the rest."""
     dirname, base = posixpath.split(name)
     if "." not in base:
         return name, ""
@@ -39,60 +70,181 @@ def split_member_name(name: str) -> tuple[str, str]:
     return (posixpath.join(dirname, stem) if dirname else stem), ext.lower()
 
 
+def split_file_name(name: str) -> tuple[str, str]:
+    """Folder convention: key = path up to the *last* dot (`holiday.2020.01.jpg` → `holiday.2020.01`, `jpg`)."""
+    dirname, base = posixpath.split(name)
+    if "." not in base.lstrip("."):
+        return name, ""
+    stem, ext = base.rsplit(".", 1)
+    return (posixpath.join(dirname, stem) if dirname else stem), ext.lower()
+
+
 @dataclass
 class RawRecord:
-    """The members of one webdataset sample (or one manifest row), before interpretation."""
+    """The members of one webdataset sample (or one folder record), before interpretation."""
     source_id: str
     files: dict[str, bytes]  # ext -> bytes ("jpg", "1.png", "txt", "json")
     uri: str
+    member_uris: dict[str, str] = field(default_factory=dict)  # ext -> where it was read; default `uri.ext`
+
+
+# --- tars -------------------------------------------------------------------------------------------------
+
+class _Tail(io.RawIOBase):
+    """A read-only stream that counts the bytes read and keeps the last ones: after tarfile stops, they tell
+    a clean end-of-archive block from a cut or garbage header (tarfile's stream mode ends silently on both)."""
+
+    KEEP = 1 << 16  # > tarfile's read-ahead (RECORDSIZE, 10 KiB)
+
+    def __init__(self, raw):
+        self._raw = raw
+        self.count = 0
+        self.tail = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size) if size is not None and size >= 0 else self._raw.read()
+        data = bytes(data or b"")
+        self.count += len(data)
+        self.tail = (self.tail + data)[-self.KEEP:]
+        return data
+
+    def bytes_at(self, start: int, end: int) -> bytes | None:
+        first = self.count - len(self.tail)
+        if start < first:
+            return None
+        return self.tail[start - first:end - first]
+
+
+def _decompressed(fileobj):
+    """Plain tar bytes from a plain, gzip, bz2 or xz stream (sniffed from the magic bytes)."""
+    head = fileobj.read(6)
+    stream = _Prefixed(head, fileobj)
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=stream, mode="rb")
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(stream)
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(stream)
+    return stream
+
+
+class _Prefixed(io.RawIOBase):
+    def __init__(self, prefix: bytes, raw):
+        self._prefix, self._raw = bytes(prefix or b""), raw
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            data, self._prefix = self._prefix + bytes(self._raw.read() or b""), b""
+            return data
+        if self._prefix:
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
+            return data
+        return bytes(self._raw.read(size) or b"")
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def _archive_end(tar: tarfile.TarFile, tail: _Tail) -> tuple[str, str] | None:
+    """None for a clean end-of-archive block; else (reason, detail) for a cut or corrupt end."""
+    start, stop = tar.offset, tar.fileobj.tell()
+    block = tail.bytes_at(start, stop)
+    if block is None:  # cannot happen with KEEP > read-ahead; stay honest if it does
+        return "corrupt_archive", f"cannot verify the end of the archive at byte {start}"
+    if len(block) == _BLOCK and not block.strip(b"\0"):
+        return None
+    if not block:
+        return "truncated_input", f"archive ends at byte {start} without its end-of-archive block"
+    if len(block) < _BLOCK:
+        return "truncated_input", f"archive ends inside a header at byte {start} ({len(block)} of {_BLOCK} bytes)"
+    return "corrupt_archive", f"invalid tar header at byte {start}"
 
 
 def iter_tar_records(fileobj, uri: str) -> Iterator[RawRecord | tuple[str, str, str]]:
     """Stream a tar: yield one RawRecord per key (consecutive members sharing it), or one
-    (source_id, reason, detail) for a key with a refused member: the whole record is refused."""
+    (source_id, reason, detail) for a key that cannot be read whole: a refused member refuses the record,
+    and a record open when the archive is cut or corrupt is refused with that reason (records before are kept).
+    An archive that yields no record and fails is one (`<basename>:<tar>`, reason, detail)."""
     current: RawRecord | None = None
-    refused: dict[str, tuple[str, list[str]]] = {}  # key -> (reason, member names), for consecutive members
+    refused: dict[str, tuple[str, list[str]]] = {}  # key -> (reason, member names) of the open record
+    yielded = 0
 
-    def flush():
+    def flush(end_reason: tuple[str, str] | None = None):
         nonlocal current
-        if current is not None:
-            if current.source_id in refused:
-                reason, names = refused.pop(current.source_id)
-                yield (current.source_id, reason, f"tar {uri}: member(s) {names} " + _REASON_TEXT[reason])
-            else:
-                yield current
-            current = None
+        if current is None:
+            return
+        record, current = current, None
+        if record.source_id in refused:
+            reason, names = refused.pop(record.source_id)
+            yield (record.source_id, reason, f"tar {uri}: member(s) {names} " + _REASON_TEXT[reason])
+        elif end_reason is not None:
+            yield (record.source_id, end_reason[0], f"tar {uri}: record {record.source_id!r}: {end_reason[1]}")
+        else:
+            yield record
 
+    tail = None
+    failure: tuple[str, str] | None = None
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        tail = _Tail(_decompressed(fileobj))
+        with tarfile.open(fileobj=tail, mode="r|") as tar:
             for member in tar:
                 if member.isdir():
                     continue
-                key, ext = split_member_name(member.name)
+                name = printable(member.name)
+                key, ext = split_member_name(name)
                 if current is not None and current.source_id != key:
-                    yield from flush()
+                    for item in flush():
+                        yielded += 1
+                        yield item
                 if current is None:
                     current = RawRecord(key, {}, f"{uri}#{key}")
                 reason = None
-                if is_unsafe_member(member.name):
-                    reason = "unsafe_member_path"
-                elif not member.isfile():
+                if is_unsafe_member(name) or not member.isfile():
                     reason = "unsafe_member_path"
                 elif member.size > MAX_MEMBER_BYTES:
-                    reason = "read_error"
+                    reason = "member_too_large"
+                elif ext in current.files:
+                    reason = "duplicate_member"
                 if reason:
-                    refused.setdefault(key, (reason, []))[1].append(member.name)
+                    refused.setdefault(key, (reason, []))[1].append(name)
                     continue
                 current.files[ext] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
+            failure = _archive_end(tar, tail)
+    except tarfile.ReadError as exc:
+        text = str(exc)
+        if "empty file" in text:
+            failure = ("empty_input", "the file is empty")
+        elif "unexpected end of data" in text or "truncated" in text:
+            failure = ("truncated_input", f"archive ends inside a member or header ({exc})")
+        elif yielded == 0 and current is None:
+            failure = ("not_an_archive", f"{type(exc).__name__}: {exc}")
+        else:
+            failure = ("corrupt_archive", f"{type(exc).__name__}: {exc}")
+    except EOFError as exc:  # a compressed stream cut short
+        failure = ("truncated_input", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - any other decoder/stream failure on input bytes is a rejection
+        failure = ("read_error", f"{type(exc).__name__}: {exc}")
+    if failure is not None and current is not None:
+        yield from flush(failure)
+    elif failure is not None:
+        source_id = f"{printable(posixpath.basename(uri))}:<tar>"
+        yield (source_id, failure[0], f"{uri}: {failure[1]}")
+    else:
         yield from flush()
-        yield (f"{posixpath.basename(uri)}:<tar>", "read_error", f"{uri}: {type(exc).__name__}: {exc}")
-    yield from flush()
 
 
 _REASON_TEXT = {
     "unsafe_member_path": "escape the archive (absolute path or '..') or are not regular files",
-    "read_error": f"exceed {MAX_MEMBER_BYTES} bytes",
+    "member_too_large": f"exceed {MAX_MEMBER_BYTES} bytes",
+    "duplicate_member": "appear more than once in the record",
 }
 
 
@@ -108,108 +260,289 @@ def _image_files(files: dict[str, bytes]) -> list[tuple[int, str, bytes]]:
             index = int(parts[0])
         else:
             continue
-        out.append((index, parts[-1], data))
-    return sorted(out)
+        out.append((index, ext, data))
+    return sorted(out, key=lambda x: (x[0], x[1]))
+
+
+# --- field checks: each raises InvalidRecord with a specific reason -------------------------------------------
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON-like value, iteratively (never recurses)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def _has_surrogates(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
+
+
+def parse_json(raw: bytes | str, where: str) -> Any:
+    """Bytes of a JSON document → value; InvalidRecord for bad encoding, syntax, nesting or lone surrogates."""
+    # Nesting is bounded *before* parsing: the decoder recurses, and 100k '[' would overflow the stack.
+    text = _text(raw, where)
+    if _bracket_depth(text) > MAX_JSON_DEPTH:
+        raise InvalidRecord("json_too_deep", f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise InvalidRecord("json_too_deep", f"{where}: JSON nested too deeply to parse") from None
+    except ValueError as exc:  # JSONDecodeError, and int-digit limits
+        raise InvalidRecord("invalid_json", f"{where}: {str(exc)[:200]}") from None
+    if _has_surrogates(value):
+        raise InvalidRecord("text_not_utf8", f"{where}: JSON string escapes a lone UTF-16 surrogate")
+    return value
+
+
+def _bracket_depth(text: str) -> int:
+    """Upper bound on JSON nesting (brackets inside strings count too: a bound, not a parse)."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _text(raw: bytes | str, where: str) -> str:
+    try:
+        return decode_text(raw) or ""
+    except TextDecodeError as exc:
+        raise InvalidRecord("text_not_utf8", f"{where}: {exc}") from None
+
+
+def _optional_str(value: Any, name: str, where: str, reason: str = "invalid_field") -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidRecord(reason, f"{where}: field {name!r} is {type(value).__name__}, expected a string")
+
+
+def _list_of_objects(value: Any, name: str, where: str) -> list[dict]:
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, dict) for v in value):
+        raise InvalidRecord("invalid_field", f"{where}: field {name!r} must be a list of objects")
+    return list(value)
+
+
+def _check_meta(meta: Any, where: str) -> dict[str, Any]:
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise InvalidRecord("meta_not_object", f"{where}: metadata is {type(meta).__name__}, expected an object")
+    if _depth(meta) > MAX_JSON_DEPTH:
+        raise InvalidRecord("json_too_deep", f"{where}: metadata nested deeper than {MAX_JSON_DEPTH} levels")
+    if _has_surrogates(meta):
+        raise InvalidRecord("text_not_utf8", f"{where}: metadata holds a lone UTF-16 surrogate")
+    return meta
 
 
 def sample_from_meta(source: str, source_id: str, text: str | None, meta: dict[str, Any],
-                     images: list[ImageRef], default_kind: str) -> Sample:
-    """Build a Sample from the common metadata fields (kind, messages, segments, answer, domain, text)."""
+                     images: list[ImageRef], default_kind: str, where: str = "") -> Sample:
+    """Build a Sample from the common metadata fields (kind, messages, segments, answer, domain, text).
+    Raises InvalidRecord naming the field when a field has the wrong type."""
+    where = where or source_id
+    meta = _check_meta(meta, where)
     kind = meta.get("kind") or default_kind
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise InvalidRecord("unknown_kind", f"{where}: unknown kind {kind!r}; expected one of {KINDS}")
     if text is None:
-        text = meta.get("text") or meta.get("caption")
-    messages = [Message(str(m["role"]), str(m["content"])) for m in meta.get("messages") or []]
-    segments = [Segment(str(s["type"]), s.get("text"), s.get("image_index")) for s in meta.get("segments") or []]
+        text = meta.get("text") if meta.get("text") is not None else meta.get("caption")
+        text = _optional_str(text, "caption", where, reason="caption_not_text")
+    messages = []
+    for m in _list_of_objects(meta.get("messages"), "messages", where):
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise InvalidRecord("invalid_field", f"{where}: messages need string 'role' and 'content'")
+        messages.append(Message(role, content))
+    segments = []
+    for s in _list_of_objects(meta.get("segments"), "segments", where):
+        index = s.get("image_index")
+        if not isinstance(s.get("type"), str) or (index is not None and (type(index) is not int)):
+            raise InvalidRecord("invalid_field", f"{where}: segments need a string 'type' and an int 'image_index'")
+        segments.append(Segment(s["type"], _optional_str(s.get("text"), "segments.text", where), index))
     answer = meta.get("answer")
+    if answer is not None and not isinstance(answer, (str, int, float)):
+        raise InvalidRecord("invalid_field", f"{where}: field 'answer' is {type(answer).__name__}")
+    domain = _optional_str(meta.get("domain"), "domain", where)
     sample = Sample(
         key=make_key(source, source_id), source=source, source_id=source_id, kind=kind, images=images,
         segments=segments, text=text, messages=messages,
-        answer=None if answer is None else str(answer), domain=meta.get("domain"), meta=meta,
+        answer=None if answer is None else str(answer), domain=domain, meta=meta,
     )
-    return sample.validate()
+    try:
+        return sample.validate()
+    except ValueError as exc:
+        raise InvalidRecord("invalid_field", f"{where}: {exc}") from None
 
+
+# --- webdataset and folder records ----------------------------------------------------------------------------
 
 def record_to_sample(raw: RawRecord, source: str, default_kind: str = "caption") -> Sample | Rejection:
-    """Interpret one webdataset record; bad text/json becomes a Rejection with a reason."""
-    key = make_key(source, raw.source_id)
+    """Interpret one webdataset or folder record; bad members become a Rejection with a specific reason."""
+    source_id = printable(raw.source_id)
+    try:
+        sample = _record_to_sample(raw, source, source_id, default_kind)
+    except InvalidRecord as exc:
+        return Rejection(make_key(source, source_id), source, source_id, READ_STAGE, exc.reason, printable(exc.detail))
+    sample.signals[ORIGIN_SIGNAL] = printable(raw.uri)
+    return sample
 
-    def reject(reason: str, detail: str) -> Rejection:
-        return Rejection(key, source, raw.source_id, READ_STAGE, reason, detail)
+
+def _record_to_sample(raw: RawRecord, source: str, source_id: str, default_kind: str) -> Sample:
+    def where(ext: str) -> str:
+        return printable(raw.member_uris.get(ext) or f"{raw.uri}.{ext}")
 
     text = None
     for ext in TEXT_EXTENSIONS:
         if ext in raw.files:
-            try:
-                text = decode_text(raw.files[ext])
-            except TextDecodeError as exc:
-                return reject("text_not_utf8", f"{raw.uri}.{ext}: {exc}")
+            text = _text(raw.files[ext], where(ext))
             break
-    meta: dict[str, Any] = {}
+    meta: Any = {}
     if "json" in raw.files:
-        try:
-            meta = json.loads(decode_text(raw.files["json"]) or "{}")
-        except (TextDecodeError, json.JSONDecodeError) as exc:
-            return reject("invalid_json", f"{raw.uri}.json: {exc}")
+        meta = parse_json(raw.files["json"], where("json")) if raw.files["json"].strip() else {}
         if not isinstance(meta, dict):
-            return reject("invalid_json", f"{raw.uri}.json: top level is {type(meta).__name__}, expected an object")
-    images = [ImageRef(bytes=data, uri=f"{raw.uri}.{ext}" if index == 0 else f"{raw.uri}.{index}.{ext}")
-              for index, ext, data in _image_files(raw.files)]
-    try:
-        return sample_from_meta(source, raw.source_id, text, meta, images, default_kind)
-    except (KeyError, TypeError, ValueError) as exc:
-        return reject("invalid_json", f"{raw.uri}: {type(exc).__name__}: {exc}")
-
-
-def row_to_sample(row: dict[str, Any], source: str, row_index: int, open_relative: Callable[[str], bytes],
-                  default_kind: str = "caption") -> Sample | Rejection:
-    """Interpret one Parquet/JSONL manifest row: `id|key`, `image_bytes` or `image_path`, `caption|text`,
-    optional `kind` and `meta` (JSON string or object)."""
-    source_id = str(row.get("id") if row.get("id") is not None else row.get("key", row_index))
-    key = make_key(source, source_id)
-
-    def reject(reason: str, detail: str) -> Rejection:
-        return Rejection(key, source, source_id, READ_STAGE, reason, detail)
-
-    meta = row.get("meta") or {}
-    if isinstance(meta, str):
-        try:
-            meta = json.loads(meta)
-        except json.JSONDecodeError as exc:
-            return reject("invalid_json", f"row {row_index} meta: {exc}")
-    if row.get("kind"):
-        meta = {**meta, "kind": row["kind"]}
-    text = row.get("caption", row.get("text"))
-    if isinstance(text, bytes):
-        try:
-            text = decode_text(text)
-        except TextDecodeError as exc:
-            return reject("text_not_utf8", f"row {row_index}: {exc}")
-    images: list[ImageRef] = []
-    if row.get("image_bytes") is not None:
-        images.append(ImageRef(bytes=bytes(row["image_bytes"]), uri=f"row:{row_index}"))
-    elif row.get("image_path"):
-        path = str(row["image_path"])
-        try:
-            images.append(ImageRef(bytes=open_relative(path), uri=path))
-        except (OSError, IOError) as exc:
-            return reject("missing_image_file", f"row {row_index}: {path}: {exc}")
-    try:
-        return sample_from_meta(source, source_id, text, meta, images, default_kind)
-    except (KeyError, TypeError, ValueError) as exc:
-        return reject("invalid_json", f"row {row_index}: {type(exc).__name__}: {exc}")
+            raise InvalidRecord("meta_not_object", f"{where('json')}: top level is {type(meta).__name__}, "
+                                                   "expected an object")
+    images = [ImageRef(bytes=data, uri=where(ext)) for _, ext, data in _image_files(raw.files)]
+    return sample_from_meta(source, source_id, text, meta, images, default_kind, where=printable(raw.uri))
 
 
 def group_folder_files(paths: Iterable[str], root: str) -> dict[str, dict[str, str]]:
-    """Image folder: group files by their path (relative to root) up to the first dot → {id: {ext: path}}."""
+    """Image folder: group files by their path relative to root up to the *last* dot → {id: {ext: path}}.
+    (The webdataset first-dot rule is for tars: in folders `holiday.2020.01.jpg` is its own record.)"""
     groups: dict[str, dict[str, str]] = {}
     for path in sorted(paths):
         rel = posixpath.relpath(path.replace("\\", "/"), root.replace("\\", "/"))
-        key, ext = split_member_name(rel)
+        key, ext = split_file_name(rel)
         if ext:
             groups.setdefault(key, {})[ext] = path
-    return {k: v for k, v in groups.items() if any(e.split(".")[-1] in IMAGE_EXTENSIONS for e in v)}
+    return {k: v for k, v in groups.items() if any(e in IMAGE_EXTENSIONS for e in v)}
+
+
+# --- manifests (Parquet rows, JSONL lines) ---------------------------------------------------------------------
+
+def parse_jsonl_line(line: bytes | str, where: str) -> dict[str, Any]:
+    """One JSONL line → its object; InvalidRecord for bad text, JSON, nesting or a non-object."""
+    value = parse_json(line, where)
+    if not isinstance(value, dict):
+        raise InvalidRecord("record_not_object", f"{where}: line is a JSON {type(value).__name__}, expected an object")
+    return value
+
+
+def row_source_id(row: dict[str, Any], fallback: str) -> str:
+    """The row's own id (`id`, else `key`) verbatim; rows without one are named by file and position."""
+    for name in ("id", "key"):
+        value = row.get(name)
+        if value is None or value == "":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            return fallback  # an id of the wrong type is reported by row_to_sample
+        return printable(str(value))
+    return fallback
+
+
+def check_relative_path(path: str, allowed_root: str = "") -> str | None:
+    """Why a manifest `image_path` may not be read (it leaves the manifest's folder), or None.
+
+    Relative paths must stay inside the folder; absolute paths and URLs only under `allowed_root`."""
+    normalized = path.replace("\\", "/")
+    if "\0" in normalized:
+        return "contains a NUL byte"
+    if "://" in normalized or normalized.startswith("/") or normalized[1:3] == ":/":
+        if not allowed_root:
+            return "is absolute or a URL (set inputs[].image_root to allow one root for such paths)"
+        root = allowed_root.rstrip("/") + "/"
+        if any(part == ".." for part in normalized.split("/")) or not normalized.startswith(root):
+            return f"is outside inputs[].image_root {allowed_root!r}"
+        return None
+    if any(part == ".." for part in normalized.split("/")):
+        return "leaves the manifest's folder ('..')"
+    return None
+
+
+def row_to_sample(row: Any, source: str, row_index: int, open_relative: Callable[[str], bytes],
+                  default_kind: str = "caption", fallback_id: str | None = None,
+                  image_root: str = "") -> Sample | Rejection:
+    """Interpret one Parquet/JSONL manifest row: `id|key`, `image_bytes` or `image_path`, `caption|text`,
+    optional `kind` and `meta` (JSON string or object). Rows without an id are named `fallback_id`
+    (default `row:<index>`); `open_relative(path)` reads an image path that `check_relative_path` allows."""
+    fallback = fallback_id or f"row:{row_index}"
+    if not isinstance(row, dict):
+        return Rejection(make_key(source, fallback), source, fallback, READ_STAGE, "record_not_object",
+                         f"{fallback}: row is {type(row).__name__}, expected an object")
+    source_id = row_source_id(row, fallback)
+    try:
+        sample = _row_to_sample(row, source, source_id, fallback, open_relative, default_kind, image_root)
+    except InvalidRecord as exc:
+        return Rejection(make_key(source, source_id), source, source_id, READ_STAGE, exc.reason, printable(exc.detail))
+    sample.signals[ORIGIN_SIGNAL] = fallback
+    return sample
+
+
+def _row_to_sample(row: dict[str, Any], source: str, source_id: str, where: str,
+                   open_relative: Callable[[str], bytes], default_kind: str, image_root: str) -> Sample:
+    for name in ("id", "key"):
+        value = row.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+            raise InvalidRecord("invalid_field", f"{where}: field {name!r} is {type(value).__name__}, "
+                                                 "expected a string or an integer")
+    meta = row.get("meta")
+    if isinstance(meta, (bytes, bytearray, str)):
+        meta = parse_json(meta, f"{where} meta") if meta.strip() else {}
+    meta = _check_meta(meta, f"{where} meta")
+    if row.get("kind") is not None:
+        meta = {**meta, "kind": row["kind"]}
+    text = row.get("caption") if row.get("caption") is not None else row.get("text")
+    if isinstance(text, (bytes, bytearray)):
+        text = _text(bytes(text), where)
+    text = _optional_str(text, "caption", where, reason="caption_not_text")
+    if text is not None and _has_surrogates(text):
+        raise InvalidRecord("text_not_utf8", f"{where}: caption holds a lone UTF-16 surrogate")
+    images: list[ImageRef] = []
+    data, path = row.get("image_bytes"), row.get("image_path")
+    if data is not None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidRecord("invalid_field", f"{where}: field 'image_bytes' is {type(data).__name__}, expected bytes")
+        images.append(ImageRef(bytes=bytes(data), uri=where))
+    elif path is not None and path != "":
+        if not isinstance(path, str):
+            raise InvalidRecord("invalid_field", f"{where}: field 'image_path' is {type(path).__name__}, expected a string")
+        if _has_surrogates(path):
+            raise InvalidRecord("text_not_utf8", f"{where}: image_path holds a lone UTF-16 surrogate")
+        why = check_relative_path(path, image_root)
+        if why:
+            raise InvalidRecord("unsafe_image_path", f"{where}: image_path {path!r} {why}")
+        try:
+            images.append(ImageRef(bytes=open_relative(path), uri=path))
+        except InvalidRecord:
+            raise
+        except (OSError, ValueError) as exc:
+            raise InvalidRecord("missing_image_file", f"{where}: {path}: {type(exc).__name__}: {exc}") from None
+    return sample_from_meta(source, source_id, text, meta, images, default_kind, where=where)
 
 
 def read_bytes(fileobj) -> bytes:
@@ -219,3 +552,38 @@ def read_bytes(fileobj) -> bytes:
         if not chunk:
             return buf.getvalue()
         buf.write(chunk)
+
+
+# --- one key, one sample ---------------------------------------------------------------------------------------
+
+def content_digest(sample: Sample) -> str:
+    """sha256 of what a sample says (kind, text, fields, metadata, image bytes), not of where it was read."""
+    h = hashlib.sha256()
+    fields = [sample.kind, sample.text, sample.answer, sample.domain,
+              [(m.role, m.content) for m in sample.messages],
+              [(s.type, s.text, s.image_index) for s in sample.segments]]
+    h.update(json.dumps(fields, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    h.update(json.dumps(sample.meta, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
+    for image in sample.images:
+        data = image.bytes or b""
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def choose_key_winner(samples: Iterable[Sample]) -> tuple[Sample, list[Rejection]]:
+    """Samples sharing one key → (the one kept, Rejections of the others naming it).
+
+    The winner is the smallest (content sha256, origin): the same whatever order a runner delivers them in.
+    Identical copies (same content) are rejected too: one key, one sample."""
+    ranked = sorted(((content_digest(s), str(s.signals.get(ORIGIN_SIGNAL, "")), i, s)
+                     for i, s in enumerate(samples)), key=lambda x: x[:2])
+    digest, origin, _, winner = ranked[0]
+    rejections = []
+    for other_digest, other_origin, _, sample in ranked[1:]:
+        same = "an identical copy" if other_digest == digest else f"different content (sha256 {other_digest[:12]})"
+        detail = (f"key {sample.key} (source id {sample.source_id!r}) also read from {origin or '?'}, which is kept "
+                  f"(smallest content sha256 {digest[:12]}, then origin); this record at {other_origin or '?'} "
+                  f"is {same}")
+        rejections.append(Rejection.of(sample, READ_STAGE, DUPLICATE_KEY, detail))
+    return winner, rejections

@@ -24,6 +24,7 @@ from vlmloom.schemas.config import ConfigError, apply_overrides, load_yaml
 def _curate(argv: list[str]) -> int:
     from vlmloom.pipelines.curate import curate, load_config
     from vlmloom.pipelines.report import summary_table
+    from vlmloom.pipelines.sources import group_cli_paths
 
     parser = argparse.ArgumentParser(prog="vlmloom curate", description="Curate a multimodal corpus with Apache Beam.",
                                      allow_abbrev=False)  # unknown flags belong to Beam: never prefix-match them
@@ -36,7 +37,7 @@ def _curate(argv: list[str]) -> int:
     args, beam_args = parser.parse_known_args(argv)
     data = apply_overrides(load_yaml(args.config), args.overrides)
     data.setdefault("inputs", [])
-    data["inputs"] = list(data["inputs"]) + [{"path": p} for p in args.inputs]
+    data["inputs"] = list(data["inputs"]) + group_cli_paths(args.inputs)
     if args.output:
         data["output"] = args.output
     if args.overwrite:

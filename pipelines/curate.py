@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from vlmloom.curation.filters import HeuristicConfig, LanguageConfig, LanguageId
 from vlmloom.curation.readers import READ_STAGE
 from vlmloom.pipelines import report as report_mod
 from vlmloom.pipelines.dedup import DedupConfig, dedup_stages
+from vlmloom.pipelines.keys import UniqueKeys
 from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled
 from vlmloom.pipelines.sink import OutputConfig, WriteCurated, join, write_atomic
 from vlmloom.pipelines.sources import InputConfig, ReadInputs, resolve_input
@@ -126,7 +128,8 @@ def curate_stages(config: CurateConfig) -> list[tuple[str, beam.PTransform]]:
 def build_pipeline(pipeline: beam.Pipeline, config: CurateConfig, output_dir: str) -> list[str]:
     """Add the whole job to `pipeline`, writing under `output_dir`; returns the stage names in order."""
     read = pipeline | "Read" >> ReadInputs(config.inputs)
-    samples, rejected = read["kept"], [read["rejected"]]
+    unique = read["kept"] | "UniqueKeys" >> UniqueKeys()
+    samples, rejected = unique["kept"], [read["rejected"], unique["rejected"]]
     names = [READ_STAGE]
     for name, stage in curate_stages(config):
         out = samples | name >> stage
@@ -155,13 +158,52 @@ def _prepare_output(output: str, overwrite: bool) -> str:
     if exists and not overwrite and (not _is_local(output) or os.listdir(output)):
         raise ConfigError(f"output {output!r} already exists: pass --overwrite to replace it, or choose another --output")
     if _is_local(output):
+        _remove_stale_staging(output)
         staging = f"{output.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+        os.makedirs(staging)
+        with open(os.path.join(staging, _STAGING_OWNER), "w") as fh:
+            fh.write(f"{socket.gethostname()} {os.getpid()}")
         for sub in (formats.SHARDS_DIR, formats.REJECTED_DIR):
             os.makedirs(os.path.join(staging, sub))
         return staging
     if exists:
         FileSystems.delete([output])
     return output
+
+
+_STAGING_OWNER = "_STAGING_OWNER"  # "host pid" of the job writing a staging directory; removed before publishing
+_STAGING_GRACE_S = 60  # a staging directory without an owner file is stale once this old
+
+
+def _remove_stale_staging(output: str) -> None:
+    """Remove staging directories of killed runs of the same output: their owner process is gone (same host),
+    or they carry no owner file and are older than a minute. Live jobs' and other hosts' are left alone."""
+    parent, prefix = os.path.dirname(os.path.abspath(output)), os.path.basename(output.rstrip("/")) + ".tmp-"
+    if not os.path.isdir(parent):
+        return
+    for name in sorted(os.listdir(parent)):
+        path = os.path.join(parent, name)
+        if not name.startswith(prefix) or not os.path.isdir(path):
+            continue
+        try:
+            with open(os.path.join(path, _STAGING_OWNER)) as fh:
+                host, pid = fh.read().split()
+            stale = host == socket.gethostname() and not _pid_alive(int(pid))
+        except (OSError, ValueError):
+            stale = time.time() - os.path.getmtime(path) > _STAGING_GRACE_S
+        if stale:
+            log.info("removing the staging directory of a killed run: %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _counters(result) -> dict[str, int]:
@@ -215,6 +257,7 @@ def curate(config: CurateConfig, beam_args: list[str] | None = None) -> dict[str
             shutil.rmtree(work_dir, ignore_errors=True)
         raise
     if _is_local(output) and work_dir != output:
+        os.remove(os.path.join(work_dir, _STAGING_OWNER))
         if os.path.exists(output):
             shutil.rmtree(output)
         os.rename(work_dir, output)

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -28,27 +28,61 @@ FORMATS = ("auto", "webdataset", "parquet", "jsonl", "folder")
 
 @dataclass(frozen=True, kw_only=True)
 class InputConfig:
-    path: str  # a file, a glob (`data/*.tar`) or a folder; local or any Beam filesystem (gs://, s3://)
-    name: str = ""  # source name used in keys and lineage; "" derives it from the path
+    path: str = ""  # a file, a glob (`data/*.tar`) or a folder; local or any Beam filesystem (gs://, s3://)
+    paths: list[str] = field(default_factory=list)  # or several files of one source (a shell-expanded glob)
+    name: str = ""  # source name used in keys and lineage; "" derives it from the files' folder
     format: str = "auto"  # auto | webdataset | parquet | jsonl | folder
     kind: str = "caption"  # kind of records whose metadata does not say
+    image_root: str = ""  # manifests: absolute image_path values are read only under this root; "" refuses them
 
     def validate(self) -> None:
-        if not self.path:
+        if not self.path and not self.paths:
             raise ConfigError("inputs[].path is empty: give a tar/parquet/jsonl file, a glob or a folder")
+        if self.path and self.paths:
+            raise ConfigError("inputs[]: set either path or paths, not both")
         if self.format not in FORMATS:
             raise ConfigError(f"inputs[].format is {self.format!r}: use one of {FORMATS}")
         if self.kind not in KINDS:
             raise ConfigError(f"inputs[].kind is {self.kind!r}: use one of {KINDS}")
 
+    def patterns(self) -> list[str]:
+        return list(self.paths) if self.paths else [self.path]
+
     def source_name(self) -> str:
+        """The explicit name, else the folder the input's files live in (`raw/*.tar`, `raw/a.tar` and a
+        shell-expanded `raw/a.tar raw/b.tar` all name the source `raw`, so keys do not depend on quoting)."""
         if self.name:
             return self.name
-        path = self.path.rstrip("/")
-        parts = [p for p in path.split("/") if p and not any(c in p for c in "*?[")]
-        if parts and "." in parts[-1] and not any(c in path.split("/")[-1] for c in "*?["):
-            parts = parts[:-1]  # a single file: name it after its folder
-        return parts[-1] if parts else "input"
+        names = {_folder_name(p) for p in self.patterns()}
+        return names.pop() if len(names) == 1 else "input"
+
+
+def _folder_name(path: str) -> str:
+    path = path.rstrip("/")
+    parts = [p for p in path.split("/") if p and not _has_glob(p) and p != "."]
+    last = path.split("/")[-1]
+    if parts and parts[-1] == last and "." in last and not _is_local_dir(path):
+        parts = parts[:-1]  # a single file: name it after its folder
+    return parts[-1] if parts else "input"
+
+
+def _is_local_dir(path: str) -> bool:
+    return "://" not in path and os.path.isdir(path)
+
+
+def group_cli_paths(paths: list[str]) -> list[dict]:
+    """Command-line INPUT arguments → inputs[] entries: plain files of one folder (what the shell makes of
+    `raw/*.tar`) become one input with `paths`, like the quoted glob; globs and folders stay one input each."""
+    entries: list[dict] = []
+    files_by_folder: dict[str, list[str]] = {}
+    for path in paths:
+        if _has_glob(path) or path.endswith("/") or _is_local_dir(path):
+            entries.append({"path": path})
+        else:
+            files_by_folder.setdefault(posixpath.dirname(path) or ".", []).append(path)
+    for folder, files in files_by_folder.items():
+        entries.append({"path": files[0]} if len(files) == 1 else {"paths": sorted(files)})
+    return entries
 
 
 def _has_glob(path: str) -> bool:
@@ -62,14 +96,23 @@ def _match(pattern: str) -> list[str]:
 
 def resolve_input(cfg: InputConfig) -> tuple[str, list[str]]:
     """(format, sorted file list) for one input; raises ConfigError if nothing matches."""
-    path = cfg.path
-    fmt = cfg.format
+    fmts, files = set(), set()
+    for path in cfg.patterns():
+        fmt, matched = _resolve_one(path, cfg.format)
+        fmts.add(fmt)
+        files.update(matched)
+    if len(fmts) > 1:
+        raise ConfigError(f"inputs[].paths {cfg.paths} mix formats {sorted(fmts)}: give each format its own input")
+    return fmts.pop(), sorted(files)
+
+
+def _resolve_one(path: str, fmt: str) -> tuple[str, list[str]]:
     is_dir = not _has_glob(path) and (path.endswith("/") or ("://" not in path and os.path.isdir(path)))
     if fmt == "auto":
         if is_dir:
             tars = _match(posixpath.join(path, "*.tar"))
             fmt = "webdataset" if tars else "folder"
-        elif path.endswith(".tar") or path.endswith(".tar.gz"):
+        elif path.endswith((".tar", ".tar.gz", ".tgz")):
             fmt = "webdataset"
         elif path.endswith(".parquet"):
             fmt = "parquet"
@@ -89,6 +132,26 @@ def resolve_input(cfg: InputConfig) -> tuple[str, list[str]]:
     return fmt, files
 
 
+def _folder_root(path: str) -> str:
+    """The folder a folder input's files are named relative to: the path itself, or a glob's fixed prefix."""
+    if not _has_glob(path):
+        return path.rstrip("/")
+    fixed = path[:min(path.index(c) for c in "*?[" if c in path)]
+    return fixed.rstrip("/") if fixed.endswith("/") else posixpath.dirname(fixed)
+
+
+def _read_rejection(source: str, source_id: str, reason: str, detail: str) -> Rejection:
+    source_id = readers.printable(source_id)
+    return Rejection(make_key(source, source_id), source, source_id, readers.READ_STAGE, reason,
+                     readers.printable(detail))
+
+
+def _inside(path: str, root: str) -> bool:
+    """Local files only: does `path`, with symlinks resolved, stay under `root`?"""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
 class _ReadTar(beam.DoFn):
     def __init__(self, source: str, kind: str):
         self._source, self._kind = source, kind
@@ -96,81 +159,107 @@ class _ReadTar(beam.DoFn):
 
     def process(self, path: str):
         count = 0
-        with FileSystems.open(path) as fh:
+        try:
+            fh = FileSystems.open(path)
+        except OSError as exc:
+            self._read.inc()
+            yield _read_rejection(self._source, f"{posixpath.basename(path)}:<tar>", "read_error",
+                                  f"{path}: {type(exc).__name__}: {exc}")
+            return
+        with fh:
             for item in readers.iter_tar_records(fh, path):
                 self._read.inc()
                 count += 1
                 if count % PROGRESS_EVERY == 0:
                     log.info("read %d records from %s ...", count, path)
                 if isinstance(item, tuple):
-                    source_id, reason, detail = item
-                    yield Rejection(make_key(self._source, source_id), self._source, source_id,
-                                    readers.READ_STAGE, reason, detail)
+                    yield _read_rejection(self._source, *item)
                 else:
                     yield readers.record_to_sample(item, self._source, self._kind)
         log.info("read %d records from %s", count, path)
 
 
 class _ReadManifest(beam.DoFn):
-    def __init__(self, source: str, kind: str, fmt: str):
-        self._source, self._kind, self._fmt = source, kind, fmt
+    def __init__(self, source: str, kind: str, fmt: str, image_root: str = ""):
+        self._source, self._kind, self._fmt, self._image_root = source, kind, fmt, image_root
         self._read = Metrics.counter("read", "records")
 
     def process(self, path: str):
         base = posixpath.dirname(path)
+        name = posixpath.basename(path)
 
         def open_relative(rel: str) -> bytes:
-            full = rel if "://" in rel or rel.startswith("/") else posixpath.join(base, rel)
+            absolute = "://" in rel or rel.startswith("/")
+            full = rel if absolute else posixpath.join(base, rel)
+            if "://" not in full and not _inside(full, self._image_root if absolute else base):
+                raise readers.InvalidRecord("unsafe_image_path", f"{name}: image_path {rel!r} resolves (through a "
+                                                                 "symlink) outside its folder")
             with FileSystems.open(full) as fh:
                 return readers.read_bytes(fh)
 
-        for index, row in enumerate(self._rows(path)):
+        for index, (where, row) in enumerate(self._rows(path)):
             self._read.inc()
             if isinstance(row, Rejection):
                 yield row
             else:
-                yield readers.row_to_sample(row, self._source, index, open_relative, self._kind)
+                yield readers.row_to_sample(row, self._source, index, open_relative, self._kind,
+                                            fallback_id=where, image_root=self._image_root)
 
     def _rows(self, path: str):
+        """(position id, row dict or Rejection) per record; one Rejection for a file that cannot be read."""
+        name = posixpath.basename(path)
         if self._fmt == "parquet":
             import pyarrow.parquet as pq
 
-            with FileSystems.open(path) as fh:
-                parquet = pq.ParquetFile(io.BytesIO(readers.read_bytes(fh)))
-                for batch in parquet.iter_batches(batch_size=256):
-                    yield from batch.to_pylist()
-        else:
-            with FileSystems.open(path) as fh:
-                for line_no, line in enumerate(fh):
-                    if not line.strip():
-                        continue
-                    try:
-                        yield json.loads(line)
-                    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                        source_id = f"{posixpath.basename(path)}:{line_no + 1}"
-                        yield Rejection(make_key(self._source, source_id), self._source, source_id,
-                                        readers.READ_STAGE, "invalid_json", f"{path} line {line_no + 1}: {exc}")
+            try:
+                with FileSystems.open(path) as fh:
+                    parquet = pq.ParquetFile(io.BytesIO(readers.read_bytes(fh)))
+                batches = parquet.iter_batches(batch_size=256)
+                index = 0
+                for batch in batches:
+                    for row in batch.to_pylist():
+                        yield f"{name}:row{index}", row
+                        index += 1
+            except Exception as exc:  # noqa: BLE001 - pyarrow raises several types on corrupt files
+                yield name, _read_rejection(self._source, f"{name}:<parquet>", "corrupt_parquet",
+                                            f"{path}: {type(exc).__name__}: {exc}")
+            return
+        with FileSystems.open(path) as fh:
+            for line_no, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                where = f"{name}:{line_no}"
+                try:
+                    yield where, readers.parse_jsonl_line(line, where)
+                except readers.InvalidRecord as exc:
+                    yield where, _read_rejection(self._source, where, exc.reason,
+                                                 f"{path} line {line_no}: {exc.detail}")
 
 
 class _ReadFolderRecord(beam.DoFn):
-    def __init__(self, source: str, kind: str):
-        self._source, self._kind = source, kind
+    def __init__(self, source: str, kind: str, root: str):
+        self._source, self._kind, self._root = source, kind, root
         self._read = Metrics.counter("read", "records")
 
     def process(self, item: tuple[str, dict[str, str]]):
         source_id, files = item
         self._read.inc()
-        try:
-            data = {}
-            for ext, path in files.items():
+        data = {}
+        for ext, path in files.items():
+            if "://" not in path and not _inside(path, self._root):
+                yield _read_rejection(self._source, source_id, "unsafe_member_path",
+                                      f"{path}: a symlink that leaves the input folder {self._root}")
+                return
+            try:
                 with FileSystems.open(path) as fh:
                     data[ext] = readers.read_bytes(fh)
-        except OSError as exc:
-            yield Rejection(make_key(self._source, source_id), self._source, source_id, readers.READ_STAGE,
-                            "read_error", f"{type(exc).__name__}: {exc}")
-            return
-        yield readers.record_to_sample(readers.RawRecord(source_id, data, files.get("jpg") or source_id),
-                                       self._source, self._kind)
+            except OSError as exc:
+                yield _read_rejection(self._source, source_id, "read_error", f"{path}: {type(exc).__name__}: {exc}")
+                return
+        first = sorted(files)[0]
+        yield readers.record_to_sample(
+            readers.RawRecord(source_id, data, files[first][:-len(first) - 1], member_uris=dict(files)),
+            self._source, self._kind)
 
 
 class ReadInputs(beam.PTransform):
@@ -190,12 +279,13 @@ class ReadInputs(beam.PTransform):
             source = cfg.source_name()
             label = f"Input{i}_{source}"
             if fmt == "folder":
-                groups = sorted(readers.group_folder_files(files, cfg.path.rstrip("/")).items())
+                root = _folder_root(cfg.patterns()[0])
+                groups = sorted(readers.group_folder_files(files, root).items())
                 pcoll = (pbegin | f"{label}/List" >> beam.Create(groups, reshuffle=False)
                          | f"{label}/Spread" >> beam.Reshuffle()
-                         | f"{label}/Read" >> beam.ParDo(_ReadFolderRecord(source, cfg.kind)))
+                         | f"{label}/Read" >> beam.ParDo(_ReadFolderRecord(source, cfg.kind, root)))
             else:
-                reader = _ReadTar(source, cfg.kind) if fmt == "webdataset" else _ReadManifest(source, cfg.kind, fmt)
+                reader = _ReadTar(source, cfg.kind) if fmt == "webdataset" else _ReadManifest(source, cfg.kind, fmt, cfg.image_root)
                 pcoll = (pbegin | f"{label}/List" >> beam.Create(files, reshuffle=False)
                          | f"{label}/Spread" >> beam.Reshuffle()
                          | f"{label}/Read" >> beam.ParDo(reader))

@@ -52,7 +52,7 @@ def test_bad_text_and_json_are_rejected_with_reasons():
                    ("c.jpg", b"J"), ("c.json", b'{"kind": "movie"}'),
                    ("d.jpg", b"J"), ("d.txt", "\ufeffbom ok".encode("utf-8"))])
     reasons = [(i.source_id, i.reason) for i in items if isinstance(i, Rejection)]
-    assert reasons == [("a", "text_not_utf8"), ("b", "invalid_json"), ("c", "invalid_json")]
+    assert reasons == [("a", "text_not_utf8"), ("b", "invalid_json"), ("c", "unknown_kind")]
     assert "byte 3" in items[0].detail
     assert items[3].text == "bom ok"
 
@@ -60,7 +60,7 @@ def test_bad_text_and_json_are_rejected_with_reasons():
 def test_truncated_tar_yields_records_then_a_read_error():
     data = _tar([("a.jpg", b"J" * 3000), ("a.txt", b"x"), ("b.jpg", b"K" * 3000)]).getvalue()
     items = list(readers.iter_tar_records(io.BytesIO(data[:2500]), "cut.tar"))
-    assert items[-1][1] == "read_error" and "cut.tar" in items[-1][2]
+    assert items[-1][1] == "truncated_input" and "cut.tar" in items[-1][2]
 
 
 def test_manifest_row_with_bytes_path_and_missing_file():
