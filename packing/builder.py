@@ -2,13 +2,18 @@
 
 Rendering (token strings from `tokenizer.py`; "\\n" is a plain text token)::
 
-    pre-training kinds (caption, ocr, grounding, interleaved, gui without messages):
+    pre-training kinds (caption, ocr, grounding, interleaved, gui) without chat turns:
         [gMASK]<sop> {<|begin_of_image|> <|image|>×n <|end_of_image|> | text}... <|endoftext|>
-        loss on the text tokens and the final <|endoftext|>
-    qa / SFT (messages; `<image>` placeholders in user turns, in image order):
+        loss on the text tokens and the final <|endoftext|>; grounding boxes follow the text as
+        `phrase<|begin_of_box|>[x1,y1,x2,y2]<|end_of_box|>` lines
+    qa / SFT, and pre-training kinds with chat turns (the grounding / OCR Q/A turns curation writes)
+    (messages; `<image>` placeholders in user turns, in image order):
         [gMASK]<sop> <|system|>\\n… <|user|>\\n… <|assistant|>\\n ANSWER … <|endoftext|>
         loss on each assistant turn's content and on the token that ends it (the next <|user|>/<|system|>
         or the final <|endoftext|>); everything else, image tokens included, is -100.
+        A pre-training sample whose turns cannot be rendered falls back to the document form and says why
+        (`BuiltSample.turns_unusable`); what the turns leave out of the sample is counted as well (the pack
+        report's `rendering` section).
 
 `<|image|>` counts come from `vision.py` (= Glm4vImageProcessorPil); rows (t, h, w) of the positions equal
 transformers' `Glm4vModel.get_rope_index` for the sample alone. A sample that cannot be rendered becomes a
@@ -43,6 +48,9 @@ class BuilderConfig:
     require_cot: bool = False  # true: every qa sample's last assistant turn must be <think>…</think><answer>…</answer>
     system_prompt: str = ""  # prepended as a <|system|> turn to qa samples without one; "" disables
     kinds: list[str] = field(default_factory=list)  # pack only these kinds (e.g. [qa] for SFT); [] = all; others: kind_not_selected
+    # pre-training kinds that carry chat turns (OCR/grounding Q/A from curation): "chat" trains the turns,
+    # "document" trains the text and boxes as one document and ignores the turns
+    turns: str = "chat"
 
 
 @dataclass
@@ -58,6 +66,10 @@ class BuiltSample:
     images: list[bytes]
     image_formats: list[str]
     truncated_from: int = 0  # original length when the over-long policy cut it
+    rendered_as: str = "document"  # "chat" or "document"
+    turns_unusable: str = ""  # reason code when the sample's chat turns could not be rendered (document instead)
+    text_left_out: bool = False  # rendered as chat, and its document text appears in no turn
+    boxes_left_out: int = 0  # rendered as chat: grounding boxes that no assistant turn gives
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -84,6 +96,10 @@ class SequenceBuilder:
                                T.END_OF_IMAGE, T.IMAGE) if t not in self.ids]
         if missing:
             raise ValueError(f"tokenizer lacks GLM-4.1V special tokens {missing}")
+        if config.turns not in ("chat", "document"):
+            from vlmloom.schemas.config import ConfigError
+            raise ConfigError(f"builder.turns {config.turns!r}: use chat (train the turns of OCR/grounding samples) "
+                              f"or document (train their text and boxes)")
         self.image_token_id = self.ids[T.IMAGE]
         self.pad_id = self.ids[T.ENDOFTEXT]
         self._structural_ids = np.array(sorted(self.ids[t] for t in _STRUCTURAL if t in self.ids), np.int64)
@@ -104,21 +120,40 @@ class SequenceBuilder:
     def _build(self, sample: Sample) -> BuiltSample:
         if self.config.kinds and sample.kind not in self.config.kinds:
             raise _Reject("kind_not_selected", f"kind {sample.kind!r} not in builder.kinds {self.config.kinds}")
+        if sample.kind == "qa":
+            return self._finish(sample, self._render_chat, "chat")
+        if sample.kind not in PRETRAIN_KINDS:
+            raise _Reject("unsupported_kind", f"kind {sample.kind!r} is not packed")
+        unusable = ""
+        if sample.messages and self.config.turns == "chat":
+            try:
+                built = self._finish(sample, self._render_chat, "chat")
+            except _Reject as r:
+                unusable = r.reason  # trained as a document instead, and counted
+            else:
+                built.text_left_out, built.boxes_left_out = _left_out_of_turns(sample)
+                return built
+        try:
+            built = self._finish(sample, self._render_document, "document")
+        except _Reject as r:
+            if unusable:
+                raise _Reject(r.reason, f"{r.detail}; its chat turns were unusable too ({unusable})") from None
+            raise
+        built.turns_unusable = unusable
+        return built
+
+    def _finish(self, sample: Sample, render, rendered_as: str) -> BuiltSample:
         seq = _Sequence(self, sample)
         seq.special(T.GMASK)
         seq.special(T.SOP)
-        if sample.kind == "qa" or (sample.kind == "gui" and sample.messages):
-            self._render_chat(seq, sample)
-        elif sample.kind in PRETRAIN_KINDS:
-            self._render_document(seq, sample)
-        else:
-            raise _Reject("unsupported_kind", f"kind {sample.kind!r} is not packed")
+        render(seq, sample)
         if seq.next_image != len(sample.images):
             raise _Reject("image_placeholder_mismatch",
                           f"{len(sample.images)} images, {seq.next_image} placed in the sequence")
         built = seq.finish()
         if built.num_label_tokens == 0:
             raise _Reject("no_label_tokens", "nothing to train on")
+        built.rendered_as = rendered_as
         return built
 
     def _render_document(self, seq: "_Sequence", sample: Sample) -> None:
@@ -263,11 +298,22 @@ def _document_text(sample: Sample) -> str | None:
     text = sample.training_text()
     if sample.kind == "ocr" and not text and sample.annotations.ocr:
         text = "\n".join(line.text for line in sample.annotations.ocr)
-    if sample.kind in ("grounding", "gui") and sample.annotations.grounding:
+    if sample.kind in ("grounding", "gui", "ocr") and sample.annotations.grounding:
         boxes = "\n".join(f"{g.phrase}{T.BEGIN_OF_BOX}[{','.join(map(str, g.box))}]{T.END_OF_BOX}"
                           for g in sample.annotations.grounding)
         text = f"{text}\n{boxes}" if text else boxes
     return text
+
+
+def _left_out_of_turns(sample: Sample) -> tuple[bool, int]:
+    """What chat turns do not carry of a pre-training sample: (its text is in no turn, boxes no answer gives)."""
+    contents = [m.content for m in sample.messages]
+    text = (sample.training_text() or "").strip()
+    text_left_out = bool(text) and not any(text in c for c in contents)
+    answers = "".join(m.content for m in sample.messages if m.role == "assistant")
+    boxes = sum(f"{T.BEGIN_OF_BOX}[{','.join(map(str, g.box))}]{T.END_OF_BOX}" not in answers
+                for g in sample.annotations.grounding)
+    return text_left_out, int(boxes)
 
 
 def _check_reasoning(sample: Sample, messages, require_cot: bool) -> None:

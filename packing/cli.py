@@ -43,6 +43,10 @@ def parse_config(argv: list[str]) -> PackConfig:
     return build_config(PackConfig, apply_overrides(data, overrides))
 
 
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"
+
+
 def summary(report: dict, output: str) -> str:
     lines = [
         f"packed {report['samples_packed']} samples into {report['sequences']} sequences of {report['seq_len']} "
@@ -52,6 +56,13 @@ def summary(report: dict, output: str) -> str:
         f"  dropped {report['dropped']}: " + (", ".join(f"{k}={v}" for k, v in report["dropped_by_reason"].items())
                                                or "none"),
     ]
+    r = report.get("rendering")
+    if r:
+        lines.append(f"  rendered as chat: {_counts(r['chat'])}; as documents: {_counts(r['document'])}")
+        if r["turns_unusable"] or r["text_left_out"] or r["boxes_left_out"]:
+            lines.append(f"  chat turns unusable (trained as documents): {_counts(r['turns_unusable'])}; "
+                         f"left out of chat turns: "
+                         f"{r['text_left_out']} texts, {r['boxes_left_out']} boxes")
     for name, s in report["sources"].items():
         target = f", target {s['target_share']:.3f}" if s["target_share"] is not None else ""
         lines.append(f"  source {name}: {s['samples_used']} samples used of {s['usable']} usable, x{s['multiplier']:.3f},"

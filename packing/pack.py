@@ -123,6 +123,7 @@ def _pack_into(config: PackConfig, recipe: Recipe, out: str) -> dict:
     lengths: list[np.ndarray] = []
     rejections: list[Rejection] = []
     truncated = 0
+    rendering = new_rendering_counts()
     budget = config.cache_mb << 20
     caches: list[list[BuiltSample | None] | None] = []  # per source: pass-1 renderings, if they fit the budget
     for s in recipe.sources:
@@ -136,6 +137,7 @@ def _pack_into(config: PackConfig, recipe: Recipe, out: str) -> dict:
                 built = None
             else:
                 truncated += int(built.truncated_from > 0)
+                count_rendering(rendering, built)
                 source_lengths.append(len(built))
                 budget -= 12 * len(built) * 4 + sum(len(b) for b in built.images)
             if cache is not None:
@@ -186,6 +188,7 @@ def _pack_into(config: PackConfig, recipe: Recipe, out: str) -> dict:
                    os.path.join(out, REJECTED_FILE))
     report = _report(config, recipe, tokenizer, lengths, rejections, truncated, mult, writer,
                      costs_before, costs_after)
+    report["rendering"] = rendering
     with open(os.path.join(out, REPORT_FILE), "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=2, sort_keys=True)
     return report
@@ -284,6 +287,22 @@ def _fit(built: BuiltSample | Rejection, sample: Sample, builder: SequenceBuilde
             images=built.images[:kept], image_formats=built.image_formats[:kept], truncated_from=len(built))
     return Rejection.of(sample, STAGE, "too_long",
                         f"{len(built)} tokens > seq_len {L}: raise seq_len or set overlong=truncate")
+
+
+def new_rendering_counts() -> dict:
+    """The report's `rendering` section, over the input samples (before the mixture): how each kind was rendered,
+    the samples whose chat turns were unusable (trained as documents instead) by reason, and what samples rendered
+    as chat left out of their turns (their document text; grounding boxes no answer gives)."""
+    return {"chat": {}, "document": {}, "turns_unusable": {}, "text_left_out": 0, "boxes_left_out": 0}
+
+
+def count_rendering(counts: dict, built: BuiltSample) -> None:
+    by_kind = counts[built.rendered_as]
+    by_kind[built.kind] = by_kind.get(built.kind, 0) + 1
+    if built.turns_unusable:
+        counts["turns_unusable"][built.turns_unusable] = counts["turns_unusable"].get(built.turns_unusable, 0) + 1
+    counts["text_left_out"] += int(built.text_left_out)
+    counts["boxes_left_out"] += built.boxes_left_out
 
 
 def sample_texts(sample: Sample) -> Iterator[str]:

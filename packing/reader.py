@@ -6,12 +6,17 @@ packed DIR(s) or .tar paths → one dict per packed sequence::
      "seq_lens": int32[n], "image_grid_thw": int32[m, 3], "images": list[bytes]}
 
 Split: rank r reads shards r, r+W, r+2W, … (W = world_size); dataloader worker j of k reads every k-th
-of those. Shuffle: the rank's shard order is permuted per epoch and a buffer of `shuffle_buffer` sequences
+of those. Where a level has fewer shards than readers (the demo's one shard under 2 workers; 8 ranks × 2
+workers on 8 shards), that level splits by sequence instead: its readers all walk the same shards and
+reader s of n keeps the sequences whose position in the epoch's stream is s mod n. Sequence p goes to rank
+p mod W, as the pack step lays out its rank streams. A reader whose share is empty ends instead of
+re-reading nothing forever, so a DataLoader drops that worker and goes on with the others.
+Shuffle: the rank's shard order is permuted per epoch and a buffer of `shuffle_buffer` sequences
 is sampled from; both RNGs are seeded by (seed, epoch[, worker]) and *not* by rank, so ranks with equally
 long shard lists stay step-aligned (what the pack step's compute balancing relies on).
-Resume: `state_dict()` is (epoch, shard cursor, entry cursor, buffer as (shard, entry) references, RNG);
-`load_state_dict()` re-reads the buffered entries, so the stream continues exactly. Works with torchdata's
-`StatefulDataLoader`, which keeps one state per worker.
+Resume: `state_dict()` is (epoch, shard cursor, entry cursor, stream position, buffer as (shard, entry)
+references, RNG); `load_state_dict()` re-reads the buffered entries, so the stream continues exactly. Works
+with torchdata's `StatefulDataLoader`, which keeps one state per worker.
 """
 from __future__ import annotations
 
@@ -62,12 +67,23 @@ class PackedDataset(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         return (info.id, info.num_workers) if info is not None else (0, 1)
 
-    def _worker_shards(self, epoch: int, worker: int, num_workers: int) -> list[str]:
-        shards = self.shards[self.rank::self.world_size]
+    def _worker_shards(self, epoch: int, worker: int, num_workers: int) -> tuple[list[str], int, int]:
+        """(shards this reader walks, its slot, slots): it keeps the sequences at stream position ≡ slot mod slots.
+
+        Each level (ranks, then the rank's workers) splits by shard while it has at least one shard per reader,
+        else by sequence, so no reader is left with nothing to read while others work.
+        """
+        if len(self.shards) >= self.world_size:
+            shards, slot, slots = self.shards[self.rank::self.world_size], 0, 1
+        else:
+            shards, slot, slots = list(self.shards), self.rank, self.world_size
         if self.shuffle_buffer > 0:
             perm = np.random.default_rng([self.seed, epoch]).permutation(len(shards))
             shards = [shards[i] for i in perm]
-        return shards[worker::num_workers]
+        if len(shards) >= num_workers:
+            return shards[worker::num_workers], slot, slots
+        # position p goes to rank p mod W, and the rank's own i-th sequence (p // W) to worker i mod k
+        return shards, slot + slots * worker, slots * num_workers
 
     def _rng(self, epoch: int, worker: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch, worker, 0x5EED])
@@ -82,21 +98,28 @@ class PackedDataset(torch.utils.data.IterableDataset):
         else:
             epoch = 0
         while self.epochs is None or epoch < self.epochs:
-            shards = self._worker_shards(epoch, worker, num_workers)
+            shards, slot, slots = self._worker_shards(epoch, worker, num_workers)
             rng = self._rng(epoch, worker)
             buffer: list[tuple[tuple[int, int], dict]] = []
-            shard_pos, entry = 0, 0
+            shard_pos, entry, position = 0, 0, 0
+            fresh = state is None  # a whole epoch is read, not the rest of a resumed one
             if state is not None:
                 rng.bit_generator.state = state["rng"]
                 shard_pos, entry = state["shard_pos"], state["entry"]
+                position = state.get("position", 0)  # absent from states of readers that split by shard only
                 buffer = self._reload(shards, [tuple(r) for r in state["buffer"]])
                 state = None
-            live = self._live = {"epoch": epoch, "shard_pos": shard_pos, "entry": entry, "buffer": buffer,
-                                 "rng": rng, "worker": worker, "num_workers": num_workers}
+            live = self._live = {"epoch": epoch, "shard_pos": shard_pos, "entry": entry, "position": position,
+                                 "buffer": buffer, "rng": rng, "worker": worker, "num_workers": num_workers}
+            kept = 0
             while shard_pos < len(shards):
+                base = live["position"] - entry  # stream position of this shard's first sequence
                 for index, key, members in iter_tar_entries(shards[shard_pos], skip=entry):
+                    live["entry"], live["position"] = index + 1, base + index + 1
+                    if (base + index) % slots != slot:
+                        continue  # another reader's sequence
+                    kept += 1
                     item = decode_entry(key, members)
-                    live["entry"] = index + 1
                     if self.shuffle_buffer <= 0:
                         yield item
                     elif len(buffer) < self.shuffle_buffer:
@@ -114,8 +137,11 @@ class PackedDataset(torch.utils.data.IterableDataset):
                 buffer[k] = buffer[-1]
                 buffer.pop()
                 yield out
+            if fresh and kept == 0:
+                # every epoch would be as empty as this one: end rather than spin (epochs=None) on nothing
+                return
             epoch += 1
-            live["epoch"], live["shard_pos"], live["entry"] = epoch, 0, 0
+            live["epoch"], live["shard_pos"], live["entry"], live["position"] = epoch, 0, 0, 0
             live["rng"] = self._rng(epoch, worker)
 
     def _reload(self, shards: list[str], refs: list[tuple[int, int]]) -> list[tuple[tuple[int, int], dict]]:
@@ -147,8 +173,8 @@ class PackedDataset(torch.utils.data.IterableDataset):
             if self._resume is not None:
                 return dict(self._resume)
             worker, num_workers = self._worker()
-            live = {"epoch": 0, "shard_pos": 0, "entry": 0, "buffer": [], "rng": self._rng(0, worker),
-                    "worker": worker, "num_workers": num_workers}
+            live = {"epoch": 0, "shard_pos": 0, "entry": 0, "position": 0, "buffer": [],
+                    "rng": self._rng(0, worker), "worker": worker, "num_workers": num_workers}
         else:
             live = self._live
         return {
@@ -156,7 +182,7 @@ class PackedDataset(torch.utils.data.IterableDataset):
             "worker": live["worker"], "num_workers": live["num_workers"], "seed": self.seed,
             "shuffle_buffer": self.shuffle_buffer, "num_shards": len(self.shards),
             "epoch": live["epoch"], "shard_pos": live["shard_pos"], "entry": live["entry"],
-            "buffer": [list(ref) for ref, _ in live["buffer"]],
+            "position": live["position"], "buffer": [list(ref) for ref, _ in live["buffer"]],
             "rng": live["rng"].bit_generator.state,
         }
 

@@ -178,3 +178,51 @@ def test_kind_selection_for_sft_sets(builder):
     assert sft_only.build(caption).reason == "kind_not_selected"
     assert not isinstance(sft_only.build(qa()), Rejection)
     assert not isinstance(builder.build(caption), Rejection)
+
+
+def curated_ocr_sample(key="ocr1", lines=(("Total 12.50", [100, 200, 400, 260]), ("Thank you", [100, 300, 380, 350]),
+                                          ("Cafe Luna", [90, 40, 500, 110]))):
+    """An OCR sample as curation leaves it: OCR lines, and the grounding stage's boxes and Q/A turns."""
+    from vlmloom.curation.grounding import GroundingAnnotator, GroundingConfig
+    from vlmloom.schemas.records import OcrLine
+
+    s = Sample(key=key, source="t", source_id=key, kind="ocr", images=[make_image(120, 80, 3)],
+               text="\n".join(text for text, _ in lines),
+               annotations=Annotations(ocr=[OcrLine(text, list(box)) for text, box in lines]))
+    verdict = GroundingAnnotator(GroundingConfig(enabled=True, sources=("ocr",), max_turns=2)).judge(s)
+    assert verdict.keep and len(s.messages) == 4 and len(s.annotations.grounding) == 3
+    return s
+
+
+def test_curated_grounding_turns_are_trained_as_chat(builder, tok):
+    """The grounding/OCR Q/A turns curation writes are rendered as chat: every assistant box target is in the
+    labelled tokens, the questions and the image are not. Before, the sample was a plain document: no turn, no box."""
+    from vlmloom.curation.grounding import render_box
+
+    s = curated_ocr_sample()
+    b = builder.build(s)
+    assert not isinstance(b, Rejection) and b.rendered_as == "chat" and b.turns_unusable == ""
+    labelled = tok.decode(b.input_ids[b.labels != IGNORE_INDEX], skip_special_tokens=False)
+    answers = [m.content for m in s.messages if m.role == "assistant"]
+    assert answers == [render_box(g.box) for g in s.annotations.grounding[:2]]
+    assert labelled == "".join(f"{a}<|user|>" for a in answers[:-1]) + answers[-1] + "<|endoftext|>"
+    full = tok.decode(b.input_ids, skip_special_tokens=False)
+    assert 'Locate "Total 12.50"' in full and "Locate" not in labelled
+    # what the two turns do not give is counted: the transcription, and the third box (max_turns=2)
+    assert b.text_left_out and b.boxes_left_out == 1
+
+
+def test_unusable_turns_fall_back_to_document_with_a_reason(tok):
+    """Turns that cannot be rendered (two <image> placeholders, one image) train as the document, boxes included,
+    with the reason kept for the report; builder.turns=document asks for that rendering outright."""
+    s = curated_ocr_sample("ocr2")
+    s.messages[0].content = "<image><image>" + s.messages[0].content
+    b = SequenceBuilder(tok).build(s)
+    assert b.rendered_as == "document" and b.turns_unusable == "image_placeholder_mismatch"
+    labelled = tok.decode(b.input_ids[b.labels != IGNORE_INDEX], skip_special_tokens=False)
+    for g in s.annotations.grounding:
+        assert f"{g.phrase}<|begin_of_box|>[{','.join(map(str, g.box))}]<|end_of_box|>" in labelled
+    d = SequenceBuilder(tok, BuilderConfig(turns="document")).build(curated_ocr_sample("ocr3"))
+    assert d.rendered_as == "document" and d.turns_unusable == ""
+    with pytest.raises(Exception, match="builder.turns"):
+        SequenceBuilder(tok, BuilderConfig(turns="both"))

@@ -150,3 +150,30 @@ def test_shards_read_by_webdataset(curated, tmp_path):
         images = sorted((k for k in b if k.startswith("img_")), key=lambda k: int(k[4:].split(".")[0]))
         assert [b[k] for k in images] == a["images"]
         assert json.loads(b["json"])["num_tokens"] == int(a["seq_lens"].sum())
+
+
+def test_pack_report_counts_how_samples_were_rendered(tmp_path, capsys):
+    """OCR samples with curation's grounding turns are packed as chat, and the report says so per kind; samples
+    whose turns are unusable are counted by reason (trained as documents), as is what the turns leave out."""
+    from vlmloom.curation.grounding import GroundingAnnotator, GroundingConfig
+    from vlmloom.schemas.records import OcrLine
+
+    samples = synthetic_samples(12, seed=4, kinds=("caption", "ocr"), image_side=(30, 60))
+    annotator = GroundingAnnotator(GroundingConfig(enabled=True, sources=("ocr",), min_boxes=1))
+    for i, s in enumerate(s for s in samples if s.kind == "ocr"):
+        s.annotations.ocr = [OcrLine(f"line {i} a", [10, 10, 500, 80]), OcrLine(f"line {i} b", [10, 100, 600, 180])]
+        assert annotator.judge(s).keep and s.messages
+    ocr = [s for s in samples if s.kind == "ocr"]
+    ocr[0].messages = ocr[0].messages[:-1]  # ends with a user turn: no_assistant_turn
+    write_curated_dir(str(tmp_path / "cur"), samples)
+    report = pack(PackConfig(inputs=[str(tmp_path / "cur")], output=str(tmp_path / "packed"), seq_len=1024,
+                             tokenizer_vocab_size=300))
+    r = report["rendering"]
+    captions = sum(s.kind == "caption" for s in samples)
+    assert r["chat"] == {"ocr": len(ocr) - 1}
+    assert r["document"] == {"caption": captions, "ocr": 1}
+    assert r["turns_unusable"] == {"no_assistant_turn": 1}
+    assert r["text_left_out"] == len(ocr) - 1 and r["boxes_left_out"] == 0  # their transcriptions are in no turn
+    assert json.load(open(tmp_path / "packed" / "pack_report.json"))["rendering"] == r
+    from vlmloom.packing.cli import summary
+    assert "chat turns unusable (trained as documents): no_assistant_turn=1" in summary(report, "x")

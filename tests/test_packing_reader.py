@@ -97,3 +97,111 @@ def test_refuses_unfinished_dir(tmp_path):
     (tmp_path / "shards").mkdir()
     with pytest.raises(ValueError, match="_SUCCESS"):
         PackedDataset(str(tmp_path))
+
+
+# ---- fewer shards than readers: split by sequence, never spin on an empty share ----------------------------------
+
+class _AsWorker(PackedDataset):
+    """A reader that believes it is DataLoader worker `worker` of `num_workers` (no processes needed)."""
+
+    def __init__(self, *args, worker: int, num_workers: int, **kw):
+        super().__init__(*args, **kw)
+        self._as = (worker, num_workers)
+
+    def _worker(self):
+        return self._as
+
+
+@pytest.fixture(scope="module")
+def one_shard(tmp_path_factory):
+    root = tmp_path_factory.mktemp("one_shard")
+    write_curated_dir(str(root / "cur"), synthetic_samples(40, seed=11, max_words=30, image_side=(20, 60)))
+    pack(PackConfig(inputs=[str(root / "cur")], output=str(root / "packed"), seq_len=256, sequences_per_shard=1000,
+                    tokenizer_vocab_size=300))
+    import glob
+    assert len(glob.glob(str(root / "packed" / "shards" / "*.tar"))) == 1
+    return str(root / "packed")
+
+
+@pytest.mark.timeout(120)
+def test_one_shard_two_workers_forever_trains(one_shard):
+    """The demo's case: one shard, num_workers=2, epochs=None (repeat until the step budget). Before the fix
+    worker 1 had no shard and looped over empty epochs at 100% CPU; the loader waited on it forever."""
+    total = len(list(PackedDataset(one_shard)))
+    assert total >= 4
+    ds = PackedDataset(one_shard, shuffle_buffer=3, seed=5, epochs=None)
+    loader = StatefulDataLoader(ds, batch_size=1, num_workers=2, collate_fn=as_list, multiprocessing_context="fork")
+    it = iter(loader)
+    first_epoch = [next(it)[0]["key"] for _ in range(total)]
+    assert sorted(first_epoch) == sorted(x["key"] for x in PackedDataset(one_shard))  # each sequence once
+    assert next(it)  # and the second epoch goes on
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("n_first", [1, 4])
+def test_one_shard_two_workers_resume_is_exact(one_shard, n_first):
+    def loader():
+        ds = PackedDataset(one_shard, shuffle_buffer=3, seed=2, epochs=2)
+        return StatefulDataLoader(ds, batch_size=2, num_workers=2, collate_fn=as_list, multiprocessing_context="fork")
+
+    full = keys(list(loader()))
+    assert len(full) > n_first + 2
+    first_loader = loader()
+    it = iter(first_loader)
+    first = [next(it) for _ in range(n_first)]
+    state = first_loader.state_dict()
+    del it, first_loader
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert keys(first) == full[:n_first]
+    assert keys(list(resumed)) == full[n_first:]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("shuffle_buffer", [0, 4])
+def test_eight_ranks_two_workers_on_eight_shards(packed, shuffle_buffer):
+    """8 ranks × 2 workers on 8 shards, as 16 readers in one process: every reader has work, each epoch reads
+    every sequence exactly once over all of them, and no reader of an endless run spins without yielding."""
+    import glob
+    shards = sorted(glob.glob(f"{packed}/shards/*.tar"))[:8]
+    assert len(shards) == 8
+    everything = sorted(x["key"] for x in PackedDataset(shards))
+    shares = {(r, j): [x["key"] for x in _AsWorker(shards, rank=r, world_size=8, worker=j, num_workers=2,
+                                                    shuffle_buffer=shuffle_buffer, seed=1)]
+              for r in range(8) for j in range(2)}
+    assert all(shares.values()), {k: len(v) for k, v in shares.items()}
+    assert sorted(k for share in shares.values() for k in share) == everything
+    for r in range(8):
+        for j in range(2):
+            endless = _AsWorker(shards, rank=r, world_size=8, worker=j, num_workers=2, epochs=None,
+                                shuffle_buffer=shuffle_buffer, seed=1)
+            it = iter(endless)
+            two_epochs = [next(it)["key"] for _ in range(2 * len(shares[(r, j)]))]
+            assert sorted(two_epochs) == sorted(shares[(r, j)] * 2)
+
+
+@pytest.mark.timeout(120)
+def test_more_ranks_than_shards_resume_in_process(packed):
+    """Ranks beyond the shard count share sequences too; resume mid-stream (across shard boundaries) is exact."""
+    import glob
+    shards = sorted(glob.glob(f"{packed}/shards/*.tar"))[:2]
+    everything = sorted(x["key"] for x in PackedDataset(shards))
+    parts = [[x["key"] for x in PackedDataset(shards, rank=r, world_size=3)] for r in range(3)]
+    assert all(parts) and sorted(k for p in parts for k in p) == everything
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    full = [x["key"] for x in PackedDataset(shards, rank=1, world_size=3, shuffle_buffer=2, seed=4, epochs=2)]
+    for n in range(len(full)):
+        ds = PackedDataset(shards, rank=1, world_size=3, shuffle_buffer=2, seed=4, epochs=2)
+        it = iter(ds)
+        head = [next(it)["key"] for _ in range(n)]
+        again = PackedDataset(shards, rank=1, world_size=3, shuffle_buffer=2, seed=4, epochs=2)
+        again.load_state_dict(ds.state_dict())
+        assert head + [x["key"] for x in again] == full, n
+
+
+@pytest.mark.timeout(120)
+def test_reader_with_nothing_to_read_ends(one_shard):
+    """More readers than sequences: an empty share ends (the DataLoader drops that worker) instead of spinning."""
+    total = len(list(PackedDataset(one_shard)))
+    empty = _AsWorker(one_shard, rank=0, world_size=1, worker=total, num_workers=total + 1, epochs=None)
+    assert list(empty) == []

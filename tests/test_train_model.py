@@ -195,3 +195,40 @@ def test_cli_parses_yaml_flags_and_overrides(tmp_path):
     assert config.mode == "sft" and config.steps == 5 and config.zero_stage == 2
     assert config.data == ["a", "b"] and config.output == "o" and config.freeze_vision is True
     assert config.model == {"vocab_size": 256, "hidden_size": 32}
+
+
+def test_synthetic_records_are_what_packing_produces(samples, tmp_path):
+    """Tests train on synthetic records: they must be the records packing writes. The same samples through
+    `packing.shards.assemble` give the same arrays (padding included), and a real packed shard read back by
+    `PackedDataset` has the same fields, dtypes and padding convention."""
+    from vlmloom.packing.builder import BuiltSample
+    from vlmloom.packing.fixtures import synthetic_samples, write_curated_dir
+    from vlmloom.packing.pack import PackConfig, pack
+    from vlmloom.packing.reader import PackedDataset
+    from vlmloom.packing.shards import assemble
+
+    L, pad_id = 160, 3
+    synthetic_record = synthetic.pack_samples(samples, L, pad_id=pad_id)
+    built = [BuiltSample(key=s["key"], source="synthetic", kind="caption", input_ids=s["input_ids"],
+                         labels=s["labels"], rope_position_ids=s["position_ids"][1:],
+                         image_grid_thw=s["image_grid_thw"], images=s["images"], image_formats=["png"] * len(s["images"]))
+                for s in samples]
+    assembled = assemble(built, L, pad_id)
+    for name in ("input_ids", "labels", "position_ids", "seq_lens", "image_grid_thw"):
+        np.testing.assert_array_equal(synthetic_record[name], assembled[name], err_msg=name)
+        assert synthetic_record[name].dtype == assembled[name].dtype, name
+    assert synthetic_record["images"] == assembled["images"]
+
+    write_curated_dir(str(tmp_path / "cur"), synthetic_samples(6, seed=3, max_words=12, image_side=(20, 40)))
+    pack(PackConfig(inputs=[str(tmp_path / "cur")], output=str(tmp_path / "packed"), seq_len=512,
+                    tokenizer_vocab_size=300))
+    real = next(r for r in PackedDataset(str(tmp_path / "packed")) if r["seq_lens"].sum() < 512)
+    assert set(synthetic_record) == set(real)
+    for name in ("input_ids", "labels", "position_ids", "seq_lens", "image_grid_thw"):
+        assert synthetic_record[name].dtype == real[name].dtype and synthetic_record[name].ndim == real[name].ndim
+    for record in (real, synthetic_record):
+        n = int(record["seq_lens"].sum())
+        pad = record["input_ids"].shape[0] - n
+        np.testing.assert_array_equal(record["position_ids"][:, n:], np.tile(np.arange(pad), (4, 1)))
+        assert (record["labels"][n:] == IGNORE_INDEX).all()
+        assert len(set(record["input_ids"][n:].tolist())) == 1

@@ -72,3 +72,26 @@ def test_tiny_model_takes_vocabulary_from_the_packed_tokenizer(packed):
     assert resolve_model_spec("tiny", [data])["vocab_size"] == len(tok)
     out = str(packed / "tiny_from_tokenizer")
     assert main(["--data", data, "--output", out, "model=tiny", "steps=1", "progress=false", "export=false"]) == 0
+
+
+@pytest.mark.timeout(120)
+def test_more_loader_workers_than_shards_trains(packed, tmp_path):
+    """`vlmloom train … num_workers=2` on a one-shard pack, repeating the data until `steps` (epochs=0): worker 1
+    used to get no shard and spin forever, so no step was ever logged."""
+    data = str(tmp_path / "one_shard")
+    pack(PackConfig(inputs=[str(packed / "cur")], output=data, seq_len=256, sequences_per_shard=1000,
+                    tokenizer_vocab_size=300))
+    assert len(os.listdir(os.path.join(data, "shards"))) == 1
+    out = str(tmp_path / "run")
+    assert main(["--data", data, "--output", out, "model=tiny", "steps=3", "num_workers=2", "shuffle_buffer=2",
+                 "progress=false", "export=false"]) == 0
+    summary = json.loads(open(os.path.join(out, "summary.json")).read())
+    assert summary["steps"] == 3 and summary["stop_reason"] == "steps_done"
+    assert len(open(os.path.join(out, "metrics.jsonl")).read().splitlines()) == 3
+
+
+def test_plain_iterable_with_loader_workers_is_refused():
+    from vlmloom.trainer.data import make_loader
+
+    with pytest.raises(ValueError, match="num_workers=0"):
+        make_loader(iter([]), collator=None, micro_batch=1, num_workers=2)

@@ -166,6 +166,11 @@ def make_loader(source: Any, collator: PackedCollator, *, micro_batch: int, num_
     from torchdata.stateful_dataloader import StatefulDataLoader
 
     if not isinstance(source, torch.utils.data.Dataset):
+        if num_workers > 0:
+            # each worker process would iterate its own copy of the whole iterable: every record num_workers times
+            raise ValueError(f"num_workers={num_workers} needs a source that splits itself over loader workers "
+                             f"(a torch IterableDataset such as PackedDataset); this {type(source).__name__} "
+                             f"does not: set num_workers=0")
         source = _IterableSource(source)
     return StatefulDataLoader(source, batch_size=micro_batch, collate_fn=collator, num_workers=num_workers,
                               drop_last=True, persistent_workers=False)

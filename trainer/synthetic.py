@@ -90,14 +90,16 @@ def make_sample(config: Any, rng: np.random.Generator, *, text_tokens: int, imag
 
 
 def pack_samples(samples: list[dict[str, Any]], seq_len: int, *, pad_id: int = 0, key: str = "") -> dict[str, Any]:
-    """Concatenate samples into one packed record of length `seq_len` (padding: pad_id, label -100, position 0)."""
+    """Concatenate samples into one packed record of length `seq_len`, padded as `vlmloom.packing.shards.assemble`
+    pads: pad_id, label -100, and every position row counting 0, 1, … over the padding (its own block)."""
     total = sum(len(s["input_ids"]) for s in samples)
     if total > seq_len:
         raise ValueError(f"samples hold {total} tokens > seq_len {seq_len}")
     pad = seq_len - total
     input_ids = np.concatenate([s["input_ids"] for s in samples] + [np.full(pad, pad_id, np.int32)])
     labels = np.concatenate([s["labels"] for s in samples] + [np.full(pad, IGNORE_INDEX, np.int32)])
-    position_ids = np.concatenate([s["position_ids"] for s in samples] + [np.zeros((4, pad), np.int32)], axis=1)
+    pad_positions = np.tile(np.arange(pad, dtype=np.int32), (4, 1))
+    position_ids = np.concatenate([s["position_ids"] for s in samples] + [pad_positions], axis=1)
     grids = [s["image_grid_thw"] for s in samples if len(s["image_grid_thw"])]
     return {
         "key": key or "+".join(s["key"] for s in samples),
