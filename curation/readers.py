@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from vlmloom.curation.decode import TextDecodeError, decode_text
 from vlmloom.schemas.records import KINDS, ImageRef, Message, Rejection, Sample, Segment, make_key
+from vlmloom.schemas.tars import group_members, split_member_name
 
 READ_STAGE = "read"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
@@ -30,15 +31,6 @@ def is_unsafe_member(name: str) -> bool:
     return any(part == ".." for part in name.replace("\\", "/").split("/"))
 
 
-def split_member_name(name: str) -> tuple[str, str]:
-    """webdataset convention: key = path up to the first dot of the basename, ext = the rest."""
-    dirname, base = posixpath.split(name)
-    if "." not in base:
-        return name, ""
-    stem, ext = base.split(".", 1)
-    return (posixpath.join(dirname, stem) if dirname else stem), ext.lower()
-
-
 @dataclass
 class RawRecord:
     """The members of one webdataset sample (or one manifest row), before interpretation."""
@@ -50,44 +42,38 @@ class RawRecord:
 def iter_tar_records(fileobj, uri: str) -> Iterator[RawRecord | tuple[str, str, str]]:
     """Stream a tar: yield one RawRecord per key (consecutive members sharing it), or one
     (source_id, reason, detail) for a key with a refused member: the whole record is refused."""
-    current: RawRecord | None = None
-    refused: dict[str, tuple[str, list[str]]] = {}  # key -> (reason, member names), for consecutive members
+    errors: list[BaseException] = []
 
-    def flush():
-        nonlocal current
-        if current is not None:
-            if current.source_id in refused:
-                reason, names = refused.pop(current.source_id)
-                yield (current.source_id, reason, f"tar {uri}: member(s) {names} " + _REASON_TEXT[reason])
-            else:
-                yield current
-            current = None
+    def members():  # (name, bytes | refusal reason); a broken stream ends it and is reported after the last key
+        try:
+            with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+                for member in tar:
+                    if member.isdir():
+                        continue
+                    if is_unsafe_member(member.name) or not member.isfile():
+                        yield member.name, _Refused("unsafe_member_path", member.name)
+                    elif member.size > MAX_MEMBER_BYTES:
+                        yield member.name, _Refused("read_error", member.name)
+                    else:
+                        yield member.name, tar.extractfile(member).read()
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            errors.append(exc)
 
-    try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
-            for member in tar:
-                if member.isdir():
-                    continue
-                key, ext = split_member_name(member.name)
-                if current is not None and current.source_id != key:
-                    yield from flush()
-                if current is None:
-                    current = RawRecord(key, {}, f"{uri}#{key}")
-                reason = None
-                if is_unsafe_member(member.name):
-                    reason = "unsafe_member_path"
-                elif not member.isfile():
-                    reason = "unsafe_member_path"
-                elif member.size > MAX_MEMBER_BYTES:
-                    reason = "read_error"
-                if reason:
-                    refused.setdefault(key, (reason, []))[1].append(member.name)
-                    continue
-                current.files[ext] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        yield from flush()
+    for key, files in group_members(members()):
+        refused = [value for value in files.values() if isinstance(value, _Refused)]
+        if refused:  # the whole record is refused, with the first refused member's reason
+            reason = refused[0].reason
+            yield (key, reason, f"tar {uri}: member(s) {[r.name for r in refused]} " + _REASON_TEXT[reason])
+        else:
+            yield RawRecord(key, files, f"{uri}#{key}")
+    for exc in errors:
         yield (f"{posixpath.basename(uri)}:<tar>", "read_error", f"{uri}: {type(exc).__name__}: {exc}")
-    yield from flush()
+
+
+@dataclass(frozen=True)
+class _Refused:
+    reason: str
+    name: str  # the member's name in the tar
 
 
 _REASON_TEXT = {

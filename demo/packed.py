@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from vlmloom.schemas.packed import IGNORE_INDEX
+from vlmloom.trainer.data import default_image_processor
 
 
 def image_grid(image_bytes: bytes, processor: Any = None) -> np.ndarray:
@@ -24,12 +25,6 @@ def image_grid(image_bytes: bytes, processor: Any = None) -> np.ndarray:
     with Image.open(io.BytesIO(image_bytes)) as im:
         out = processor(images=[im.convert("RGB")], return_tensors="np")
     return np.asarray(out["image_grid_thw"][0], dtype=np.int32)
-
-
-def default_image_processor() -> Any:
-    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
-
-    return Glm4vImageProcessorPil()
 
 
 def random_png(rng: np.random.Generator, width: int, height: int) -> bytes:

@@ -1,6 +1,6 @@
 """Packed-shard encoding (schemas/packed.py): built samples → one packed sequence → tar members, and back.
 
-Writes are deterministic (members sorted per entry, mtime 0, uid/gid 0, no user names) so the same plan
+Writes are deterministic (members sorted per entry; the tar writer of schemas/tars.py) so the same plan
 gives byte-identical shards; each shard is written to a temporary name and renamed into place.
 """
 from __future__ import annotations
@@ -8,13 +8,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import tarfile
 from typing import Iterator
 
 import numpy as np
 
 from vlmloom.schemas.formats import IMAGE_EXTENSIONS
 from vlmloom.schemas.packed import IGNORE_INDEX, POSITION_ROWS
+from vlmloom.schemas.tars import TarWriter, iter_tar_groups
 
 from .builder import BuiltSample
 
@@ -81,41 +81,25 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 class ShardWriter:
-    """Appends entries to one tar deterministically; `close()` renames `path.tmp` to `path`."""
+    """Appends entries to one tar (schemas/tars.py's writer); `close()` renames `path.tmp` to `path`."""
 
     def __init__(self, path: str):
         self.path = path
         self.count = 0
-        self._tar = tarfile.open(path + ".tmp", "w", format=tarfile.USTAR_FORMAT)
+        self._file = open(path + ".tmp", "wb")
+        self._tar = TarWriter(self._file)
 
     def write(self, members: list[tuple[str, bytes]]) -> None:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+        self._tar.add(members)
         self.count += 1
 
     def close(self) -> None:
         self._tar.close()
+        self._file.close()
         os.replace(self.path + ".tmp", self.path)
 
 
 def iter_tar_entries(path: str, skip: int = 0) -> Iterator[tuple[int, str, dict[str, bytes]]]:
-    """(entry index, key, {extension: bytes}) for consecutive members sharing a key; skips `skip` entries
-    without reading their payloads."""
-    current, members, index = None, {}, -1
-    with tarfile.open(path, "r|") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            key, _, ext = os.path.basename(info.name).partition(".")
-            if key != current:
-                if current is not None and index >= skip:
-                    yield index, current, members
-                current, members, index = key, {}, index + 1
-            if index >= skip:
-                members[ext] = tar.extractfile(info).read()
-    if current is not None and index >= skip:
-        yield index, current, members
+    """(entry index, key, {extension: bytes}) per entry; skips `skip` entries without reading their payloads."""
+    for index, (key, members) in enumerate(iter_tar_groups(path, skip=skip), start=skip):
+        yield index, key, members

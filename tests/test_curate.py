@@ -10,7 +10,7 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from vlmloom.curation.demo_corpus import DemoCorpusConfig, build_demo_corpus
+from vlmloom.demo.corpus import DemoCorpusConfig, build_demo_corpus
 from vlmloom.pipelines.curate import curate, load_config
 from vlmloom.schemas.config import ConfigError
 
@@ -193,7 +193,7 @@ def test_killed_job_leaves_no_visible_output(corpus, tmp_path):
 
     corpus_dir, _ = corpus
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "vlmloom.pipelines.cli", "curate",
+    proc = subprocess.Popen([sys.executable, "-m", "vlmloom.cli.main", "curate",
                              os.path.join(corpus_dir, "tars", "*.tar"), "--output", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60

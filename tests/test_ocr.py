@@ -174,9 +174,9 @@ def test_model_stages_through_curate_on_demo_corpus(tmp_path):
 
     import pyarrow.parquet as pq
 
-    demo_corpus = pytest.importorskip("vlmloom.curation.demo_corpus")
+    demo_corpus = pytest.importorskip("vlmloom.demo.corpus")
     from vlmloom.pipelines.curate import curate, load_config
-    from vlmloom.pipelines.demo import demo_model_overrides
+    from vlmloom.demo.run import demo_model_overrides
     from vlmloom.schemas.config import apply_overrides, load_yaml
 
     corpus = str(tmp_path / "corpus")

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from vlmloom.packing.builder import SequenceBuilder
-from vlmloom.packing.fixtures import synthetic_samples
+from vlmloom.demo.records import synthetic_samples
 from vlmloom.packing.shards import assemble
 from vlmloom.packing.tokenizer import BEGIN_OF_IMAGE, END_OF_IMAGE, IMAGE, train_tokenizer, VIDEO
 from vlmloom.packing.tokenizer import BEGIN_OF_VIDEO, END_OF_VIDEO
@@ -101,7 +101,7 @@ def test_pack_read_collate_forward_end_to_end(tmp_path):
     batch of 2 packed rows equal its logits alone."""
     from vlmloom.packing.collate import collate_packed
     from vlmloom.packing.curated import iter_curated_samples
-    from vlmloom.packing.fixtures import write_curated_dir
+    from vlmloom.schemas.curated import write_curated_dir
     from vlmloom.packing.pack import PackConfig, pack
     from vlmloom.packing.reader import PackedDataset
     from vlmloom.packing.tokenizer import load_tokenizer

@@ -7,7 +7,7 @@ import torch
 
 from vlmloom.schemas.config import ConfigError, build_config
 from vlmloom.schemas.packed import IGNORE_INDEX
-from vlmloom.trainer import synthetic
+from vlmloom.demo import packed as synthetic
 from vlmloom.trainer.config import TrainConfig
 from vlmloom.trainer.data import PackedCollator, pretrain_labels, shifted_targets
 from vlmloom.trainer.loss import CausalLMLoss, model_inputs
