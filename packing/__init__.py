@@ -10,6 +10,5 @@
     shards.py     packed-entry encoding; shard writer/reader over schemas/tars.py
     pack.py       pack(PackConfig) -> report: the whole step
     reader.py     PackedDataset: rank/worker split, shuffle buffer, exact resume
-    collate.py    collate_packed(): reader items → Glm4vForConditionalGeneration kwargs
     cli.py        main(argv) for `vlmloom pack`
 """

@@ -6,17 +6,16 @@
             (packers.py) → assemble each bin into one row of seq_len tokens → compute-balanced order
             (balance.py) → deterministic tars, `manifest.parquet`, `rejected.parquet`, `pack_report.json`
 
-Everything is written under OUTPUT.tmp-PID and renamed to OUTPUT at the end, with `_SUCCESS` last.
+Everything is written under a staging directory (schemas/publish.py) renamed to OUTPUT at the end, with `_SUCCESS` last.
 The same inputs, recipe and config give byte-identical shards.
 """
 from __future__ import annotations
 
 import dataclasses
-from array import array
 import json
 import math
 import os
-import shutil
+from array import array
 from dataclasses import dataclass, field
 from typing import Iterator, Literal
 
@@ -27,6 +26,7 @@ import pyarrow.parquet as pq
 from vlmloom.schemas.config import ConfigError, config_hash, to_dict
 from vlmloom.schemas.formats import MANIFEST_FILE, PACKED_FORMAT_VERSION, SHARDS_DIR, SUCCESS_FILE, shard_name
 from vlmloom.schemas.packed import IGNORE_INDEX, PACKED_MANIFEST_SCHEMA
+from vlmloom.schemas.publish import discard_staging, publish_directory, staging_directory
 from vlmloom.schemas.records import REJECTION_SCHEMA, Rejection, Sample
 
 from . import tokenizer as T
@@ -82,30 +82,17 @@ def pack(config: PackConfig) -> dict:
     for s in recipe.sources:
         curated_shards(s.path)  # refuses unfinished directories up front
 
-    tmp = f"{os.path.normpath(config.output)}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_directory(config.output)
     os.makedirs(os.path.join(tmp, SHARDS_DIR))
     try:
         report = _pack_into(config, recipe, tmp)
         with open(os.path.join(tmp, SUCCESS_FILE), "w") as fh:
             fh.write("")
-        _publish(tmp, config.output, config.overwrite)
+        publish_directory(tmp, config.output, config.overwrite)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard_staging(tmp)
         raise
     return report
-
-
-def _publish(tmp: str, output: str, overwrite: bool) -> None:
-    if os.path.exists(output):
-        if not overwrite:
-            raise ConfigError(f"output {output} appeared while packing; nothing was replaced")
-        old = f"{os.path.normpath(output)}.old-{os.getpid()}"
-        os.rename(output, old)
-        os.rename(tmp, output)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, output)
 
 
 def _pack_into(config: PackConfig, recipe: Recipe, out: str) -> dict:

@@ -16,9 +16,7 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,14 +28,16 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from vlmloom.curation.decode import DecodeConfig, decode_sample
 from vlmloom.curation.filters import HeuristicConfig, LanguageConfig, LanguageIdentifier, judge_heuristics, judge_language
 from vlmloom.curation.readers import READ_STAGE
+from vlmloom.curation.neardup import DedupConfig
 from vlmloom.pipelines import report as report_mod
-from vlmloom.pipelines.dedup import DedupConfig, dedup_stages
+from vlmloom.pipelines.dedup import dedup_stages
 from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled
 from vlmloom.pipelines.sink import OutputConfig, WriteCurated, join, write_atomic
 from vlmloom.pipelines.sources import InputConfig, ReadInputs, resolve_input
 from vlmloom.pipelines.stages import JudgeStage
 from vlmloom.schemas import formats
 from vlmloom.schemas.config import ConfigError, build_config, config_hash
+from vlmloom.schemas.publish import discard_staging, publish_directory, staging_directory
 
 log = logging.getLogger("vlmloom.curate")
 OPTIONAL_STAGES = ("heuristics", "language", "exact_dedup", "near_dup_image", "near_dup_text")
@@ -115,7 +115,7 @@ def curate_stages(config: CurateConfig) -> list[tuple[str, beam.PTransform]]:
         phash=config.dedup.phash and config.enabled("near_dup_image"),
         minhash=config.dedup.minhash and config.enabled("near_dup_text"),
     )
-    stages.extend(dedup_stages(dedup))
+    stages.extend(dedup_stages(dedup, ratio))
     if config.models.any_enabled():
         from vlmloom.pipelines.model_stages import build_model_stages  # Beam ML + torch: only when needed
 
@@ -155,7 +155,7 @@ def _prepare_output(output: str, overwrite: bool) -> str:
     if exists and not overwrite and (not _is_local(output) or os.listdir(output)):
         raise ConfigError(f"output {output!r} already exists: pass --overwrite to replace it, or choose another --output")
     if _is_local(output):
-        staging = f"{output.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+        staging = staging_directory(output)
         for sub in (formats.SHARDS_DIR, formats.REJECTED_DIR):
             os.makedirs(os.path.join(staging, sub))
         return staging
@@ -212,11 +212,9 @@ def curate(config: CurateConfig, beam_args: list[str] | None = None) -> dict[str
         write_atomic(join(work_dir, formats.SUCCESS_FILE), b"")
     except BaseException:
         if _is_local(output) and work_dir != output:
-            shutil.rmtree(work_dir, ignore_errors=True)
+            discard_staging(work_dir)
         raise
     if _is_local(output) and work_dir != output:
-        if os.path.exists(output):
-            shutil.rmtree(output)
-        os.rename(work_dir, output)
+        publish_directory(work_dir, output, config.overwrite)
     return report
 
