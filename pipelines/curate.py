@@ -32,6 +32,7 @@ from vlmloom.curation.neardup import DedupConfig
 from vlmloom.pipelines import report as report_mod
 from vlmloom.pipelines.dedup import dedup_stages
 from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled
+from vlmloom.pipelines.report_html import render_html
 from vlmloom.pipelines.sink import OutputConfig, WriteCurated, join, write_atomic
 from vlmloom.pipelines.sources import InputConfig, ReadInputs, resolve_input
 from vlmloom.pipelines.stages import JudgeStage
@@ -207,7 +208,7 @@ def curate(config: CurateConfig, beam_args: list[str] | None = None) -> dict[str
         tar_inputs = {cfg.source_name(): files for cfg in config.inputs
                       for fmt, files in [resolve_input(cfg)] if fmt == "webdataset"}
         write_atomic(join(work_dir, formats.REPORT_HTML_FILE),
-                     report_mod.render_html(work_dir, report, tar_inputs).encode())
+                     render_html(work_dir, report, tar_inputs).encode())
         report_mod.check_accounting(report)
         write_atomic(join(work_dir, formats.SUCCESS_FILE), b"")
     except BaseException:

@@ -261,20 +261,22 @@ class ClipStage(beam.PTransform):
 
 
 # --- concepts: match per sample, count globally, then decide with the counts as a side input ----
-class _MatchConceptsDoFn(beam.DoFn):
-    def __init__(self, config: ConceptConfig):
-        self._config = config
-        self._matcher: ConceptMatcher | None = None
+@dataclass(frozen=True)
+class _MatchConcepts:
+    """DecideFactory of the match step: the matcher loads once per worker; its concepts reach the sample
+    as the Verdict's signals (kept, not final: the balance step decides and records lineage)."""
+    config: ConceptConfig
 
-    def setup(self):
-        self._matcher = ConceptMatcher.from_file(self._config.vocabulary_file)
+    def __call__(self):
+        matcher = ConceptMatcher.from_file(self.config.vocabulary_file)
 
-    def process(self, sample: Sample):
-        if sample.kind in self._config.kinds:
-            ids = self._matcher.match(concepts_mod.sample_text(sample))
-            sample.signals["concept_ids"] = ids
-            sample.signals["concept_names"] = [self._matcher.concepts[i] for i in ids]
-        yield sample
+        def decide(sample: Sample) -> tuple[Sample, Verdict | None]:
+            if sample.kind not in self.config.kinds:
+                return sample, None
+            ids = matcher.match(concepts_mod.sample_text(sample))
+            return sample, Verdict.ok(concept_ids=ids, concept_names=[matcher.concepts[i] for i in ids])
+
+        return decide
 
 
 def _concept_decide(config: ConceptConfig, sample: Sample, counts: dict) -> tuple[Sample, Verdict | None]:
@@ -291,9 +293,8 @@ class ConceptBalanceStage(beam.PTransform):
 
     def expand(self, samples):
         config = self._config
-        matched, bad = (samples | "Match" >> beam.ParDo(_MatchConceptsDoFn(config))
-                        .with_exception_handling(threshold=self._max_error_ratio, use_subprocess=False))
-        quarantined = bad | "MatchQuarantine" >> beam.FlatMap(quarantine_any("concepts"))
+        matched, unmatched = route(samples, "Match", "concepts", _MatchConcepts(config), config_hash(config),
+                                   max_error_ratio=self._max_error_ratio, final=False)
         counts = (matched
                   | "ConceptIds" >> beam.FlatMap(lambda s: s.signals.get("concept_ids") or []
                                                  if s.kind in config.kinds else [])
@@ -301,7 +302,7 @@ class ConceptBalanceStage(beam.PTransform):
         kept, rejected = _decide(matched, "Balance", "concepts", partial(_concept_decide, config),
                                  config_hash(config), "kept", self._max_error_ratio,
                                  [beam.pvalue.AsDict(counts)])
-        return {KEPT: kept, REJECTED: (*rejected, quarantined) | "MergeRejected" >> beam.Flatten()}
+        return {KEPT: kept, REJECTED: (*unmatched, *rejected) | "MergeRejected" >> beam.Flatten()}
 
 
 # --- the other stages -------------------------------------------------------------------------

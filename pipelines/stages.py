@@ -21,6 +21,7 @@ from apache_beam.metrics import Metrics
 
 from vlmloom.curation.base import Verdict
 from vlmloom.schemas.records import Rejection, Sample
+from vlmloom.schemas.signals import check_signals
 
 KEPT = "kept"
 REJECTED = "rejected"
@@ -63,6 +64,7 @@ class RouteDoFn(beam.DoFn):
         if verdict is None:
             yield sample
             return
+        check_signals(self._stage, verdict.signals)
         sample.signals.update(verdict.signals)
         if verdict.keep:
             if self._final:
@@ -74,7 +76,7 @@ class RouteDoFn(beam.DoFn):
         if reason not in self._counters:
             self._counters[reason] = Metrics.counter(self._stage, f"dropped_{reason}")
         self._counters[reason].inc()
-        yield beam.pvalue.TaggedOutput(REJECTED, Rejection.of(sample, self._stage, reason, verdict.detail))
+        yield beam.pvalue.TaggedOutput(REJECTED, Rejection.of(sample, self._stage, reason, verdict.detail, verdict.signals))
 
 
 @dataclass(frozen=True)
