@@ -181,7 +181,7 @@ def test_model_stages_through_curate_on_demo_corpus(tmp_path):
 
     corpus = str(tmp_path / "corpus")
     expected = demo_corpus.build_demo_corpus(corpus, demo_corpus.DemoCorpusConfig(num_samples=50))
-    data = load_yaml(os.path.join(os.path.dirname(__file__), "..", "configs", "demo_curate.yaml"))
+    data = load_yaml(os.path.join(os.path.dirname(__file__), "..", "demo", "configs", "demo_curate.yaml"))
     data["inputs"] = [{"path": os.path.join(corpus, "tars", "*.tar"), "name": "demo_wds"},
                       {"path": os.path.join(corpus, "manifest.parquet"), "name": "demo_manifest"}]
     data["output"] = str(tmp_path / "curated")
