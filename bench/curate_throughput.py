@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--hashes", type=int, default=1_000_000)
     parser.add_argument("--corpus", default="", help="reuse an existing demo corpus folder")
     args = parser.parse_args()
-    from vlmloom.curation.demo_corpus import DemoCorpusConfig, build_demo_corpus
+    from vlmloom.demo.corpus import DemoCorpusConfig, build_demo_corpus
 
     work = tempfile.mkdtemp(prefix="vlmloom-bench-")
     try:

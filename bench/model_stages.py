@@ -24,7 +24,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from vlmloom.curation.clip import ClipConfig, ClipScorer, save_random_clip  # noqa: E402
+from vlmloom.curation.clip import ClipConfig, ClipScorer  # noqa: E402
+from vlmloom.demo.models import save_random_clip  # noqa: E402
 from vlmloom.curation.contamination import BenchmarkItem, ContaminationConfig, ContaminationIndex  # noqa: E402
 from vlmloom.curation.ocr import OCR_BACKENDS, OcrAnnotator, OcrConfig, character_accuracy, transcript  # noqa: E402
 from vlmloom.schemas.records import ImageRef, Sample  # noqa: E402

@@ -6,7 +6,7 @@ window, and the whole packing step side by side with TRL's `pack_dataset(..., st
     .venv/bin/python bench/packing.py --curated demo_out/curated   # (a) real lengths of a curated corpus
 
 Data: (a) the lengths the sequence builder gives a curated corpus (`--curated DIR`; without it, a synthetic
-curated corpus from packing/fixtures.py is rendered with the demo tokenizer); (b) synthetic lengths: log-normal
+curated corpus from vlmloom.demo.records is rendered with the demo tokenizer); (b) synthetic lengths: log-normal
 text (median 300 tokens, sigma 1) plus one image of 64–2304 tokens on 60% of samples, clipped to L.
 Every measurement runs in a fresh subprocess so peak RSS (ru_maxrss) is its own.
 TRL is called as its SFT trainer calls it: `pack_dataset(ds.select_columns(["input_ids", "labels"]), L, "bfd",
@@ -39,7 +39,8 @@ def synthetic_lengths(n: int, seed: int = 0) -> np.ndarray:
 def curated_lengths(curated: str | None, workdir: str) -> tuple[np.ndarray, str]:
     from vlmloom.packing.builder import SequenceBuilder
     from vlmloom.packing.curated import iter_curated_samples
-    from vlmloom.packing.fixtures import synthetic_samples, write_curated_dir
+    from vlmloom.demo.records import synthetic_samples
+    from vlmloom.schemas.curated import write_curated_dir
     from vlmloom.packing.pack import sample_texts
     from vlmloom.packing.tokenizer import train_tokenizer
     from vlmloom.schemas.records import Rejection
@@ -48,7 +49,7 @@ def curated_lengths(curated: str | None, workdir: str) -> tuple[np.ndarray, str]
     if not curated:
         curated = write_curated_dir(os.path.join(workdir, "curated"),
                                     synthetic_samples(2000, seed=0, max_words=400, image_side=(16, 900)))
-        label = "fixture corpus (2,000 samples, packing/fixtures.py)"
+        label = "fixture corpus (2,000 samples, vlmloom.demo.records)"
     tok = train_tokenizer((t for s in iter_curated_samples(curated) for t in sample_texts(s)),
                           os.path.join(workdir, "tok"), vocab_size=4096)
     builder = SequenceBuilder(tok)

@@ -28,7 +28,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 from vlmloom.schemas.config import build_config  # noqa: E402
-from vlmloom.trainer import synthetic  # noqa: E402
+from vlmloom.demo import packed as synthetic  # noqa: E402
 from vlmloom.trainer.attention import register_varlen_attention, varlen_available  # noqa: E402
 from vlmloom.trainer.config import TrainConfig  # noqa: E402
 from vlmloom.trainer.data import PackedCollator  # noqa: E402

@@ -22,7 +22,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from vlmloom.curation.base import Registry, Verdict
+from vlmloom.curation.base import Verdict
+from vlmloom.schemas.registry import Registry
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.records import Sample
 
@@ -224,54 +225,3 @@ def judge_top_fraction(sample: Sample, cutoff: float, fraction: float) -> Verdic
         return Verdict.ok()
     return Verdict.drop(BELOW_TOP_FRACTION, f"clip_score {score:.4f} < cutoff {cutoff:.4f} of the top "
                         f"{fraction:.2%} (clip.top_fraction)")
-
-
-# --- random models for tests and benchmarks ---------------------------------------------------
-RANDOM_SIZES = {
-    # name: (vision width, layers, heads, image size, patch, text width, text layers, text heads, projection)
-    "tiny": (32, 2, 2, 32, 8, 32, 2, 2, 16),
-    "vit-b-32": (768, 12, 12, 224, 32, 512, 12, 8, 512),  # the shape of openai/clip-vit-base-patch32
-}
-
-
-def save_random_clip(path: str, size: str = "tiny", family: str = "clip", seed: int = 0) -> str:
-    """Save a randomly initialised CLIPModel/SiglipModel with a word-level tokenizer and a PIL image
-    processor to `path` (no download). Scores from it are meaningless; shapes and costs are real."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import (CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast,
-                              SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor)
-
-    vw, vl, vh, image_size, patch, tw, tl, th, proj = RANDOM_SIZES[size]
-    words = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"] + sorted(set(
-        "a an the of on in with and photo picture image dog cat car red blue green tree house person man woman "
-        "child street beach sky water table chair book screen text document chart sign white black small large "
-        "two three near under over next to sitting standing running".split()))
-    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(single="[BOS] $A [EOS]",
-                                                             special_tokens=[("[BOS]", 2), ("[EOS]", 3)])
-    max_tokens = 77 if family == "clip" else 64
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="[BOS]", eos_token="[EOS]",
-                                   pad_token="[PAD]", unk_token="[UNK]", model_max_length=max_tokens)
-    vocab = 49408 if size != "tiny" else len(words)
-    text = dict(vocab_size=vocab, hidden_size=tw, intermediate_size=4 * tw, num_hidden_layers=tl,
-                num_attention_heads=th, max_position_embeddings=max_tokens, pad_token_id=0, bos_token_id=2,
-                eos_token_id=3)
-    vision = dict(hidden_size=vw, intermediate_size=4 * vw, num_hidden_layers=vl, num_attention_heads=vh,
-                  image_size=image_size, patch_size=patch)
-    torch.manual_seed(seed)
-    if family == "clip":
-        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=proj))
-        processor = CLIPProcessor(image_processor=CLIPImageProcessorPil(
-            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}), tokenizer=fast)
-    elif family == "siglip":
-        text["projection_size"] = vw  # SigLIP's text head projects to the vision width
-        model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
-        processor = SiglipProcessor(image_processor=SiglipImageProcessorPil(
-            size={"height": image_size, "width": image_size}), tokenizer=fast)
-    else:
-        raise ValueError(f"family {family!r}: use clip or siglip")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path

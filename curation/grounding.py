@@ -16,7 +16,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from vlmloom.curation.base import Registry, Verdict
+from vlmloom.curation.base import Verdict
+from vlmloom.schemas.registry import Registry
 from vlmloom.curation.ocr import normalize_box, open_image
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.records import Grounding, Message, Sample

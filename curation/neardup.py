@@ -5,16 +5,21 @@ bucket → connected components → `choose_representative`), and whole by `clus
 `cluster_minhash`, the in-memory reference the Beam stage is tested against.
 (key, pHash, pixels) items → {key: representative key} for every key whose cluster has >= 2 members.
 
+`DedupConfig` (the dedup stages' config) and the per-group steps of the Beam stages (`duplicate_decisions`,
+`verified_hex_pairs`, `minhash_bucket_edges`) live here too, apart from their Beam plumbing.
+
 Determinism: every tie is broken by value (smallest key, smallest hash), never by input order.
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Generic, Hashable, Iterable, TypeVar
+from dataclasses import dataclass
+from typing import Generic, Hashable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
 from vlmloom.curation.hashing import EMPTY_MINHASH_VALUE
+from vlmloom.schemas.config import ConfigError
 
 T = TypeVar("T", bound=Hashable)
 
@@ -361,3 +366,71 @@ def cluster_minhash(items: list[tuple[str, np.ndarray, int]], threshold: float, 
         if node >= 0:
             groups[component[node]].append((key, int(length)))
     return _clusters_to_representatives(groups)
+
+
+# --- what the Beam dedup stages (pipelines/dedup.py) run per group -------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class DedupConfig:
+    exact: bool = True  # drop records whose image bytes (or, for text-only records, text) are identical
+    phash: bool = True  # drop near-duplicate images
+    phash_max_distance: int = 6  # Hamming distance <= this on the 64-bit pHash counts as a near duplicate
+    minhash: bool = True  # drop near-duplicate captions/documents
+    minhash_threshold: float = 0.8  # estimated Jaccard similarity of word 5-gram shingles
+    minhash_num_perm: int = 128  # signature length; must equal bands * rows
+    minhash_bands: int = 16  # LSH bands (more bands: higher recall at lower similarity)
+    minhash_min_words: int = 12  # shorter texts are not text-deduplicated (short captions repeat legitimately)
+    max_bucket_pairs: int = 2_000_000  # cap on verified pairs per LSH bucket; beyond it members link to bucket anchors
+
+    def validate(self) -> None:
+        if not 0 <= self.phash_max_distance <= 31:
+            raise ConfigError(f"dedup.phash_max_distance ({self.phash_max_distance}) must be within 0..31")
+        if self.minhash_num_perm % self.minhash_bands:
+            raise ConfigError(f"dedup.minhash_num_perm ({self.minhash_num_perm}) must be a multiple of "
+                              f"dedup.minhash_bands ({self.minhash_bands})")
+        if not 0 < self.minhash_threshold <= 1:
+            raise ConfigError(f"dedup.minhash_threshold ({self.minhash_threshold}) must be in (0, 1]")
+
+
+def duplicate_decisions(group: tuple[Hashable, Iterable[tuple[str, int]]]) -> Iterator[tuple[str, str]]:
+    """One cluster (id, [(key, size)]) → (key, representative) for every member but the representative
+    (`choose_representative`: the largest image or longest text, then the smallest key)."""
+    _, members = group
+    members = sorted(set(members))
+    if len(members) < 2:
+        return
+    rep = choose_representative(members)
+    for key, _ in members:
+        if key != rep:
+            yield key, rep
+
+
+def verified_hex_pairs(bucket: Iterable[str], max_distance: int) -> Iterator[tuple[str, str]]:
+    """pHash values of one LSH band bucket, as 16-digit hex → verified pairs (Hamming <= max_distance), as hex.
+    Hex because unsigned 64-bit ints overflow Beam's VarInt coder."""
+    values = sorted({int(h, 16) for h in bucket})
+    for a, b in verified_pairs(values, max_distance):
+        yield f"{a:016x}", f"{b:016x}"
+
+
+def minhash_bucket_edges(members: list[tuple[str, np.ndarray]], threshold: float, max_pairs: int):
+    """Verified edges in one MinHash bucket. Identical signatures are chained without comparison; distinct
+    ones are compared pairwise (vectorised) up to `max_pairs`, after which members link to the first member."""
+    by_sig: dict[bytes, list[str]] = {}
+    for key, sig in members:
+        by_sig.setdefault(np.asarray(sig, dtype=np.uint64).tobytes(), []).append(key)
+    groups = sorted((sorted(keys), sig) for sig, keys in by_sig.items())
+    for keys, _ in groups:
+        for a, b in zip(keys, keys[1:]):
+            yield a, b
+    if len(groups) < 2:
+        return
+    heads = [keys[0] for keys, _ in groups]
+    sigs = np.stack([np.frombuffer(sig, dtype=np.uint64) for _, sig in groups])
+    pairs = 0
+    for i in range(len(groups) - 1):
+        if pairs > max_pairs:
+            break
+        similarity = (sigs[i + 1:] == sigs[i]).mean(axis=1)
+        pairs += len(similarity)
+        for j in np.nonzero(similarity >= threshold)[0]:
+            yield heads[i], heads[i + 1 + int(j)]

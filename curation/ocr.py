@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from vlmloom.curation.base import Registry, Verdict
+from vlmloom.curation.base import Verdict
+from vlmloom.schemas.registry import Registry
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.records import OcrLine, Sample
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from vlmloom.curation.decode import TextDecodeError, decode_text
 from vlmloom.schemas.records import KINDS, ImageRef, Message, Rejection, Sample, Segment, make_key
+from vlmloom.schemas.tars import group_members, split_member_name
 
 READ_STAGE = "read"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
@@ -59,15 +60,6 @@ def is_unsafe_member(name: str) -> bool:
     if name.startswith("/") or name.startswith("\\") or ":" in name.split("/")[0][1:2]:
         return True
     return any(part == ".." for part in name.replace("\\", "/").split("/"))
-
-
-def split_member_name(name: str) -> tuple[str, str]:
-    """webdataset convention (tars only): key = path up to the first dot of the basename, ext = the rest."""
-    dirname, base = posixpath.split(name)
-    if "." not in base:
-        return name, ""
-    stem, ext = base.split(".", 1)
-    return (posixpath.join(dirname, stem) if dirname else stem), ext.lower()
 
 
 def split_file_name(name: str) -> tuple[str, str]:
@@ -173,72 +165,86 @@ def iter_tar_records(fileobj, uri: str) -> Iterator[RawRecord | tuple[str, str, 
     (source_id, reason, detail) for a key that cannot be read whole: a refused member refuses the record,
     and a record open when the archive is cut or corrupt is refused with that reason (records before are kept).
     An archive that yields no record and fails is one (`<basename>:<tar>`, reason, detail)."""
-    current: RawRecord | None = None
-    refused: dict[str, tuple[str, list[str]]] = {}  # key -> (reason, member names) of the open record
-    yielded = 0
+    failure: list[tuple[str, str]] = []  # how the member stream ended, when it did not end cleanly
+    open_key: list[str] = []  # the key of the member being read when the stream failed (the record it cuts)
 
-    def flush(end_reason: tuple[str, str] | None = None):
-        nonlocal current
-        if current is None:
-            return
-        record, current = current, None
-        if record.source_id in refused:
-            reason, names = refused.pop(record.source_id)
-            yield (record.source_id, reason, f"tar {uri}: member(s) {names} " + _REASON_TEXT[reason])
-        elif end_reason is not None:
-            yield (record.source_id, end_reason[0], f"tar {uri}: record {record.source_id!r}: {end_reason[1]}")
-        else:
-            yield record
+    def members():  # (name, bytes | _Refused), grouped by schemas.tars.group_members
+        seen_key, seen_exts = None, set()
+        try:
+            tail = _Tail(_decompressed(fileobj))
+            with tarfile.open(fileobj=tail, mode="r|") as tar:
+                for member in tar:
+                    if member.isdir():
+                        continue
+                    name = printable(member.name)
+                    key, ext = split_member_name(name)
+                    if key != seen_key:
+                        seen_key, seen_exts = key, set()
+                    if is_unsafe_member(name) or not member.isfile():
+                        yield name, _Refused("unsafe_member_path", name)
+                    elif member.size > MAX_MEMBER_BYTES:
+                        yield name, _Refused("member_too_large", name)
+                    elif ext in seen_exts:  # a second copy must not overwrite the first: give it its own slot
+                        yield f"{name}~{len(seen_exts)}", _Refused("duplicate_member", name)
+                    else:
+                        yield name, tar.extractfile(member).read()
+                    seen_exts.add(ext)
+                end = _archive_end(tar, tail)
+                if end is not None:
+                    failure.append(end)
+        except tarfile.ReadError as exc:
+            failure.append(_read_error_reason(exc, seen_key is None))
+        except EOFError as exc:  # a compressed stream cut short
+            failure.append(("truncated_input", f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - any other decoder/stream failure on input bytes is a rejection
+            failure.append(("read_error", f"{type(exc).__name__}: {exc}"))
+        if failure and seen_key is not None:
+            open_key.append(seen_key)
 
-    tail = None
-    failure: tuple[str, str] | None = None
-    try:
-        tail = _Tail(_decompressed(fileobj))
-        with tarfile.open(fileobj=tail, mode="r|") as tar:
-            for member in tar:
-                if member.isdir():
-                    continue
-                name = printable(member.name)
-                key, ext = split_member_name(name)
-                if current is not None and current.source_id != key:
-                    for item in flush():
-                        yielded += 1
-                        yield item
-                if current is None:
-                    current = RawRecord(key, {}, f"{uri}#{key}")
-                reason = None
-                if is_unsafe_member(name) or not member.isfile():
-                    reason = "unsafe_member_path"
-                elif member.size > MAX_MEMBER_BYTES:
-                    reason = "member_too_large"
-                elif ext in current.files:
-                    reason = "duplicate_member"
-                if reason:
-                    refused.setdefault(key, (reason, []))[1].append(name)
-                    continue
-                current.files[ext] = tar.extractfile(member).read()
-            failure = _archive_end(tar, tail)
-    except tarfile.ReadError as exc:
-        text = str(exc)
-        if "empty file" in text:
-            failure = ("empty_input", "the file is empty")
-        elif "unexpected end of data" in text or "truncated" in text:
-            failure = ("truncated_input", f"archive ends inside a member or header ({exc})")
-        elif yielded == 0 and current is None:
-            failure = ("not_an_archive", f"{type(exc).__name__}: {exc}")
-        else:
-            failure = ("corrupt_archive", f"{type(exc).__name__}: {exc}")
-    except EOFError as exc:  # a compressed stream cut short
-        failure = ("truncated_input", f"{type(exc).__name__}: {exc}")
-    except Exception as exc:  # noqa: BLE001 - any other decoder/stream failure on input bytes is a rejection
-        failure = ("read_error", f"{type(exc).__name__}: {exc}")
-    if failure is not None and current is not None:
-        yield from flush(failure)
-    elif failure is not None:
-        source_id = f"{printable(posixpath.basename(uri))}:<tar>"
-        yield (source_id, failure[0], f"{uri}: {failure[1]}")
+    def record(key: str, files: dict) -> RawRecord | tuple[str, str, str]:
+        refused = [value for value in files.values() if isinstance(value, _Refused)]
+        if refused:  # the whole record is refused, with the first refused member's reason
+            reason = refused[0].reason
+            return (key, reason, f"tar {uri}: member(s) {[r.name for r in refused]} " + _REASON_TEXT[reason])
+        return RawRecord(key, files, f"{uri}#{key}")
+
+    pending = None  # one group of lookahead: the group open when the stream fails is refused with the failure
+    for key, files in group_members(members()):
+        if pending is not None:
+            yield record(*pending)
+        pending = (key, files)
+    if not failure:
+        if pending is not None:
+            yield record(*pending)
+        return
+    reason, detail = failure[0]
+    if not open_key:  # nothing was read: the file itself is the record
+        yield (f"{printable(posixpath.basename(uri))}:<tar>", reason, f"{uri}: {detail}")
+        return
+    cut = None if pending is None or pending[0] != open_key[0] else record(*pending)
+    if pending is not None and cut is None:
+        yield record(*pending)  # complete: the stream failed on the next record's first member
+    if isinstance(cut, tuple):  # a refused member's reason names the member: keep it
+        yield cut
     else:
-        yield from flush()
+        yield (open_key[0], reason, f"tar {uri}: record {open_key[0]!r}: {detail}")
+
+
+def _read_error_reason(exc: tarfile.ReadError, nothing_read: bool) -> tuple[str, str]:
+    text = str(exc)
+    if "empty file" in text:
+        return "empty_input", "the file is empty"
+    if "unexpected end of data" in text or "truncated" in text:
+        return "truncated_input", f"archive ends inside a member or header ({exc})"
+    if nothing_read:
+        return "not_an_archive", f"{type(exc).__name__}: {exc}"
+    return "corrupt_archive", f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class _Refused:
+    reason: str
+    name: str  # the member's name in the tar
 
 
 _REASON_TEXT = {

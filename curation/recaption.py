@@ -28,7 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from vlmloom.curation.base import Registry, Verdict
+from vlmloom.curation.base import Verdict
+from vlmloom.schemas.registry import Registry
 from vlmloom.curation.concepts import key_uniform
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.records import Sample
@@ -303,38 +304,3 @@ class Recaptioner:
         if not sample.text:
             choice = "recaption"
         return Verdict.ok(text_choice=choice, recaption_attempts=result.attempts)
-
-
-def save_random_vlm(path: str, seed: int = 0) -> str:
-    """Save a tiny randomly initialised LLaVA (CLIP vision tower + Llama) with a word-level tokenizer,
-    a PIL image processor and a chat template to `path`: a local image-text-to-text model for tests."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
-                              PreTrainedTokenizerFast)
-
-    words = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "USER:", "ASSISTANT:"] + sorted(set(
-        "describe this image in detail mention the objects any visible text and setting a red car dog cat photo "
-        "of on with blue green sky tree house person".split()))
-    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
-    template = ("{% for m in messages %}{{ m['role'] | upper }}: {% if m['content'] is string %}{{ m['content'] }}"
-                "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }}"
-                "{% endif %}{% endfor %}{% endif %} {% endfor %}{% if add_generation_prompt %}ASSISTANT: {% endif %}")
-    processor = LlavaProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": 16},
-                                                                     crop_size={"height": 16, "width": 16}),
-                               tokenizer=fast, patch_size=8, vision_feature_select_strategy="default",
-                               chat_template=template, num_additional_image_tokens=1)
-    config = LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                           num_attention_heads=2, image_size=16, patch_size=8),
-        text_config=dict(model_type="llama", vocab_size=len(words), hidden_size=16, intermediate_size=32,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3),
-        image_token_id=4, vision_feature_select_strategy="default", vision_feature_layer=-1)
-    torch.manual_seed(seed)
-    LlavaForConditionalGeneration(config).save_pretrained(path)
-    processor.save_pretrained(path)
-    return path

@@ -7,10 +7,8 @@
     packers.py    PACKERS registry + plan_bins(): best_fit_decreasing, first_fit_decreasing, greedy
     mixture.py    recipes: per-source multipliers / token shares, smooth interleave
     balance.py    attention-cost balancing of sequences across data-parallel ranks
-    shards.py     packed-entry encoding, deterministic tar writer
+    shards.py     packed-entry encoding; shard writer/reader over schemas/tars.py
     pack.py       pack(PackConfig) -> report: the whole step
     reader.py     PackedDataset: rank/worker split, shuffle buffer, exact resume
-    collate.py    collate_packed(): reader items → Glm4vForConditionalGeneration kwargs
     cli.py        main(argv) for `vlmloom pack`
-    fixtures.py   small synthetic curated directories for tests and benchmarks
 """

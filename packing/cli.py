@@ -2,17 +2,16 @@
 
     vlmloom pack demo_out/curated --output demo_out/packed --seq-len 8192
     vlmloom pack captions/ sft/ --output packed/ --seq-len 32768 --recipe recipe.yaml \\
-        --tokenizer /models/GLM-4.1V-9B-Thinking packer=best_fit_decreasing window=65536 balance.world_size=64
+        --tokenizer /models/GLM-4.1V-9B-Thinking --set window=65536 --set balance.world_size=64
 
-Flags override keys of --config (a PackConfig YAML); trailing KEY=VALUE arguments override anything.
+Flags override keys of --config (a PackConfig YAML); `--set KEY=VALUE` (repeatable) overrides anything.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from vlmloom.schemas.config import ConfigError, apply_overrides, build_config, load_yaml
+from vlmloom.schemas.config import ConfigError, add_set_argument, apply_overrides, build_config, load_yaml
 
 from .curated import CuratedDirError
 from .pack import PackConfig, pack
@@ -20,27 +19,26 @@ from .pack import PackConfig, pack
 
 def parse_config(argv: list[str]) -> PackConfig:
     parser = argparse.ArgumentParser(prog="vlmloom pack", description=__doc__.split("\n")[0])
-    parser.add_argument("args", nargs="*", metavar="CURATED_DIR | KEY=VALUE")
+    parser.add_argument("inputs", nargs="*", metavar="CURATED_DIR")
     parser.add_argument("--output", "-o", help="packed directory to create")
     parser.add_argument("--seq-len", type=int, help="tokens per packed sequence (default 8192)")
     parser.add_argument("--config", help="PackConfig YAML")
     parser.add_argument("--recipe", help="mixture recipe YAML (sources with weight or token_share)")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: train the demo tokenizer)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    add_set_argument(parser)
     ns = parser.parse_intermixed_args(argv)
-    inputs = [a for a in ns.args if "=" not in a or os.path.isdir(a)]
-    overrides = [a for a in ns.args if a not in inputs]
     data = load_yaml(ns.config)
     if ns.recipe:
         data["recipe"] = load_yaml(ns.recipe)
-    if inputs:
-        data["inputs"] = inputs
+    if ns.inputs:
+        data["inputs"] = ns.inputs
     for key, value in (("output", ns.output), ("seq_len", ns.seq_len), ("tokenizer", ns.tokenizer)):
         if value is not None:
             data[key] = value
     if ns.overwrite:
         data["overwrite"] = True
-    return build_config(PackConfig, apply_overrides(data, overrides))
+    return build_config(PackConfig, apply_overrides(data, ns.overrides))
 
 
 def _counts(counts: dict) -> str:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import glob
 import os
-import tarfile
 from typing import Iterator
 
 from vlmloom.schemas.formats import SHARDS_DIR, SUCCESS_FILE
 from vlmloom.schemas.records import RecordError, Sample
+from vlmloom.schemas.tars import iter_tar_groups
 
 
 class CuratedDirError(ValueError):
@@ -33,7 +33,7 @@ def iter_curated_samples(directory: str) -> Iterator[Sample]:
 
 
 def iter_shard_samples(path: str) -> Iterator[Sample]:
-    for key, members in _group_members(path):
+    for key, members in iter_tar_groups(path):
         if "json" not in members:
             raise RecordError(f"record {key!r}: shard {os.path.basename(path)} has no {key}.json")
         images: dict[int, bytes] = {}
@@ -49,21 +49,3 @@ def iter_shard_samples(path: str) -> Iterator[Sample]:
         if len(images) != len(sample.images):
             raise RecordError(f"record {key!r}: field 'images' lists {len(sample.images)}, shard holds {len(images)}")
         yield sample
-
-
-def _group_members(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) for consecutive members sharing a key; the key ends at the first dot."""
-    current, members = None, {}
-    with tarfile.open(path, "r|*") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            base = os.path.basename(info.name)
-            key, _, ext = base.partition(".")
-            if key != current:
-                if current is not None:
-                    yield current, members
-                current, members = key, {}
-            members[ext] = tar.extractfile(info).read()
-    if current is not None:
-        yield current, members

@@ -6,17 +6,16 @@
             (packers.py) → assemble each bin into one row of seq_len tokens → compute-balanced order
             (balance.py) → deterministic tars, `manifest.parquet`, `rejected.parquet`, `pack_report.json`
 
-Everything is written under OUTPUT.tmp-PID and renamed to OUTPUT at the end, with `_SUCCESS` last.
+Everything is written under a staging directory (schemas/publish.py) renamed to OUTPUT at the end, with `_SUCCESS` last.
 The same inputs, recipe and config give byte-identical shards.
 """
 from __future__ import annotations
 
 import dataclasses
-from array import array
 import json
 import math
 import os
-import shutil
+from array import array
 from dataclasses import dataclass, field
 from typing import Iterator, Literal
 
@@ -27,6 +26,7 @@ import pyarrow.parquet as pq
 from vlmloom.schemas.config import ConfigError, config_hash, to_dict
 from vlmloom.schemas.formats import MANIFEST_FILE, PACKED_FORMAT_VERSION, SHARDS_DIR, SUCCESS_FILE, shard_name
 from vlmloom.schemas.packed import IGNORE_INDEX, PACKED_MANIFEST_SCHEMA
+from vlmloom.schemas.publish import discard_staging, publish_directory, staging_directory
 from vlmloom.schemas.records import REJECTION_SCHEMA, Rejection, Sample
 
 from . import tokenizer as T
@@ -82,82 +82,98 @@ def pack(config: PackConfig) -> dict:
     for s in recipe.sources:
         curated_shards(s.path)  # refuses unfinished directories up front
 
-    tmp = f"{os.path.normpath(config.output)}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_directory(config.output)
     os.makedirs(os.path.join(tmp, SHARDS_DIR))
     try:
         report = _pack_into(config, recipe, tmp)
         with open(os.path.join(tmp, SUCCESS_FILE), "w") as fh:
             fh.write("")
-        _publish(tmp, config.output, config.overwrite)
+        publish_directory(tmp, config.output, config.overwrite)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard_staging(tmp)
         raise
     return report
 
 
-def _publish(tmp: str, output: str, overwrite: bool) -> None:
-    if os.path.exists(output):
-        if not overwrite:
-            raise ConfigError(f"output {output} appeared while packing; nothing was replaced")
-        old = f"{os.path.normpath(output)}.old-{os.getpid()}"
-        os.rename(output, old)
-        os.rename(tmp, output)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, output)
-
-
 def _pack_into(config: PackConfig, recipe: Recipe, out: str) -> dict:
-    tok_dir = os.path.join(out, TOKENIZER_DIR)
+    """The whole step into the staging directory `out`: tokenizer, pass 1, mixture plan, pass 2, tables, report."""
+    tokenizer = _tokenizer(config, recipe, os.path.join(out, TOKENIZER_DIR))
+    builder = SequenceBuilder(tokenizer, config.builder)
+    measured = _measure(config, recipe, builder)
+    mult, order, passes = _plan_mixture(recipe, measured.lengths)
+    streams = [_source_stream(builder, s.path, ps, config.seq_len, config.overlong, s.name, cache)
+               for s, ps, cache in zip(recipe.sources, passes, measured.caches)]
+    measured.caches = []  # pass 2's streams hold them now
+    writer, costs_before, costs_after = _pack_sequences(config, builder, streams, order,
+                                                        os.path.join(out, SHARDS_DIR))
+    _write_tables(out, writer, measured.rejections)
+    report = _report(config, recipe, tokenizer, measured.lengths, measured.rejections, measured.truncated, mult,
+                     writer, costs_before, costs_after)
+    report["rendering"] = measured.rendering
+    with open(os.path.join(out, REPORT_FILE), "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2, sort_keys=True)
+    return report
+
+
+def _tokenizer(config: PackConfig, recipe: Recipe, tok_dir: str):
+    """The given tokenizer (copied into the output), or the demo BPE trained on the inputs' texts."""
     if config.tokenizer:
         tokenizer = T.load_tokenizer(config.tokenizer)
         tokenizer.save_pretrained(tok_dir)
-    else:
-        texts = (t for s in recipe.sources for sample in iter_curated_samples(s.path) for t in sample_texts(sample))
-        tokenizer = T.train_tokenizer(texts, tok_dir, vocab_size=config.tokenizer_vocab_size)
-    builder = SequenceBuilder(tokenizer, config.builder)
-    L = config.seq_len
+        return tokenizer
+    texts = (t for s in recipe.sources for sample in iter_curated_samples(s.path) for t in sample_texts(sample))
+    return T.train_tokenizer(texts, tok_dir, vocab_size=config.tokenizer_vocab_size)
 
-    # pass 1: lengths and rejections
-    lengths: list[np.ndarray] = []
-    rejections: list[Rejection] = []
-    truncated = 0
-    rendering = new_rendering_counts()
+
+@dataclass
+class _Measured:
+    """Pass 1's result: per source, every sample's length (-1: rejected) and, within cache_mb, its rendering."""
+    lengths: list[np.ndarray] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    truncated: int = 0
+    caches: list[list[BuiltSample | None] | None] = field(default_factory=list)
+    rendering: dict = field(default_factory=lambda: new_rendering_counts())  # how samples were rendered (chat/document)
+
+
+def _measure(config: PackConfig, recipe: Recipe, builder: SequenceBuilder) -> _Measured:
+    """Pass 1: render every sample of every source once, keeping its length or its rejection."""
+    measured = _Measured()
     budget = config.cache_mb << 20
-    caches: list[list[BuiltSample | None] | None] = []  # per source: pass-1 renderings, if they fit the budget
     for s in recipe.sources:
         source_lengths = []
         cache: list[BuiltSample | None] | None = []
         for sample in iter_curated_samples(s.path):
-            built = _fit(builder.build(sample), sample, builder, L, config.overlong)
+            built = _fit(builder.build(sample), sample, builder, config.seq_len, config.overlong)
             if isinstance(built, Rejection):
-                rejections.append(built)
+                measured.rejections.append(built)
                 source_lengths.append(-1)
                 built = None
             else:
-                truncated += int(built.truncated_from > 0)
-                count_rendering(rendering, built)
+                measured.truncated += int(built.truncated_from > 0)
+                count_rendering(measured.rendering, built)
                 source_lengths.append(len(built))
                 budget -= 12 * len(built) * 4 + sum(len(b) for b in built.images)
             if cache is not None:
                 cache.append(built)
                 if budget < 0:
                     cache = None  # this source is re-read in pass 2
-        caches.append(cache)
-        lengths.append(np.asarray(source_lengths, np.int64))
+        measured.caches.append(cache)
+        measured.lengths.append(np.asarray(source_lengths, np.int64))
+    return measured
 
-    # plan the mixture
+
+def _plan_mixture(recipe: Recipe, lengths: list[np.ndarray]) -> tuple[list[float], np.ndarray, list]:
+    """Per-source multipliers from the recipe, the samples each pass selects, and their interleaved order."""
     tokens = [int(x[x > 0].sum()) for x in lengths]
     mult = multipliers(recipe, tokens)
     passes = [select(x, m, recipe.seed, i) for i, (x, m) in enumerate(zip(lengths, mult))]
-    counts = [sum(p.size for p in ps) for ps in passes]
-    order = interleave(counts)
+    order = interleave([sum(p.size for p in ps) for ps in passes])
+    return mult, order, passes
 
-    # pass 2: pack in mixed order
-    streams = [_source_stream(builder, s.path, ps, L, config.overlong, s.name, cache)
-               for s, ps, cache in zip(recipe.sources, passes, caches)]
-    del caches
+
+def _pack_sequences(config: PackConfig, builder: SequenceBuilder, streams: list[Iterator[BuiltSample]],
+                    order: np.ndarray, shard_dir: str) -> tuple["_StreamWriter", list[int], list[int]]:
+    """Pass 2: samples in mixed order → bins over a bounded window → rows of seq_len → balanced, written."""
     pending: dict[int, BuiltSample] = {}
 
     def feed() -> Iterator[int]:
@@ -166,32 +182,30 @@ def _pack_into(config: PackConfig, recipe: Recipe, out: str) -> dict:
             pending[i] = built
             yield len(built)
 
-    world = config.balance.world_size
-    writer = _StreamWriter(os.path.join(out, SHARDS_DIR), world, config.sequences_per_shard)
+    world, steps = config.balance.world_size, config.balance.window_steps
+    writer = _StreamWriter(shard_dir, world, config.sequences_per_shard)
     window: list[dict] = []
     costs_before: list[int] = []
     costs_after: list[int] = []
-    for bin_items in plan_bins(feed(), L, packer=config.packer, window=config.window, carry=config.carry_bins):
-        seq = assemble([pending.pop(i) for i in bin_items], L, builder.pad_id)
+    for bin_items in plan_bins(feed(), config.seq_len, packer=config.packer, window=config.window,
+                               carry=config.carry_bins):
+        seq = assemble([pending.pop(i) for i in bin_items], config.seq_len, builder.pad_id)
         seq["attention_cost"] = attention_cost(seq["seq_lens"])
         window.append(seq)
         costs_before.append(seq["attention_cost"])
-        if len(window) >= world * config.balance.window_steps:
-            costs_after += _flush(window, writer, world, config.balance.window_steps)
+        if len(window) >= world * steps:
+            costs_after += _flush(window, writer, world, steps)
             window = []
-    costs_after += _flush(window, writer, world, config.balance.window_steps)
+    costs_after += _flush(window, writer, world, steps)
     writer.close()
+    return writer, costs_before, costs_after
 
+
+def _write_tables(out: str, writer: "_StreamWriter", rejections: list[Rejection]) -> None:
     pq.write_table(pa.Table.from_pylist(sorted(writer.manifest, key=lambda r: r["key"]),
                                         schema=PACKED_MANIFEST_SCHEMA), os.path.join(out, MANIFEST_FILE))
     pq.write_table(pa.Table.from_pylist([dataclasses.asdict(r) for r in rejections], schema=REJECTION_SCHEMA),
                    os.path.join(out, REJECTED_FILE))
-    report = _report(config, recipe, tokenizer, lengths, rejections, truncated, mult, writer,
-                     costs_before, costs_after)
-    report["rendering"] = rendering
-    with open(os.path.join(out, REPORT_FILE), "w", encoding="utf-8") as fh:
-        json.dump(report, fh, indent=2, sort_keys=True)
-    return report
 
 
 def _flush(window: list[dict], writer: "_StreamWriter", world: int, window_steps: int) -> list[int]:

@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from vlmloom.curation.base import Registry
+from vlmloom.schemas.registry import Registry
 
 PACKERS: Registry[type["Packer"]] = Registry("packer")
 _SHIFT = 32  # key = remaining << 32 | bin id: sorting keys sorts bins by remaining room, then age

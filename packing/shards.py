@@ -1,6 +1,6 @@
 """Packed-shard encoding (schemas/packed.py): built samples → one packed sequence → tar members, and back.
 
-Writes are deterministic (members sorted per entry, mtime 0, uid/gid 0, no user names) so the same plan
+Writes are deterministic (members sorted per entry; the tar writer of schemas/tars.py) so the same plan
 gives byte-identical shards; each shard is written to a temporary name and renamed into place.
 """
 from __future__ import annotations
@@ -8,13 +8,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import tarfile
 from typing import Iterator
 
 import numpy as np
 
 from vlmloom.schemas.formats import IMAGE_EXTENSIONS
-from vlmloom.schemas.packed import IGNORE_INDEX, POSITION_ROWS
+from vlmloom.schemas.packed import IGNORE_INDEX, POSITION_ROWS, PackedRecord
+from vlmloom.schemas.tars import TarWriter, iter_tar_groups
 
 from .builder import BuiltSample
 
@@ -22,7 +22,8 @@ ARRAY_FIELDS = ("input_ids", "labels", "position_ids", "seq_lens", "image_grid_t
 
 
 def assemble(samples: list[BuiltSample], seq_len: int, pad_id: int) -> dict:
-    """Concatenate samples into one row of exactly `seq_len` tokens (the reader's dict, without "key").
+    """Concatenate samples into one row of exactly `seq_len` tokens (a PackedRecord's dict; the key is given
+    when the row is written).
 
     Padding: input_ids = pad_id, labels = -100, and every position row counts 0, 1, … over the padding,
     so the padding forms its own block that neither attends to nor is attended by the samples.
@@ -44,14 +45,12 @@ def assemble(samples: list[BuiltSample], seq_len: int, pad_id: int) -> dict:
         at += k
     if pad:
         position_ids[:, at:] = np.arange(pad, dtype=np.int32)
-    return {
-        "input_ids": input_ids, "labels": labels, "position_ids": position_ids,
-        "seq_lens": np.array([len(s) for s in samples], np.int32),
-        "image_grid_thw": np.concatenate([s.image_grid_thw for s in samples]).astype(np.int32).reshape(-1, 3),
-        "images": [b for s in samples for b in s.images],
-        "image_formats": [f for s in samples for f in s.image_formats],
-        "sample_keys": [s.key for s in samples], "sources": [s.source for s in samples],
-    }
+    return PackedRecord(
+        key="", input_ids=input_ids, labels=labels, position_ids=position_ids,
+        seq_lens=np.array([len(s) for s in samples], np.int32),
+        image_grid_thw=np.concatenate([s.image_grid_thw for s in samples]).astype(np.int32).reshape(-1, 3),
+        images=[b for s in samples for b in s.images], image_formats=[f for s in samples for f in s.image_formats],
+        sample_keys=[s.key for s in samples], sources=[s.source for s in samples]).validate().to_dict()
 
 
 def entry_members(key: str, seq: dict) -> list[tuple[str, bytes]]:
@@ -66,12 +65,9 @@ def entry_members(key: str, seq: dict) -> list[tuple[str, bytes]]:
 
 def decode_entry(key: str, members: dict[str, bytes]) -> dict:
     """Tar members of one entry ({extension: bytes}) → the reader's dict."""
-    out: dict = {"key": key}
-    for name in ARRAY_FIELDS:
-        out[name] = np.load(io.BytesIO(members[f"{name}.npy"]), allow_pickle=False)
+    arrays = {name: np.load(io.BytesIO(members[f"{name}.npy"]), allow_pickle=False) for name in ARRAY_FIELDS}
     image_names = sorted((ext for ext in members if ext.startswith("img_")), key=lambda e: int(e[4:].split(".")[0]))
-    out["images"] = [members[ext] for ext in image_names]
-    return out
+    return PackedRecord(key=key, images=[members[ext] for ext in image_names], **arrays).to_dict()
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -81,41 +77,25 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 class ShardWriter:
-    """Appends entries to one tar deterministically; `close()` renames `path.tmp` to `path`."""
+    """Appends entries to one tar (schemas/tars.py's writer); `close()` renames `path.tmp` to `path`."""
 
     def __init__(self, path: str):
         self.path = path
         self.count = 0
-        self._tar = tarfile.open(path + ".tmp", "w", format=tarfile.USTAR_FORMAT)
+        self._file = open(path + ".tmp", "wb")
+        self._tar = TarWriter(self._file)
 
     def write(self, members: list[tuple[str, bytes]]) -> None:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+        self._tar.add(members)
         self.count += 1
 
     def close(self) -> None:
         self._tar.close()
+        self._file.close()
         os.replace(self.path + ".tmp", self.path)
 
 
 def iter_tar_entries(path: str, skip: int = 0) -> Iterator[tuple[int, str, dict[str, bytes]]]:
-    """(entry index, key, {extension: bytes}) for consecutive members sharing a key; skips `skip` entries
-    without reading their payloads."""
-    current, members, index = None, {}, -1
-    with tarfile.open(path, "r|") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            key, _, ext = os.path.basename(info.name).partition(".")
-            if key != current:
-                if current is not None and index >= skip:
-                    yield index, current, members
-                current, members, index = key, {}, index + 1
-            if index >= skip:
-                members[ext] = tar.extractfile(info).read()
-    if current is not None and index >= skip:
-        yield index, current, members
+    """(entry index, key, {extension: bytes}) per entry; skips `skip` entries without reading their payloads."""
+    for index, (key, members) in enumerate(iter_tar_groups(path, skip=skip), start=skip):
+        yield index, key, members

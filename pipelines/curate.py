@@ -16,10 +16,7 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
-import socket
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,15 +28,18 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from vlmloom.curation.decode import DecodeConfig, decode_sample
 from vlmloom.curation.filters import HeuristicConfig, LanguageConfig, LanguageIdentifier, judge_heuristics, judge_language
 from vlmloom.curation.readers import READ_STAGE
+from vlmloom.curation.neardup import DedupConfig
 from vlmloom.pipelines import report as report_mod
-from vlmloom.pipelines.dedup import DedupConfig, dedup_stages
+from vlmloom.pipelines.dedup import dedup_stages
 from vlmloom.pipelines.keys import UniqueKeys
 from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled
+from vlmloom.pipelines.report_html import render_html
 from vlmloom.pipelines.sink import OutputConfig, WriteCurated, join, write_atomic
 from vlmloom.pipelines.sources import InputConfig, ReadInputs, resolve_input
 from vlmloom.pipelines.stages import JudgeStage
 from vlmloom.schemas import formats
 from vlmloom.schemas.config import ConfigError, build_config, config_hash
+from vlmloom.schemas.publish import discard_staging, publish_directory, staging_directory
 
 log = logging.getLogger("vlmloom.curate")
 OPTIONAL_STAGES = ("heuristics", "language", "exact_dedup", "near_dup_image", "near_dup_text")
@@ -117,7 +117,7 @@ def curate_stages(config: CurateConfig) -> list[tuple[str, beam.PTransform]]:
         phash=config.dedup.phash and config.enabled("near_dup_image"),
         minhash=config.dedup.minhash and config.enabled("near_dup_text"),
     )
-    stages.extend(dedup_stages(dedup))
+    stages.extend(dedup_stages(dedup, ratio))
     if config.models.any_enabled():
         from vlmloom.pipelines.model_stages import build_model_stages  # Beam ML + torch: only when needed
 
@@ -158,52 +158,13 @@ def _prepare_output(output: str, overwrite: bool) -> str:
     if exists and not overwrite and (not _is_local(output) or os.listdir(output)):
         raise ConfigError(f"output {output!r} already exists: pass --overwrite to replace it, or choose another --output")
     if _is_local(output):
-        _remove_stale_staging(output)
-        staging = f"{output.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
-        os.makedirs(staging)
-        with open(os.path.join(staging, _STAGING_OWNER), "w") as fh:
-            fh.write(f"{socket.gethostname()} {os.getpid()}")
+        staging = staging_directory(output)
         for sub in (formats.SHARDS_DIR, formats.REJECTED_DIR):
             os.makedirs(os.path.join(staging, sub))
         return staging
     if exists:
         FileSystems.delete([output])
     return output
-
-
-_STAGING_OWNER = "_STAGING_OWNER"  # "host pid" of the job writing a staging directory; removed before publishing
-_STAGING_GRACE_S = 60  # a staging directory without an owner file is stale once this old
-
-
-def _remove_stale_staging(output: str) -> None:
-    """Remove staging directories of killed runs of the same output: their owner process is gone (same host),
-    or they carry no owner file and are older than a minute. Live jobs' and other hosts' are left alone."""
-    parent, prefix = os.path.dirname(os.path.abspath(output)), os.path.basename(output.rstrip("/")) + ".tmp-"
-    if not os.path.isdir(parent):
-        return
-    for name in sorted(os.listdir(parent)):
-        path = os.path.join(parent, name)
-        if not name.startswith(prefix) or not os.path.isdir(path):
-            continue
-        try:
-            with open(os.path.join(path, _STAGING_OWNER)) as fh:
-                host, pid = fh.read().split()
-            stale = host == socket.gethostname() and not _pid_alive(int(pid))
-        except (OSError, ValueError):
-            stale = time.time() - os.path.getmtime(path) > _STAGING_GRACE_S
-        if stale:
-            log.info("removing the staging directory of a killed run: %s", path)
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _counters(result) -> dict[str, int]:
@@ -249,17 +210,14 @@ def curate(config: CurateConfig, beam_args: list[str] | None = None) -> dict[str
         tar_inputs = {cfg.source_name(): files for cfg in config.inputs
                       for fmt, files in [resolve_input(cfg)] if fmt == "webdataset"}
         write_atomic(join(work_dir, formats.REPORT_HTML_FILE),
-                     report_mod.render_html(work_dir, report, tar_inputs).encode())
+                     render_html(work_dir, report, tar_inputs).encode())
         report_mod.check_accounting(report)
         write_atomic(join(work_dir, formats.SUCCESS_FILE), b"")
     except BaseException:
         if _is_local(output) and work_dir != output:
-            shutil.rmtree(work_dir, ignore_errors=True)
+            discard_staging(work_dir)
         raise
     if _is_local(output) and work_dir != output:
-        os.remove(os.path.join(work_dir, _STAGING_OWNER))
-        if os.path.exists(output):
-            shutil.rmtree(output)
-        os.rename(work_dir, output)
+        publish_directory(work_dir, output, config.overwrite)
     return report
 

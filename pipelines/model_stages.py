@@ -23,7 +23,6 @@ from functools import partial
 from typing import Any, Callable, Iterable, Sequence
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from vlmloom.curation import clip as clip_mod
@@ -40,9 +39,9 @@ from vlmloom.curation.grounding import GroundingAnnotator, GroundingConfig
 from vlmloom.curation.ocr import OcrAnnotator, OcrConfig
 from vlmloom.curation.recaption import RecaptionConfig, Recaptioner
 from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled  # noqa: F401 (re-exported)
-from vlmloom.pipelines.stages import DEAD_LETTER, KEPT, REJECTED, format_traceback, quarantine
+from vlmloom.pipelines.stages import KEPT, REJECTED, Decide, Fixed, format_traceback, quarantine_any, route
 from vlmloom.schemas.config import ConfigError, config_hash
-from vlmloom.schemas.records import Rejection, Sample
+from vlmloom.schemas.records import Sample
 
 STAGE_ORDER = ("clip", "concepts", "contamination", "recaption", "ocr", "grounding")
 
@@ -159,69 +158,10 @@ def _grounding_annotator(config: GroundingConfig) -> GroundingAnnotator:
     return GroundingAnnotator(config, detector)
 
 
-# decide(element, *side_inputs) -> (sample, verdict); verdict None = pass through untouched.
-Decide = Callable[..., tuple[Sample, Verdict | None]]
-
-
-class _DecideDoFn(beam.DoFn):
-    """Applies a decision; `final=False` for a stage's first step when a later step of the same stage
-    decides again (CLIP's top fraction), so kept counts and lineage are recorded once."""
-
-    def __init__(self, stage: str, decide: Decide, config_hash_: str, decision: str, final: bool = True):
-        self._stage = stage
-        self._decide = decide
-        self._hash = config_hash_
-        self._decision = decision
-        self._final = final
-        self._kept = Metrics.counter(stage, "kept")
-        self._counters: dict[str, Any] = {}
-
-    def process(self, element, *side_inputs):
-        sample, verdict = self._decide(element, *side_inputs)
-        if verdict is None:
-            yield sample
-            return
-        sample.signals.update(verdict.signals)
-        if verdict.keep:
-            if self._final:
-                self._kept.inc()
-                sample.with_lineage(self._stage, self._hash, self._decision)
-            yield sample
-            return
-        reason = verdict.reason or "unspecified"
-        if reason not in self._counters:
-            self._counters[reason] = Metrics.counter(self._stage, f"dropped_{reason}")
-        self._counters[reason].inc()
-        yield beam.pvalue.TaggedOutput(REJECTED, Rejection.of(sample, self._stage, reason, verdict.detail))
-
-
-def _quarantine_any(stage: str):
-    """Dead-letter elements may be a Sample, a (sample, output) pair, or a whole failed batch."""
-    to_rejection = quarantine(stage)
-
-    def expand(bad) -> list[Rejection]:
-        element, error = bad
-        if isinstance(element, tuple) and element and isinstance(element[0], Sample):
-            element = element[0]
-        if isinstance(element, list):
-            return [to_rejection((e[0] if isinstance(e, tuple) else e, error)) for e in element]
-        return [to_rejection((element, error))]
-
-    return expand
-
-
 def _decide(pcoll, label: str, stage: str, decide: Decide, hash_: str, decision: str, max_error_ratio: float,
             side_inputs: Sequence[Any] = (), final: bool = True):
-    # with_exception_handling() before with_outputs(): the other order (Beam 2.77) yields three
-    # outputs (main, rejected, bad) rather than (good, bad).
-    result = (
-        pcoll
-        | label >> beam.ParDo(_DecideDoFn(stage, decide, hash_, decision, final), *side_inputs)
-        .with_exception_handling(threshold=max_error_ratio, use_subprocess=False, dead_letter_tag=DEAD_LETTER)
-        .with_outputs(REJECTED, main=KEPT)
-    )
-    quarantined = result[DEAD_LETTER] | f"{label}Quarantine" >> beam.FlatMap(_quarantine_any(stage))
-    return result[KEPT], (result[REJECTED], quarantined)
+    return route(pcoll, label, stage, Fixed(decide), hash_, decision=decision, max_error_ratio=max_error_ratio,
+                 side_inputs=side_inputs, final=final)
 
 
 def _split(samples, applies: Callable[[Sample], bool]):
@@ -235,7 +175,7 @@ def _run_model(todo, handler: SampleModelHandler, stage: str, max_error_ratio: f
     failed = [dlq.failed_inferences, *dlq.failed_preprocessing, *dlq.failed_postprocessing]
     failed = [f for f in failed if f is not None]
     quarantined = (failed | "MergeFailedInference" >> beam.Flatten()
-                   | "QuarantineInference" >> beam.FlatMap(_quarantine_any(stage)))
+                   | "QuarantineInference" >> beam.FlatMap(quarantine_any(stage)))
     return results, quarantined
 
 
@@ -321,20 +261,22 @@ class ClipStage(beam.PTransform):
 
 
 # --- concepts: match per sample, count globally, then decide with the counts as a side input ----
-class _MatchConceptsDoFn(beam.DoFn):
-    def __init__(self, config: ConceptConfig):
-        self._config = config
-        self._matcher: ConceptMatcher | None = None
+@dataclass(frozen=True)
+class _MatchConcepts:
+    """DecideFactory of the match step: the matcher loads once per worker; its concepts reach the sample
+    as the Verdict's signals (kept, not final: the balance step decides and records lineage)."""
+    config: ConceptConfig
 
-    def setup(self):
-        self._matcher = ConceptMatcher.from_file(self._config.vocabulary_file)
+    def __call__(self):
+        matcher = ConceptMatcher.from_file(self.config.vocabulary_file)
 
-    def process(self, sample: Sample):
-        if sample.kind in self._config.kinds:
-            ids = self._matcher.match(concepts_mod.sample_text(sample))
-            sample.signals["concept_ids"] = ids
-            sample.signals["concept_names"] = [self._matcher.concepts[i] for i in ids]
-        yield sample
+        def decide(sample: Sample) -> tuple[Sample, Verdict | None]:
+            if sample.kind not in self.config.kinds:
+                return sample, None
+            ids = matcher.match(concepts_mod.sample_text(sample))
+            return sample, Verdict.ok(concept_ids=ids, concept_names=[matcher.concepts[i] for i in ids])
+
+        return decide
 
 
 def _concept_decide(config: ConceptConfig, sample: Sample, counts: dict) -> tuple[Sample, Verdict | None]:
@@ -351,9 +293,8 @@ class ConceptBalanceStage(beam.PTransform):
 
     def expand(self, samples):
         config = self._config
-        matched, bad = (samples | "Match" >> beam.ParDo(_MatchConceptsDoFn(config))
-                        .with_exception_handling(threshold=self._max_error_ratio, use_subprocess=False))
-        quarantined = bad | "MatchQuarantine" >> beam.FlatMap(_quarantine_any("concepts"))
+        matched, unmatched = route(samples, "Match", "concepts", _MatchConcepts(config), config_hash(config),
+                                   max_error_ratio=self._max_error_ratio, final=False)
         counts = (matched
                   | "ConceptIds" >> beam.FlatMap(lambda s: s.signals.get("concept_ids") or []
                                                  if s.kind in config.kinds else [])
@@ -361,7 +302,7 @@ class ConceptBalanceStage(beam.PTransform):
         kept, rejected = _decide(matched, "Balance", "concepts", partial(_concept_decide, config),
                                  config_hash(config), "kept", self._max_error_ratio,
                                  [beam.pvalue.AsDict(counts)])
-        return {KEPT: kept, REJECTED: (*rejected, quarantined) | "MergeRejected" >> beam.Flatten()}
+        return {KEPT: kept, REJECTED: (*unmatched, *rejected) | "MergeRejected" >> beam.Flatten()}
 
 
 # --- the other stages -------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The curation report: funnel per stage (in, kept, dropped by reason), accounting, histograms, HTML page.
+"""The curation report (report.json): funnel per stage (in, kept, dropped by reason), accounting, histograms.
+The HTML page is report_html.py; the thumbnails it shows are read back by thumbnails.py.
 
 Built from what the job wrote (manifest.parquet, rejected/) and Beam's counters, not from separate
 bookkeeping: the funnel's drops are the rejection rows, and `read/records` (every raw record the
@@ -6,12 +7,9 @@ sources saw) must equal kept + rejected.
 """
 from __future__ import annotations
 
-import base64
 import collections
-import html
 import io
 import json
-import tarfile
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -25,7 +23,7 @@ class AccountingError(RuntimeError):
     pass
 
 
-def _read_table(path: str):
+def read_table(path: str):
     with FileSystems.open(path) as fh:
         return pq.read_table(io.BytesIO(fh.read()))
 
@@ -43,8 +41,8 @@ def _histogram(values: list[float], edges: list[float]) -> dict[str, int]:
 
 
 def build_report(out_dir: str, stage_names: list[str], counters: dict[str, int], config, seconds: float) -> dict[str, Any]:
-    manifest = _read_table(FileSystems.join(out_dir, formats.MANIFEST_FILE)).to_pylist()
-    rejected = _read_table(FileSystems.join(out_dir, formats.REJECTED_DIR, "rejected.parquet")).to_pylist()
+    manifest = read_table(FileSystems.join(out_dir, formats.MANIFEST_FILE)).to_pylist()
+    rejected = read_table(FileSystems.join(out_dir, formats.REJECTED_DIR, "rejected.parquet")).to_pylist()
     kept, dropped = len(manifest), len(rejected)
     read_records = counters.get("read/records")
     input_records = read_records if read_records is not None else kept + dropped
@@ -105,12 +103,12 @@ def _model_sections(signals: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _rejection_sections(rejected: list[dict[str, Any]]) -> dict[str, Any]:
-    """Contamination hits per benchmark, from the rejection details (`benchmark=NAME item_id=ID ...`)."""
+    """Contamination hits per benchmark, from the rejections' structured `fields`."""
     hits: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for row in rejected:
         if row["stage"] == "contamination" and row["reason"].startswith("benchmark_"):
-            fields = dict(part.split("=", 1) for part in row["detail"].split() if "=" in part)
-            hits[fields.get("benchmark", "?")][row["reason"]] += 1
+            fields = json.loads(row["fields"]) if row.get("fields") else {}
+            hits[fields.get("contamination_benchmark", "?")][row["reason"]] += 1
     return {"contamination": {name: dict(c) for name, c in sorted(hits.items())}} if hits else {}
 
 
@@ -136,103 +134,3 @@ def summary_table(report: dict[str, Any]) -> str:
     for name, section in report.get("sections", {}).items():
         lines.append(f"{name}: {json.dumps(section, sort_keys=True)}")
     return "\n".join(lines)
-
-
-def _thumbnails(out_dir: str, limit: int = 12) -> list[tuple[str, str]]:
-    """(key, data URL) of the first images in the first shard."""
-    from PIL import Image
-
-    match = FileSystems.match([FileSystems.join(out_dir, formats.SHARDS_DIR, "*.tar")])[0].metadata_list
-    if not match:
-        return []
-    out = []
-    with FileSystems.open(sorted(m.path for m in match)[0]) as fh, tarfile.open(fileobj=io.BytesIO(fh.read())) as tar:
-        for member in tar:
-            base = member.name.split("/")[-1]
-            if base.count(".") == 1 and base.rsplit(".", 1)[1] in ("jpg", "png", "webp"):
-                img = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")
-                img.thumbnail((128, 128))
-                buf = io.BytesIO()
-                img.save(buf, "JPEG", quality=80)
-                out.append((base.split(".")[0], "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()))
-                if len(out) >= limit:
-                    break
-    return out
-
-
-def _thumbnail_url(data: bytes) -> str | None:
-    from PIL import Image
-
-    try:
-        img = Image.open(io.BytesIO(data))
-        if img.size[0] * img.size[1] > 50_000_000:
-            return None
-        img = img.convert("RGB")
-        img.thumbnail((96, 96))
-    except Exception:  # noqa: BLE001 - a rejected image is often undecodable: it just gets no thumbnail
-        return None
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=75)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def rejected_thumbnails(input_paths: dict[str, list[str]], wanted: dict[tuple[str, str], str],
-                        max_bytes_scanned: int = 512 * 2**20) -> dict[tuple[str, str], str]:
-    """Thumbnails for a few rejected (source, source_id) pairs, read back from webdataset tar inputs.
-    Stops when all are found or after `max_bytes_scanned`; records from other input formats get none."""
-    from vlmloom.curation import readers
-
-    found: dict[tuple[str, str], str] = {}
-    scanned = 0
-    for source, paths in sorted(input_paths.items()):
-        ids = {sid for (src, sid) in wanted if src == source}
-        for path in paths:
-            if not ids or scanned > max_bytes_scanned:
-                break
-            with FileSystems.open(path) as fh:
-                for item in readers.iter_tar_records(fh, path):
-                    if isinstance(item, tuple) or item.source_id not in ids:
-                        continue
-                    ids.discard(item.source_id)
-                    scanned += sum(len(v) for v in item.files.values())
-                    images = [v for k, v in sorted(item.files.items()) if k.split(".")[-1] in readers.IMAGE_EXTENSIONS]
-                    url = _thumbnail_url(images[0]) if images else None
-                    if url:
-                        found[(source, item.source_id)] = url
-                    if not ids:
-                        break
-    return found
-
-
-def render_html(out_dir: str, report: dict[str, Any], input_paths: dict[str, list[str]] | None = None) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(r['stage'])}</td><td>{r['in']}</td><td>{r['kept']}</td>"
-        f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in r['dropped'].items()))}</td></tr>" for r in report["funnel"])
-    rejected = _read_table(FileSystems.join(out_dir, formats.REJECTED_DIR, "rejected.parquet")).to_pylist()
-    examples: dict[str, list[dict]] = {}
-    for row in rejected:
-        if len(examples.setdefault(row["reason"], [])) < 3:
-            examples[row["reason"]].append(row)
-    wanted = {(r["source"], r["source_id"]): r["reason"] for rows in examples.values() for r in rows}
-    thumbs_rejected = rejected_thumbnails(input_paths or {}, wanted)
-
-    def thumb(r):
-        url = thumbs_rejected.get((r["source"], r["source_id"]))
-        return f'<img src="{url}">' if url else ""
-
-    reject_rows = "".join(
-        f"<tr><td>{html.escape(r['reason'])}</td><td>{html.escape(r['stage'])}</td><td>{html.escape(r['source_id'])}</td>"
-        f"<td>{html.escape(r['detail'][:200])}</td><td>{thumb(r)}</td></tr>" for rows in examples.values() for r in rows)
-    thumbs = "".join(f'<figure><img src="{url}"><figcaption>{html.escape(key)}</figcaption></figure>'
-                     for key, url in _thumbnails(out_dir))
-    hists = "".join(f"<h3>{html.escape(name)}</h3><pre>{html.escape(json.dumps(h, indent=1))}</pre>"
-                    for name, h in report["histograms"].items())
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>vlmloom curation report</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px}}
-figure{{display:inline-block;margin:4px;font-size:10px}}</style></head><body>
-<h1>Curation report</h1><p>{html.escape(json.dumps(report['accounting']))}</p>
-<h2>Funnel</h2><table><tr><th>stage</th><th>in</th><th>kept</th><th>dropped by reason</th></tr>{rows}</table>
-<h2>Rejected: examples per reason</h2><table><tr><th>reason</th><th>stage</th><th>source id</th><th>detail</th><th>image</th></tr>{reject_rows}</table>
-<h2>Kept samples</h2>{thumbs}<h2>Histograms</h2>{hists}
-<h2>Model stages</h2><pre>{html.escape(json.dumps(report.get('sections', {}), indent=1))}</pre>
-</body></html>"""

@@ -1,5 +1,6 @@
 """Write curated output: deterministic webdataset shards, manifest.parquet and rejected/ (schemas/formats.py).
 
+Members and manifest rows come from schemas/curated.py, tars from schemas/tars.py.
 Determinism whatever the runner or worker count: shard membership is planned from the *sorted* list
 of kept keys (with their sizes), members inside a shard are sorted by key, and tar headers carry no
 time or owner. Every file is written to a temporary name and renamed into place, so a killed job
@@ -8,9 +9,7 @@ never leaves a half-written shard under a final name.
 from __future__ import annotations
 
 import io
-import json
 import logging
-import tarfile
 import uuid
 from dataclasses import dataclass
 
@@ -22,7 +21,9 @@ from apache_beam.metrics import Metrics
 
 from vlmloom.schemas import formats
 from vlmloom.schemas.config import ConfigError
+from vlmloom.schemas.curated import manifest_row, member_layout, sample_members
 from vlmloom.schemas.records import REJECTION_SCHEMA, Sample
+from vlmloom.schemas.tars import tar_bytes
 
 log = logging.getLogger("vlmloom.curate")
 
@@ -51,41 +52,8 @@ def write_atomic(path: str, data: bytes) -> None:
     FileSystems.rename([tmp], [path])
 
 
-def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
-    # KEY.txt is always written (empty without text) so that samples of a kind share one member layout.
-    members = [(f"{sample.key}.json", sample.to_json().encode("utf-8")),
-               (f"{sample.key}.txt", (sample.training_text() or "").encode("utf-8"))]
-    for i, image in enumerate(sample.images):
-        if image.bytes is not None:
-            members.append((formats.image_member_name(sample.key, i, image.format or "jpeg"), image.bytes))
-    return members
-
-
-def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def estimated_size(sample: Sample) -> int:
     return sum(len(img.bytes or b"") for img in sample.images) + len(sample.text or "") * 2 + 2048
-
-
-def member_layout(sample: Sample) -> str:
-    """The member extensions of a sample, e.g. "json,txt,jpg" or "json,txt,jpg,1.png"."""
-    return ",".join(name.split(".", 1)[1] for name, _ in sample_members_names(sample))
-
-
-def sample_members_names(sample: Sample) -> list[tuple[str, None]]:
-    names = [(f"{sample.key}.json", None), (f"{sample.key}.txt", None)]
-    names += [(formats.image_member_name(sample.key, i, img.format or "jpeg"), None)
-              for i, img in enumerate(sample.images) if img.bytes is not None]
-    return names
 
 
 def plan_shards(sizes: list[tuple[str, int, str]], config: OutputConfig) -> dict[str, int]:
@@ -105,17 +73,6 @@ def plan_shards(sizes: list[tuple[str, int, str]], config: OutputConfig) -> dict
         count += 1
         nbytes += size
     return plan
-
-
-def manifest_row(sample: Sample, shard: str) -> dict:
-    return {
-        "key": sample.key, "source": sample.source, "source_id": sample.source_id, "kind": sample.kind,
-        "shard": shard, "layout": member_layout(sample), "num_images": len(sample.images),
-        "width": sample.images[0].width if sample.images else 0,
-        "height": sample.images[0].height if sample.images else 0,
-        "text_chars": len(sample.training_text() or ""),
-        "signals": json.dumps(sample.signals, sort_keys=True, default=str),
-    }
 
 
 class _WriteShard(beam.DoFn):

@@ -6,19 +6,22 @@ with a stable reason code; unexpected exceptions are caught by Beam's `with_exce
 and become Rejections with reason `quarantined_error` (the error text in `detail`), so no input is
 ever lost; more than `max_error_ratio` of them fails the job.
 
-`JudgeStage` wraps any per-record judge once; stages that shuffle or run models have their own
-transforms but return the same dict.
+Every stage routes through one DoFn, `RouteDoFn` (via `route()`): `JudgeStage` wraps any per-record judge;
+dedup (pipelines/dedup.py) and model stages (pipelines/model_stages.py) compute their decisions with their
+own transforms and route them the same way.
 """
 from __future__ import annotations
 
 import traceback
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from vlmloom.curation.base import Verdict
 from vlmloom.schemas.records import Rejection, Sample
+from vlmloom.schemas.signals import check_signals
 
 KEPT = "kept"
 REJECTED = "rejected"
@@ -27,34 +30,91 @@ DEAD_LETTER = "dead_letter"
 
 # A judge factory is called once per worker in DoFn.setup() and returns `judge(sample) -> Verdict`.
 JudgeFactory = Callable[[], Callable[[Sample], Verdict]]
+# decide(element, *side_inputs) -> (sample, verdict); verdict None = pass through untouched (no count, no lineage).
+Decide = Callable[..., tuple[Sample, Verdict | None]]
+# Called once per worker in RouteDoFn.setup(): heavy resources (models, language id) load there, not at pickling.
+DecideFactory = Callable[[], Decide]
 
 
-class _JudgeDoFn(beam.DoFn):
-    def __init__(self, stage: str, judge_factory: JudgeFactory, config_hash: str):
+class RouteDoFn(beam.DoFn):
+    """The one routing DoFn of every stage: apply a decision, merge its signals, count (`kept`, one
+    `dropped_<reason>` counter per reason), record lineage, and route the sample to `kept` or a
+    Rejection to `rejected`.
+
+    `final=False` marks a stage's first step when a later step of the same stage decides again (CLIP's
+    top fraction), so kept counts and lineage are recorded once.
+    """
+
+    def __init__(self, stage: str, make_decide: DecideFactory, config_hash: str, decision: str = "kept",
+                 final: bool = True):
         self._stage = stage
-        self._factory = judge_factory
-        self._config_hash = config_hash
-        self._judge: Callable[[Sample], Verdict] | None = None
+        self._make_decide = make_decide
+        self._hash = config_hash
+        self._decision = decision
+        self._final = final
+        self._decide: Decide | None = None
         self._kept = Metrics.counter(stage, "kept")
         self._counters: dict[str, Any] = {}
 
     def setup(self) -> None:
-        self._judge = self._factory()
+        self._decide = self._make_decide()
 
-    def process(self, sample: Sample):
-        verdict = self._judge(sample)
+    def process(self, element, *side_inputs):
+        sample, verdict = self._decide(element, *side_inputs)
+        if verdict is None:
+            yield sample
+            return
+        check_signals(self._stage, verdict.signals)
         sample.signals.update(verdict.signals)
         if verdict.keep:
-            self._kept.inc()
-            sample.with_lineage(self._stage, self._config_hash, "kept")
+            if self._final:
+                self._kept.inc()
+                sample.with_lineage(self._stage, self._hash, self._decision)
             yield sample
-        else:
-            reason = verdict.reason or "unspecified"
-            counter = self._counters.get(reason)
-            if counter is None:
-                counter = self._counters[reason] = Metrics.counter(self._stage, f"dropped_{reason}")
-            counter.inc()
-            yield beam.pvalue.TaggedOutput(REJECTED, Rejection.of(sample, self._stage, reason, verdict.detail))
+            return
+        reason = verdict.reason or "unspecified"
+        if reason not in self._counters:
+            self._counters[reason] = Metrics.counter(self._stage, f"dropped_{reason}")
+        self._counters[reason].inc()
+        yield beam.pvalue.TaggedOutput(REJECTED, Rejection.of(sample, self._stage, reason, verdict.detail, verdict.signals))
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A DecideFactory for a decide function that needs no per-worker set-up (pickles by value)."""
+    decide: Decide
+
+    def __call__(self) -> Decide:
+        return self.decide
+
+
+@dataclass(frozen=True)
+class _JudgeDecide:
+    """JudgeFactory → DecideFactory: the judge is built once per worker, then applied to each sample."""
+    judge_factory: JudgeFactory
+
+    def __call__(self) -> Decide:
+        judge = self.judge_factory()
+        return lambda sample: (sample, judge(sample))
+
+
+def route(pcoll, label: str, stage: str, make_decide: DecideFactory, config_hash: str, *, decision: str = "kept",
+          max_error_ratio: float = 0.05, side_inputs: Sequence[Any] = (), final: bool = True):
+    """`pcoll | RouteDoFn(...)` with dead-letter handling → (kept, [rejected, quarantined]).
+
+    Unexpected exceptions become `quarantined_error` Rejections; more than `max_error_ratio` of them fails
+    the job.
+    """
+    # with_exception_handling() before with_outputs(): the other order (Beam 2.77) yields three
+    # outputs (main, rejected, bad) rather than (good, bad).
+    result = (
+        pcoll
+        | label >> beam.ParDo(RouteDoFn(stage, make_decide, config_hash, decision, final), *side_inputs)
+        .with_exception_handling(threshold=max_error_ratio, use_subprocess=False, dead_letter_tag=DEAD_LETTER)
+        .with_outputs(REJECTED, main=KEPT)
+    )
+    quarantined = result[DEAD_LETTER] | f"{label}Quarantine" >> beam.FlatMap(quarantine_any(stage))
+    return result[KEPT], [result[REJECTED], quarantined]
 
 
 def quarantine(stage: str):
@@ -73,6 +133,21 @@ def quarantine(stage: str):
     return to_rejection
 
 
+def quarantine_any(stage: str):
+    """Dead-letter elements may be a Sample, a (sample, output) pair, or a whole failed batch."""
+    to_rejection = quarantine(stage)
+
+    def expand(bad) -> list[Rejection]:
+        element, error = bad
+        if isinstance(element, tuple) and element and isinstance(element[0], Sample):
+            element = element[0]
+        if isinstance(element, list):
+            return [to_rejection((e[0] if isinstance(e, tuple) else e, error)) for e in element]
+        return [to_rejection((element, error))]
+
+    return expand
+
+
 class JudgeStage(beam.PTransform):
     """Run `judge_factory()(sample)` on every sample; route rejects and quarantine unexpected errors."""
 
@@ -84,17 +159,9 @@ class JudgeStage(beam.PTransform):
         self._max_error_ratio = max_error_ratio
 
     def expand(self, samples):
-        # With extra tags, Beam returns one tuple holding the main, the tagged and the dead-letter outputs.
-        outputs = (
-            samples
-            | "Judge" >> beam.ParDo(_JudgeDoFn(self._stage, self._factory, self._config_hash))
-            .with_outputs(REJECTED, main=KEPT)
-            .with_exception_handling(dead_letter_tag=DEAD_LETTER, threshold=self._max_error_ratio,
-                                     use_subprocess=False)
-        )
-        quarantined = outputs[DEAD_LETTER] | "Quarantine" >> beam.Map(quarantine(self._stage))
-        rejected = (outputs[REJECTED], quarantined) | "MergeRejected" >> beam.Flatten()
-        return {KEPT: outputs[KEPT], REJECTED: rejected}
+        kept, rejected = route(samples, "Judge", self._stage, _JudgeDecide(self._factory), self._config_hash,
+                               max_error_ratio=self._max_error_ratio)
+        return {KEPT: kept, REJECTED: rejected | "MergeRejected" >> beam.Flatten()}
 
 
 def format_traceback(exc: BaseException) -> str:

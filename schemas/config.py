@@ -154,3 +154,9 @@ def load_yaml(path: str | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return data
+
+
+def add_set_argument(parser: Any) -> None:
+    """The one override flag of every command: `--set KEY=VALUE`, repeatable, collected in `args.overrides`."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set seq_len=4096 (repeatable)")

@@ -5,9 +5,10 @@ Curated output (`vlmloom curate ... --output DIR`)::
     DIR/shards/00000.tar ...   webdataset; per sample: KEY.json (the Sample without image bytes),
                                KEY.txt (training text, empty if none), KEY.jpg / KEY.png ... (image 0,
                                original bytes), KEY.1.jpg ... (further images); members sorted by key,
-                               mtime 0; each shard holds samples of one member layout (manifest `layout`)
+                               mtime 0; each shard holds samples of one member layout (manifest `layout`);
+                               members and manifest rows: curated.py, tars: tars.py
     DIR/manifest.parquet       one row per kept sample (MANIFEST_SCHEMA)
-    DIR/rejected/*.parquet     one row per dropped record (records.REJECTION_SCHEMA)
+    DIR/rejected/*.parquet     one row per dropped record (records.REJECTION_SCHEMA; `fields`: structured values)
     DIR/report.json            funnel per stage, counters, config, format version
     DIR/_SUCCESS               written last; readers refuse a directory without it
 

@@ -2,7 +2,7 @@
 
 A packed directory::
 
-    DIR/shards/00000.tar ...  webdataset (USTAR, members sorted per entry, mtime 0); one entry per packed
+    DIR/shards/00000.tar ...  webdataset (schemas/tars.py writer, members sorted per entry); one entry per packed
                               sequence, key f"{index:09d}" (index = position in the written order):
         KEY.input_ids.npy      int32 [L]      token ids; after the last sample, pad_id (= <|endoftext|>)
         KEY.labels.npy         int32 [L]      = input_ids where trained, -100 elsewhere (prompt, image tokens,
@@ -26,7 +26,14 @@ with index % W == r, so a reader with the same W gives every rank its own step-a
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 import pyarrow as pa
+
+from vlmloom.schemas.records import RecordError
 
 IGNORE_INDEX = -100
 POSITION_ROWS = 4  # [text, t, h, w]
@@ -36,3 +43,37 @@ PACKED_MANIFEST_SCHEMA = pa.schema([
     ("num_label_tokens", pa.int32()), ("num_images", pa.int32()), ("attention_cost", pa.int64()),
     ("sample_keys", pa.list_(pa.string())), ("sources", pa.list_(pa.string())),
 ])
+
+
+@dataclass
+class PackedRecord:
+    """One packed sequence: what the packer assembles, the shard reader decodes and the trainer's collator
+    takes (as `to_dict()`, the dict `PackedDataset` yields). Arrays as in the member table above."""
+    key: str
+    input_ids: np.ndarray  # int32 [L]
+    labels: np.ndarray | None  # int32 [L]; None: pre-training records whose labels the collator derives
+    position_ids: np.ndarray  # int32 [4, L]
+    seq_lens: np.ndarray  # int32 [n]
+    image_grid_thw: np.ndarray  # int32 [m, 3]
+    images: list[bytes] = field(default_factory=list)  # m encoded images, in token order
+    image_formats: list[str] = field(default_factory=list)  # their formats, when known (the writer needs them)
+    sample_keys: list[str] = field(default_factory=list)  # the packed samples' keys, when known
+    sources: list[str] = field(default_factory=list)  # their sources, when known
+
+    def validate(self) -> "PackedRecord":
+        """Shapes agree with each other; errors name the record key and the field."""
+        n = len(self.input_ids)
+        checks = [
+            ("labels", self.labels is None or self.labels.shape == (n,), f"shape (L,) = ({n},)"),
+            ("position_ids", self.position_ids.shape == (POSITION_ROWS, n), f"shape ({POSITION_ROWS}, {n})"),
+            ("seq_lens", int(self.seq_lens.sum()) <= n, f"a sum <= L = {n}"),
+            ("image_grid_thw", self.image_grid_thw.reshape(-1, 3).shape[0] == len(self.images),
+             f"one (t, h, w) row per image ({len(self.images)})"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise RecordError(f"packed record {self.key!r}: field {name!r} must have {expected}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

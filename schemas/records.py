@@ -186,17 +186,25 @@ def _json_default(value: Any) -> Any:
 
 @dataclass
 class Rejection:
-    """A record that left the pipeline early. `reason` is a stable snake_case code; `detail` is free text."""
+    """A record that left the pipeline early. `reason` is a stable snake_case code; `detail` is free text for
+    people; `fields` is the structured part for programs (a JSON object, "" when empty): the values the judge
+    measured for the drop (the dropping Verdict's signals, e.g. `contamination_benchmark`)."""
     key: str
     source: str
     source_id: str
     stage: str
     reason: str
     detail: str = ""
+    fields: str = ""
 
     @classmethod
-    def of(cls, sample: "Sample", stage: str, reason: str, detail: str = "") -> "Rejection":
-        return cls(sample.key, sample.source, sample.source_id, stage, reason, detail)
+    def of(cls, sample: "Sample", stage: str, reason: str, detail: str = "",
+           fields: dict[str, Any] | None = None) -> "Rejection":
+        text = json.dumps(fields, sort_keys=True, default=_json_default) if fields else ""
+        return cls(sample.key, sample.source, sample.source_id, stage, reason, detail, text)
+
+    def field_values(self) -> dict[str, Any]:
+        return json.loads(self.fields) if self.fields else {}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,6 +234,7 @@ SAMPLE_SCHEMA = pa.schema([
 REJECTION_SCHEMA = pa.schema([
     ("key", pa.string()), ("source", pa.string()), ("source_id", pa.string()),
     ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+    ("fields", pa.string()),  # JSON object of structured values (Rejection.fields), "" when none
 ])
 
 

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from vlmloom.curation.demo_corpus import DemoCorpusConfig, build_demo_corpus
-from vlmloom.pipelines.cli import main
+from vlmloom.demo.corpus import DemoCorpusConfig, build_demo_corpus
+from vlmloom.cli.main import main
 
 
 @pytest.fixture(scope="module")

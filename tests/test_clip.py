@@ -11,7 +11,8 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from vlmloom.curation.clip import (ClipConfig, ClipScorer, load_encoder, save_random_clip, top_fraction_cutoff)
+from vlmloom.curation.clip import ClipConfig, ClipScorer, load_encoder, top_fraction_cutoff
+from vlmloom.demo.models import save_random_clip
 from vlmloom.pipelines.model_stages import ClipStage, ModelStagesConfig, build_model_stages, describe_disabled
 from vlmloom.schemas.config import ConfigError, build_config
 from vlmloom.schemas.records import ImageRef, Sample

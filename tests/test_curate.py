@@ -10,7 +10,7 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from vlmloom.curation.demo_corpus import DemoCorpusConfig, build_demo_corpus
+from vlmloom.demo.corpus import DemoCorpusConfig, build_demo_corpus
 from vlmloom.pipelines.curate import curate, load_config
 from vlmloom.schemas.config import ConfigError
 
@@ -196,7 +196,7 @@ def test_killed_job_leaves_no_visible_output(corpus, tmp_path):
 
     corpus_dir, _ = corpus
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "vlmloom.pipelines.cli", "curate", os.path.join(corpus_dir, "tars", "*.tar"),
+    command = [sys.executable, "-m", "vlmloom.cli.main", "curate", os.path.join(corpus_dir, "tars", "*.tar"),
                "--output", str(out), "--set", "output.samples_per_shard=1", "--set", "disable=[language]"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

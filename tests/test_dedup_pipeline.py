@@ -3,7 +3,8 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from vlmloom.pipelines.dedup import ExactDedup, MinhashNearDedup, DedupConfig, PhashNearDedup
+from vlmloom.curation.neardup import DedupConfig
+from vlmloom.pipelines.dedup import ExactDedup, MinhashNearDedup, PhashNearDedup
 from vlmloom.schemas.records import ImageRef, Sample
 
 

@@ -15,7 +15,7 @@ import pytest
 import webdataset as wds
 from PIL import Image, UnidentifiedImageError
 
-from vlmloom.curation.demo_corpus import (
+from vlmloom.demo.corpus import (
     BAD_RECORD_REASONS,
     BENCHMARK_COLUMNS,
     MANIFEST_COLUMNS,

@@ -174,14 +174,14 @@ def test_model_stages_through_curate_on_demo_corpus(tmp_path):
 
     import pyarrow.parquet as pq
 
-    demo_corpus = pytest.importorskip("vlmloom.curation.demo_corpus")
+    demo_corpus = pytest.importorskip("vlmloom.demo.corpus")
     from vlmloom.pipelines.curate import curate, load_config
-    from vlmloom.pipelines.demo import demo_model_overrides
+    from vlmloom.demo.run import demo_model_overrides
     from vlmloom.schemas.config import apply_overrides, load_yaml
 
     corpus = str(tmp_path / "corpus")
     expected = demo_corpus.build_demo_corpus(corpus, demo_corpus.DemoCorpusConfig(num_samples=50))
-    data = load_yaml(os.path.join(os.path.dirname(__file__), "..", "configs", "demo_curate.yaml"))
+    data = load_yaml(os.path.join(os.path.dirname(__file__), "..", "demo", "configs", "demo_curate.yaml"))
     data["inputs"] = [{"path": os.path.join(corpus, "tars", "*.tar"), "name": "demo_wds"},
                       {"path": os.path.join(corpus, "manifest.parquet"), "name": "demo_manifest"}]
     data["output"] = str(tmp_path / "curated")

@@ -5,7 +5,7 @@ import torch
 
 from vlmloom.packing import tokenizer as T
 from vlmloom.packing.builder import BuilderConfig, SequenceBuilder
-from vlmloom.packing.fixtures import make_image, synthetic_samples
+from vlmloom.demo.records import make_image, synthetic_samples
 from vlmloom.packing.pack import _fit
 from vlmloom.schemas.packed import IGNORE_INDEX
 from vlmloom.schemas.records import Annotations, Grounding, Message, Rejection, Sample, Segment

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from vlmloom.packing.builder import SequenceBuilder
-from vlmloom.packing.fixtures import synthetic_samples
+from vlmloom.demo.records import synthetic_samples
 from vlmloom.packing.shards import assemble
 from vlmloom.packing.tokenizer import BEGIN_OF_IMAGE, END_OF_IMAGE, IMAGE, train_tokenizer, VIDEO
 from vlmloom.packing.tokenizer import BEGIN_OF_VIDEO, END_OF_VIDEO
@@ -97,14 +97,15 @@ def test_three_row_positions_do_leak_across_samples(setup):
 
 
 def test_pack_read_collate_forward_end_to_end(tmp_path):
-    """Shards written by `pack`, read by PackedDataset, batched by collate_packed: each sample's logits in a
+    """Shards written by `pack`, read by PackedDataset, batched by the trainer's PackedCollator: each sample's logits in a
     batch of 2 packed rows equal its logits alone."""
-    from vlmloom.packing.collate import collate_packed
     from vlmloom.packing.curated import iter_curated_samples
-    from vlmloom.packing.fixtures import write_curated_dir
+    from vlmloom.schemas.curated import write_curated_dir
     from vlmloom.packing.pack import PackConfig, pack
     from vlmloom.packing.reader import PackedDataset
     from vlmloom.packing.tokenizer import load_tokenizer
+    from vlmloom.trainer.data import PackedCollator
+    from vlmloom.trainer.loss import CausalLMLoss
 
     write_curated_dir(str(tmp_path / "cur"), synthetic_samples(8, seed=11, image_side=(28, 70), max_words=10))
     pack(PackConfig(inputs=[str(tmp_path / "cur")], output=str(tmp_path / "p"), seq_len=192, tokenizer_vocab_size=300))
@@ -123,10 +124,10 @@ def test_pack_read_collate_forward_end_to_end(tmp_path):
     torch.manual_seed(1)
     model = transformers.Glm4vForConditionalGeneration(config).eval()
     items = list(PackedDataset(str(tmp_path / "p")))[:2]
-    batch = collate_packed(items, image_token_id=builder.image_token_id)
+    batch = PackedCollator(config)(items)
     assert batch["position_ids"].shape == (4, 2, 192)
     with torch.no_grad():
-        packed = model(**batch, use_cache=False).logits
+        packed = CausalLMLoss(model).logits(batch)
     by_key = {s.key: builder.build(s) for s in iter_curated_samples(str(tmp_path / "cur"))}
     processor = transformers.Glm4vImageProcessorPil()
     for row, item in enumerate(items):

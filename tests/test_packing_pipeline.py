@@ -10,7 +10,8 @@ import pytest
 from vlmloom.packing.balance import BalanceConfig
 from vlmloom.packing.cli import main, parse_config
 from vlmloom.packing.curated import CuratedDirError, iter_curated_samples
-from vlmloom.packing.fixtures import synthetic_samples, write_curated_dir
+from vlmloom.demo.records import synthetic_samples
+from vlmloom.schemas.curated import write_curated_dir
 from vlmloom.packing.mixture import Recipe, RecipeSource
 from vlmloom.packing.pack import PackConfig, pack
 from vlmloom.packing.reader import PackedDataset
@@ -109,17 +110,18 @@ def test_token_share_mixture(curated, tmp_path):
 
 def test_recipe_validation():
     with pytest.raises(ConfigError, match="exactly one of weight or token_share"):
-        parse_config(["x", "--output", "o", "recipe.sources=[{path: x}]"])
+        parse_config(["x", "--output", "o", "--set", "recipe.sources=[{path: x}]"])
     with pytest.raises(ConfigError, match="did you mean 'seq_len'"):
-        parse_config(["x", "--output", "o", "seq_lenn=3"])
+        parse_config(["x", "--output", "o", "--set", "seq_lenn=3"])
     with pytest.raises(ConfigError, match="known packers"):
-        parse_config(["x", "--output", "o", "packer=magic"])
+        parse_config(["x", "--output", "o", "--set", "packer=magic"])
 
 
 def test_cli_with_truncation_and_balance(curated, tmp_path, capsys):
     out = str(tmp_path / "c")
-    code = main([curated[0], "--output", out, "--seq-len", "96", "overlong=truncate", "tokenizer_vocab_size=300",
-                 "balance.world_size=2", "balance.window_steps=8", "sequences_per_shard=3"])
+    code = main([curated[0], "--output", out, "--seq-len", "96", "--set", "overlong=truncate",
+                 "--set", "tokenizer_vocab_size=300", "--set", "balance.world_size=2", "--set", "balance.window_steps=8",
+                 "--set", "sequences_per_shard=3"])
     printed = capsys.readouterr().out
     assert code == 0 and "fill efficiency" in printed and "balance over 2 ranks" in printed
     report = json.load(open(f"{out}/pack_report.json"))

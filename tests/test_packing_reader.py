@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from vlmloom.packing.fixtures import synthetic_samples, write_curated_dir
+from vlmloom.demo.records import synthetic_samples
+from vlmloom.schemas.curated import write_curated_dir
 from vlmloom.packing.pack import PackConfig, pack
 from vlmloom.packing.reader import PackedDataset
 

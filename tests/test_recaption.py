@@ -17,8 +17,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from vlmloom.curation.concepts import key_uniform
-from vlmloom.curation.recaption import (CaptionResult, OpenAICaptioner, RateLimiter, RecaptionConfig, Recaptioner, image_data_url,
-                                        save_random_vlm)
+from vlmloom.curation.recaption import (CaptionResult, OpenAICaptioner, RateLimiter, RecaptionConfig, Recaptioner,
+                                        image_data_url)
+from vlmloom.demo.models import save_random_vlm
 from vlmloom.pipelines.model_stages import recaption_stage
 from vlmloom.schemas.config import ConfigError, build_config
 from vlmloom.schemas.records import ImageRef, Sample

@@ -277,7 +277,7 @@ def test_reward_cli_end_to_end(tmp_path, capsys):
 
 
 def test_vlmloom_dispatcher_has_reward(tmp_path, capsys):
-    from vlmloom.pipelines.cli import main
+    from vlmloom.cli.main import main
 
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps({"id": "t", "domain": "text", "response": respond("Yes"), "answer": "yes"}) + "\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlmloom.trainer import synthetic
+from vlmloom.demo import packed as synthetic
 from vlmloom.trainer.attention import sample_boundaries, varlen_available
 from vlmloom.trainer.data import PackedCollator
 from vlmloom.trainer.loss import CausalLMLoss, model_inputs

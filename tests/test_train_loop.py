@@ -12,7 +12,7 @@ import torch
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 from vlmloom.schemas.config import build_config  # noqa: E402
-from vlmloom.trainer import synthetic  # noqa: E402
+from vlmloom.demo import packed as synthetic  # noqa: E402
 from vlmloom.trainer.config import TrainConfig  # noqa: E402
 from vlmloom.trainer.loop import train  # noqa: E402
 from vlmloom.trainer.model import tiny_glm4v_config  # noqa: E402
@@ -114,7 +114,7 @@ DP_SCRIPT = """
 import json, os, sys
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 from vlmloom.schemas.config import build_config
-from vlmloom.trainer import synthetic
+from vlmloom.demo import packed as synthetic
 from vlmloom.trainer.config import TrainConfig
 from vlmloom.trainer.loop import train
 from vlmloom.trainer.model import tiny_glm4v_config

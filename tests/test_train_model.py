@@ -7,7 +7,7 @@ import torch
 
 from vlmloom.schemas.config import ConfigError, build_config
 from vlmloom.schemas.packed import IGNORE_INDEX
-from vlmloom.trainer import synthetic
+from vlmloom.demo import packed as synthetic
 from vlmloom.trainer.config import TrainConfig
 from vlmloom.trainer.data import PackedCollator, pretrain_labels, shifted_targets
 from vlmloom.trainer.loss import CausalLMLoss, model_inputs
@@ -202,7 +202,8 @@ def test_synthetic_records_are_what_packing_produces(samples, tmp_path):
     `packing.shards.assemble` give the same arrays (padding included), and a real packed shard read back by
     `PackedDataset` has the same fields, dtypes and padding convention."""
     from vlmloom.packing.builder import BuiltSample
-    from vlmloom.packing.fixtures import synthetic_samples, write_curated_dir
+    from vlmloom.demo.records import synthetic_samples
+    from vlmloom.schemas.curated import write_curated_dir
     from vlmloom.packing.pack import PackConfig, pack
     from vlmloom.packing.reader import PackedDataset
     from vlmloom.packing.shards import assemble

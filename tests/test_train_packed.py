@@ -9,7 +9,8 @@ import pytest
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-from vlmloom.packing.fixtures import synthetic_samples, write_curated_dir  # noqa: E402
+from vlmloom.demo.records import synthetic_samples
+from vlmloom.schemas.curated import write_curated_dir  # noqa: E402
 from vlmloom.packing.pack import PackConfig, pack  # noqa: E402
 from vlmloom.trainer.cli import main  # noqa: E402
 from vlmloom.trainer.model import build_tiny_model_dir  # noqa: E402

@@ -1,11 +1,11 @@
 """`vlmloom train`: train a GLM-4.1V-style model on packed shards with DeepSpeed.
 
 CPU (one process, gloo, fp32):
-    DS_ACCELERATOR=cpu vlmloom train --config configs/demo_train_pretrain.yaml --data demo_out/packed --output runs/tiny
+    DS_ACCELERATOR=cpu vlmloom train --config demo/configs/demo_train_pretrain.yaml --data demo_out/packed --output runs/tiny
 GPU, one node (bf16, ZeRO from the config):
-    deepspeed --num_gpus 8 --module vlmloom.trainer.cli --config train.yaml --data /data/packed zero_stage=2
+    deepspeed --num_gpus 8 --module vlmloom.trainer.cli --config train.yaml --data /data/packed --set zero_stage=2
     (or: torchrun --nproc_per_node 8 -m vlmloom.trainer.cli --config train.yaml ...)
-Any config key can follow as KEY=VALUE (e.g. `steps=100 lr=2e-5 model.vocab_size=512`).
+Any config key can be overridden with `--set KEY=VALUE` (repeatable, e.g. `--set steps=100 --set lr=2e-5`).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from vlmloom.schemas.config import ConfigError, apply_overrides, build_config, load_yaml
+from vlmloom.schemas.config import ConfigError, add_set_argument, apply_overrides, build_config, load_yaml
 from vlmloom.trainer.config import TrainConfig
 
 
@@ -24,8 +24,10 @@ def parse_args(argv: list[str]) -> TrainConfig:
     parser.add_argument("--output", help="run directory; overrides `output`")
     parser.add_argument("--model", help="checkpoint directory; overrides `model`")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by `deepspeed`
-    parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides")
-    args = parser.parse_intermixed_args(argv)  # KEY=VALUE may come before, between or after flags
+    add_set_argument(parser)
+    # bare KEY=VALUE, the older spelling of --set, still accepted: train takes no positional paths to confuse
+    parser.add_argument("bare_overrides", nargs="*", metavar="KEY=VALUE", help=argparse.SUPPRESS)
+    args = parser.parse_intermixed_args(argv)
     data = load_yaml(args.config)
     if args.data:
         data["data"] = args.data
@@ -33,7 +35,7 @@ def parse_args(argv: list[str]) -> TrainConfig:
         data["output"] = args.output
     if args.model:
         data["model"] = args.model
-    return build_config(TrainConfig, apply_overrides(data, args.overrides))
+    return build_config(TrainConfig, apply_overrides(data, args.overrides + args.bare_overrides))
 
 
 def main(argv: list[str] | None = None) -> int:

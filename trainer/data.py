@@ -54,8 +54,6 @@ class PackedCollator:
 
     def __init__(self, model_config: Any, *, image_processor: Any = None, check_grids: bool = True,
                  derive_labels: bool = True):
-        from vlmloom.trainer.synthetic import default_image_processor
-
         self.image_token_id = int(model_config.image_token_id)
         self.video_token_id = int(model_config.video_token_id)
         self.ignore_ids = {model_config.image_token_id, model_config.image_start_token_id,
@@ -140,9 +138,15 @@ def batch_stats(seq_lens: list[np.ndarray], targets: torch.Tensor, capacity: int
             "patches": num_patches}
 
 
+def default_image_processor() -> Any:
+    """`Glm4vImageProcessorPil` with GLM-4.1V's defaults (what the packer's vision.py mirrors)."""
+    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+
+    return Glm4vImageProcessorPil()
+
+
 def load_image_processor(path: str) -> Any:
     """`Glm4vImageProcessorPil` from a directory with preprocessor_config.json, or the defaults for ""."""
-    from vlmloom.trainer.synthetic import default_image_processor
     from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
 
     if path and os.path.isfile(os.path.join(path, "preprocessor_config.json")):

@@ -13,13 +13,7 @@ from typing import Any
 
 import torch
 
-# GLM-4.1V special tokens, as the packer writes them into the tokenizer.
-IMAGE_TOKEN = "<|image|>"
-IMAGE_START_TOKEN = "<|begin_of_image|>"
-IMAGE_END_TOKEN = "<|end_of_image|>"
-VIDEO_TOKEN = "<|video|>"
-VIDEO_START_TOKEN = "<|begin_of_video|>"
-VIDEO_END_TOKEN = "<|end_of_video|>"
+from vlmloom.packing import tokenizer as T  # GLM-4.1V's special-token strings live there, once
 
 
 def tiny_glm4v_config(
@@ -111,9 +105,9 @@ def special_token_ids(tokenizer_dir: str, vocab_size: int) -> dict[str, int]:
     if len(tok) > vocab_size:
         raise ValueError(f"vocab_size ({vocab_size}) < tokenizer size ({len(tok)}) of {tokenizer_dir}: "
                          "raise vocab_size")
-    names = {"image_token_id": IMAGE_TOKEN, "image_start_token_id": IMAGE_START_TOKEN,
-             "image_end_token_id": IMAGE_END_TOKEN, "video_token_id": VIDEO_TOKEN,
-             "video_start_token_id": VIDEO_START_TOKEN, "video_end_token_id": VIDEO_END_TOKEN}
+    names = {"image_token_id": T.IMAGE, "image_start_token_id": T.BEGIN_OF_IMAGE,
+             "image_end_token_id": T.END_OF_IMAGE, "video_token_id": T.VIDEO,
+             "video_start_token_id": T.BEGIN_OF_VIDEO, "video_end_token_id": T.END_OF_VIDEO}
     out: dict[str, int] = {}
     for key, token in names.items():
         token_id = tok.convert_tokens_to_ids(token)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
-from vlmloom.curation.base import Registry
+from vlmloom.schemas.registry import Registry
 
 
 @dataclass(frozen=True)

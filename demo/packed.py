@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlmloom.schemas.packed import IGNORE_INDEX
+from vlmloom.schemas.packed import IGNORE_INDEX, PackedRecord
+from vlmloom.trainer.data import default_image_processor
 
 
 def image_grid(image_bytes: bytes, processor: Any = None) -> np.ndarray:
@@ -24,12 +25,6 @@ def image_grid(image_bytes: bytes, processor: Any = None) -> np.ndarray:
     with Image.open(io.BytesIO(image_bytes)) as im:
         out = processor(images=[im.convert("RGB")], return_tensors="np")
     return np.asarray(out["image_grid_thw"][0], dtype=np.int32)
-
-
-def default_image_processor() -> Any:
-    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
-
-    return Glm4vImageProcessorPil()
 
 
 def random_png(rng: np.random.Generator, width: int, height: int) -> bytes:
@@ -101,14 +96,12 @@ def pack_samples(samples: list[dict[str, Any]], seq_len: int, *, pad_id: int = 0
     pad_positions = np.tile(np.arange(pad, dtype=np.int32), (4, 1))
     position_ids = np.concatenate([s["position_ids"] for s in samples] + [pad_positions], axis=1)
     grids = [s["image_grid_thw"] for s in samples if len(s["image_grid_thw"])]
-    return {
-        "key": key or "+".join(s["key"] for s in samples),
-        "input_ids": input_ids.astype(np.int32), "labels": labels.astype(np.int32),
-        "position_ids": position_ids.astype(np.int32),
-        "seq_lens": np.asarray([len(s["input_ids"]) for s in samples], dtype=np.int32),
-        "image_grid_thw": np.concatenate(grids).astype(np.int32) if grids else np.zeros((0, 3), np.int32),
-        "images": [im for s in samples for im in s["images"]],
-    }
+    return PackedRecord(
+        key=key or "+".join(s["key"] for s in samples), input_ids=input_ids.astype(np.int32),
+        labels=labels.astype(np.int32), position_ids=position_ids.astype(np.int32),
+        seq_lens=np.asarray([len(s["input_ids"]) for s in samples], dtype=np.int32),
+        image_grid_thw=np.concatenate(grids).astype(np.int32) if grids else np.zeros((0, 3), np.int32),
+        images=[im for s in samples for im in s["images"]], sample_keys=[s["key"] for s in samples]).validate().to_dict()
 
 
 def pad_sample(sample: dict[str, Any], seq_len: int, *, pad_id: int = 0) -> dict[str, Any]:

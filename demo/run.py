@@ -1,4 +1,4 @@
-"""`vlmloom demo`: the whole system on the bundled demo corpus, offline, on a laptop CPU.
+"""`vlmloom demo` (`make demo`): the whole system on the bundled demo corpus, offline, on a laptop CPU.
 
     vlmloom demo --output demo_out [--num-samples 2000] [--overwrite]
 
@@ -10,17 +10,20 @@ curate summary says how to turn them on.
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import json
 import os
 import shutil
 import time
 
+from vlmloom.demo.corpus import DemoCorpusConfig, build_demo_corpus
 from vlmloom.schemas.config import apply_overrides, load_yaml
 
 
-def _config_path(name: str) -> str:
-    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", name)
-    return here
+def config_path(name: str) -> str:
+    """A demo config shipped as package data (demo/configs/NAME), read through importlib.resources so that
+    an installed wheel finds it too (the package is a plain directory, so the path is a real file)."""
+    return str(importlib.resources.files("vlmloom.demo").joinpath("configs", name))
 
 
 def main(argv: list[str]) -> int:
@@ -33,11 +36,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--skip-train", action="store_true", help="stop after packing")
     args, beam_args = parser.parse_known_args(argv)
 
-    from vlmloom.curation.demo_corpus import DemoCorpusConfig, build_demo_corpus
-    from vlmloom.pipelines.curate import curate, load_config
-    from vlmloom.pipelines.model_config import describe_disabled
-    from vlmloom.pipelines.report import summary_table
-
     out = args.output
     if os.path.exists(out):
         if not args.overwrite:
@@ -46,12 +44,35 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(out)
     os.makedirs(out)
     t0 = time.time()
+    corpus = build_corpus(out, args.num_samples)
+    curated = curate_corpus(out, corpus, beam_args)
+    rc = pack_curated(out, curated, args.seq_len)
+    if rc or args.skip_train:
+        return rc
+    rc = train_tiny_models(out, args.train_steps)
+    if rc:
+        return rc
+    print(f"demo done in {time.time() - t0:.1f} s")
+    return 0
+
+
+def build_corpus(out: str, num_samples: int) -> str:
+    """Step 1: the demo corpus under OUT/corpus."""
+    t0 = time.time()
     corpus = os.path.join(out, "corpus")
-    expected = build_demo_corpus(corpus, DemoCorpusConfig(num_samples=args.num_samples))
+    expected = build_demo_corpus(corpus, DemoCorpusConfig(num_samples=num_samples))
     print(f"[1/4] demo corpus: {expected['total_records']} tar records + {expected.get('manifest_records', 0)} "
           f"manifest rows in {time.time() - t0:.1f} s → {corpus}")
+    return corpus
 
-    data = load_yaml(_config_path("demo_curate.yaml"))
+
+def curate_corpus(out: str, corpus: str, beam_args: list[str]) -> str:
+    """Step 2: curate the corpus with Beam into OUT/curated; prints the funnel."""
+    from vlmloom.pipelines.curate import curate, load_config
+    from vlmloom.pipelines.model_config import describe_disabled
+    from vlmloom.pipelines.report import summary_table
+
+    data = load_yaml(config_path("demo_curate.yaml"))
     data["inputs"] = [{"path": os.path.join(corpus, "tars", "*.tar"), "name": "demo_wds"},
                       {"path": os.path.join(corpus, "manifest.parquet"), "name": "demo_manifest"}]
     data["output"] = os.path.join(out, "curated")
@@ -65,40 +86,46 @@ def main(argv: list[str]) -> int:
     print(summary_table(report))
     for line in describe_disabled(config.models):
         print(f"      {line}")
+    return config.output
 
+
+def pack_curated(out: str, curated: str, seq_len: int) -> int:
+    """Step 3: pack OUT/curated twice: everything (pre-training) and the long-CoT qa samples (SFT)."""
     from vlmloom.packing.cli import main as pack_main
 
     packed, packed_sft = os.path.join(out, "packed"), os.path.join(out, "packed_sft")
     t2 = time.time()
-    rc = pack_main([config.output, "--output", packed, "--seq-len", str(args.seq_len)])
+    rc = pack_main([curated, "--output", packed, "--seq-len", str(seq_len)])
     if rc:
         return rc
     # the SFT set: only the long-CoT qa samples, same tokenizer so that the models agree
-    rc = pack_main([config.output, "--output", packed_sft, "--seq-len", str(args.seq_len),
-                    "--tokenizer", os.path.join(packed, "tokenizer"), "builder.kinds=[qa]", "builder.require_cot=true"])
+    rc = pack_main([curated, "--output", packed_sft, "--seq-len", str(seq_len),
+                    "--tokenizer", os.path.join(packed, "tokenizer"),
+                    "--set", "builder.kinds=[qa]", "--set", "builder.require_cot=true"])
     if rc:
         return rc
     print(f"[3/4] packed in {time.time() - t2:.1f} s → {packed} (pre-training), {packed_sft} (SFT)")
-    if args.skip_train:
-        return 0
+    return 0
 
+
+def train_tiny_models(out: str, steps: int) -> int:
+    """Step 4: pre-train a tiny GLM-4.1V on OUT/packed, then SFT it on OUT/packed_sft; prints the losses."""
     from vlmloom.trainer.cli import main as train_main
 
     t3 = time.time()
     pretrain_dir, sft_dir = os.path.join(out, "train_pretrain"), os.path.join(out, "train_sft")
-    rc = train_main(["--config", _config_path("demo_train_pretrain.yaml"), "--data", packed,
-                     "--output", pretrain_dir, f"steps={args.train_steps}"])
+    rc = train_main(["--config", config_path("demo_train_pretrain.yaml"), "--data", os.path.join(out, "packed"),
+                     "--output", pretrain_dir, "--set", f"steps={steps}"])
     if rc:
         return rc
     # SFT continues from the exported pre-trained model on the qa-only packed set.
-    rc = train_main(["--config", _config_path("demo_train_sft.yaml"), "--data", packed_sft, "--output", sft_dir,
-                     "--model", os.path.join(pretrain_dir, "hf_model"), f"steps={args.train_steps}"])
+    rc = train_main(["--config", config_path("demo_train_sft.yaml"), "--data", os.path.join(out, "packed_sft"),
+                     "--output", sft_dir, "--model", os.path.join(pretrain_dir, "hf_model"), "--set", f"steps={steps}"])
     if rc:
         return rc
     _print_losses(pretrain_dir, "pretrain")
     _print_losses(sft_dir, "sft")
     print(f"[4/4] trained in {time.time() - t3:.1f} s → {out}/train_pretrain, {out}/train_sft")
-    print(f"demo done in {time.time() - t0:.1f} s")
     return 0
 
 

@@ -1,22 +1,15 @@
-"""Small synthetic curated directories for tests and benchmarks (the curate step's output layout).
+"""Small synthetic curated Samples for tests and benchmarks.
 
 `synthetic_samples(n, seed)` → Samples of kinds caption / ocr / interleaved / qa with small PNG/JPEG images;
-`write_curated_dir(dir, samples)` writes them as schemas/formats.py describes (tars, manifest, _SUCCESS).
+write them as a curated directory with `vlmloom.schemas.curated.write_curated_dir(dir, samples)`.
 """
 from __future__ import annotations
 
 import hashlib
 import io
-import json
-import os
-import tarfile
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from vlmloom.schemas.formats import (MANIFEST_FILE, MANIFEST_SCHEMA, SHARDS_DIR, SUCCESS_FILE, image_member_name,
-                                     shard_name)
 from vlmloom.schemas.records import ImageRef, Message, Sample, Segment, make_key
 
 WORDS = ("the a cat dog sits on mat red blue green small large image shows picture of tree house car road sky "
@@ -69,31 +62,3 @@ def synthetic_samples(n: int, seed: int = 0, source: str = "synthetic", kinds=("
                                          f"<|begin_of_box|>{answer}<|end_of_box|></answer>")])
         out.append(s.validate())
     return out
-
-
-def write_curated_dir(directory: str, samples: list[Sample], per_shard: int = 50) -> str:
-    """Write `samples` as a finished curated directory (what `vlmloom curate` produces)."""
-    os.makedirs(os.path.join(directory, SHARDS_DIR), exist_ok=True)
-    samples = sorted(samples, key=lambda s: s.key)
-    rows = []
-    for shard_index, start in enumerate(range(0, len(samples), per_shard)):
-        name = shard_name(shard_index)
-        members = []
-        for s in samples[start:start + per_shard]:
-            members.append((f"{s.key}.json", s.to_json().encode()))
-            if s.training_text():
-                members.append((f"{s.key}.txt", s.training_text().encode()))
-            for j, im in enumerate(s.images):
-                members.append((image_member_name(s.key, j, im.format), im.bytes))
-            rows.append({"key": s.key, "source": s.source, "source_id": s.source_id, "kind": s.kind, "shard": name,
-                         "num_images": len(s.images), "width": s.images[0].width if s.images else 0,
-                         "height": s.images[0].height if s.images else 0,
-                         "text_chars": len(s.training_text() or ""), "signals": json.dumps(s.signals)})
-        with tarfile.open(os.path.join(directory, SHARDS_DIR, name), "w", format=tarfile.USTAR_FORMAT) as tar:
-            for member, data in sorted(members):
-                info = tarfile.TarInfo(member)
-                info.size, info.mtime, info.mode = len(data), 0, 0o644
-                tar.addfile(info, io.BytesIO(data))
-    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), os.path.join(directory, MANIFEST_FILE))
-    open(os.path.join(directory, SUCCESS_FILE), "w").close()
-    return directory

@@ -1,0 +1,66 @@
+"""`Sample.signals`, declared: the measured values stages hand to later stages, to the manifest and the report.
+
+One row per key: its type, the stage that writes it, and who reads it. A stage's signals travel only through
+the `Verdict` it returns (curation/base.py); the routing DoFn (pipelines/stages.py) checks them against this
+table with `check_signals` before merging them into the sample (a drop's signals become the Rejection's
+`fields`). Adding a signal means adding its row here.
+
+    check_signals("decode", {"width": 640, ...})  → None, or RecordError naming the stage, key and problem
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+from vlmloom.schemas.records import RecordError
+
+
+@dataclass(frozen=True)
+class Signal:
+    type: type  # numbers.Integral / numbers.Real / str / list (numpy scalars count as their number type)
+    stage: str  # the stage that writes it
+    doc: str  # what it is; who reads it
+
+
+SIGNALS: dict[str, Signal] = {
+    "width": Signal(numbers.Integral, "decode", "image 0 width in pixels; heuristics, dedup (pixel count)"),
+    "height": Signal(numbers.Integral, "decode", "image 0 height in pixels; heuristics, dedup (pixel count)"),
+    "pixel_std": Signal(numbers.Real, "decode", "grey-level standard deviation of image 0; heuristics"),
+    "image_sha256": Signal(str, "decode", "sha256 of image 0's bytes"),
+    "phash": Signal(str, "decode", "64-bit pHash of image 0, 16 hex digits; near_dup_image, contamination"),
+    "caption_chars": Signal(numbers.Integral, "heuristics", "characters of the caption"),
+    "caption_repetition": Signal(numbers.Real, "heuristics", "share of repeated word n-grams in the caption"),
+    "lang": Signal(str, "language", "language code of the text; report (languages)"),
+    "lang_score": Signal(numbers.Real, "language", "language-id confidence"),
+    "clip_score": Signal(numbers.Real, "clip", "image-text similarity; the clip top-fraction step, report"),
+    "concept_ids": Signal(list, "concepts", "vocabulary concept ids found in the text; the balance step"),
+    "concept_names": Signal(list, "concepts", "the same concepts by name; grounding (detector phrases)"),
+    "concept_keep_probability": Signal(numbers.Real, "concepts", "the balance step's keep probability"),
+    "contamination_benchmark": Signal(str, "contamination", "benchmark a dropped sample overlaps; report"),
+    "contamination_item_id": Signal(str, "contamination", "benchmark item a dropped sample overlaps"),
+    "text_choice": Signal(str, "recaption", "'recaption' or 'original': which text trains; Sample.training_text"),
+    "recaption_attempts": Signal(numbers.Integral, "recaption", "model calls made for the recaption"),
+    "ocr_lines": Signal(numbers.Integral, "ocr", "text lines detected; report"),
+    "ocr_mean_score": Signal(numbers.Real, "ocr", "mean recognition confidence"),
+    "ocr_char_accuracy": Signal(numbers.Real, "ocr", "character accuracy against a reference transcript; report"),
+    "grounding_boxes": Signal(numbers.Integral, "grounding", "boxes kept after merging; report"),
+    **{f"grounding_boxes_{source}": Signal(numbers.Integral, "grounding", f"boxes from {source}")
+       for source in ("ocr", "gui", "detector", "input")},
+}
+LIBRARY_STAGES = frozenset(signal.stage for signal in SIGNALS.values())
+
+
+def check_signals(stage: str, signals: dict[str, Any]) -> None:
+    """A library stage may write only its declared signals, with their types; any other stage (a custom
+    judge) may write keys of its own but none that a library stage owns."""
+    for key, value in signals.items():
+        declared = SIGNALS.get(key)
+        if declared is None:
+            if stage in LIBRARY_STAGES:
+                raise RecordError(f"stage {stage!r}: signal {key!r} is not declared in schemas/signals.py; add a row")
+            continue
+        if declared.stage != stage:
+            raise RecordError(f"stage {stage!r}: signal {key!r} belongs to stage {declared.stage!r}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, declared.type)):
+            raise RecordError(f"stage {stage!r}: signal {key!r} = {value!r} is not of type {declared.type.__name__}")
