@@ -28,6 +28,17 @@ def read_table(path: str):
         return pq.read_table(io.BytesIO(fh.read()))
 
 
+def read_manifest(out_dir: str) -> list[dict[str, Any]]:
+    """The kept samples' manifest rows of a curated directory (local or object store). Every reader of the
+    curated layout (report, HTML page, inspect, trace) goes through here, so the layout changes in one place."""
+    return read_table(FileSystems.join(out_dir, formats.MANIFEST_FILE)).to_pylist()
+
+
+def read_rejections(out_dir: str) -> list[dict[str, Any]]:
+    """Every dropped record's row (records.REJECTION_SCHEMA) of a curated directory."""
+    return read_table(FileSystems.join(out_dir, formats.REJECTED_DIR, "rejected.parquet")).to_pylist()
+
+
 def _histogram(values: list[float], edges: list[float]) -> dict[str, int]:
     counts = collections.Counter()
     for v in values:
@@ -41,8 +52,7 @@ def _histogram(values: list[float], edges: list[float]) -> dict[str, int]:
 
 
 def build_report(out_dir: str, stage_names: list[str], counters: dict[str, int], config, seconds: float) -> dict[str, Any]:
-    manifest = read_table(FileSystems.join(out_dir, formats.MANIFEST_FILE)).to_pylist()
-    rejected = read_table(FileSystems.join(out_dir, formats.REJECTED_DIR, "rejected.parquet")).to_pylist()
+    manifest, rejected = read_manifest(out_dir), read_rejections(out_dir)
     kept, dropped = len(manifest), len(rejected)
     read_records = counters.get("read/records")
     input_records = read_records if read_records is not None else kept + dropped

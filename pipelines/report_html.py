@@ -7,9 +7,8 @@ import html
 import json
 from typing import Any
 
-from apache_beam.io.filesystems import FileSystems
 
-from vlmloom.pipelines.report import read_table
+from vlmloom.pipelines.report import read_rejections
 from vlmloom.pipelines.thumbnails import kept_thumbnails, rejected_thumbnails
 from vlmloom.schemas import formats
 
@@ -18,7 +17,7 @@ def render_html(out_dir: str, report: dict[str, Any], input_paths: dict[str, lis
     rows = "".join(
         f"<tr><td>{html.escape(r['stage'])}</td><td>{r['in']}</td><td>{r['kept']}</td>"
         f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in r['dropped'].items()))}</td></tr>" for r in report["funnel"])
-    rejected = read_table(FileSystems.join(out_dir, formats.REJECTED_DIR, "rejected.parquet")).to_pylist()
+    rejected = read_rejections(out_dir)
     examples: dict[str, list[dict]] = {}
     for row in rejected:
         if len(examples.setdefault(row["reason"], [])) < 3:
