@@ -10,7 +10,6 @@ from typing import Any
 
 from vlmloom.pipelines.report import read_rejections
 from vlmloom.pipelines.thumbnails import kept_thumbnails, rejected_thumbnails
-from vlmloom.schemas import formats
 
 
 def render_html(out_dir: str, report: dict[str, Any], input_paths: dict[str, list[str]] | None = None) -> str:
