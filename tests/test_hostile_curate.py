@@ -139,7 +139,7 @@ def test_shell_expanded_glob_gives_the_keys_of_the_quoted_glob(tmp_path):
     keys = []
     for args, out in ((sorted(glob.glob(os.path.join(raw, "*.tar"))), "expanded"),
                       ([os.path.join(raw, "*.tar")], "quoted")):
-        proc = subprocess.run([sys.executable, "-m", "vlmloom.pipelines.cli", "curate", *args,
+        proc = subprocess.run([sys.executable, "-m", "vlmloom.cli.main", "curate", *args,
                                "--output", str(tmp_path / out), "--set", "disable=[language]"],
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
