@@ -250,7 +250,7 @@ def decode_sample(sample: Sample, config: DecodeConfig) -> Verdict:
     """Decode every image of `sample` once; keep it, or drop it with the first failing image's reason.
 
     Samples without images are kept unless their kind needs one (caption, ocr, grounding, gui → `no_image`).
-    Measured signals (image 0) are both written to `sample.signals` and returned in the Verdict.
+    Measured signals (image 0) are returned in the Verdict (`Verdict.merge_into` records them on the sample).
     """
     if not sample.images:
         if sample.kind in KINDS_NEEDING_IMAGE:
@@ -264,5 +264,4 @@ def decode_sample(sample: Sample, config: DecodeConfig) -> Verdict:
             return Verdict.drop(drop.reason, drop.detail)
         if index == 0:
             signals = measured
-    sample.signals.update(signals)
     return Verdict.ok(**signals)

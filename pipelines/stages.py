@@ -21,7 +21,6 @@ from apache_beam.metrics import Metrics
 
 from vlmloom.curation.base import Verdict
 from vlmloom.schemas.records import Rejection, Sample
-from vlmloom.schemas.signals import check_signals
 
 KEPT = "kept"
 REJECTED = "rejected"
@@ -64,8 +63,7 @@ class RouteDoFn(beam.DoFn):
         if verdict is None:
             yield sample
             return
-        check_signals(self._stage, verdict.signals)
-        sample.signals.update(verdict.signals)
+        verdict.merge_into(sample, self._stage)
         if verdict.keep:
             if self._final:
                 self._kept.inc()

@@ -109,7 +109,9 @@ def test_heuristics_read_what_decode_measured():
         out = io.BytesIO()
         image.save(out, format="PNG")
         sample = Sample(key=name, source="s", source_id=name, text=ENGLISH, images=[ImageRef(bytes=out.getvalue())])
-        assert decode_sample(sample, DecodeConfig()).keep
+        verdict = decode_sample(sample, DecodeConfig())
+        assert verdict.keep
+        verdict.merge_into(sample, "decode")
         reasons[name] = judge_heuristics(sample, HeuristicConfig()).reason
     assert reasons == {"tiny": "image_too_small", "near_solid": "near_solid_image", "fine": None}
 

@@ -212,6 +212,7 @@ def test_image_variants_cluster_and_distinct_images_do_not():
         sample = Sample(key=key, source="s", source_id=key, images=[ImageRef(bytes=data)])
         verdict = decode_sample(sample, DecodeConfig())
         assert verdict.keep
+        verdict.merge_into(sample, "decode")
         items.append((key, phash_int(sample.signals["phash"]), sample.signals["width"] * sample.signals["height"]))
     clusters = cluster_phashes(items, max_distance=8)
     assert clusters == {key: "double" for key in ("base", "half", "double", "jpeg30", "brighter")}
