@@ -265,12 +265,14 @@ def history(key: str, curated: CuratedIndex, packed: PackedIndex | None) -> dict
 
 def _stages_of_kept(sample: dict[str, Any], signals: dict[str, Any]) -> list[dict[str, Any]]:
     """Each lineage entry with the signals its stage wrote (schemas/signals.py says which stage writes which);
-    signals no stage of the lineage owns (the reader's origin, custom judges') go in a last `read` entry."""
+    signals no stage of the lineage owns (custom judges') go in a first `read` entry; the origin is in `raw`."""
     stages = [{"stage": e["stage"], "config_hash": e["config_hash"], "decision": e["decision"], "signals": {}}
               for e in sample.get("lineage") or []]
     by_stage = {s["stage"]: s for s in stages}
     rest = {}
     for name, value in sorted(signals.items()):
+        if name == ORIGIN_SIGNAL:
+            continue
         owner = SIGNALS.get(name)
         if owner is not None and owner.stage in by_stage:
             by_stage[owner.stage]["signals"][name] = value
@@ -346,7 +348,7 @@ def _render_history(h: dict[str, Any]) -> Iterator[str]:
         yield f"  curation    kept → {formats.SHARDS_DIR}/{curation['shard']}  kind {h.get('kind')}"
         for stage in curation["stages"]:
             signals = " ".join(f"{k}={_short(v)}" for k, v in stage["signals"].items())
-            yield f"    {stage['stage']:<16}{stage['config_hash'][:12]:<14}{stage['decision']:<12}{signals}"
+            yield f"    {stage['stage']:<16}{stage['config_hash'][:12]:<14}{stage['decision']:<12}{signals}".rstrip()
     elif curation:
         if curation["passed"]:
             yield f"  passed      {', '.join(curation['passed'])}"

@@ -10,6 +10,7 @@ import pytest
 
 from vlmloom.cli.main import main as vlmloom_main
 from vlmloom.demo.corpus import DemoCorpusConfig, build_demo_corpus
+from vlmloom.demo.run import next_steps
 from vlmloom.packing.pack import PackConfig, pack
 from vlmloom.pipelines.curate import curate, load_config
 from vlmloom.pipelines.report import read_manifest, read_rejections
@@ -140,6 +141,20 @@ def test_unknown_what_exits_2_with_a_clear_error(dirs, capsys, what):
     assert vlmloom_main(["trace", what, "--curated", curated, "--packed", packed]) == 2
     err = capsys.readouterr().err
     assert what in err and "vlmloom trace:" in err
+
+
+def test_demo_ends_with_reports_a_working_trace_command_and_tensorboard(dirs, capsys):
+    curated, packed, _ = dirs  # the fixture lays out OUT/curated and OUT/packed as `vlmloom demo` does
+    out = os.path.dirname(curated)
+    os.makedirs(os.path.join(out, "train_pretrain", "tensorboard"), exist_ok=True)
+    text = next_steps(out)
+    assert os.path.join(curated, "report.html") in text
+    assert f"--logdir {out}" in text and "train_pretrain" in text
+    command = next(line.split() for line in text.splitlines() if " trace " in line and "--curated" in line)
+    argv = command[command.index("trace"):]
+    assert vlmloom_main(argv) == 0  # the printed command works, and what the demo showed is its output
+    shown = [line[6:] for line in text.splitlines() if line.startswith("      ") and not line.startswith("      ...")]
+    assert capsys.readouterr().out.splitlines()[:len(shown)] == shown
 
 
 def test_representative_key_reads_fields_then_detail():
