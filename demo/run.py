@@ -180,7 +180,7 @@ def next_steps(out: str, trace_lines: int = 14) -> str:
         shown = render(trace(what, curated, packed)).splitlines()
         lines.append("  a packed sequence, traced back to its raw records (add --json for machines):")
         lines.append(f"    {_installed('vlmloom')} trace {what} --curated {curated} --packed {packed}")
-        lines.extend(f"      {line}" for line in shown[:trace_lines])
+        lines.extend(f"      {line}" if line else "" for line in shown[:trace_lines])
         if len(shown) > trace_lines:
             lines.append(f"      ... ({len(shown) - trace_lines} more lines)")
     runs = [d for d in ("train_pretrain", "train_sft") if os.path.isdir(os.path.join(out, d, "tensorboard"))]

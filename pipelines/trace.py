@@ -342,7 +342,9 @@ def _render_history(h: dict[str, Any]) -> Iterator[str]:
     raw = h.get("raw")
     if raw:  # a dropped record's origin is not stored: its source id within the source's input names it
         where = raw.get("origin") or f"record {raw['source_id']!r} of {raw.get('input') or 'its input'}"
-        yield f"  raw input   {where}  (source {raw['source']!r}, source id {raw['source_id']!r})"
+        relative = raw.get("origin") and not raw["origin"].startswith("/") and "://" not in raw["origin"]
+        yield f"  raw input   {where}  (source {raw['source']!r}, source id {raw['source_id']!r}" + \
+            (f", input {raw['input']})" if relative and raw.get("input") else ")")
     curation = h.get("curation")
     if curation and curation["kept"]:
         yield f"  curation    kept → {formats.SHARDS_DIR}/{curation['shard']}  kind {h.get('kind')}"

@@ -154,7 +154,8 @@ def test_demo_ends_with_reports_a_working_trace_command_and_tensorboard(dirs, ca
     argv = command[command.index("trace"):]
     assert vlmloom_main(argv) == 0  # the printed command works, and what the demo showed is its output
     shown = [line[6:] for line in text.splitlines() if line.startswith("      ") and not line.startswith("      ...")]
-    assert capsys.readouterr().out.splitlines()[:len(shown)] == shown
+    printed = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert printed[:len(shown)] == shown
 
 
 def test_representative_key_reads_fields_then_detail():
