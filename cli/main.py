@@ -29,6 +29,7 @@ COMMANDS = {  # name -> "module:function(argv) -> exit code"
     "reward": "vlmloom.trainer.rewards.cli:main",
     "report": "vlmloom.pipelines.cli:report_main",
     "inspect": "vlmloom.pipelines.cli:inspect_main",
+    "trace": "vlmloom.pipelines.trace:main",
 }
 
 

@@ -14,6 +14,7 @@ import importlib.resources
 import json
 import os
 import shutil
+import sys
 import time
 
 from vlmloom.demo.corpus import DemoCorpusConfig, build_demo_corpus
@@ -48,11 +49,14 @@ def main(argv: list[str]) -> int:
     curated = curate_corpus(out, corpus, beam_args)
     rc = pack_curated(out, curated, args.seq_len)
     if rc or args.skip_train:
+        if not rc:
+            print(next_steps(out))
         return rc
     rc = train_tiny_models(out, args.train_steps)
     if rc:
         return rc
     print(f"demo done in {time.time() - t0:.1f} s")
+    print(next_steps(out))
     return 0
 
 
@@ -152,3 +156,44 @@ def demo_model_overrides(corpus: str) -> list[str]:
         "models.contamination.enabled=true",
         f"models.contamination.benchmarks=[{json.dumps({'name': 'demo_bench', 'path': bench})}]",
     ]
+
+
+def next_steps(out: str, trace_lines: int = 14) -> str:
+    """What to look at after the demo: the HTML reports, one `vlmloom trace` of a real packed sequence (run
+    here, its first lines shown) and the command that opens TensorBoard on the training runs."""
+    from vlmloom.pipelines.trace import render, trace
+    from vlmloom.schemas.formats import MANIFEST_FILE, REPORT_HTML_FILE
+
+    curated, packed = os.path.join(out, "curated"), os.path.join(out, "packed")
+    lines = ["", "what to look at next"]
+    for name, path in (("curation report", os.path.join(curated, REPORT_HTML_FILE)),
+                       ("pack report", os.path.join(packed, "pack_report.html")),
+                       ("SFT pack report", os.path.join(out, "packed_sft", "pack_report.html"))):
+        if os.path.exists(path):
+            lines.append(f"  {name + ':':<18}{path}")
+    manifest = os.path.join(packed, MANIFEST_FILE)
+    if os.path.exists(manifest):
+        import pyarrow.parquet as pq
+
+        first = min(pq.read_table(manifest, columns=["key", "shard"]).to_pylist(), key=lambda r: r["key"])
+        what = f"{first['shard']}:0"  # the first sequence written is entry 0 of its shard
+        shown = render(trace(what, curated, packed)).splitlines()
+        lines.append("  a packed sequence, traced back to its raw records (add --json for machines):")
+        lines.append(f"    {_installed('vlmloom')} trace {what} --curated {curated} --packed {packed}")
+        lines.extend(f"      {line}" if line else "" for line in shown[:trace_lines])
+        if len(shown) > trace_lines:
+            lines.append(f"      ... ({len(shown) - trace_lines} more lines)")
+    runs = [d for d in ("train_pretrain", "train_sft") if os.path.isdir(os.path.join(out, d, "tensorboard"))]
+    if runs:  # the trainer logs to RUN/tensorboard (trainer/metrics.py); --logdir OUT shows every run under it
+        lines.append(f"  training curves ({', '.join(runs)}):")
+        lines.append(f"    {_installed('tensorboard')} --logdir {out}")
+    return "\n".join(lines)
+
+
+def _installed(command: str) -> str:
+    """`command` as this interpreter's environment installs it (.venv/bin/vlmloom after `make demo`)."""
+    path = os.path.join(os.path.dirname(sys.executable), command)
+    if not os.path.exists(path):
+        return command
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith("..") else path
