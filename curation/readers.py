@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from vlmloom.curation.decode import TextDecodeError, decode_text
 from vlmloom.schemas.records import KINDS, ImageRef, Message, Rejection, Sample, Segment, make_key
+from vlmloom.schemas.signals import ORIGIN_SIGNAL
 from vlmloom.schemas.tars import group_members, split_member_name
 
 READ_STAGE = "read"
@@ -36,7 +37,6 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 TEXT_EXTENSIONS = ("txt", "caption")
 MAX_MEMBER_BYTES = 256 * 2**20  # a single tar member larger than this is refused (member_too_large)
 MAX_JSON_DEPTH = 64  # metadata nested deeper than this is refused (json_too_deep): no real corpus needs more
-ORIGIN_SIGNAL = "origin"  # signals[...]: where the record was read (file#member, file:line), for lineage and ties
 DUPLICATE_KEY = "duplicate_key"
 _BLOCK = 512  # tar block size
 

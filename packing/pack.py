@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from vlmloom.schemas.config import ConfigError, config_hash, to_dict
 from vlmloom.schemas.formats import MANIFEST_FILE, PACKED_FORMAT_VERSION, SHARDS_DIR, SUCCESS_FILE, shard_name
-from vlmloom.schemas.packed import IGNORE_INDEX, PACKED_MANIFEST_SCHEMA
+from vlmloom.schemas.packed import IGNORE_INDEX, PACKED_MANIFEST_SCHEMA, REJECTED_FILE
 from vlmloom.schemas.publish import discard_staging, publish_directory, staging_directory
 from vlmloom.schemas.records import REJECTION_SCHEMA, Rejection, Sample
 
@@ -38,7 +38,6 @@ from .packers import PACKERS, plan_bins
 from .shards import ShardWriter, assemble, entry_members
 
 REPORT_FILE = "pack_report.json"
-REJECTED_FILE = "rejected.parquet"
 TOKENIZER_DIR = "tokenizer"
 
 

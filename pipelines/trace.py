@@ -35,12 +35,10 @@ from apache_beam.io.filesystems import FileSystems
 
 from vlmloom.pipelines.report import read_manifest, read_rejections
 from vlmloom.schemas import formats
-from vlmloom.schemas.packed import IGNORE_INDEX
-from vlmloom.schemas.signals import SIGNALS
+from vlmloom.schemas.packed import IGNORE_INDEX, REJECTED_FILE as PACK_REJECTED_FILE
+from vlmloom.schemas.signals import ORIGIN_SIGNAL, SIGNALS
 from vlmloom.schemas.tars import iter_tar_groups
 
-PACK_REJECTED_FILE = "rejected.parquet"  # packing/pack.py REJECTED_FILE (not imported: that pulls in tokenizers)
-ORIGIN_SIGNAL = "origin"  # curation/readers.py ORIGIN_SIGNAL: where the raw record was read
 _SEQUENCE_REF = re.compile(r"^(?P<shard>[^:/\\]+?):(?P<index>\d+)$")
 
 

@@ -36,6 +36,7 @@ import pyarrow as pa
 from vlmloom.schemas.records import RecordError
 
 IGNORE_INDEX = -100
+REJECTED_FILE = "rejected.parquet"  # samples pack left out (records.REJECTION_SCHEMA, stage "pack")
 POSITION_ROWS = 4  # [text, t, h, w]
 
 PACKED_MANIFEST_SCHEMA = pa.schema([

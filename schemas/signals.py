@@ -23,7 +23,11 @@ class Signal:
     doc: str  # what it is; who reads it
 
 
+ORIGIN_SIGNAL = "origin"
+
 SIGNALS: dict[str, Signal] = {
+    ORIGIN_SIGNAL: Signal(str, "read", "where the raw record was read (file#member, FILE:LINE, file:rowN); "
+                                        "duplicate-key ties, trace"),
     "width": Signal(numbers.Integral, "decode", "image 0 width in pixels; heuristics, dedup (pixel count)"),
     "height": Signal(numbers.Integral, "decode", "image 0 height in pixels; heuristics, dedup (pixel count)"),
     "pixel_std": Signal(numbers.Real, "decode", "grey-level standard deviation of image 0; heuristics"),
