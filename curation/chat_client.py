@@ -11,12 +11,15 @@ torch nor Beam: the reward package must stay light enough for verifier worker pr
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from vlmloom.schemas.config import ConfigError
 
 
 class ChatClientError(Exception):
@@ -109,6 +112,17 @@ class ChatCompletionsClient:
         if isinstance(content, list):  # some servers return content parts
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
         return str(content or "")
+
+
+def api_key_from_env(variable: str, setting: str) -> str | None:
+    """The bearer token held in environment `variable` ("" = no token); `setting` names the config field for the
+    fix-it message, so a forgotten export fails at start-up rather than as 401s on every request."""
+    if not variable:
+        return None
+    token = os.environ.get(variable)
+    if not token:
+        raise ConfigError(f"{setting}={variable} but that variable is not set: export it or clear {setting}")
+    return token
 
 
 def _seconds(value: str | None) -> float | None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from vlmloom.curation.base import Verdict
-from vlmloom.curation.chat_client import ChatClientError, ChatCompletionsClient
+from vlmloom.curation.chat_client import ChatClientError, ChatCompletionsClient, api_key_from_env
 from vlmloom.schemas.registry import Registry
 from vlmloom.curation.concepts import key_uniform
 from vlmloom.schemas.config import ConfigError
@@ -126,11 +126,7 @@ class OpenAICaptioner:
         self.config = config
         limiter = RateLimiter(config.requests_per_second, sleep=sleep)
         self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="recaption")
-        api_key = None
-        if config.api_key_env:
-            api_key = os.environ.get(config.api_key_env)
-            if not api_key:
-                raise RuntimeError(f"recaption.api_key_env={config.api_key_env} but that variable is not set")
+        api_key = api_key_from_env(config.api_key_env, "recaption.api_key_env")
         self._client = ChatCompletionsClient(config.base_url, api_key, timeout_seconds=config.timeout_seconds,
                                              max_retries=config.max_retries, backoff_seconds=config.backoff_seconds,
                                              sleep=sleep, before_attempt=limiter.acquire)

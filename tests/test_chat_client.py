@@ -2,55 +2,27 @@
 before-attempt hook, which failures retry, content parts, /models, the bearer token; and it imports no torch."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from loopback_http import LoopbackJsonServer
 
-from vlmloom.curation.chat_client import ChatClientError, ChatCompletionsClient
+from vlmloom.curation.chat_client import ChatClientError, ChatCompletionsClient, api_key_from_env
+from vlmloom.schemas.config import ConfigError
 
 
-class ScriptedServer:
-    """Answers the n-th POST with script[n] = (status, payload, headers); GET /models lists one model."""
+class ScriptedServer(LoopbackJsonServer):
+    """Answers the n-th POST with script[n] = (status, payload, headers); GET /models lists two models."""
 
     def __init__(self):
         self.script: list[tuple[int, dict, dict]] = []
         self.requests: list[tuple[dict, str | None]] = []  # (body, Authorization header)
-        server = self
+        super().__init__(self.on_post, lambda path: {"object": "list", "data": [{"id": "served-model"}, {"id": "x"}]})
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, code: int, payload: dict, headers: dict):
-                body = json.dumps(payload).encode()
-                self.send_response(code)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self):
-                self._reply(200, {"object": "list", "data": [{"id": "served-model"}, {"id": "other"}]}, {})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append((body, self.headers.get("Authorization")))
-                self._reply(*server.script[len(server.requests) - 1])
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1/"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def on_post(self, body: dict, headers: dict):
+        self.requests.append((body, headers.get("Authorization")))
+        return self.script[len(self.requests) - 1]
 
 
 @pytest.fixture
@@ -67,7 +39,7 @@ def reply(content) -> tuple[int, dict, dict]:
 def client(server: ScriptedServer, sleeps: list[float], hook_calls: list[int] | None = None, api_key=None,
            max_retries: int = 3, backoff_seconds: float = 0.1) -> ChatCompletionsClient:
     hook = (lambda: hook_calls.append(len(server.requests))) if hook_calls is not None else None
-    return ChatCompletionsClient(server.url, api_key, timeout_seconds=5, max_retries=max_retries,
+    return ChatCompletionsClient(server.url + "/", api_key, timeout_seconds=5, max_retries=max_retries,
                                  backoff_seconds=backoff_seconds, sleep=sleeps.append, before_attempt=hook)
 
 
@@ -119,6 +91,15 @@ def test_first_model_and_bearer_token(server):
     assert authorised.first_model() == "served-model"
     assert authorised.complete({}).text == ""
     assert server.requests[0][1] == "Bearer secret"
+
+
+def test_api_key_from_env(monkeypatch):
+    monkeypatch.setenv("VLMLOOM_TEST_TOKEN", "secret")
+    monkeypatch.delenv("VLMLOOM_TEST_UNSET", raising=False)
+    assert api_key_from_env("VLMLOOM_TEST_TOKEN", "judge.api_key_env") == "secret"
+    assert api_key_from_env("", "judge.api_key_env") is None
+    with pytest.raises(ConfigError, match="judge.api_key_env=VLMLOOM_TEST_UNSET but that variable is not set"):
+        api_key_from_env("VLMLOOM_TEST_UNSET", "judge.api_key_env")
 
 
 def test_importing_the_client_loads_no_torch_or_beam():

@@ -10,13 +10,12 @@ Runs on threads of the calling process (`in_thread`), `concurrency` requests at 
 """
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from vlmloom.curation.chat_client import ChatClientError, ChatCompletionsClient
+from vlmloom.curation.chat_client import ChatClientError, ChatCompletionsClient, api_key_from_env
 from vlmloom.schemas.config import ConfigError
 from vlmloom.trainer.rewards.base import CORRECT, WRONG, RewardItem, Score, Verifier, VerifierError, VERIFIERS
 
@@ -67,11 +66,7 @@ class LlmJudgeVerifier(Verifier):
     def __init__(self, params: Any = None, sleep: Any = time.sleep):
         super().__init__(params)
         p = self.params
-        api_key = None
-        if p.api_key_env:
-            api_key = os.environ.get(p.api_key_env)
-            if not api_key:
-                raise ConfigError(f"llm_judge.api_key_env={p.api_key_env} but that variable is not set")
+        api_key = api_key_from_env(p.api_key_env, "llm_judge.api_key_env")
         self._client = ChatCompletionsClient(p.base_url, api_key, timeout_seconds=p.timeout_seconds,
                                              max_retries=p.max_retries, backoff_seconds=p.backoff_seconds, sleep=sleep)
         self._model = p.model
