@@ -4,8 +4,8 @@ Backends sit behind `RECAPTION_BACKENDS` (name → factory(config) → captioner
 batch of samples to one `CaptionResult` each (text, or the error that remained after retries).
 - `openai`: an OpenAI-compatible `/chat/completions` server (vLLM, SGLang serving GLM-4.1V or any
   VLM). The image travels as a data URL. Requests run `concurrency` at a time, under a per-worker
-  rate limit, each with a timeout; 429, 5xx, timeouts and connection errors are retried with
-  exponential backoff (honouring `Retry-After`); other 4xx fail at once.
+  rate limit, through `ChatCompletionsClient` (curation/chat_client.py): a timeout each; 429, 5xx,
+  timeouts and connection errors retried with exponential backoff; other 4xx fail at once.
 - `transformers`: a local image-text-to-text model directory, run with its chat template.
 A sample whose recaption still fails is rejected with `recaption_failed` and the error in `detail`
 (the dead-letter output: it is written to `rejected/`, never silently dropped).
@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from vlmloom.curation.base import Verdict
+from vlmloom.curation.chat_client import ChatClientError, ChatCompletionsClient, api_key_from_env
 from vlmloom.schemas.registry import Registry
 from vlmloom.curation.concepts import key_uniform
 from vlmloom.schemas.config import ConfigError
@@ -122,45 +119,32 @@ class RateLimiter:
             self._sleep(start - now)
 
 
-class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
 class OpenAICaptioner:
-    """Chat-completions client with concurrency, rate limit, timeouts and retries (stdlib HTTP only)."""
+    """`concurrency` requests in flight under a per-worker rate limit; retries live in `ChatCompletionsClient`."""
 
     def __init__(self, config: RecaptionConfig, sleep: Callable[[float], None] = time.sleep):
         self.config = config
-        self._sleep = sleep
-        self._limiter = RateLimiter(config.requests_per_second, sleep=sleep)
+        limiter = RateLimiter(config.requests_per_second, sleep=sleep)
         self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="recaption")
-        self._url = config.base_url.rstrip("/") + "/chat/completions"
-        self._headers = {"Content-Type": "application/json"}
-        if config.api_key_env:
-            token = os.environ.get(config.api_key_env)
-            if not token:
-                raise RuntimeError(f"recaption.api_key_env={config.api_key_env} but that variable is not set")
-            self._headers["Authorization"] = f"Bearer {token}"
+        api_key = api_key_from_env(config.api_key_env, "recaption.api_key_env")
+        self._client = ChatCompletionsClient(config.base_url, api_key, timeout_seconds=config.timeout_seconds,
+                                             max_retries=config.max_retries, backoff_seconds=config.backoff_seconds,
+                                             sleep=sleep, before_attempt=limiter.acquire)
         self._model = config.model or self._first_model()
 
     def _first_model(self) -> str:
-        request = urllib.request.Request(self.config.base_url.rstrip("/") + "/models", headers=self._headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout_seconds) as response:
-                models = json.loads(response.read())["data"]
-        except Exception as exc:
-            raise RuntimeError(f"recaption.model is empty and {self.config.base_url}/models failed ({exc}): "
-                               "set recaption.model to the served model name") from exc
-        return str(models[0]["id"])
+            return self._client.first_model()
+        except ChatClientError as exc:
+            raise RuntimeError(f"recaption.model is empty and {exc}: set recaption.model to the served model "
+                               "name") from exc
 
     def __call__(self, samples: Sequence[Sample]) -> list[CaptionResult]:
         return list(self._pool.map(self.caption, samples))
 
     def caption(self, sample: Sample) -> CaptionResult:
         c = self.config
-        body = json.dumps({
+        body = {
             "model": self._model,
             "messages": [{"role": "user", "content": [
                 {"type": "image_url", "image_url": {"url": image_data_url(sample)}},
@@ -168,60 +152,12 @@ class OpenAICaptioner:
             ]}],
             "max_tokens": c.max_new_tokens,
             "temperature": c.temperature,
-        }).encode("utf-8")
-        last_error, last_exc = "", None
-        for attempt in range(c.max_retries + 1):
-            if attempt:
-                delay = c.backoff_seconds * 2 ** (attempt - 1)
-                if isinstance(last_exc, _Retryable) and last_exc.retry_after:
-                    delay = max(delay, last_exc.retry_after)
-                self._sleep(delay)
-            self._limiter.acquire()
-            try:
-                return CaptionResult(text=self._post(body), attempts=attempt + 1)
-            except _Retryable as exc:
-                last_exc, last_error = exc, str(exc)
-            except _Fatal as exc:
-                return CaptionResult(error=str(exc), attempts=attempt + 1)
-        return CaptionResult(error=f"gave up after {c.max_retries + 1} attempts: {last_error}", attempts=c.max_retries + 1)
-
-    def _post(self, body: bytes) -> str:
-        request = urllib.request.Request(self._url, data=body, headers=self._headers, method="POST")
+        }
         try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout_seconds) as response:
-                payload = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            text = exc.read()[:300].decode("utf-8", "replace")
-            if exc.code == 429 or exc.code >= 500:
-                retry_after = exc.headers.get("Retry-After") if exc.headers else None
-                raise _Retryable(f"HTTP {exc.code}: {text}", _seconds(retry_after)) from None
-            raise _Fatal(f"HTTP {exc.code}: {text}") from None
-        except (TimeoutError, socket.timeout) as exc:
-            raise _Retryable(f"timeout after {self.config.timeout_seconds}s") from exc
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, (TimeoutError, socket.timeout)):
-                raise _Retryable(f"timeout after {self.config.timeout_seconds}s") from exc
-            raise _Retryable(f"connection error: {exc.reason}") from exc
-        except (ConnectionError, json.JSONDecodeError) as exc:
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
-        try:
-            content = payload["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            raise _Fatal(f"response without choices[0].message.content: {str(payload)[:200]}") from None
-        if isinstance(content, list):  # some servers return content parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        return str(content or "")
-
-
-class _Fatal(Exception):
-    pass
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
+            reply = self._client.complete(body)
+        except ChatClientError as exc:
+            return CaptionResult(error=str(exc), attempts=exc.attempts)
+        return CaptionResult(text=reply.text, attempts=reply.attempts)
 
 
 @RECAPTION_BACKENDS.register("openai")

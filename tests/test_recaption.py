@@ -5,15 +5,13 @@ from __future__ import annotations
 import base64
 import collections
 import io
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from loopback_http import LoopbackJsonServer
 from PIL import Image
 
 from vlmloom.curation.concepts import key_uniform
@@ -45,65 +43,33 @@ def make(colour: str, text: str | None = "original caption", kind: str = "captio
                   images=[ImageRef(width=24, height=16, format="png", bytes=png(colour))])
 
 
-class FakeServer:
+class FakeServer(LoopbackJsonServer):
     """A chat-completions server on 127.0.0.1 whose reply depends on the image and the attempt number."""
 
     def __init__(self):
-        by_image = {base64.b64encode(png(c)).decode(): c for c in SCENARIOS}
+        self.by_image = {base64.b64encode(png(c)).decode(): c for c in SCENARIOS}
         self.attempts: collections.Counter = collections.Counter()
         self.requests: list[dict] = []
-        server = self
+        super().__init__(self.on_post, lambda path: {"object": "list", "data": [{"id": "served-vlm"}]})
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, code: int, payload: dict, headers: dict | None = None):
-                body = json.dumps(payload).encode()
-                try:
-                    self.send_response(code)
-                    for k, v in (headers or {}).items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
-                    pass
-
-            def do_GET(self):
-                self._reply(200, {"object": "list", "data": [{"id": "served-vlm", "object": "model"}]})
-
-            def do_POST(self):
-                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append(request)
-                url = request["messages"][0]["content"][0]["image_url"]["url"]
-                colour = by_image[url.split(",", 1)[1]]
-                server.attempts[colour] += 1
-                plan = SCENARIOS[colour]
-                action = plan[min(server.attempts[colour], len(plan)) - 1]
-                if action == "slow":
-                    time.sleep(1.0)
-                    action = "ok"
-                if action in ("ok", "empty"):
-                    content = "" if action == "empty" else f"A plain {colour} rectangle."
-                    self._reply(200, {"id": "x", "object": "chat.completion", "model": request["model"],
-                                      "choices": [{"index": 0, "finish_reason": "stop",
-                                                   "message": {"role": "assistant", "content": content}}]})
-                elif action == "429":
-                    self._reply(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"})
-                else:
-                    self._reply(int(action), {"error": {"message": f"error {action}"}})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def on_post(self, request: dict, headers: dict):
+        self.requests.append(request)
+        url = request["messages"][0]["content"][0]["image_url"]["url"]
+        colour = self.by_image[url.split(",", 1)[1]]
+        self.attempts[colour] += 1
+        plan = SCENARIOS[colour]
+        action = plan[min(self.attempts[colour], len(plan)) - 1]
+        if action == "slow":
+            time.sleep(1.0)
+            action = "ok"
+        if action in ("ok", "empty"):
+            content = "" if action == "empty" else f"A plain {colour} rectangle."
+            return 200, {"id": "x", "object": "chat.completion", "model": request["model"],
+                         "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": content}}]}, {}
+        if action == "429":
+            return 429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"}
+        return int(action), {"error": {"message": f"error {action}"}}, {}
 
 
 @pytest.fixture

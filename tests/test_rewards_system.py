@@ -6,10 +6,9 @@ import json
 import logging
 import sys
 import textwrap
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from loopback_http import LoopbackJsonServer
 
 from vlmloom.schemas.config import ConfigError
 from vlmloom.trainer.rewards import (RewardConfig, RewardErrorRateExceeded, RewardItem, RewardSystem,
@@ -167,51 +166,25 @@ def test_unknown_domain_and_config_errors_say_how_to_fix():
     assert (loose.verifier, loose.score, strict.verifier, strict.score) == ("loose", 1.0, "numeric", 0.0)
 
 
-class JudgeServer:
+class JudgeServer(LoopbackJsonServer):
     """Chat-completions on 127.0.0.1; the reply depends on the candidate answer (and the attempt)."""
 
     def __init__(self):
         self.requests: list[dict] = []
         self.attempts: dict[str, int] = {}
-        server = self
+        super().__init__(self.on_post, lambda path: {"object": "list", "data": [{"id": "judge-model"}]})
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, code, payload):
-                body = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self):
-                self._reply(200, {"object": "list", "data": [{"id": "judge-model"}]})
-
-            def do_POST(self):
-                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append(request)
-                content = request["messages"][0]["content"]
-                answer = content.rsplit("Candidate answer: ", 1)[1]
-                n = server.attempts[answer] = server.attempts.get(answer, 0) + 1
-                if answer == "flaky" and n == 1:
-                    return self._reply(503, {"error": "busy"})
-                if answer == "refused":
-                    return self._reply(400, {"error": "bad request"})
-                text = {"right": "score: 1", "half": "Reasoning... score: 0.5", "wrong": "0", "flaky": "score: 1",
-                        "rambling": "I cannot decide."}[answer]
-                self._reply(200, {"choices": [{"message": {"role": "assistant", "content": text}}]})
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def on_post(self, request: dict, headers: dict):
+        self.requests.append(request)
+        answer = request["messages"][0]["content"].rsplit("Candidate answer: ", 1)[1]
+        n = self.attempts[answer] = self.attempts.get(answer, 0) + 1
+        if answer == "flaky" and n == 1:
+            return 503, {"error": "busy"}, {}
+        if answer == "refused":
+            return 400, {"error": "bad request"}, {}
+        text = {"right": "score: 1", "half": "Reasoning... score: 0.5", "wrong": "0", "flaky": "score: 1",
+                "rambling": "I cannot decide."}[answer]
+        return 200, {"choices": [{"message": {"role": "assistant", "content": text}}]}, {}
 
 
 @pytest.fixture
