@@ -70,15 +70,16 @@ def _source_files(root: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
-    """`python -m build --wheel` of a copy of the source tree (a build in place would leave build/ behind, and a
-    stale build/lib can slip removed files into the wheel). Returns (wheel path, copied tree, build log)."""
+    """`python -m build` of a copy of the source tree (a build in place would leave build/ behind, and a stale
+    build/lib can slip removed files into the wheel). It builds the sdist, then the wheel from the sdist, so a file
+    the sdist drops (what `--setup_file` stages) is missing from the wheel too. Returns (wheel, tree, build log)."""
     root = tmp_path_factory.mktemp("wheel")
     tree = root / "src"
     for name in _source_files(REPO):
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, tree / name)
     # --skip-dependency-check: build with this environment's setuptools, whatever version a dev venv holds
-    done = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check",
+    done = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--skip-dependency-check",
                            "--outdir", str(root / "dist"), str(tree)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     wheels = glob.glob(str(root / "dist" / "vlmloom-*.whl"))
