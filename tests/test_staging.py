@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -23,7 +22,9 @@ import pytest
 
 from vlmloom.demo.corpus import DemoCorpusConfig, build_demo_corpus
 
-pytestmark = pytest.mark.slow  # builds a wheel and a virtualenv, runs curate twice (~1 min on 2 cores)
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+pytestmark = pytest.mark.slow  # builds a wheel and a virtualenv, runs curate twice (~2 min on a loaded 2-core machine)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,7 +116,7 @@ def _site_dirs() -> list[str]:
 def _wheel_only_venv(root: Path, wheel_path: str) -> Path:
     """A venv whose only vlmloom is the wheel. Its dependencies come from this interpreter's site directories
     through a .pth of plain path lines, to keep the test minutes short: Python adds those directories to
-    sys.path but runs no .pth inside them, so this venv's editable-install finder never loads."""
+    sys.path but runs no .pth inside them, so the editable-install finder of this checkout's venv never loads."""
     venv = root / "wv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
@@ -124,7 +125,8 @@ def _wheel_only_venv(root: Path, wheel_path: str) -> Path:
     (purelib / "_deps.pth").write_text("".join(f"{d}\n" for d in _site_dirs()))
     probe = ("import importlib.util, sys; print(importlib.util.find_spec('apache_beam') is not None, "
              "importlib.util.find_spec('vlmloom') is not None)")
-    before = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    before = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=True,
+                            cwd=root).stdout.split()
     assert before == ["True", "False"], "the dependency path must give Beam but no vlmloom before the wheel"
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index",
                     wheel_path], check=True, timeout=300, capture_output=True)
@@ -133,8 +135,8 @@ def _wheel_only_venv(root: Path, wheel_path: str) -> Path:
     where = subprocess.run([str(python), "-c", "import importlib.resources, vlmloom.pipelines.curate as c, "
                             "vlmloom.curation.concepts as k; print(c.__file__); print(k.DEFAULT_VOCABULARY); "
                             "print(importlib.resources.files('vlmloom.trainer.rewards') / 'rewards.yaml')"],
-                           capture_output=True, text=True, check=True, cwd=root).stdout.split()
-    assert all(Path(p).is_file() and Path(p).is_relative_to(purelib) for p in where), (where, purelib)
+                           capture_output=True, text=True, check=True, cwd=root).stdout.splitlines()
+    assert len(where) == 3 and all(Path(p).is_file() and Path(p).is_relative_to(purelib) for p in where), (where, purelib)
     return venv
 
 
