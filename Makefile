@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 DEMO_DIR ?= demo_out
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench wheel clean
 
 setup: $(STAMP)
 
@@ -34,5 +34,11 @@ bench: setup
 	$(BIN)/python bench/packing.py
 	$(BIN)/python bench/train_throughput.py  # picks the CPU accelerator itself without CUDA
 
+# The package as cluster workers get it (README "Running on a cluster"): dist/*.tar.gz and dist/*.whl.
+# build/ goes first: setuptools reuses build/lib, where a file removed from the tree would still be picked up.
+wheel: setup
+	rm -rf build dist/vlmloom-*
+	$(BIN)/python -m build --no-isolation
+
 clean:
-	rm -rf $(VENV) $(DEMO_DIR)
+	rm -rf $(VENV) $(DEMO_DIR) dist

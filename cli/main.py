@@ -5,7 +5,7 @@
         --direct_num_workers=2 --direct_running_mode=multi_processing   # unknown --flags go to Beam
     vlmloom pack out --output packed --seq-len 8192 --set packer=greedy
     vlmloom train --config train.yaml --data packed --set steps=100
-    vlmloom reward outputs.jsonl --config configs/rewards.yaml --output scored.jsonl
+    vlmloom reward outputs.jsonl --config trainer/rewards/rewards.yaml --output scored.jsonl
     vlmloom inspect out
 
 Every command takes config overrides as `--set KEY=VALUE` (repeatable). This module is only the table: each

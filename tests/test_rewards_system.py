@@ -259,9 +259,9 @@ def test_vlmloom_dispatcher_has_reward(tmp_path, capsys):
 
 
 def test_shipped_rewards_yaml_states_the_defaults():
-    import os
+    from vlmloom.trainer.rewards.config import shipped_config_path
 
-    shipped = load_reward_config(os.path.join(os.path.dirname(__file__), "..", "configs", "rewards.yaml"))
+    shipped = load_reward_config(shipped_config_path())
     default = RewardConfig()
     assert shipped.routes == default.routes
     assert {n: shipped.instance_params(n) for n in default.routes.values()} == \

@@ -115,6 +115,14 @@ def import_plugins(modules: tuple[str, ...] | list[str]) -> None:
             raise ConfigError(f"rewards.plugins: cannot import {name!r} ({exc}); put it on PYTHONPATH") from exc
 
 
+def shipped_config_path() -> str:
+    """The defaults written out as YAML (rewards.yaml, package data of vlmloom.trainer.rewards): a starting point
+    to copy and edit; it is a real file in an installed wheel too."""
+    import importlib.resources
+
+    return str(importlib.resources.files("vlmloom.trainer.rewards").joinpath("rewards.yaml"))
+
+
 def load_reward_config(source: str | dict[str, Any] | None = None) -> RewardConfig:
     """RewardConfig from a YAML path, a mapping (a whole file or its `rewards:` section), or None (defaults)."""
     data = load_yaml(source) if isinstance(source, str) else dict(source or {})
