@@ -47,8 +47,6 @@ class RLCSObjective:
                  rank: int, world_size: int, device: torch.device):
         from transformers import AutoTokenizer
 
-        from vlmloom.trainer.rewards import load_reward_config
-
         rc = self.rc = config.rlcs
         self.config, self.model, self.device, self.world_size = config, model, device, world_size
         self.tokenizer_dir = resolve_tokenizer_dir(config)
@@ -69,13 +67,12 @@ class RLCSObjective:
         settings = GenerationSettings(max_new_tokens=rc.max_new_tokens, max_think_tokens=rc.max_think_tokens,
                                       force_answer_tokens=rc.force_answer_tokens, temperature=rc.temperature,
                                       top_p=rc.top_p, generation_batch=rc.generation_batch)
-        reward_config = load_reward_config(rc.rewards or None)
         if rc.ray:
             self.backend = RayRollout(model, self.tokenizer_dir, settings, num_cpus=rc.ray_num_cpus)
-            self.rewards = RayRewards(reward_config, num_cpus=rc.ray_num_cpus)
+            self.rewards = RayRewards(rc.rewards, num_cpus=rc.ray_num_cpus)
         else:
             self.backend = make_rollout_backend(rc.rollout_backend, model, tokenizer, image_processor, settings)
-            self.rewards = LocalRewards(reward_config)
+            self.rewards = LocalRewards(rc.rewards)
         self.image_token_id = int(model.config.image_token_id)
         self.merge_size = int(model.config.vision_config.spatial_merge_size)
         self.pad_id = self.renderer.builder.pad_id

@@ -216,6 +216,10 @@ class TransformersRollout:
         self.pad_id = ids[T.ENDOFTEXT]
         self.end_think_id, self.answer_id = ids[T.END_THINK], ids[T.ANSWER]
         self.image_token_id = ids[T.IMAGE]
+        # A response must never contain image/video placeholders (they would need pixels); a young policy can
+        # sample them, so generation suppresses them (the renormalisation over the rest is negligible).
+        self.suppressed = sorted(ids[t] for t in (T.IMAGE, T.BEGIN_OF_IMAGE, T.END_OF_IMAGE, T.VIDEO, T.BEGIN_OF_VIDEO,
+                                                  T.END_OF_VIDEO, T.GMASK, T.SOP) if t in ids)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[RenderedPrompt], k: int) -> list[list[Rollout]]:
@@ -282,7 +286,7 @@ class TransformersRollout:
             input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
             mm_token_type_ids=(input_ids == self.image_token_id).long(), do_sample=True,
             temperature=self.settings.temperature, top_p=self.settings.top_p, top_k=0,
-            max_new_tokens=max_new_tokens, num_return_sequences=k, use_cache=True,
+            max_new_tokens=max_new_tokens, num_return_sequences=k, use_cache=True, suppress_tokens=self.suppressed,
             pad_token_id=self.pad_id, eos_token_id=sorted(self.end_ids), **kwargs)
         return out[:, input_ids.shape[1]:].tolist()
 
@@ -343,12 +347,13 @@ def reward_items(prompts: Sequence[RLPrompt], groups: Sequence[Sequence[Rollout]
 
 
 class LocalRewards:
-    """The reward system in this process (its own process pool does the work): items → results."""
+    """The reward system in this process (its own process pool does the work): items → results. `source`: a
+    rewards YAML path or mapping (`rlcs.rewards`), or a RewardConfig."""
 
-    def __init__(self, config: Any):
-        from vlmloom.trainer.rewards import RewardSystem
+    def __init__(self, source: Any):
+        from vlmloom.trainer.rewards import RewardConfig, RewardSystem, load_reward_config
 
-        self.system = RewardSystem(config)
+        self.system = RewardSystem(source if isinstance(source, RewardConfig) else load_reward_config(source or None))
 
     def score(self, items: list[Any]) -> list[Any]:
         return self.system.score_batch(items)

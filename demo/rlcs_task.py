@@ -1,0 +1,139 @@
+"""A verifiable task the project generates, whose prompts carry images: for RLCS tests, the toy bench and demos.
+
+    make_task(n, seed) → list[TaskItem]: a rendered PNG + question + ground truth + a reference response
+
+Two kinds, so the curriculum has something to sort:
+- `color` (easy): "Which color fills the image?" over a small palette; the whole image is that color (+ noise).
+- `count` (harder): "How many squares are in the image?" 1–4 white squares on a dark background.
+Answers come from a small vocabulary so a tiny model can learn the task on CPU in minutes. Reference responses
+follow GLM-4.1V's format: <think>…</think><answer>… <|begin_of_box|>ANSWER<|end_of_box|></answer>.
+`rl_prompts(items)` → trainer RLPrompts; `sft_samples(items)` → schema Samples for the packing builder.
+"""
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+
+COLORS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 210), "yellow": (220, 200, 40)}
+COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+IMAGE_SIZE = 56  # → an 84×84 processor grid: 9 image tokens per prompt with GLM-4.1V's merge of 2
+
+
+@dataclass(frozen=True)
+class TaskItem:
+    id: str
+    kind: str  # color | count
+    domain: str  # the reward-system domain that scores it
+    question: str
+    answer: str
+    image: bytes  # PNG
+    reasoning: str
+
+    @property
+    def response(self) -> str:
+        return (f"<think>{self.reasoning}</think><answer>The answer is "
+                f"<|begin_of_box|>{self.answer}<|end_of_box|></answer>")
+
+
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _color_item(rng: random.Random, index: int):
+    from PIL import Image
+
+    name = rng.choice(sorted(COLORS))
+    base = COLORS[name]
+    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), base)
+    pixels = image.load()
+    for _ in range(60):  # a little noise so images of one color differ
+        x, y = rng.randrange(IMAGE_SIZE), rng.randrange(IMAGE_SIZE)
+        pixels[x, y] = tuple(max(0, min(255, c + rng.randint(-40, 40))) for c in base)
+    return TaskItem(id=f"color-{index:05d}", kind="color", domain="text", question="Which color fills the image?",
+                    answer=name, image=_png(image), reasoning=f"The image is {name}.")
+
+
+def _count_item(rng: random.Random, index: int):
+    from PIL import Image, ImageDraw
+
+    count = rng.randint(1, 4)
+    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (20, 20, 30))
+    draw = ImageDraw.Draw(image)
+    cells = rng.sample([(cx, cy) for cx in range(2) for cy in range(2)], count)  # one square per quadrant
+    for cx, cy in cells:
+        x = cx * 28 + rng.randint(3, 9)
+        y = cy * 28 + rng.randint(3, 9)
+        draw.rectangle([x, y, x + 14, y + 14], fill=(240, 240, 240))
+    return TaskItem(id=f"count-{index:05d}", kind="count", domain="numeric",
+                    question="How many squares are in the image?", answer=str(count), image=_png(image),
+                    reasoning=f"I see {COUNT_WORDS[count]} squares.")
+
+
+def make_task(n: int, *, seed: int = 0, kinds: tuple[str, ...] = ("color", "count")) -> list[TaskItem]:
+    """n items, kinds alternating in the given order; deterministic for a seed."""
+    rng = random.Random(seed)
+    makers = {"color": _color_item, "count": _count_item}
+    return [makers[kinds[i % len(kinds)]](rng, i) for i in range(n)]
+
+
+def rl_prompts(items: list[TaskItem]):
+    """TaskItems → `vlmloom.trainer.rollout.RLPrompt`s (one image, one user turn)."""
+    from vlmloom.trainer.rollout import RLPrompt
+
+    return [RLPrompt(id=it.id, domain=it.domain, messages=(("user", f"<image>{it.question}"),), answer=it.answer,
+                     images=(it.image,), meta={"question": it.question, "kind": it.kind}) for it in items]
+
+
+def sft_samples(items: list[TaskItem]):
+    """TaskItems → qa `Sample`s with the reference response (for the packing builder and SFT)."""
+    from vlmloom.schemas.records import ImageRef, Message, Sample
+
+    return [Sample(key=it.id, source="rlcs_task", source_id=it.id, kind="qa",
+                   images=[ImageRef(bytes=it.image, width=IMAGE_SIZE, height=IMAGE_SIZE, format="png")],
+                   messages=[Message("user", f"<image>{it.question}"), Message("assistant", it.response)],
+                   answer=it.answer, domain=it.domain) for it in items]
+
+
+def tokenizer_texts(items: list[TaskItem]) -> list[str]:
+    """Texts to train the task's tokenizer on (questions and responses, several times so BPE merges them)."""
+    return [t for it in items for t in (it.question, it.response)] * 3
+
+
+REWARDS = {"domains": {"text": "text"}}  # color → text (exact, normalised); count → numeric (the default route)
+
+
+def build_tokenizer_and_model(out_dir: str, items: list[TaskItem], *, seed: int = 0, **sizes) -> str:
+    """Train the task's tokenizer and write a random tiny GLM-4.1V next to it: returns a model directory that
+    also holds the tokenizer (what `rlcs.tokenizer` / `model` point at)."""
+    import os
+
+    from vlmloom.packing.tokenizer import train_tokenizer
+    from vlmloom.trainer.model import build_tiny_model_dir
+
+    tok_dir = os.path.join(out_dir, "tokenizer")
+    tokenizer = train_tokenizer(tokenizer_texts(items), tok_dir, vocab_size=400)
+    model_dir = build_tiny_model_dir(os.path.join(out_dir, "model"), vocab_size=len(tokenizer),
+                                     tokenizer_dir=tok_dir, seed=seed, **sizes)
+    tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
+def sft_records(items: list[TaskItem], tokenizer_dir: str, *, seq_len: int = 256) -> list[dict]:
+    """Packed SFT records (the dict the packed-shard reader yields) of the items' reference responses, built
+    with the project's sequence builder and packer."""
+    from vlmloom.packing.builder import SequenceBuilder
+    from vlmloom.packing.packers import plan_bins
+    from vlmloom.packing.shards import assemble
+    from vlmloom.packing.tokenizer import load_tokenizer
+
+    builder = SequenceBuilder(load_tokenizer(tokenizer_dir))
+    built = [builder.build(s) for s in sft_samples(items)]
+    records = []
+    for b, members in enumerate(plan_bins([len(s) for s in built], seq_len, window=0)):
+        row = assemble([built[m] for m in members], seq_len, builder.pad_id)
+        row["key"] = f"sft{b:05d}"
+        records.append(row)
+    return records
