@@ -97,6 +97,12 @@ def _pack(argv: list[str]) -> int:
     return pack_main(argv)
 
 
+def _reward(argv: list[str]) -> int:
+    from vlmloom.trainer.rewards.cli import main as reward_main
+
+    return reward_main(argv)
+
+
 def _train(argv: list[str]) -> int:
     from vlmloom.trainer.cli import main as train_main
 
@@ -104,7 +110,7 @@ def _train(argv: list[str]) -> int:
 
 
 COMMANDS = {"demo": _demo, "demo-corpus": _demo_corpus, "curate": _curate, "pack": _pack, "train": _train,
-            "report": _report, "inspect": _inspect}
+            "report": _report, "inspect": _inspect, "reward": _reward}
 
 
 def main(argv: list[str] | None = None) -> int:

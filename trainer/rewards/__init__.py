@@ -5,11 +5,16 @@
     config.py    RewardConfig (domain → verifier routes, per-verifier params, pool size, error thresholds)
     system.py    RewardSystem(config).score_batch(items) -> results; stats(); RewardErrorRateExceeded
     pool.py      KillablePool: worker processes killed on a per-task deadline
-    text.py      text / choice / ocr verifiers
+    text.py      text / choice / ocr verifiers (bit-parallel edit distance and LCS)
+    numbers.py   number parsing and the numeric (chart) verifier
+    symbolic.py  the math verifier (math-verify, sandboxed)
+    boxes.py     grounding verifier (IoU, one-to-one matching, 0–1000 coordinates)
+    gui.py       GUI action syntax, safe parser and verifier
+    judge.py     llm_judge verifier (OpenAI-compatible server)
     cli.py       `vlmloom reward INPUT.jsonl [--config rewards.yaml] [--output OUT.jsonl]`
 Imports no torch and no deepspeed (a test checks), so reward workers stay light.
 """
-from vlmloom.trainer.rewards import text  # noqa: F401  (registers verifiers)
+from vlmloom.trainer.rewards import boxes, gui, judge, numbers, symbolic, text  # noqa: F401  (register verifiers)
 from vlmloom.trainer.rewards.base import (VERIFIERS, RewardItem, RewardResult, Score, Verifier,  # noqa: F401
                                           VerifierError)
 from vlmloom.trainer.rewards.config import (DEFAULT_DOMAINS, FormatConfig, RewardConfig,  # noqa: F401

@@ -137,7 +137,7 @@ class RewardSystem:
             futures = [(i, instance, pool.submit(self._call, instance, prediction, truth, items[i]))
                        for i, instance, (prediction, truth) in in_threads]
         if in_pool:
-            for i, kind, value, _ in self._process_pool().run(in_pool):
+            for i, kind, value, elapsed in self._process_pool().run(in_pool):
                 instance = instances[i]
                 if kind == "ok":
                     try:
@@ -148,7 +148,8 @@ class RewardSystem:
                     score = Score(0.0, TIMEOUT)
                 else:
                     score = self._error(instance, items[i], str(value))
-                results[i] = self._result(items[i], instance, score, True, started[i])
+                # time in the worker, not the wait for the rest of the batch
+                results[i] = self._result(items[i], instance, score, True, time.monotonic() - elapsed)
         if in_threads:
             for i, instance, future in futures:
                 results[i] = self._result(items[i], instance, future.result(), True, started[i])
