@@ -1,4 +1,4 @@
-"""`vlmloom` command line: demo | demo-corpus | curate | pack | train | report | inspect.
+"""`vlmloom` command line: demo | demo-corpus | curate | pack | train | rlcs-passk | reward | report | inspect.
 
     vlmloom demo --output demo_out                       # corpus → curate → pack → train a tiny model
     vlmloom curate data/*.tar --output out --config job.yaml --set dedup.phash_max_distance=8 \
@@ -109,8 +109,15 @@ def _train(argv: list[str]) -> int:
     return train_main(argv)
 
 
+def _rlcs_passk(argv: list[str]) -> int:
+    from vlmloom.trainer.cli import passk_main
+
+    return passk_main(argv)
+
+
 COMMANDS = {"demo": _demo, "demo-corpus": _demo_corpus, "curate": _curate, "pack": _pack, "train": _train,
-            "report": _report, "inspect": _inspect, "reward": _reward}
+            "report": _report, "inspect": _inspect, "reward": _reward,
+            "rlcs-passk": _rlcs_passk}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -243,3 +243,45 @@ class RLCSObjective:
         old[mask] = log_probs.float().cpu()
         batch["old_log_probs"] = old
         return batch
+
+
+def compute_pass_rates(config: TrainConfig, output: str, *, k: int = 8, prompts: Sequence[RLPrompt] | None = None,
+                       batch_prompts: int = 16) -> dict[str, Any]:
+    """Offline difficulty: k rollouts per prompt with `config.model` (the rlcs sampling settings and reward
+    system), pass rate = share of responses scoring >= rlcs.pass_threshold. Writes JSONL rows
+    {id, domain, k, pass_rate, mean_score} to `output` (atomically) for `rlcs.curriculum.offline_pass_rates`;
+    returns a summary with the mean pass rate per domain."""
+    from transformers import AutoTokenizer
+
+    from vlmloom.trainer.curriculum import write_pass_rates
+    from vlmloom.trainer.data import load_image_processor
+    from vlmloom.trainer.model import load_model, resolve_model_spec
+
+    rc = config.rlcs
+    torch.manual_seed(config.seed)
+    model = load_model(resolve_model_spec(config.model, config.data), seed=config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer_dir(config))
+    prompts = list(prompts) if prompts is not None else load_prompts(rc.prompts)
+    renderer = PromptRenderer(tokenizer, system_prompt=rc.system_prompt)
+    settings = GenerationSettings(max_new_tokens=rc.max_new_tokens, max_think_tokens=rc.max_think_tokens,
+                                  force_answer_tokens=rc.force_answer_tokens, temperature=rc.temperature,
+                                  top_p=rc.top_p, generation_batch=rc.generation_batch)
+    backend = make_rollout_backend(rc.rollout_backend, model, tokenizer, load_image_processor(config.image_processor),
+                                   settings)
+    rewards = LocalRewards(rc.rewards)
+    rows = []
+    try:
+        for start in range(0, len(prompts), batch_prompts):
+            chunk = prompts[start:start + batch_prompts]
+            groups = backend.generate([renderer.render(p) for p in chunk], k)
+            scores = np.array([r.score for r in rewards.score(reward_items(chunk, groups))]).reshape(len(chunk), k)
+            rows += [{"id": p.id, "domain": p.domain, "k": k, "pass_rate": float((s >= rc.pass_threshold).mean()),
+                      "mean_score": float(s.mean())} for p, s in zip(chunk, scores)]
+    finally:
+        rewards.close()
+    write_pass_rates(output, rows)
+    by_domain: dict[str, list[float]] = {}
+    for row in rows:
+        by_domain.setdefault(row["domain"], []).append(row["pass_rate"])
+    return {"output": output, "prompts": len(rows), "k": k,
+            "pass_rate_by_domain": {d: float(np.mean(v)) for d, v in sorted(by_domain.items())}}
