@@ -175,3 +175,17 @@ def test_resume_is_exact_two_plus_two_equals_four(task, tmp_path, monkeypatch):
     assert first["losses"] + second["losses"] == straight["losses"]
     assert any(it["groups_kept"] > 0 for it in straight["iterations"])  # updates happened, not only empty steps
     assert any(loss != 0.0 for loss in straight["losses"])
+
+
+def test_rlcs_demo_on_a_curated_directory(task, tmp_path, capsys):
+    """run_rlcs_demo reads qa samples (answer + domain, one image) from a curated directory and prints reward
+    per domain; the real reward system scores them (a random model: every response fails the format gate)."""
+    from vlmloom.demo.rlcs_demo import run_rlcs_demo
+    from vlmloom.packing.fixtures import write_curated_dir
+
+    items, model_dir = task
+    curated = write_curated_dir(str(tmp_path / "curated"), rlcs_task.sft_samples(items))
+    result = run_rlcs_demo(curated, model_dir, str(tmp_path / "rl"), overrides={"steps": 1}, verbose=True)
+    assert set(result["reward_by_domain"]) == {"text", "numeric"}
+    assert result["iterations"][0]["prompts_rolled_out"] == 4
+    assert "reward per domain: numeric 0.000, text 0.000" in capsys.readouterr().out
