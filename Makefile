@@ -33,6 +33,8 @@ bench: setup
 	$(BIN)/python bench/model_stages.py
 	$(BIN)/python bench/packing.py
 	$(BIN)/python bench/train_throughput.py  # picks the CPU accelerator itself without CUDA
+	$(BIN)/python bench/rlcs_throughput.py   # tiny model on CPU; ~1.5B GLM-4.1V shape with CUDA
+	$(BIN)/python bench/rlcs_toy.py          # RLCS vs baseline reward curves (a few minutes on CPU)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

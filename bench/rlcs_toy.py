@@ -4,8 +4,8 @@ with RLCS (curriculum + dynamic sampling expansion) and, beside it, with both sw
     DS_ACCELERATOR=cpu .venv/bin/python bench/rlcs_toy.py            # ~minutes on 2 CPU cores
     DS_ACCELERATOR=cpu .venv/bin/python bench/rlcs_toy.py --iterations 20 --sft-steps 40
 
-Task (demo/rlcs_task.py): "Which color fills the image?" (4 colors, easy) and "How many squares are in the
-image?" (1–4, harder); answers in <|begin_of_box|>…<|end_of_box|>, scored by the project's reward system.
+Task (demo/rlcs_task.py): "Which color fills the image?" (--colors, default red/blue) and "How many squares are
+in the image?" (1..--max-count, default 2); answers in <|begin_of_box|>…<|end_of_box|>, scored by the project's reward system.
 Prints reward per iteration, rollouts spent and the share of informative groups for both runs, then exactly one
 line: `rlcs_toy: rlcs first=F last=L baseline first=F last=L` (mean reward of the first and last iteration).
 """
@@ -24,12 +24,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--sft-steps", type=int, default=30)
+    parser.add_argument("--sft-steps", type=int, default=120)
     parser.add_argument("--iterations", type=int, default=12)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--batch-prompts", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--colors", default="red,blue", help="answer vocabulary of the color questions")
+    parser.add_argument("--max-count", type=int, default=2, help="count questions ask about 1..N squares")
     parser.add_argument("--workdir", default="")
     parser.add_argument("--reuse-sft", action="store_true", help="keep WORKDIR/sft/hf_model from an earlier run")
     args = parser.parse_args(argv)
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     from vlmloom.trainer.synthetic import ListSource
 
     work = args.workdir or tempfile.mkdtemp(prefix="rlcs_toy_")
-    items = rlcs_task.make_task(args.prompts, seed=args.seed)
+    items = rlcs_task.make_task(args.prompts, seed=args.seed, colors=tuple(args.colors.split(",")),
+                                max_count=args.max_count)
     t0 = time.perf_counter()
     model_dir = rlcs_task.build_tokenizer_and_model(work, items, seed=args.seed)
     records = rlcs_task.sft_records(items, model_dir, seq_len=256)

@@ -42,10 +42,10 @@ def _png(image) -> bytes:
     return buf.getvalue()
 
 
-def _color_item(rng: random.Random, index: int):
+def _color_item(rng: random.Random, index: int, colors: tuple[str, ...], max_count: int):
     from PIL import Image
 
-    name = rng.choice(sorted(COLORS))
+    name = rng.choice(sorted(colors))
     base = COLORS[name]
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), base)
     pixels = image.load()
@@ -56,10 +56,10 @@ def _color_item(rng: random.Random, index: int):
                     answer=name, image=_png(image), reasoning=f"The image is {name}.")
 
 
-def _count_item(rng: random.Random, index: int):
+def _count_item(rng: random.Random, index: int, colors: tuple[str, ...], max_count: int):
     from PIL import Image, ImageDraw
 
-    count = rng.randint(1, 4)
+    count = rng.randint(1, max_count)
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (20, 20, 30))
     draw = ImageDraw.Draw(image)
     cells = rng.sample([(cx, cy) for cx in range(2) for cy in range(2)], count)  # one square per quadrant
@@ -72,11 +72,15 @@ def _count_item(rng: random.Random, index: int):
                     reasoning=f"I see {COUNT_WORDS[count]} squares.")
 
 
-def make_task(n: int, *, seed: int = 0, kinds: tuple[str, ...] = ("color", "count")) -> list[TaskItem]:
-    """n items, kinds alternating in the given order; deterministic for a seed."""
+def make_task(n: int, *, seed: int = 0, kinds: tuple[str, ...] = ("color", "count"),
+              colors: tuple[str, ...] = tuple(COLORS), max_count: int = 4) -> list[TaskItem]:
+    """n items, kinds alternating in the given order; deterministic for a seed. `colors` (a subset of COLORS) and
+    `max_count` (1–4) set the answer vocabulary: smaller is easier."""
+    if not set(colors) <= set(COLORS) or not 1 <= max_count <= 4:
+        raise ValueError(f"colors must be a subset of {sorted(COLORS)} and max_count within 1..4")
     rng = random.Random(seed)
     makers = {"color": _color_item, "count": _count_item}
-    return [makers[kinds[i % len(kinds)]](rng, i) for i in range(n)]
+    return [makers[kinds[i % len(kinds)]](rng, i, colors, max_count) for i in range(n)]
 
 
 def rl_prompts(items: list[TaskItem]):
