@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'it':>3} {'prompts':>7} {'rollout tok':>11} {'rollout tok/s':>13} {'scores/s':>9} {'update tok':>10} "
           f"{'update tok/s':>12} {'step s':>7}")
     for s in steps:
-        update_s = s["step_time_s"] - s["rollout_s"] - s["reward_s"]
+        update_s = s["step_time_s"] - s["rollout_seconds"] - s["scoring_seconds"]
         print(f"{s['iteration']:>3} {s['prompts_rolled_out']:>7} {s['rollout_tokens']:>11} "
               f"{s['rollout_tokens_per_s']:>13.0f} {s['reward_scores_per_s']:>9.0f} {s['tokens']:>10} "
               f"{s['tokens'] / max(update_s, 1e-9):>12.0f} {s['step_time_s']:>7.2f}")

@@ -180,7 +180,8 @@ class RLCSObjective:
             "unfinished": sum(not r.finished for g in groups for r in g),
             "format_ok": float(np.mean([r.format_ok for r in results])),
             "rollout_tokens": rollout_tokens, "rollout_tokens_per_s": rollout_tokens / max(rollout_s, 1e-9),
-            "reward_scores_per_s": len(results) / max(reward_s, 1e-9), "rollout_s": rollout_s, "reward_s": reward_s,
+            "reward_scores_per_s": len(results) / max(reward_s, 1e-9),
+            "rollout_seconds": rollout_s, "scoring_seconds": reward_s,
             "prepare_s": pack_s,
             "mean_pass_rate": float(self.sampler.pass_rates().mean()), **self.sampler.tier_summary(),
         }
