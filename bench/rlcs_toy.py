@@ -28,8 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=12)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--batch-prompts", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=5e-4, help="RL learning rate (Adam)")
+    parser.add_argument("--sft-lr", type=float, default=5e-3)
+    parser.add_argument("--sft-noise", type=float, default=0.3,
+                        help="share of SFT demonstrations that answer wrongly (leaves the SFT policy uncertain)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kinds", default="color,count", help="question kinds, alternating (color, count)")
     parser.add_argument("--colors", default="red,blue", help="answer vocabulary of the color questions")
     parser.add_argument("--max-count", type=int, default=2, help="count questions ask about 1..N squares")
     parser.add_argument("--workdir", default="")
@@ -49,18 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     from vlmloom.trainer.synthetic import ListSource
 
     work = args.workdir or tempfile.mkdtemp(prefix="rlcs_toy_")
-    items = rlcs_task.make_task(args.prompts, seed=args.seed, colors=tuple(args.colors.split(",")),
+    items = rlcs_task.make_task(args.prompts, seed=args.seed, kinds=tuple(args.kinds.split(",")), colors=tuple(args.colors.split(",")),
                                 max_count=args.max_count)
     t0 = time.perf_counter()
     model_dir = rlcs_task.build_tokenizer_and_model(work, items, seed=args.seed)
-    records = rlcs_task.sft_records(items, model_dir, seq_len=256)
+    records = rlcs_task.sft_records(items, model_dir, seq_len=256, noise=args.sft_noise, seed=args.seed)
     sft_dir = os.path.join(work, "sft", "hf_model")
     if args.reuse_sft and os.path.isfile(os.path.join(sft_dir, "config.json")):
         sft = {"export_dir": sft_dir, "first_loss": float("nan"), "final_loss": float("nan")}
     else:
         sft = train(build_config(TrainConfig, {
             "mode": "sft", "model": model_dir, "output": os.path.join(work, "sft"), "steps": args.sft_steps,
-            "lr": 5e-3, "min_lr_ratio": 0.2, "warmup_steps": 5, "micro_batch": 1, "progress": False,
+            "lr": args.sft_lr, "min_lr_ratio": 0.2, "warmup_steps": 5, "micro_batch": 1, "progress": False,
             "tensorboard": False, "resume": "never", "seed": args.seed}), source=ListSource(records, epochs=0))
     from transformers import AutoTokenizer
 

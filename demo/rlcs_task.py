@@ -7,7 +7,11 @@ Two kinds, so the curriculum has something to sort:
 - `count` (harder): "How many squares are in the image?" 1–4 white squares on a dark background.
 Answers come from a small vocabulary so a tiny model can learn the task on CPU in minutes. Reference responses
 follow GLM-4.1V's format: <think>…</think><answer>… <|begin_of_box|>ANSWER<|end_of_box|></answer>.
-`rl_prompts(items)` → trainer RLPrompts; `sft_samples(items)` → schema Samples for the packing builder.
+`rl_prompts(items)` → trainer RLPrompts; `sft_samples(items, noise=…)` → schema Samples for the packing builder.
+
+`noise` makes the SFT demonstrations only partly correct (a share of them answer with another word of the
+kind's vocabulary, reasoning included): SFT then teaches the format and an uncertain answer, so a group of
+rollouts holds both correct and incorrect responses, the setting where RL after SFT has something to improve.
 """
 from __future__ import annotations
 
@@ -32,8 +36,16 @@ class TaskItem:
 
     @property
     def response(self) -> str:
-        return (f"<think>{self.reasoning}</think><answer>The answer is "
-                f"<|begin_of_box|>{self.answer}<|end_of_box|></answer>")
+        return self.response_with(self.answer)
+
+    def response_with(self, answer: str) -> str:
+        """A demonstration that answers `answer` (the reasoning says the same)."""
+        return (f"<think>{_reasoning(self.kind, answer)}</think><answer>The answer is "
+                f"<|begin_of_box|>{answer}<|end_of_box|></answer>")
+
+
+def _reasoning(kind: str, answer: str) -> str:
+    return f"The image is {answer}." if kind == "color" else f"I see {COUNT_WORDS[int(answer)]} squares."
 
 
 def _png(image) -> bytes:
@@ -53,7 +65,7 @@ def _color_item(rng: random.Random, index: int, colors: tuple[str, ...], max_cou
         x, y = rng.randrange(IMAGE_SIZE), rng.randrange(IMAGE_SIZE)
         pixels[x, y] = tuple(max(0, min(255, c + rng.randint(-40, 40))) for c in base)
     return TaskItem(id=f"color-{index:05d}", kind="color", domain="text", question="Which color fills the image?",
-                    answer=name, image=_png(image), reasoning=f"The image is {name}.")
+                    answer=name, image=_png(image), reasoning=_reasoning("color", name))
 
 
 def _count_item(rng: random.Random, index: int, colors: tuple[str, ...], max_count: int):
@@ -69,7 +81,7 @@ def _count_item(rng: random.Random, index: int, colors: tuple[str, ...], max_cou
         draw.rectangle([x, y, x + 14, y + 14], fill=(240, 240, 240))
     return TaskItem(id=f"count-{index:05d}", kind="count", domain="numeric",
                     question="How many squares are in the image?", answer=str(count), image=_png(image),
-                    reasoning=f"I see {COUNT_WORDS[count]} squares.")
+                    reasoning=_reasoning("count", str(count)))
 
 
 def make_task(n: int, *, seed: int = 0, kinds: tuple[str, ...] = ("color", "count"),
@@ -91,14 +103,33 @@ def rl_prompts(items: list[TaskItem]):
                      images=(it.image,), meta={"question": it.question, "kind": it.kind}) for it in items]
 
 
-def sft_samples(items: list[TaskItem]):
-    """TaskItems → qa `Sample`s with the reference response (for the packing builder and SFT)."""
+def demonstration_answers(items: list[TaskItem], *, noise: float = 0.0, seed: int = 0) -> list[str]:
+    """The answer each SFT demonstration gives: the ground truth, or with probability `noise` another answer of
+    the same kind drawn from the items' vocabulary (deterministic for a seed)."""
+    if not 0.0 <= noise <= 1.0:
+        raise ValueError(f"noise ({noise}) must be within [0, 1]")
+    vocab: dict[str, list[str]] = {}
+    for it in items:
+        if it.answer not in vocab.setdefault(it.kind, []):
+            vocab[it.kind].append(it.answer)
+    rng = random.Random(seed)
+    out = []
+    for it in items:
+        others = sorted(a for a in vocab[it.kind] if a != it.answer)
+        out.append(rng.choice(others) if others and rng.random() < noise else it.answer)
+    return out
+
+
+def sft_samples(items: list[TaskItem], *, noise: float = 0.0, seed: int = 0):
+    """TaskItems → qa `Sample`s with a demonstration (the reference response; with `noise`, a share of them
+    answer wrongly, see `demonstration_answers`) for the packing builder and SFT. `answer` stays the truth."""
     from vlmloom.schemas.records import ImageRef, Message, Sample
 
+    answers = demonstration_answers(items, noise=noise, seed=seed)
     return [Sample(key=it.id, source="rlcs_task", source_id=it.id, kind="qa",
                    images=[ImageRef(bytes=it.image, width=IMAGE_SIZE, height=IMAGE_SIZE, format="png")],
-                   messages=[Message("user", f"<image>{it.question}"), Message("assistant", it.response)],
-                   answer=it.answer, domain=it.domain) for it in items]
+                   messages=[Message("user", f"<image>{it.question}"), Message("assistant", it.response_with(a))],
+                   answer=it.answer, domain=it.domain) for it, a in zip(items, answers)]
 
 
 def tokenizer_texts(items: list[TaskItem]) -> list[str]:
@@ -125,16 +156,17 @@ def build_tokenizer_and_model(out_dir: str, items: list[TaskItem], *, seed: int 
     return model_dir
 
 
-def sft_records(items: list[TaskItem], tokenizer_dir: str, *, seq_len: int = 256) -> list[dict]:
-    """Packed SFT records (the dict the packed-shard reader yields) of the items' reference responses, built
-    with the project's sequence builder and packer."""
+def sft_records(items: list[TaskItem], tokenizer_dir: str, *, seq_len: int = 256, noise: float = 0.0,
+                seed: int = 0) -> list[dict]:
+    """Packed SFT records (the dict the packed-shard reader yields) of the items' demonstrations (`noise`: see
+    `demonstration_answers`), built with the project's sequence builder and packer."""
     from vlmloom.packing.builder import SequenceBuilder
     from vlmloom.packing.packers import plan_bins
     from vlmloom.packing.shards import assemble
     from vlmloom.packing.tokenizer import load_tokenizer
 
     builder = SequenceBuilder(load_tokenizer(tokenizer_dir))
-    built = [builder.build(s) for s in sft_samples(items)]
+    built = [builder.build(s) for s in sft_samples(items, noise=noise, seed=seed)]
     records = []
     for b, members in enumerate(plan_bins([len(s) for s in built], seq_len, window=0)):
         row = assemble([built[m] for m in members], seq_len, builder.pad_id)
