@@ -179,3 +179,22 @@ def _rows_of(objective, samples, batches):
         rows.append(row)
     mb = objective.config.micro_batch
     return [rows[i:i + mb] for i in range(0, len(rows), mb)]
+
+
+def test_partly_correct_demonstrations():
+    """The toy's SFT noise: a share of demonstrations answer another word of the same kind, reasoning included;
+    deterministic per seed; the ground truth the reward system reads is untouched."""
+    items = rlcs_task.make_task(200, seed=5, colors=("red", "blue", "green"), max_count=3)
+    assert rlcs_task.demonstration_answers(items, noise=0.0) == [it.answer for it in items]
+    wrong = rlcs_task.demonstration_answers(items, noise=1.0, seed=1)
+    assert all(w != it.answer for w, it in zip(wrong, items))
+    assert all((w in ("red", "blue", "green")) == (it.kind == "color") for w, it in zip(wrong, items))
+    half = rlcs_task.demonstration_answers(items, noise=0.5, seed=2)
+    assert half == rlcs_task.demonstration_answers(items, noise=0.5, seed=2)
+    assert 0.35 < sum(h != it.answer for h, it in zip(half, items)) / len(items) < 0.65
+    samples = rlcs_task.sft_samples(items, noise=0.5, seed=2)
+    for s, h, it in zip(samples, half, items):
+        assert s.answer == it.answer and f"<|begin_of_box|>{h}<|end_of_box|>" in s.messages[-1].content
+        assert (f"The image is {h}." if it.kind == "color" else "squares") in s.messages[-1].content
+    with pytest.raises(ValueError):
+        rlcs_task.demonstration_answers(items, noise=1.5)
