@@ -33,6 +33,8 @@ bench: setup
 	$(BIN)/python bench/model_stages.py
 	$(BIN)/python bench/packing.py
 	$(BIN)/python bench/train_throughput.py  # picks the CPU accelerator itself without CUDA
+	$(BIN)/python bench/rlcs_throughput.py   # tiny model on CPU; ~1.5B GLM-4.1V shape with CUDA
+	$(BIN)/python bench/rlcs_toy.py          # RLCS vs baseline reward curves (a few minutes on CPU)
 
 # The package as cluster workers get it (README "Running on a cluster"): dist/*.tar.gz and dist/*.whl.
 # build/ goes first: setuptools reuses build/lib, where a file removed from the tree would still be picked up.

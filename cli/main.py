@@ -1,4 +1,4 @@
-"""`vlmloom` command line: demo | demo-corpus | curate | pack | train | reward | report | inspect.
+"""`vlmloom` command line: demo | demo-corpus | curate | pack | train | rlcs-passk | reward | report | inspect.
 
     vlmloom demo --output demo_out                       # corpus → curate → pack → train a tiny model
     vlmloom curate data/*.tar --output out --config job.yaml --set dedup.phash_max_distance=8 \
@@ -26,6 +26,7 @@ COMMANDS = {  # name -> "module:function(argv) -> exit code"
     "curate": "vlmloom.pipelines.cli:curate_main",
     "pack": "vlmloom.packing.cli:main",
     "train": "vlmloom.trainer.cli:main",
+    "rlcs-passk": "vlmloom.trainer.cli:passk_main",
     "reward": "vlmloom.trainer.rewards.cli:main",
     "report": "vlmloom.pipelines.cli:report_main",
     "inspect": "vlmloom.pipelines.cli:inspect_main",

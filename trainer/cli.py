@@ -6,6 +6,10 @@ GPU, one node (bf16, ZeRO from the config):
     deepspeed --num_gpus 8 --module vlmloom.trainer.cli --config train.yaml --data /data/packed --set zero_stage=2
     (or: torchrun --nproc_per_node 8 -m vlmloom.trainer.cli --config train.yaml ...)
 Any config key can be overridden with `--set KEY=VALUE` (repeatable, e.g. `--set steps=100 --set lr=2e-5`).
+RLCS (`mode: rlcs` and an `rlcs:` section, see demo/configs/rlcs_example.yaml):
+    DS_ACCELERATOR=cpu vlmloom train --config rl.yaml --model runs/sft/hf_model
+Offline pass@k difficulty for the curriculum (writes JSONL id → pass rate):
+    vlmloom rlcs-passk --config rl.yaml --k 8 --output pass_rates.jsonl
 """
 from __future__ import annotations
 
@@ -48,6 +52,30 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = train(config)
     print(json.dumps({k: v for k, v in summary.items() if k != "losses"}, indent=2))
+    return 0
+
+
+def passk_main(argv: list[str] | None = None) -> int:
+    """`vlmloom rlcs-passk --config rl.yaml --output pass_rates.jsonl [--k 8] [KEY=VALUE ...]`."""
+    parser = argparse.ArgumentParser(prog="vlmloom rlcs-passk",
+                                     description="pass@k per RL prompt with a given model (curriculum difficulty)")
+    parser.add_argument("--config", required=True, help="an RLCS train.yaml (model, rlcs.prompts, rlcs.rewards)")
+    parser.add_argument("--output", required=True, help="pass-rate JSONL to write")
+    parser.add_argument("--k", type=int, default=8, help="rollouts per prompt")
+    parser.add_argument("--model", help="checkpoint directory; overrides `model`")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides")
+    args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
+    try:
+        data = load_yaml(args.config)
+        if args.model:
+            data["model"] = args.model
+        config = build_config(TrainConfig, {**apply_overrides(data, args.overrides), "mode": "rlcs"})
+    except ConfigError as exc:
+        print(f"vlmloom rlcs-passk: {exc}", file=sys.stderr)
+        return 2
+    from vlmloom.trainer.rlcs import compute_pass_rates
+
+    print(json.dumps(compute_pass_rates(config, args.output, k=args.k), indent=2))
     return 0
 
 

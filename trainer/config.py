@@ -11,6 +11,95 @@ from typing import Any, Literal
 from vlmloom.schemas.config import ConfigError
 
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "vlmloom_varlen")
+LOSS_AGGREGATIONS = ("seq-mean-token-mean", "token-mean")  # names in trainer/rl_algos.py LOSS_AGGREGATIONS
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CurriculumConfig:
+    """Curriculum sampling of RLCS prompts (why these defaults: trainer/curriculum.py)."""
+
+    enabled: bool = True  # false: prompts are drawn uniformly (the baseline)
+    num_tiers: int = 5  # equal-width pass-rate tiers over [0, 1]
+    weight_fn: str = "informative"  # informative | gaussian | variance (rl_algos.CURRICULUM_WEIGHTS)
+    weight_params: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. {center: 0.5, width: 0.25}
+    min_weight: float = 0.05  # floor of a tier's weight: solved/unsolved prompts are still revisited
+    online_decay: float = 0.5  # a prompt's earlier online counts are multiplied by this when it is rolled out again
+    offline_pass_rates: str = ""  # JSONL {id, pass_rate, k} from `vlmloom rlcs-passk`; "" = none
+    offline_weight: float = 4.0  # pseudo-trials an offline pass rate counts for against online rollouts
+    unknown_pass_rate: float = 0.5  # prior pass rate of prompts without an offline rate (one pseudo-trial)
+
+    def validate(self) -> None:
+        if self.num_tiers < 1:
+            raise ConfigError(f"rlcs.curriculum.num_tiers ({self.num_tiers}) must be >= 1")
+        from vlmloom.trainer.rl_algos import CURRICULUM_WEIGHTS
+
+        if self.weight_fn not in CURRICULUM_WEIGHTS:
+            raise ConfigError(f"rlcs.curriculum.weight_fn {self.weight_fn!r}: use one of {CURRICULUM_WEIGHTS.names()}")
+        if not 0.0 <= self.online_decay <= 1.0 or not 0.0 <= self.unknown_pass_rate <= 1.0:
+            raise ConfigError("rlcs.curriculum.online_decay and unknown_pass_rate must be within [0, 1]")
+        if self.min_weight <= 0 or self.offline_weight <= 0:
+            raise ConfigError("rlcs.curriculum.min_weight and offline_weight must be > 0 (a zero weight would "
+                              "starve a tier forever)")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RLCSConfig:
+    """`mode: rlcs`: rollouts, rewards, GRPO with clip-higher, curriculum and dynamic sampling expansion.
+
+    One iteration = draw ⌈B·expansion EMA⌉ prompts → k rollouts each → rewards → keep the B most balanced
+    informative groups → `updates_per_iteration` optimizer steps on packed rollouts. `steps` counts optimizer steps.
+    """
+
+    prompts: list[str] = dataclasses.field(default_factory=list)  # JSONL prompt files or curated dirs (qa + answer)
+    tokenizer: str = ""  # tokenizer directory; "" = the model directory
+    group_size: int = 8  # k responses per prompt
+    prompts_per_iteration: int = 8  # B: groups kept for the update of one iteration
+    dynamic_sampling: bool = True  # false: roll out exactly B prompts and keep every informative group
+    expansion_max: float = 4.0  # cap of the expansion factor: at most ceil(B * expansion_max) prompts per iteration
+    expansion_decay: float = 0.9  # EMA decay of the expansion factor 1 / (1 - r)
+    advantage: str = "grpo"  # grpo | grpo_no_std (rl_algos.ADVANTAGE_ESTIMATORS)
+    policy_loss: str = "clip_higher"  # rl_algos.POLICY_LOSSES
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    loss_agg: str = "seq-mean-token-mean"  # per response (paper default) | token-mean
+    updates_per_iteration: int = 1  # optimizer steps per iteration (mini-batches of the kept groups)
+    max_new_tokens: int = 1024  # response budget (thinking + answer)
+    max_think_tokens: int = 768  # no </think> within this many tokens: force answering
+    force_answer_tokens: int = 64  # tokens generated after the appended </think><answer>
+    temperature: float = 1.0
+    top_p: float = 1.0  # the paper samples with top-p 1.0
+    pass_threshold: float = 1.0  # a response "passes" (curriculum pass rate) when its score >= this
+    seq_len: int = 4096  # packed row length of the update batches
+    packer: str = "best_fit_decreasing"  # packing.packers.PACKERS
+    rollout_backend: str = "transformers"  # transformers | vllm (trainer/rollout.py ROLLOUT_BACKENDS)
+    generation_batch: int = 16  # prompts per generate call (prompts of equal length share a call)
+    system_prompt: str = ""  # prepended as a system turn to every prompt; "" = none
+    rewards: str | dict[str, Any] = dataclasses.field(default_factory=dict)  # rewards YAML path or its mapping
+    ray: bool = False  # rollout and reward workers as Ray actors (pip install 'vlmloom[rl]')
+    ray_num_cpus: int = 2  # CPUs for a local ray.init when no cluster is running
+    curriculum: CurriculumConfig = dataclasses.field(default_factory=CurriculumConfig)
+
+    def validate(self) -> None:
+        for name in ("group_size", "prompts_per_iteration", "updates_per_iteration", "max_new_tokens", "seq_len",
+                     "generation_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"rlcs.{name} ({getattr(self, name)}) must be >= 1")
+        if self.group_size < 2:
+            raise ConfigError(f"rlcs.group_size ({self.group_size}) must be >= 2: GRPO compares responses in a group")
+        if self.expansion_max < 1:
+            raise ConfigError(f"rlcs.expansion_max ({self.expansion_max}) must be >= 1 (1 disables expansion)")
+        if not 0.0 <= self.expansion_decay < 1.0:
+            raise ConfigError(f"rlcs.expansion_decay ({self.expansion_decay}) must be within [0, 1)")
+        if not 0 <= self.clip_low < 1 or self.clip_high < 0:
+            raise ConfigError(f"rlcs.clip_low ({self.clip_low}) must be in [0, 1) and clip_high ({self.clip_high}) >= 0")
+        if self.loss_agg not in LOSS_AGGREGATIONS:
+            raise ConfigError(f"rlcs.loss_agg {self.loss_agg!r}: use one of {list(LOSS_AGGREGATIONS)}")
+        if not 0 < self.max_think_tokens <= self.max_new_tokens or self.force_answer_tokens < 1:
+            raise ConfigError(f"rlcs: need 0 < max_think_tokens ({self.max_think_tokens}) <= max_new_tokens "
+                              f"({self.max_new_tokens}) and force_answer_tokens >= 1")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("rlcs.temperature must be > 0 and rlcs.top_p within (0, 1]")
+        self.curriculum.validate()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -18,8 +107,9 @@ class TrainConfig:
     """One training job: model, data, optimisation, DeepSpeed, checkpoints, metrics."""
 
     # pretrain: records without labels learn every text token; sft: records must carry the packer's labels
-    # (assistant spans). Both use the token-level loss; RLCS will add "rlcs" through the same loop.
-    mode: Literal["pretrain", "sft"] = "pretrain"
+    # (assistant spans); both use the token-level loss. rlcs: reinforcement learning with curriculum sampling
+    # on the `rlcs:` prompts (the loop is the same; the objective's batches are packed rollouts).
+    mode: Literal["pretrain", "sft", "rlcs"] = "pretrain"
     # model: a Hugging Face checkpoint directory (str), or a mapping of tiny-model sizes for tests/demos
     # (keys of `vlmloom.trainer.model.tiny_glm4v_config`, e.g. {hidden_size: 64}); "tiny" or a mapping without
     # vocab_size takes vocabulary and special-token ids from DATA/tokenizer.
@@ -71,6 +161,8 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar on the console
     peak_tflops: float = 0.0  # per-device peak for MFU; 0 looks the device up in a table (CPU: no MFU)
 
+    rlcs: RLCSConfig = dataclasses.field(default_factory=RLCSConfig)  # mode: rlcs only
+
     def validate(self) -> None:
         if not self.model:
             raise ConfigError("model: set a checkpoint directory, or a mapping of tiny sizes such as {vocab_size: 512}")
@@ -92,3 +184,7 @@ class TrainConfig:
             raise ConfigError(f"stop_after ({self.stop_after}) must be >= 0 (0 runs to `steps`)")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 0 or self.epochs < 0:
             raise ConfigError("checkpoint_every, keep_checkpoints and epochs must be >= 0")
+        if self.mode == "rlcs":
+            self.rlcs.validate()
+            if self.zero_stage == 3:
+                raise ConfigError("mode: rlcs generates with the live model; ZeRO-3 partitions it: use zero_stage <= 2")

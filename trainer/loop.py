@@ -1,8 +1,8 @@
 """The training loop: config → model → DeepSpeed engine → data → steps → checkpoints → metrics → export.
 
-`train(config)` runs one job and returns a summary dict. Pre-training and SFT differ only in their data
-(labels derived when absent, or required); RLCS will plug its own record source (`source=`) and loss into the
-same loop.
+`train(config)` runs one job and returns a summary dict. Pre-training, SFT and RLCS are objectives
+(objectives.py, rlcs.py) plugged into the same loop: an objective says what a step's micro-batches are and
+which module turns one into a loss; the loop normalises over the whole step, steps, logs and checkpoints.
 Only this package imports deepspeed.
 """
 from __future__ import annotations
@@ -13,23 +13,27 @@ import os
 import random
 import socket
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
 from vlmloom.trainer import checkpoint as ckpt
 from vlmloom.trainer.config import TrainConfig
-from vlmloom.trainer.data import PackedCollator, load_image_processor, make_loader, packed_source
-from vlmloom.trainer.loss import CausalLMLoss, model_inputs, step_loss_scale
+from vlmloom.trainer.data import load_image_processor
+from vlmloom.trainer.loss import step_loss_scale
+from vlmloom.trainer.objectives import build_objective
 from vlmloom.trainer.metrics import MetricsLogger, peak_tflops, step_flops, sum_stats
 from vlmloom.trainer.model import (describe, freeze_parts, load_model, resolve_attn_implementation,
                                    resolve_model_spec)
 
+EMPTY_STATS = ("tokens", "label_tokens", "capacity", "samples", "sum_sq_len", "patches")  # an RLCS step may have none
+
 
 def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run the job described by `config`; `source` replaces the packed-shard reader (any iterable of records;
-    resume is exact when it has state_dict/load_state_dict). Returns a summary (losses, throughput, paths)."""
+    resume is exact when it has state_dict/load_state_dict), or for `mode: rlcs` the prompt list (RLPrompt).
+    Returns a summary (losses, throughput, paths; RLCS adds per-iteration metrics)."""
     device, rank, world_size = init_distributed(config.dist_backend)
     seed_everything(config.seed + rank)
     precision = ("bf16" if device.type == "cuda" else "fp32") if config.precision == "auto" else config.precision
@@ -52,16 +56,12 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
                              llm=config.freeze_llm)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    wrapper = CausalLMLoss(model)
-    engine, scheduler = build_engine(wrapper, config, ds_config)
 
-    # data
+    # objective: what a step's batches are (packed shards, or RLCS rollouts) and the module that scores them
     image_processor = load_image_processor(config.image_processor)
-    collator = PackedCollator(model.config, image_processor=image_processor, derive_labels=config.mode == "pretrain")
-    if source is None:
-        source = packed_source(config.data, shuffle_buffer=config.shuffle_buffer, seed=config.seed, rank=rank,
-                               world_size=world_size, epochs=config.epochs)
-    loader = make_loader(source, collator, micro_batch=config.micro_batch, num_workers=config.num_workers)
+    objective = build_objective(config, model, image_processor, source=source, rank=rank, world_size=world_size,
+                                device=device)
+    engine, scheduler = build_engine(objective.wrapper, config, ds_config)
 
     # resume
     checkpoints_dir = os.path.join(config.output, "checkpoints")
@@ -70,9 +70,7 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
     if found is not None:
         state = ckpt.load(engine, *found, rank=rank)
         step, resumed_from = int(state["step"]), os.path.join(*found)
-        if state["loader"] is not None:
-            loader.load_state_dict(state["loader"])
-    batches = iter(loader)
+        objective.load_state_dict(state["loader"])
 
     is_main = rank == 0
     logger = MetricsLogger(config.output, tensorboard=config.tensorboard, enabled=is_main)
@@ -90,31 +88,34 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
     engine.train()
     while step < end:
         t0 = time.perf_counter()
-        micro_batches = take(batches, config.grad_accum)
+        micro_batches = objective.next_step()
         # every rank stops together when any one runs dry; otherwise the others would wait in a collective forever
         if all_reduce_sum(float(micro_batches is None), device) > 0:
             stop_reason = "data_exhausted"
             break
-        # normalise by the label tokens of the whole optimizer step, over all ranks (not a mean of means)
-        step_label_tokens = all_reduce_sum(sum(b["stats"]["label_tokens"] for b in micro_batches), device)
-        scale = step_loss_scale(int(step_label_tokens), world_size)
+        micro_batches = pad_to_common_count(micro_batches, device)
+        # normalise by the step's denominator over all ranks (label tokens for SFT; responses or tokens for RLCS)
+        step_denominator = all_reduce_sum(sum(objective.denominator(b) for b in micro_batches), device)
+        scale = step_loss_scale(step_denominator, world_size)
         lr = scheduler.get_last_lr()[0]  # the rate this step's update uses
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         grad_norm = None
         for i, batch in enumerate(micro_batches):
-            micro_loss, _ = engine(**model_inputs(batch, device))
+            # the step's last micro-batch is the accumulation boundary, however many the objective produced
+            engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
+            micro_loss, _ = engine(**objective.inputs(batch, device))
             engine.backward(micro_loss * scale, scale_wrt_gas=False)
             if i == len(micro_batches) - 1 and own_grad_norm:
-                grad_norm = total_grad_norm(wrapper)  # reduced over ranks by now; before clipping
+                grad_norm = total_grad_norm(objective.wrapper)  # reduced over ranks by now; before clipping
             engine.step()  # DeepSpeed steps optimizer and scheduler at the accumulation boundary only
             loss_sum += micro_loss.detach().double()
-        if not own_grad_norm:
+        if not own_grad_norm and micro_batches:
             grad_norm = engine.get_global_grad_norm()
         step += 1
-        loss = float(all_reduce_sum(loss_sum, device)) / max(step_label_tokens, 1)
+        loss = float(all_reduce_sum(loss_sum, device)) / max(step_denominator, 1e-12)
         step_time = time.perf_counter() - t0
         losses.append(loss)
-        stats = sum_stats([b["stats"] for b in micro_batches])
+        stats = sum_stats([dict.fromkeys(EMPTY_STATS, 0)] + [b["stats"] for b in micro_batches])
         tokens = all_reduce_sum(stats["tokens"], device)
         tokens_per_s.append(tokens / step_time)
         if step % config.log_every == 0 or step == config.steps:
@@ -122,34 +123,35 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
             record = {
                 "loss": loss, "lr": lr,
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "tokens": int(tokens), "label_tokens": int(step_label_tokens),
+                "tokens": int(tokens), "loss_denominator": step_denominator,
                 "samples": int(all_reduce_sum(stats["samples"], device)),
                 "tokens_per_s": tokens / step_time, "step_time_s": step_time,
-                "padding_fraction": 1.0 - stats["tokens"] / stats["capacity"],
+                "padding_fraction": 1.0 - stats["tokens"] / max(stats["capacity"], 1),
                 "tflops_per_device": flops / step_time / world_size / 1e12,
                 "mfu": (flops / step_time / world_size / 1e12 / peak) if peak else None,
+                **objective.step_metrics(),
             }
             logger.log(step, record)
             progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / step_time:.0f}")
         progress.update(1)
         if config.checkpoint_every and step % config.checkpoint_every == 0:
-            ckpt.save(engine, checkpoints_dir, step, loader_state=loader.state_dict(), rank=rank,
+            ckpt.save(engine, checkpoints_dir, step, loader_state=objective.state_dict(), rank=rank,
                       keep=config.keep_checkpoints)
             last_saved = step
     progress.close()
     if stop_reason == "steps_done" and step < config.steps:
         stop_reason = "stop_after"
     if step != last_saved and step > 0:
-        ckpt.save(engine, checkpoints_dir, step, loader_state=loader.state_dict(), rank=rank,
+        ckpt.save(engine, checkpoints_dir, step, loader_state=objective.state_dict(), rank=rank,
                   keep=config.keep_checkpoints)
     export_dir = None
     if config.export:
-        tokenizer_dir = next((os.path.join(d, "tokenizer") for d in config.data
-                              if os.path.isdir(os.path.join(d, "tokenizer"))), None)
         export_dir = ckpt.export_hf(engine, model, os.path.join(config.output, "hf_model"),
-                                    zero_stage=config.zero_stage, rank=rank, tokenizer_dir=tokenizer_dir,
+                                    zero_stage=config.zero_stage, rank=rank, tokenizer_dir=objective.tokenizer_dir,
                                     image_processor=image_processor)
     logger.close()
+    objective_summary = objective.summary()
+    objective.close()
     del zero3_init
     summary = {
         "steps": step, "stop_reason": stop_reason, "resumed_from": resumed_from, "losses": losses,
@@ -157,7 +159,7 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
         "tokens_per_s": float(np.median(tokens_per_s)) if tokens_per_s else None,
         "attn_implementation": attn, "precision": precision, "world_size": world_size,
         "zero_stage": config.zero_stage, "output": config.output, "export_dir": export_dir,
-        "metrics": logger.path if is_main else None,
+        "metrics": logger.path if is_main else None, **objective_summary,
     }
     if is_main:
         with open(os.path.join(config.output, "summary.json"), "w", encoding="utf-8") as fh:
@@ -165,7 +167,7 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
     return summary
 
 
-def build_engine(wrapper: CausalLMLoss, config: TrainConfig, ds_config: dict[str, Any]) -> tuple[Any, Any]:
+def build_engine(wrapper: torch.nn.Module, config: TrainConfig, ds_config: dict[str, Any]) -> tuple[Any, Any]:
     """DeepSpeed engine around `wrapper` (its trainable parameters) with the config's lr schedule;
     returns (engine, scheduler). Call `init_distributed` first: DS_ACCELERATOR must be set before deepspeed loads."""
     import deepspeed
@@ -252,14 +254,25 @@ def all_reduce_sum(value: float | torch.Tensor, device: torch.device) -> float:
     return float(tensor)
 
 
-def take(batches: Iterator[dict[str, Any]], n: int) -> list[dict[str, Any]] | None:
-    out = []
-    for _ in range(n):
-        try:
-            out.append(next(batches))
-        except StopIteration:
-            return None
-    return out
+def pad_to_common_count(micro_batches: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+    """Every rank must run as many forward/backward passes as the others (ZeRO reduces gradients in them):
+    a rank with fewer micro-batches repeats its last one with zero loss weight. RLCS steps vary in length."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return micro_batches
+    count = torch.tensor(len(micro_batches), device=device)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    if len(micro_batches) < int(count):
+        if not micro_batches:
+            raise RuntimeError("a rank has no micro-batch while others do: give every rank enough prompts "
+                               "(rlcs.prompts_per_iteration) so each keeps at least one informative group")
+        filler = dict(micro_batches[-1])
+        for key in ("loss_weights", "targets"):
+            if key in filler:
+                filler[key] = filler[key].clone().fill_(0 if key == "loss_weights" else -100)
+        micro_batches = micro_batches + [filler] * (int(count) - len(micro_batches))
+    return micro_batches
 
 
 def seed_everything(seed: int) -> None:

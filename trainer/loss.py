@@ -74,3 +74,46 @@ def model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """The tensors of a collated batch that `CausalLMLoss.forward` takes, moved to `device`."""
     keys = ("input_ids", "position_ids", "targets", "mm_token_type_ids", "pixel_values", "image_grid_thw")
     return {k: (batch[k].to(device, non_blocking=True) if batch[k] is not None else None) for k in keys}
+
+
+class PolicyGradientLoss(CausalLMLoss):
+    """The RLCS module DeepSpeed wraps: packed rollouts → (Σ w·policy loss, loss tokens); no KL, no entropy.
+
+    Targets are the sampled response tokens (shifted like SFT labels); per target position the batch carries
+    `old_log_probs`, `advantages` and `loss_weights` (B, L) (the aggregation weights: 1/T_s per response, or 1).
+    Log-probs use logits / temperature, the distribution the rollouts were sampled from.
+    """
+
+    def __init__(self, model: Any, *, policy_loss: str, clip_low: float, clip_high: float, temperature: float):
+        super().__init__(model)
+        self.policy_loss, self.clip_low, self.clip_high, self.temperature = policy_loss, clip_low, clip_high, temperature
+        self.clipped_tokens = 0  # side channel for metrics, reset by the objective each step
+
+    def token_log_probs(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
+                        mm_token_type_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                        image_grid_thw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """log π(target) at every target position, in mask order: (N,) fp32, plus the hidden states (B, L, H)."""
+        out = self.model.model(input_ids=input_ids, position_ids=position_ids, pixel_values=pixel_values,
+                               image_grid_thw=image_grid_thw, mm_token_type_ids=mm_token_type_ids, use_cache=False)
+        hidden = out.last_hidden_state
+        mask = targets != IGNORE_INDEX
+        logits = self.model.lm_head(hidden[mask]).float() / self.temperature
+        return -F.cross_entropy(logits, targets[mask], reduction="none"), hidden
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
+                mm_token_type_ids: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
+                loss_weights: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                image_grid_thw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        from vlmloom.trainer.rl_algos import POLICY_LOSSES
+
+        log_probs, hidden = self.token_log_probs(input_ids, position_ids, targets, mm_token_type_ids, pixel_values,
+                                                 image_grid_thw)
+        mask = targets != IGNORE_INDEX
+        loss, clipped = POLICY_LOSSES.get(self.policy_loss)(log_probs, old_log_probs[mask].float(),
+                                                             advantages[mask].float(), clip_low=self.clip_low,
+                                                             clip_high=self.clip_high)
+        self.clipped_tokens += int(clipped.sum())
+        loss_sum = (loss * loss_weights[mask].float()).sum()
+        if pixel_values is None and self._vision_trains():
+            loss_sum = loss_sum + 0.0 * self._dummy_vision(hidden).sum()
+        return loss_sum, mask.sum()
