@@ -8,6 +8,12 @@ bucket → connected components → `choose_representative`), and whole by `clus
 `DedupConfig` (the dedup stages' config) and the per-group steps of the Beam stages (`duplicate_decisions`,
 `verified_hex_pairs`, `minhash_bucket_edges`) live here too, apart from their Beam plumbing.
 
+Pair-aware text edges (`minhash_bucket_edges`): inside a MinHash bucket, text-only records link by text
+alone; a record with an image links to another only when their images are near as well (`images_near`).
+One representative rule for exact, image and text dedup (`representative_rank`): most pixels, then most
+encoded bytes, then longest text, then smallest key. Bucket caps (`max_bucket_pairs`) are reported by the
+caller through `BucketEdges.capped`.
+
 Determinism: every tie is broken by value (smallest key, smallest hash), never by input order.
 """
 from __future__ import annotations
