@@ -8,6 +8,12 @@ bucket → connected components → `choose_representative`), and whole by `clus
 `DedupConfig` (the dedup stages' config) and the per-group steps of the Beam stages (`duplicate_decisions`,
 `verified_hex_pairs`, `minhash_bucket_edges`) live here too, apart from their Beam plumbing.
 
+Pair-aware text edges (`minhash_bucket_edges`): inside a MinHash bucket, text-only records link by text
+alone; a record with an image links to another only when their images are near as well (`images_near`).
+One representative rule for exact, image and text dedup (`representative_rank`): most pixels, then most
+encoded bytes, then longest text, then smallest key. Bucket caps (`max_bucket_pairs`) are reported by the
+caller through `BucketEdges.capped`.
+
 Determinism: every tie is broken by value (smallest key, smallest hash), never by input order.
 """
 from __future__ import annotations
@@ -20,6 +26,7 @@ import numpy as np
 
 from vlmloom.curation.hashing import EMPTY_MINHASH_VALUE
 from vlmloom.schemas.config import ConfigError
+from vlmloom.schemas.records import Sample
 
 T = TypeVar("T", bound=Hashable)
 
@@ -245,21 +252,44 @@ class UnionFind(Generic[T]):
 
 
 # --- representatives and clustering -----------------------------------------------------------------
-def choose_representative(members: list[tuple[str, int]]) -> str:
-    """(key, pixel_count) → the key to keep: the largest image, ties broken by the smallest key."""
+# A cluster member is (key, *quality): quality values where larger is better, compared in order.
+# `sample_member` builds the one shared form (key, pixels, image bytes, text characters); the in-memory
+# references and older callers pass (key, size) and get the same rule on fewer fields.
+Member = tuple
+
+
+def sample_member(sample: Sample) -> Member:
+    """(key, pixels of image 0, encoded bytes of image 0, text characters): what the representative rule reads."""
+    pixels = int(sample.signals.get("width", 0) or 0) * int(sample.signals.get("height", 0) or 0)
+    image_bytes = len(sample.images[0].bytes or b"") if sample.images else 0
+    return sample.key, pixels, image_bytes, len(sample.text or "")
+
+
+def representative_rank(member: Member) -> tuple:
+    """Sort key of the one representative rule shared by exact, image and text dedup (smallest wins):
+    most pixels (the uncropped, unshrunk original), then most encoded bytes — at equal pixels that is the
+    least compressed copy, the one that kept the most detail (a re-encoded or thumbnailed copy only ever
+    loses bytes) — then the longest text, then the smallest key. Because every stage ranks by the same
+    rule, a later stage never discards an earlier stage's representative in favour of a worse member."""
+    key, *quality = member
+    return tuple(-q for q in quality), key
+
+
+def choose_representative(members: list[Member]) -> str:
+    """Members (key, *quality) → the key to keep by `representative_rank`."""
     if not members:
         raise ValueError("choose_representative: empty cluster")
-    return min(members, key=lambda m: (-m[1], m[0]))[0]
+    return min(members, key=representative_rank)[0]
 
 
-def _clusters_to_representatives(groups: dict[object, list[tuple[str, int]]]) -> dict[str, str]:
+def _clusters_to_representatives(groups: dict[object, list[Member]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for members in groups.values():
         if len(members) < 2:
             continue
         rep = choose_representative(members)
-        for key, _ in members:
-            out[key] = rep
+        for member in members:
+            out[member[0]] = rep
     return out
 
 
@@ -374,12 +404,20 @@ class DedupConfig:
     exact: bool = True  # drop records whose image bytes (or, for text-only records, text) are identical
     phash: bool = True  # drop near-duplicate images
     phash_max_distance: int = 6  # Hamming distance <= this on the 64-bit pHash counts as a near duplicate
-    minhash: bool = True  # drop near-duplicate captions/documents
+    minhash: bool = True  # drop near-duplicate captions/documents (image records only when their images are near too)
     minhash_threshold: float = 0.8  # estimated Jaccard similarity of word 5-gram shingles
     minhash_num_perm: int = 128  # signature length; must equal bands * rows
     minhash_bands: int = 16  # LSH bands (more bands: higher recall at lower similarity)
     minhash_min_words: int = 12  # shorter texts are not text-deduplicated (short captions repeat legitimately)
-    max_bucket_pairs: int = 2_000_000  # cap on verified pairs per LSH bucket; beyond it members link to bucket anchors
+    # Per LSH bucket. MinHash: at most this many signature comparisons; beyond it the remaining members
+    # are compared with the anchors (the bucket's first members, at least one) only. pHash: a bucket with
+    # more verified pairs than this emits one star per cluster instead (same clusters, fewer edges).
+    # Each use is counted (dedup/minhash_bucket_capped, dedup/phash_bucket_capped in report.json).
+    max_bucket_pairs: int = 2_000_000
+    # Large-star/small-star rounds unrolled in the pipeline (curation/components.py), two shuffles each.
+    # Measured: 12 rounds converge a chain of 3,000 duplicates labelled in order (30,000 in random order),
+    # 17 one of 100,000. Unconverged nodes split their cluster (more kept, none lost) and are counted.
+    components_max_rounds: int = 12
 
     def validate(self) -> None:
         if not 0 <= self.phash_max_distance <= 31:
@@ -389,48 +427,122 @@ class DedupConfig:
                               f"dedup.minhash_bands ({self.minhash_bands})")
         if not 0 < self.minhash_threshold <= 1:
             raise ConfigError(f"dedup.minhash_threshold ({self.minhash_threshold}) must be in (0, 1]")
+        if self.max_bucket_pairs < 1:
+            raise ConfigError(f"dedup.max_bucket_pairs ({self.max_bucket_pairs}) must be >= 1")
+        if not 1 <= self.components_max_rounds <= 64:
+            raise ConfigError(f"dedup.components_max_rounds ({self.components_max_rounds}) must be within 1..64 "
+                              "(each round is two shuffles; 17 converge a chain of 100,000 duplicates)")
 
 
-def duplicate_decisions(group: tuple[Hashable, Iterable[tuple[str, int]]]) -> Iterator[tuple[str, str]]:
-    """One cluster (id, [(key, size)]) → (key, representative) for every member but the representative
-    (`choose_representative`: the largest image or longest text, then the smallest key)."""
+def duplicate_decisions(group: tuple[Hashable, Iterable[Member]]) -> Iterator[tuple[str, str]]:
+    """One cluster (id, [member]) → (key, representative) for every member but the representative
+    (`choose_representative`)."""
     _, members = group
     members = sorted(set(members))
     if len(members) < 2:
         return
     rep = choose_representative(members)
-    for key, _ in members:
-        if key != rep:
-            yield key, rep
+    for member in members:
+        if member[0] != rep:
+            yield member[0], rep
 
 
-def verified_hex_pairs(bucket: Iterable[str], max_distance: int) -> Iterator[tuple[str, str]]:
+@dataclass(frozen=True)
+class BucketEdges:
+    """Edges found in one LSH bucket, and whether the bucket hit `max_bucket_pairs`."""
+    edges: list[tuple[str, str]]
+    capped: bool
+
+
+def _component_stars(edges: list[tuple[T, T]]) -> list[tuple[T, T]]:
+    """The same connected components as `edges`, as one star per component from its smallest node."""
+    union: UnionFind[T] = UnionFind()
+    for a, b in edges:
+        union.union(a, b)
+    return sorted((smallest, node) for node, smallest in union.components().items() if node != smallest)
+
+
+def verified_hex_pairs(bucket: Iterable[str], max_distance: int, max_pairs: int) -> BucketEdges:
     """pHash values of one LSH band bucket, as 16-digit hex → verified pairs (Hamming <= max_distance), as hex.
-    Hex because unsigned 64-bit ints overflow Beam's VarInt coder."""
+
+    Over `max_pairs` verified pairs, the bucket's edges are replaced by one star per cluster (each member
+    linked to its cluster's smallest hash): the same clusters, at most n-1 edges to shuffle; `capped`.
+    The union-find here holds one bucket only. Hex because unsigned 64-bit ints overflow Beam's VarInt coder."""
     values = sorted({int(h, 16) for h in bucket})
-    for a, b in verified_pairs(values, max_distance):
-        yield f"{a:016x}", f"{b:016x}"
+    pairs = verified_pairs(values, max_distance)
+    capped = len(pairs) > max_pairs
+    if capped:
+        pairs = _component_stars(pairs)
+    return BucketEdges([(f"{a:016x}", f"{b:016x}") for a, b in pairs], capped)
 
 
-def minhash_bucket_edges(members: list[tuple[str, np.ndarray]], threshold: float, max_pairs: int):
-    """Verified edges in one MinHash bucket. Identical signatures are chained without comparison; distinct
-    ones are compared pairwise (vectorised) up to `max_pairs`, after which members link to the first member."""
-    by_sig: dict[bytes, list[str]] = {}
-    for key, sig in members:
-        by_sig.setdefault(np.asarray(sig, dtype=np.uint64).tobytes(), []).append(key)
-    groups = sorted((sorted(keys), sig) for sig, keys in by_sig.items())
-    for keys, _ in groups:
-        for a, b in zip(keys, keys[1:]):
-            yield a, b
-    if len(groups) < 2:
-        return
-    heads = [keys[0] for keys, _ in groups]
-    sigs = np.stack([np.frombuffer(sig, dtype=np.uint64) for _, sig in groups])
-    pairs = 0
-    for i in range(len(groups) - 1):
-        if pairs > max_pairs:
-            break
-        similarity = (sigs[i + 1:] == sigs[i]).mean(axis=1)
-        pairs += len(similarity)
-        for j in np.nonzero(similarity >= threshold)[0]:
-            yield heads[i], heads[i + 1 + int(j)]
+# A MinHash bucket member: (key, signature, image) with image = (sha256, pHash hex) of image 0, or None
+# for a text-only record.
+TextMember = tuple
+
+
+def images_near(a: tuple[str, str] | None, b: tuple[str, str] | None, max_distance: int) -> bool:
+    """Same image bytes, or pHashes within `max_distance`. Text-only records (None) are near only each other."""
+    if a is None or b is None:
+        return a is None and b is None
+    if a[0] and a[0] == b[0]:
+        return True
+    return bool(a[1]) and bool(b[1]) and (int(a[1], 16) ^ int(b[1], 16)).bit_count() <= max_distance
+
+
+def _pair_aware_edges(members: list[tuple[str, tuple[str, str] | None]], max_distance: int) -> Iterator[tuple[str, str]]:
+    """Members of one text group (texts near-duplicate) → edges between those that may drop each other:
+    text-only records all link; image records link when their images are near (`images_near`)."""
+    text_only = sorted(key for key, image in members if image is None)
+    yield from zip(text_only, text_only[1:])
+    with_image = sorted((key, image) for key, image in members if image is not None)
+    by_sha: dict[str, list[str]] = defaultdict(list)
+    by_phash: dict[str, list[str]] = defaultdict(list)
+    for key, (sha, phash) in with_image:
+        if sha:
+            by_sha[sha].append(key)
+        if phash:
+            by_phash[phash].append(key)
+    for keys in [*by_sha.values(), *by_phash.values()]:
+        yield from zip(keys, keys[1:])
+    # Distinct pHashes compared by the same pigeonhole search as the image stage (not all pairs).
+    for a, b in verified_pairs(sorted(int(h, 16) for h in by_phash), max_distance):
+        yield by_phash[f"{a:016x}"][0], by_phash[f"{b:016x}"][0]
+
+
+def minhash_bucket_edges(members: list[TextMember], threshold: float, max_pairs: int,
+                         image_max_distance: int) -> BucketEdges:
+    """Pair-aware edges in one MinHash bucket.
+
+    Texts: identical signatures are one node without comparison; distinct ones are compared (vectorised,
+    estimated Jaccard >= threshold). All pairs while n(n-1)/2 <= max_pairs; otherwise the first members in
+    order (anchors; at least the first) are compared with every later member while the comparisons stay
+    within max_pairs, and the bucket is `capped`: a member then links only through an anchor it resembles.
+    Texts linked within the bucket form text groups (transitively, inside this bucket only).
+    Pairs: inside a text group, text-only records link to each other; a record with an image links only to
+    records whose image is near (`images_near`: same sha256 or pHash within image_max_distance). So a
+    templated caption ("Click to enlarge …") never removes a distinct image.
+    """
+    by_sig: dict[bytes, list[tuple[str, tuple[str, str] | None]]] = defaultdict(list)
+    for key, sig, image in members:
+        by_sig[np.asarray(sig, dtype=np.uint64).tobytes()].append((key, None if image is None else tuple(image)))
+    groups = sorted((sorted(items), sig) for sig, items in by_sig.items())
+    n = len(groups)
+    text_union: UnionFind[int] = UnionFind(range(n))
+    capped = n * (n - 1) // 2 > max_pairs
+    if n >= 2:
+        sigs = np.stack([np.frombuffer(sig, dtype=np.uint64) for _, sig in groups])
+        compared = 0
+        for i in range(n - 1):
+            later = n - 1 - i
+            if i > 0 and compared + later > max_pairs:
+                break
+            similarity = (sigs[i + 1:] == sigs[i]).mean(axis=1)
+            compared += later
+            for j in np.flatnonzero(similarity >= threshold).tolist():
+                text_union.union(i, i + 1 + j)
+    text_groups: dict[int, list[tuple[str, tuple[str, str] | None]]] = defaultdict(list)
+    for node, smallest in text_union.components().items():
+        text_groups[smallest].extend(groups[node][0])
+    edges = [edge for _, items in sorted(text_groups.items()) for edge in _pair_aware_edges(items, image_max_distance)]
+    return BucketEdges(edges, capped)

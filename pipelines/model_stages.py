@@ -8,7 +8,7 @@ elements are batched), then a generic decide step counts `dropped_<reason>` and 
 Unexpected errors — a failing batch in the model, a failing decision — become `quarantined_error`
 Rejections, one per sample, and more than `max_error_ratio` of them fails the job.
 Stages needing a global pass use Beam combiners and side inputs: concept counts (`Count.PerElement`
-→ `AsDict`) and the CLIP top-fraction cutoff (`CombineGlobally` → `AsSingleton`).
+→ `AsDict`) and the CLIP top-fraction cutoff (a bounded score histogram, `CombineGlobally` → a scalar `AsSingleton`).
 
     stages = build_model_stages(build_config(ModelStagesConfig, yaml_section))
     for name, stage in stages:
@@ -208,24 +208,30 @@ def _judge_pair(judge: Callable[[Sample, Any], Verdict], pair: tuple) -> tuple[S
 
 # --- CLIP: threshold per sample, then an optional global top-fraction cut -----------------------
 class TopFractionCutoff(beam.CombineFn):
-    """Exact cutoff of the top fraction: keeps every score (4 bytes each as float32 would do; Python
-    floats here), so it suits up to tens of millions of samples per job."""
+    """Scores → the top-fraction cutoff, through a histogram of binned scores (`clip.score_histogram`):
+    the accumulator holds at most 20,001 (bin, count) pairs whatever the corpus size, and merging adds
+    counts, so the cutoff is the same on every runner (see curation/clip.py for why not ApproximateQuantiles)."""
 
     def __init__(self, fraction: float):
         self._fraction = fraction
 
     def create_accumulator(self):
-        return []
+        return {}
 
     def add_input(self, accumulator, score):
-        accumulator.append(score)
+        b = clip_mod.score_bin(score)
+        accumulator[b] = accumulator.get(b, 0) + 1
         return accumulator
 
     def merge_accumulators(self, accumulators):
-        return [s for acc in accumulators for s in acc]
+        merged: dict[int, int] = {}
+        for accumulator in accumulators:
+            for b, count in accumulator.items():
+                merged[b] = merged.get(b, 0) + count
+        return merged
 
     def extract_output(self, accumulator):
-        return clip_mod.top_fraction_cutoff(accumulator, self._fraction)
+        return clip_mod.cutoff_from_histogram(accumulator, self._fraction)
 
 
 def _top_fraction_decide(fraction: float, sample: Sample, cutoff: float) -> tuple[Sample, Verdict | None]:

@@ -162,3 +162,26 @@ def test_contamination_confirms_with_the_clip_encoder(clip_dir, tmp_path):
     hit = index.lookup([Sample(key="x", source="t", source_id="x", images=[ImageRef(bytes=buf.getvalue())])])[0]
     assert hit is not None and hit.item_id == "item-1" and "cosine=" in hit.detail()
     assert BenchmarkSource(name="b", path=str(tmp_path)) in effective(config).contamination.benchmarks
+
+
+def test_top_fraction_accumulator_is_bounded_and_independent_of_partitioning():
+    from vlmloom.pipelines.model_stages import TopFractionCutoff
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(-1, 1, 60_000).round(6).tolist()
+    fn = TopFractionCutoff(0.1)
+
+    def run(parts):
+        accumulators = []
+        for part in range(parts):
+            acc = fn.create_accumulator()
+            for s in scores[part::parts]:
+                acc = fn.add_input(acc, s)
+            accumulators.append(acc)
+        merged = fn.merge_accumulators(accumulators)
+        return len(merged), fn.extract_output(merged)
+
+    size_one, cutoff_one = run(1)
+    assert size_one <= 20_001  # bins of 1e-4 over [-1, 1], not one entry per score
+    assert all(run(parts)[1] == cutoff_one for parts in (2, 3, 7))
+    kept = sum(1 for s in scores if round(s * 10_000) >= round(cutoff_one * 10_000))
+    assert 6_000 <= kept <= 6_000 + 20  # the top 10%, plus ties inside the cutoff's bin

@@ -74,3 +74,159 @@ def test_dedup_of_empty_input():
             out = empty | f"T{i}" >> t
             assert_that(out["kept"], equal_to([]), label=f"kept{i}")
             assert_that(out["rejected"], equal_to([]), label=f"rej{i}")
+
+
+# --- pair-aware text dedup, the shared representative rule, bucket caps (issue 10 §3) -------------------
+import hashlib
+import io
+
+import imagehash
+import numpy as np
+from apache_beam.metrics.metric import MetricsFilter
+from PIL import Image
+
+from vlmloom.curation import hashing
+from vlmloom.curation.neardup import minhash_bucket_edges, verified_hex_pairs
+
+CLICK = "Click to enlarge this photograph from our gallery of pictures taken during the long summer holidays"
+AGAIN = ("Exactly the same picture again shown here once more for your convenience in a slightly larger "
+         "frame with the usual copyright notice of the original photographer")
+
+
+def _encoded(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _record(key: str, image: Image.Image, text: str) -> Sample:
+    data = _encoded(image)
+    sample = Sample(key=key, source="s", source_id=key, text=text,
+                    images=[ImageRef(sha256=hashlib.sha256(data).hexdigest(), width=image.width,
+                                     height=image.height, format="png", bytes=data)])
+    sample.signals.update(width=image.width, height=image.height, phash=str(imagehash.phash(image.convert("L"))))
+    return sample
+
+
+def _smooth_image(seed: int) -> Image.Image:
+    grid = (np.random.default_rng(seed).random((4, 4, 3)) * 255).astype(np.uint8)
+    return Image.fromarray(grid).resize((256, 256), Image.BICUBIC)
+
+
+def _crop_5_percent(image: Image.Image) -> Image.Image:
+    d = round(image.width * 0.0125)  # 2.5% of each side: 5% of the area
+    return image.crop((d, d, image.width - d, image.height - d))
+
+
+
+
+def test_templated_captions_never_remove_distinct_images_and_the_original_survives():
+    """The issue's measured scenario, small: 40 distinct images; 30 get an exact copy captioned "Click to
+    enlarge …" and a 5%-crop variant captioned "Exactly the same picture again …" (longer than the
+    original's caption); 10 more distinct images carry the templated captions themselves."""
+    config = DedupConfig(phash_max_distance=12, minhash_threshold=0.7)
+    # Seeds whose images (and crops) are pairwise farther apart than the pHash distance (checked below).
+    seeds = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 20, 21, 22, 23, 24, 25, 26, 27,
+             28, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 42]
+    originals = {i: _smooth_image(seed) for i, seed in enumerate(seeds)}
+    crops = {i: _crop_5_percent(im) for i, im in originals.items()}
+    hashes = {i: imagehash.phash(im.convert("L")) for i, im in originals.items()}
+    crop_hashes = {i: imagehash.phash(im.convert("L")) for i, im in crops.items()}
+    # Preconditions of the fixture: distinct images are far apart (crops included), each crop is near its original.
+    k = config.phash_max_distance
+    assert all(min(hashes[i] - hashes[j], hashes[i] - crop_hashes[j], crop_hashes[i] - crop_hashes[j]) > k
+               for i in hashes for j in hashes if i != j)
+    assert max(hashes[i] - crop_hashes[i] for i in hashes) <= k
+    samples, original_sha = [], {}
+    for i, image in originals.items():
+        caption = (f"Photograph number {i} of the old harbour at dawn with the fishing boats coming home and the "
+                   "gulls circling low over the grey water")  # longer than the "Click to enlarge" template
+        if i >= 30:
+            caption = CLICK if i % 2 else AGAIN
+        original = _record(f"img{i:02d}_original", image, caption)
+        original_sha[i] = original.images[0].sha256
+        samples.append(original)
+        if i < 30:
+            samples.append(_record(f"img{i:02d}_a_copy", image, CLICK))  # sorts before the original
+            samples.append(_record(f"img{i:02d}_b_crop", crops[i], AGAIN))
+    with TestPipeline() as p:
+        kept = p | beam.Create(samples)
+        for name, stage in [("exact", ExactDedup()),
+                            ("phash", PhashNearDedup(config.phash_max_distance, config.max_bucket_pairs)),
+                            ("minhash", MinhashNearDedup(config))]:
+            kept = (kept | name >> stage)["kept"]
+
+        def check(survivors):
+            by_image = {}
+            for s in survivors:
+                by_image.setdefault(s.key[:5], []).append(s)
+            assert sorted(by_image) == sorted(f"img{i:02d}" for i in range(40)), "a distinct image vanished"
+            for prefix, group in by_image.items():
+                assert len(group) == 1, f"{prefix}: {[s.key for s in group]} all kept"
+                assert group[0].images[0].sha256 == original_sha[int(prefix[3:])], f"{prefix}: {group[0].key} kept"
+                # Among byte-identical copies, the longer (original) caption wins.
+                assert group[0].key == f"{prefix}_original"
+
+        assert_that(kept, check)
+
+
+def test_text_near_duplicates_need_near_images_text_only_records_do_not():
+    text = " ".join(f"word{i}" for i in range(30))
+    far_a, far_b = _smooth_image(1), _smooth_image(2)
+    samples = [_record("far_a", far_a, text), _record("far_b", far_b, text),
+               _record("near_a", _smooth_image(3), text + " extra"), _record("near_b", _smooth_image(3), text),
+               Sample(key="doc_a", source="s", source_id="doc_a", kind="qa", text=text),
+               Sample(key="doc_b", source="s", source_id="doc_b", kind="qa", text=text + " extra")]
+    samples[3].images[0] = ImageRef(sha256=samples[2].images[0].sha256, width=256, height=256)  # same image bytes
+    with TestPipeline() as p:
+        out = p | beam.Create(samples) | MinhashNearDedup(DedupConfig(minhash_threshold=0.7))
+        assert_that(out["kept"] | "K" >> beam.Map(lambda s: s.key), equal_to(["far_a", "far_b", "near_a", "doc_b"]),
+                    label="kept")
+        assert_that(out["rejected"] | "R" >> beam.Map(lambda r: (r.key, r.detail)),
+                    equal_to([("near_b", "duplicate of near_a"), ("doc_a", "duplicate of doc_b")]), label="rejected")
+
+
+def test_minhash_bucket_cap_compares_the_rest_with_the_anchor_and_is_counted():
+    texts = [" ".join(f"w{(i * 7 + j) % 50}" for j in range(40)) for i in range(6)]
+    members = [(f"k{i}", hashing.minhash_signature(t), None) for i, t in enumerate(texts)]
+    base = hashing.minhash_signature(texts[0])
+    members.append(("k_dup", base.copy(), None))  # identical to k0: one node, no comparison
+    members.append(("k_near", np.where(np.arange(128) < 10, np.uint64(1), base), None))  # ~92% like k0
+    full = minhash_bucket_edges(members, 0.8, max_pairs=10_000, image_max_distance=6)
+    capped = minhash_bucket_edges(members, 0.8, max_pairs=1, image_max_distance=6)
+    assert not full.capped and capped.capped
+    # Capped, every member is still compared with the first (anchor) member: k_dup and k_near join k0.
+    from vlmloom.curation.components import connected_components
+    labels = connected_components(capped.edges, 64)[0]
+    assert labels["k_dup"] == labels["k_near"] == labels["k0"] == "k0"
+
+    p = TestPipeline()
+    samples = [Sample(key=k, source="s", source_id=k, kind="qa", text=t) for k, t in
+               [("k0", texts[0]), ("k1", texts[1]), ("k2", texts[0] + " tail")]]
+    _ = p | beam.Create(samples) | MinhashNearDedup(DedupConfig(minhash_bands=128, max_bucket_pairs=1))
+    result = p.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_name("minhash_bucket_capped"))["counters"]
+    assert sum(c.committed for c in counters) >= 1
+
+
+def test_phash_bucket_cap_emits_stars_with_the_same_clusters_and_is_counted():
+    base = 0x0F0F_0000_FFFF_0000
+    bucket = [f"{base ^ (1 << b):016x}" for b in range(0, 8)] + [f"{base ^ (3 << b):016x}" for b in range(20, 26)]
+    full = verified_hex_pairs(bucket, 4, max_pairs=10_000)
+    capped = verified_hex_pairs(bucket, 4, max_pairs=5)
+    assert not full.capped and capped.capped and len(full.edges) > 5
+    assert len(capped.edges) <= len(bucket) - 1
+
+    def clusters(edges):
+        from vlmloom.curation.components import connected_components
+        return connected_components(edges, 64)[0]
+
+    assert clusters(capped.edges) == clusters(full.edges)
+    p = TestPipeline()
+    samples = [_img(f"k{i}", phash=int(h, 16)) for i, h in enumerate(bucket)]
+    _ = p | beam.Create(samples) | PhashNearDedup(4, max_bucket_pairs=5)
+    result = p.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_name("phash_bucket_capped"))["counters"]
+    assert sum(c.committed for c in counters) >= 1

@@ -1,0 +1,117 @@
+"""The curate graph never gathers per-record data into one worker or broadcasts it to every worker.
+
+Builds (does not run) the pipeline for a config with every stage on — model stages with tiny random
+models — and walks every transform: each side input (AsSingleton/AsDict/AsList/AsIter views) and each
+global combine (CombineGlobally, and what ToList/Top/Count.Globally/Sample expand to) must be on the
+allow-list below, which names each one and why its size is bounded independently of the corpus. A new
+stage that broadcasts or gathers per-record data fails here: route its decisions by a keyed join
+(CoGroupByKey) instead, or, for a truly bounded aggregate, add it to the allow-list with the bound.
+"""
+import json
+import re
+
+import apache_beam as beam
+from apache_beam.pipeline import PipelineVisitor
+
+from vlmloom.demo.models import save_random_clip
+from vlmloom.pipelines.curate import build_pipeline, load_config
+
+# (full-label pattern, kind, why it is bounded). Kind: "side_input" or "global_combine".
+ALLOWED = [
+    (r"/(CountTotal|CountBad)/CombineGlobally\(sum\)$", "global_combine",
+     "with_exception_handling's error threshold: two integer counts per stage"),
+    (r"/Map\(check_threshold\)$", "side_input", "with_exception_handling's error threshold: the two counts"),
+    (r"^clip/Cutoff$", "global_combine",
+     "CLIP top-fraction cutoff: a histogram of scores binned to 1e-4 (<= 20,001 bins), extracted to one float"),
+    (r"^clip/Cutoff/InjectDefault$", "side_input", "CombineGlobally's own default: its one output, the cutoff"),
+    (r"^clip/TopFraction/ParDo\(RouteDoFn\)", "side_input", "the scalar CLIP cutoff (AsSingleton of one float)"),
+    (r"^concepts/Balance/ParDo\(RouteDoFn\)", "side_input",
+     "per-concept match counts (AsDict), bounded by the concept vocabulary, not the corpus"),
+    # TEMPORARY: the sink's ToList of kept keys / AsSingleton shard plan and the ToList-ed manifest and
+    # rejections. Delete these entries when branch sk (hash-bucket shards, manifest/rejection parts) is merged.
+    (r"^Write/", "global_combine", "sink: removed by branch sk"),
+    (r"^Write/", "side_input", "sink: removed by branch sk"),
+]
+
+
+class _Collect(PipelineVisitor):
+    def __init__(self):
+        self.found: list[tuple[str, str, str]] = []
+
+    def visit_transform(self, applied):
+        label = applied.full_label
+        for side in applied.side_inputs:
+            self.found.append((label, "side_input", type(side).__name__))
+        if isinstance(applied.transform, beam.CombineGlobally):
+            fn = getattr(applied.transform, "fn", None)
+            self.found.append((label, "global_combine", type(fn).__name__))
+
+    enter_composite_transform = visit_transform
+
+
+def _allowed(label: str, kind: str) -> str | None:
+    for pattern, allowed_kind, reason in ALLOWED:
+        if allowed_kind == kind and re.search(pattern, label):
+            return reason
+    return None
+
+
+def _every_stage_config(tmp_path) -> dict:
+    clip_dir = save_random_clip(str(tmp_path / "clip"), "tiny", "clip")
+    manifest = tmp_path / "in.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "text": "a caption", "image_path": "a.png"}) + "\n")
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"id": "q", "text": "a benchmark question"}) + "\n")
+    return {
+        "inputs": [{"path": str(manifest)}],
+        "output": str(tmp_path / "out"),
+        "dedup": {"exact": True, "phash": True, "minhash": True},
+        "models": {
+            "clip": {"enabled": True, "model_path": clip_dir, "top_fraction": 0.5},
+            "concepts": {"enabled": True},
+            "contamination": {"enabled": True, "benchmarks": [{"name": "b", "path": str(bench), "format": "auto"}]},
+            "recaption": {"enabled": True, "backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
+            "ocr": {"enabled": True},
+            "grounding": {"enabled": True},
+        },
+    }
+
+
+def _graph(tmp_path):
+    config = load_config(_every_stage_config(tmp_path))
+    pipeline = beam.Pipeline()
+    stages = build_pipeline(pipeline, config, str(tmp_path / "out"))
+    visitor = _Collect()
+    pipeline.visit(visitor)
+    return stages, visitor.found
+
+
+def test_every_stage_is_on(tmp_path):
+    stages, _ = _graph(tmp_path)
+    assert stages[1:] == ["decode", "heuristics", "language", "exact_dedup", "near_dup_image", "near_dup_text",
+                          "clip", "concepts", "contamination", "recaption", "ocr", "grounding"]
+
+
+def test_no_side_input_or_global_combine_carries_per_record_data(tmp_path):
+    _, found = _graph(tmp_path)
+    offending = [(label, kind, what) for label, kind, what in found if _allowed(label, kind) is None]
+    assert not offending, ("per-record data broadcast or gathered into one worker (use a keyed join, or add a "
+                           f"bounded aggregate to ALLOWED with its bound): {offending}")
+    # The allow-list names real transforms: each non-temporary entry matches something in the graph.
+    for pattern, kind, reason in ALLOWED:
+        if "branch sk" not in reason:
+            assert any(kind == k and re.search(pattern, label) for label, k, _ in found), (pattern, kind)
+
+
+def test_the_walk_detects_a_broadcast(tmp_path):
+    """The check can fail: a stage routing by an AsDict of per-record decisions is caught."""
+    pipeline = beam.Pipeline()
+    samples = pipeline | "Create" >> beam.Create([("a", 1)])
+    decisions = samples | "Decisions" >> beam.Map(lambda kv: kv)
+    _ = samples | "near_dup_text/Route" >> beam.Map(lambda kv, d: kv, beam.pvalue.AsDict(decisions))
+    _ = samples | "Everything" >> beam.combiners.ToList()
+    visitor = _Collect()
+    pipeline.visit(visitor)
+    offending = {(label, kind) for label, kind, _ in visitor.found if _allowed(label, kind) is None}
+    assert ("near_dup_text/Route", "side_input") in offending
+    assert any(kind == "global_combine" and label.startswith("Everything") for label, kind in offending)
