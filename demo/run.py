@@ -35,6 +35,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--train-steps", type=int, default=8)
     parser.add_argument("--skip-train", action="store_true", help="stop after packing")
+    parser.add_argument("--skip-rl", action="store_true", help="stop after SFT (no RLCS stage)")
     args, beam_args = parser.parse_known_args(argv)
 
     out = args.output
@@ -55,6 +56,8 @@ def main(argv: list[str]) -> int:
     rc = train_tiny_models(out, args.train_steps)
     if rc:
         return rc
+    if not args.skip_rl:
+        rlcs_on_qa(out, curated)
     print(f"demo done in {time.time() - t0:.1f} s")
     print(next_steps(out))
     return 0
@@ -65,7 +68,7 @@ def build_corpus(out: str, num_samples: int) -> str:
     t0 = time.time()
     corpus = os.path.join(out, "corpus")
     expected = build_demo_corpus(corpus, DemoCorpusConfig(num_samples=num_samples))
-    print(f"[1/4] demo corpus: {expected['total_records']} tar records + {expected.get('manifest_records', 0)} "
+    print(f"[1/5] demo corpus: {expected['total_records']} tar records + {expected.get('manifest_records', 0)} "
           f"manifest rows in {time.time() - t0:.1f} s → {corpus}")
     return corpus
 
@@ -86,7 +89,7 @@ def curate_corpus(out: str, corpus: str, beam_args: list[str]) -> str:
     beam_args = beam_args or ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
     t1 = time.time()
     report = curate(config, beam_args)
-    print(f"[2/4] curated in {time.time() - t1:.1f} s → {config.output}")
+    print(f"[2/5] curated in {time.time() - t1:.1f} s → {config.output}")
     print(summary_table(report))
     for line in describe_disabled(config.models):
         print(f"      {line}")
@@ -108,7 +111,7 @@ def pack_curated(out: str, curated: str, seq_len: int) -> int:
                     "--set", "builder.kinds=[qa]", "--set", "builder.require_cot=true"])
     if rc:
         return rc
-    print(f"[3/4] packed in {time.time() - t2:.1f} s → {packed} (pre-training), {packed_sft} (SFT)")
+    print(f"[3/5] packed in {time.time() - t2:.1f} s → {packed} (pre-training), {packed_sft} (SFT)")
     return 0
 
 
@@ -129,8 +132,18 @@ def train_tiny_models(out: str, steps: int) -> int:
         return rc
     _print_losses(pretrain_dir, "pretrain")
     _print_losses(sft_dir, "sft")
-    print(f"[4/4] trained in {time.time() - t3:.1f} s → {out}/train_pretrain, {out}/train_sft")
+    print(f"[4/5] trained in {time.time() - t3:.1f} s → {out}/train_pretrain, {out}/train_sft")
     return 0
+
+
+def rlcs_on_qa(out: str, curated: str) -> dict:
+    """Step 5: a short RLCS run from the SFT model on the curated QA items; prints reward per domain."""
+    from vlmloom.demo.rlcs_demo import run_rlcs_demo
+
+    t4 = time.time()
+    result = run_rlcs_demo(curated, os.path.join(out, "train_sft", "hf_model"), os.path.join(out, "train_rlcs"))
+    print(f"[5/5] RLCS in {time.time() - t4:.1f} s → {out}/train_rlcs")
+    return result
 
 
 def _print_losses(run_dir: str, name: str) -> None:
