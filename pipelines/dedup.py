@@ -61,7 +61,7 @@ class UnionFindCombineFn(beam.CombineFn):
 
 def _duplicate_verdict(reason: str, sample: Sample, decisions: dict[str, str]) -> tuple[Sample, Verdict]:
     rep = decisions.get(sample.key)
-    return sample, (Verdict.ok() if rep is None else Verdict.drop(reason, f"duplicate of {rep}"))
+    return sample, (Verdict.ok() if rep is None else Verdict.drop(reason, f"duplicate of {rep}", duplicate_of=rep))
 
 
 class _DedupTransform(beam.PTransform):
