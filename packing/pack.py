@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 from array import array
@@ -35,9 +36,12 @@ from .builder import PRETRAIN_KINDS, STAGE, BuilderConfig, BuiltSample, Sequence
 from .curated import curated_shards, iter_curated_samples
 from .mixture import Recipe, default_recipe, interleave, multipliers, recipe_hash, resolve_recipe, select
 from .packers import PACKERS, plan_bins
+from .report_html import write_pack_html
 from .shards import ShardWriter, assemble, entry_members
 
+log = logging.getLogger("vlmloom.pack")
 REPORT_FILE = "pack_report.json"
+REPORT_HTML_FILE = "pack_report.html"  # charts of pack_report.json (packing/report_html.py)
 REJECTED_FILE = "rejected.parquet"
 TOKENIZER_DIR = "tokenizer"
 
@@ -112,6 +116,11 @@ def _pack_into(config: PackConfig, recipe: Recipe, out: str) -> dict:
     report["rendering"] = measured.rendering
     with open(os.path.join(out, REPORT_FILE), "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=2, sort_keys=True)
+    try:  # the page is a view of the JSON: failing to draw it must not cost the packed data
+        write_pack_html(out, report, [r["num_tokens"] for r in writer.manifest], REPORT_HTML_FILE)
+    except Exception as exc:  # noqa: BLE001
+        log.error("pack_report.html not written (%s: %s); pack_report.json is complete", type(exc).__name__, exc,
+                  exc_info=True)
     return report
 
 
