@@ -122,3 +122,30 @@ def test_progress_shown_only_on_a_terminal_unless_asked(tmp_path):
         assert show_progress(None, fh) is False and show_progress(True, fh) is True
     with open(os.devnull, "w") as fh:
         assert show_progress(False, fh) is False
+
+
+
+def test_worker_subprocess_counts_reach_the_main_process(tmp_path, monkeypatch):
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from vlmloom.pipelines import progress
+
+    class CountEach(progress.CountingDoFn):  # local: pickled by value into the worker subprocesses
+        def __init__(self):
+            self._seen, self._odd = progress.counter("test", "seen"), progress.counter("test", "dropped_odd")
+
+        def process(self, x):
+            self._seen.inc()
+            if x % 2:
+                self._odd.inc()
+            yield x
+
+    monkeypatch.setenv(PROGRESS_ENV, str(tmp_path))
+    options = PipelineOptions(["--runner=DirectRunner", "--direct_num_workers=2",
+                               "--direct_running_mode=multi_processing"])
+    with beam.Pipeline(options=options) as p:
+        _ = p | beam.Create(list(range(23))) | beam.Reshuffle() | beam.ParDo(CountEach())
+    pids = {name.split("-")[0] for name in os.listdir(tmp_path)}
+    assert pids and str(os.getpid()) not in pids  # every count came from a worker subprocess's file
+    assert read_tallies(str(tmp_path)) == {"test/seen": 23, "test/dropped_odd": 11}
