@@ -149,3 +149,21 @@ def test_worker_subprocess_counts_reach_the_main_process(tmp_path, monkeypatch):
     pids = {name.split("-")[0] for name in os.listdir(tmp_path)}
     assert pids and str(os.getpid()) not in pids  # every count came from a worker subprocess's file
     assert read_tallies(str(tmp_path)) == {"test/seen": 23, "test/dropped_odd": 11}
+
+
+def test_pack_progress_has_the_same_look_and_changes_nothing(tmp_path, capsys):
+    from vlmloom.demo.records import synthetic_samples
+    from vlmloom.packing.pack import PackConfig, pack
+    from vlmloom.schemas.curated import write_curated_dir
+
+    curated = write_curated_dir(str(tmp_path / "c"), synthetic_samples(20, seed=4, source="caps",
+                                                                       kinds=("caption",), image_side=(20, 60)))
+    reports = [pack(PackConfig(inputs=[curated], output=str(tmp_path / f"p{i}"), seq_len=512), progress=shown)
+               for i, shown in enumerate((True, False))]
+    err = ANSI.sub("", capsys.readouterr().err)
+    assert re.search(r"pack: measure\s+20 \[", err) and re.search(r"pack: write\s+100%\|.*\| 20/20 \[", err)
+    assert reports[0]["config_hash"] == reports[1]["config_hash"]
+    assert {k: v for k, v in reports[0].items() if k != "config"} == {k: v for k, v in reports[1].items()
+                                                                       if k != "config"}
+    shards = [sorted((tmp_path / f"p{i}" / "shards").iterdir()) for i in range(2)]
+    assert [p.read_bytes() for p in shards[0]] == [p.read_bytes() for p in shards[1]]
