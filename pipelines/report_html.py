@@ -148,7 +148,8 @@ def render_html(out_dir: str, report: dict[str, Any], input_paths: dict[str, lis
     counts: dict[tuple[str, str], int] = {}
     for row in rejected:
         counts[(row["stage"], row["reason"])] = counts.get((row["stage"], row["reason"]), 0) + 1
-    reason_rows = [(stage, reason, n, "".join(rejected_thumb(r) for r in examples[(stage, reason)]),
+    reason_rows = [(stage, reason, n, "<div class='pair'>" + "".join(rejected_thumb(r) for r in examples[(stage, reason)])
+                    + "</div>",
                     "<br>".join(esc(f"{r['source_id']}: {r['detail'][:160]}") for r in examples[(stage, reason)]))
                    for (stage, reason), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
     if reason_rows:

@@ -61,12 +61,13 @@ def bar_chart(chart_id: str, title: str, labels: Sequence[str], values: Sequence
     """Vertical bars, one per label, value printed above each."""
     n = len(values)
     longest = max([len(str(label)) for label in labels] + [1])
-    width, height, left, bottom, top = max(320, 24 + 56 * n), 190 + min(longest, 40) * 4, 40, 16 + min(longest, 40) * 4, 18
+    spill = min(longest, 40) * 5  # rotated labels reach right and down past their bar
+    width, height, left, bottom, top = max(320, 24 + 56 * n + spill), 190 + spill, 40, 16 + spill, 18
     plot_h = height - bottom - top
     vmax = max([float(v) for v in values] + [1e-12])
-    slot = (width - left - 10) / max(n, 1)
+    slot = (width - left - 10 - spill) / max(n, 1)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
-             f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 10}" y2="{top + plot_h}" class="axis"/>']
+             f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 10 - spill}" y2="{top + plot_h}" class="axis"/>']
     for i, (label, value) in enumerate(zip(labels, values)):
         h = plot_h * float(value) / vmax if vmax > 0 else 0
         x = left + i * slot + slot * 0.15
