@@ -66,3 +66,11 @@ def report_main(argv: list[str]) -> int:
         report: dict[str, Any] = json.load(fh)
     print(summary_table(report))
     return 0
+
+
+if __name__ == "__main__":  # `python -m vlmloom.pipelines.cli curate ...` = `vlmloom curate ...` (same logging set-up)
+    import sys
+
+    from vlmloom.cli.main import main
+
+    sys.exit(main(sys.argv[1:]))
