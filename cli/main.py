@@ -8,6 +8,9 @@
     vlmloom reward outputs.jsonl --config trainer/rewards/rewards.yaml --output scored.jsonl
     vlmloom inspect out
 
+Quiet by default: vlmloom's own lines and real problems only. `-v`/`--verbose` (anywhere on the line) brings
+Beam's own logging back; so does any of Beam's log-level options (`--default_sdk_harness_log_level=INFO`).
+
 Every command takes config overrides as `--set KEY=VALUE` (repeatable). This module is only the table: each
 sub-command's `main(argv)` lives in the package it runs and is imported when chosen, so `vlmloom curate`
 never imports torch or deepspeed and no library package imports another's entry point.
@@ -15,10 +18,10 @@ never imports torch or deepspeed and no library package imports another's entry 
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 
 from vlmloom.schemas.config import ConfigError
+from vlmloom.schemas.console import configure_logging, wants_beam_logs
 
 COMMANDS = {  # name -> "module:function(argv) -> exit code"
     "demo": "vlmloom.demo.run:main",
@@ -36,11 +39,13 @@ COMMANDS = {  # name -> "module:function(argv) -> exit code"
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(a in ("-v", "--verbose") for a in argv)
+    argv = [a for a in argv if a not in ("-v", "--verbose")]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__.strip())
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    # Before the command's module (and so apache_beam) is imported: Beam warns at import time.
+    configure_logging(verbose=verbose or wants_beam_logs(argv))
     module, function = COMMANDS[argv[0]].split(":")
     try:
         return getattr(importlib.import_module(module), function)(argv[1:])

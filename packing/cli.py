@@ -17,7 +17,8 @@ from .curated import CuratedDirError
 from .pack import PackConfig, pack
 
 
-def parse_config(argv: list[str]) -> PackConfig:
+def parse_args(argv: list[str]) -> tuple[PackConfig, bool | None]:
+    """The PackConfig and the --progress choice."""
     parser = argparse.ArgumentParser(prog="vlmloom pack", description=__doc__.split("\n")[0])
     parser.add_argument("inputs", nargs="*", metavar="CURATED_DIR")
     parser.add_argument("--output", "-o", help="packed directory to create")
@@ -26,6 +27,8 @@ def parse_config(argv: list[str]) -> PackConfig:
     parser.add_argument("--recipe", help="mixture recipe YAML (sources with weight or token_share)")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: train the demo tokenizer)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bars on stderr (default: only when stdout is a terminal)")
     add_set_argument(parser)
     ns = parser.parse_intermixed_args(argv)
     data = load_yaml(ns.config)
@@ -38,7 +41,11 @@ def parse_config(argv: list[str]) -> PackConfig:
             data[key] = value
     if ns.overwrite:
         data["overwrite"] = True
-    return build_config(PackConfig, apply_overrides(data, ns.overrides))
+    return build_config(PackConfig, apply_overrides(data, ns.overrides)), ns.progress
+
+
+def parse_config(argv: list[str]) -> PackConfig:
+    return parse_args(argv)[0]
 
 
 def _counts(counts: dict) -> str:
@@ -76,8 +83,8 @@ def summary(report: dict, output: str) -> str:
 
 def main(argv: list[str]) -> int:
     try:
-        config = parse_config(argv)
-        report = pack(config)
+        config, progress = parse_args(argv)
+        report = pack(config, progress)
     except (ConfigError, CuratedDirError) as exc:
         print(f"vlmloom pack: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 from array import array
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 from vlmloom.schemas.config import ConfigError, config_hash, to_dict
 from vlmloom.schemas.formats import MANIFEST_FILE, PACKED_FORMAT_VERSION, SHARDS_DIR, SUCCESS_FILE, shard_name
 from vlmloom.schemas.packed import IGNORE_INDEX, PACKED_MANIFEST_SCHEMA, REJECTED_FILE
+from vlmloom.schemas.progress import progress_bar, show_progress
 from vlmloom.schemas.publish import discard_staging, publish_directory, staging_directory
 from vlmloom.schemas.records import REJECTION_SCHEMA, Rejection, Sample
 
@@ -35,9 +37,12 @@ from .builder import PRETRAIN_KINDS, STAGE, BuilderConfig, BuiltSample, Sequence
 from .curated import curated_shards, iter_curated_samples
 from .mixture import Recipe, default_recipe, interleave, multipliers, recipe_hash, resolve_recipe, select
 from .packers import PACKERS, plan_bins
+from .report_html import write_pack_html
 from .shards import ShardWriter, assemble, entry_members
 
+log = logging.getLogger("vlmloom.pack")
 REPORT_FILE = "pack_report.json"
+REPORT_HTML_FILE = "pack_report.html"  # charts of pack_report.json (packing/report_html.py)
 TOKENIZER_DIR = "tokenizer"
 
 
@@ -69,8 +74,9 @@ class PackConfig:
             raise ConfigError("sequences_per_shard must be >= 1, window and carry_bins >= 0")
 
 
-def pack(config: PackConfig) -> dict:
-    """Run the pack step; returns the report (also written to OUTPUT/pack_report.json)."""
+def pack(config: PackConfig, progress: bool | None = None) -> dict:
+    """Run the pack step; returns the report (also written to OUTPUT/pack_report.json). `progress`: draw both
+    passes' progress on stderr (None: only when stdout is a terminal)."""
     if not config.output:
         raise ConfigError("output: give --output DIR")
     if os.path.exists(config.output) and not config.overwrite:
@@ -84,7 +90,7 @@ def pack(config: PackConfig) -> dict:
     tmp = staging_directory(config.output)
     os.makedirs(os.path.join(tmp, SHARDS_DIR))
     try:
-        report = _pack_into(config, recipe, tmp)
+        report = _pack_into(config, recipe, tmp, show_progress(progress))
         with open(os.path.join(tmp, SUCCESS_FILE), "w") as fh:
             fh.write("")
         publish_directory(tmp, config.output, config.overwrite)
@@ -94,23 +100,28 @@ def pack(config: PackConfig) -> dict:
     return report
 
 
-def _pack_into(config: PackConfig, recipe: Recipe, out: str) -> dict:
+def _pack_into(config: PackConfig, recipe: Recipe, out: str, progress: bool = False) -> dict:
     """The whole step into the staging directory `out`: tokenizer, pass 1, mixture plan, pass 2, tables, report."""
     tokenizer = _tokenizer(config, recipe, os.path.join(out, TOKENIZER_DIR))
     builder = SequenceBuilder(tokenizer, config.builder)
-    measured = _measure(config, recipe, builder)
+    measured = _measure(config, recipe, builder, progress)
     mult, order, passes = _plan_mixture(recipe, measured.lengths)
     streams = [_source_stream(builder, s.path, ps, config.seq_len, config.overlong, s.name, cache)
                for s, ps, cache in zip(recipe.sources, passes, measured.caches)]
     measured.caches = []  # pass 2's streams hold them now
     writer, costs_before, costs_after = _pack_sequences(config, builder, streams, order,
-                                                        os.path.join(out, SHARDS_DIR))
+                                                        os.path.join(out, SHARDS_DIR), progress)
     _write_tables(out, writer, measured.rejections)
     report = _report(config, recipe, tokenizer, measured.lengths, measured.rejections, measured.truncated, mult,
                      writer, costs_before, costs_after)
     report["rendering"] = measured.rendering
     with open(os.path.join(out, REPORT_FILE), "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=2, sort_keys=True)
+    try:  # the page is a view of the JSON: failing to draw it must not cost the packed data
+        write_pack_html(out, report, [r["num_tokens"] for r in writer.manifest], REPORT_HTML_FILE)
+    except Exception as exc:  # noqa: BLE001
+        log.error("pack_report.html not written (%s: %s); pack_report.json is complete", type(exc).__name__, exc,
+                  exc_info=True)
     return report
 
 
@@ -134,15 +145,17 @@ class _Measured:
     rendering: dict = field(default_factory=lambda: new_rendering_counts())  # how samples were rendered (chat/document)
 
 
-def _measure(config: PackConfig, recipe: Recipe, builder: SequenceBuilder) -> _Measured:
+def _measure(config: PackConfig, recipe: Recipe, builder: SequenceBuilder, progress: bool = False) -> _Measured:
     """Pass 1: render every sample of every source once, keeping its length or its rejection."""
     measured = _Measured()
+    bar = progress_bar("pack: measure", None, enabled=progress, unit="sample")
     budget = config.cache_mb << 20
     for s in recipe.sources:
         source_lengths = []
         cache: list[BuiltSample | None] | None = []
         for sample in iter_curated_samples(s.path):
             built = _fit(builder.build(sample), sample, builder, config.seq_len, config.overlong)
+            bar.update(1)
             if isinstance(built, Rejection):
                 measured.rejections.append(built)
                 source_lengths.append(-1)
@@ -158,6 +171,8 @@ def _measure(config: PackConfig, recipe: Recipe, builder: SequenceBuilder) -> _M
                     cache = None  # this source is re-read in pass 2
         measured.caches.append(cache)
         measured.lengths.append(np.asarray(source_lengths, np.int64))
+        bar.set_postfix_str(f"dropped {len(measured.rejections)}")
+    bar.close()
     return measured
 
 
@@ -171,14 +186,17 @@ def _plan_mixture(recipe: Recipe, lengths: list[np.ndarray]) -> tuple[list[float
 
 
 def _pack_sequences(config: PackConfig, builder: SequenceBuilder, streams: list[Iterator[BuiltSample]],
-                    order: np.ndarray, shard_dir: str) -> tuple["_StreamWriter", list[int], list[int]]:
+                    order: np.ndarray, shard_dir: str, progress: bool = False
+                    ) -> tuple["_StreamWriter", list[int], list[int]]:
     """Pass 2: samples in mixed order → bins over a bounded window → rows of seq_len → balanced, written."""
     pending: dict[int, BuiltSample] = {}
+    bar = progress_bar("pack: write", len(order), enabled=progress, unit="sample")
 
     def feed() -> Iterator[int]:
         for i, source_id in enumerate(order.tolist()):
             built = next(streams[source_id])
             pending[i] = built
+            bar.update(1)
             yield len(built)
 
     world, steps = config.balance.world_size, config.balance.window_steps
@@ -197,6 +215,7 @@ def _pack_sequences(config: PackConfig, builder: SequenceBuilder, streams: list[
             window = []
     costs_after += _flush(window, writer, world, steps)
     writer.close()
+    bar.close()
     return writer, costs_before, costs_after
 
 

@@ -27,6 +27,8 @@ def curate_main(argv: list[str]) -> int:
     parser.add_argument("--output", help="output directory")
     parser.add_argument("--config", help="job YAML")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="live per-stage counts on stderr (default: only when stdout is a terminal)")
     add_set_argument(parser)
     args, beam_args = parser.parse_known_args(argv)
     data = apply_overrides(load_yaml(args.config), args.overrides)
@@ -37,7 +39,7 @@ def curate_main(argv: list[str]) -> int:
     if args.overwrite:
         data["overwrite"] = True
     config = load_config(data)
-    report = curate(config, beam_args)
+    report = curate(config, beam_args, progress=args.progress)
     print(summary_table(report))
     print(f"wrote {config.output}")
     return 0
@@ -64,3 +66,11 @@ def report_main(argv: list[str]) -> int:
         report: dict[str, Any] = json.load(fh)
     print(summary_table(report))
     return 0
+
+
+if __name__ == "__main__":  # `python -m vlmloom.pipelines.cli curate ...` = `vlmloom curate ...` (same logging set-up)
+    import sys
+
+    from vlmloom.cli.main import main
+
+    sys.exit(main(sys.argv[1:]))

@@ -23,7 +23,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from vlmloom.curation.decode import DecodeConfig, decode_sample
 from vlmloom.curation.filters import HeuristicConfig, LanguageConfig, LanguageIdentifier, judge_heuristics, judge_language
@@ -33,12 +33,14 @@ from vlmloom.pipelines import report as report_mod
 from vlmloom.pipelines.dedup import dedup_stages
 from vlmloom.pipelines.keys import UniqueKeys
 from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled
+from vlmloom.pipelines.progress import LiveProgress
 from vlmloom.pipelines.report_html import render_html
 from vlmloom.pipelines.sink import OutputConfig, WriteCurated, join, write_atomic
 from vlmloom.pipelines.sources import InputConfig, ReadInputs, resolve_input
 from vlmloom.pipelines.stages import JudgeStage
-from vlmloom.schemas import formats
+from vlmloom.schemas import console, formats
 from vlmloom.schemas.config import ConfigError, build_config, config_hash
+from vlmloom.schemas.progress import show_progress
 from vlmloom.schemas.publish import discard_staging, publish_directory, staging_directory
 
 log = logging.getLogger("vlmloom.curate")
@@ -181,36 +183,61 @@ def _counters(result) -> dict[str, int]:
     return out
 
 
-def _with_quiet_workers(beam_args: list[str]) -> list[str]:
-    """Beam's worker processes log every channel set-up at INFO; unless the user chose a level,
-    keep them at WARNING and let vlmloom's own progress lines through."""
-    if any(a.startswith("--default_sdk_harness_log_level") for a in beam_args):
-        return beam_args
-    return beam_args + ["--default_sdk_harness_log_level=WARNING",
-                        '--sdk_harness_log_level_overrides={"vlmloom": "INFO"}']
+def _beam_options(beam_args: list[str]) -> PipelineOptions:
+    """The user's Beam options, plus an explicit runner (the DirectRunner, Beam's default, which otherwise warns
+    that none was given) and, unless the user chose levels, workers at WARNING with vlmloom's own lines at INFO."""
+    args = list(beam_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args.append("--runner=DirectRunner")
+    if not console.wants_beam_logs(args):
+        args += ["--default_sdk_harness_log_level=WARNING", '--sdk_harness_log_level_overrides={"vlmloom": "INFO"}']
+    return PipelineOptions(args)
 
 
-def curate(config: CurateConfig, beam_args: list[str] | None = None) -> dict[str, Any]:
-    """Run the job; returns the report (also written to OUTPUT/report.json)."""
+def _subprocess_workers(options: PipelineOptions) -> bool:
+    """Does this run start worker subprocesses that write to our stderr (the DirectRunner's multi_processing)?"""
+    runner = options.view_as(StandardOptions).runner or ""
+    return "Direct" in str(runner) and options.view_as(DirectOptions).direct_running_mode == "multi_processing"
+
+
+def _render_html(work_dir: str, report: dict[str, Any], config: CurateConfig) -> None:
+    """report.html is a view of report.json: if drawing it fails, the finished job's data is kept and the
+    failure is logged (and named in report.json) instead of discarding the whole output."""
+    try:
+        tar_inputs = {cfg.source_name(): files for cfg in config.inputs
+                      for fmt, files in [resolve_input(cfg)] if fmt == "webdataset"}
+        page = render_html(work_dir, report, tar_inputs)
+    except Exception as exc:  # noqa: BLE001 - a view of the data must not cost the data
+        log.error("report.html not written (%s: %s); report.json is complete", type(exc).__name__, exc,
+                  exc_info=True)
+        report["report_html_error"] = f"{type(exc).__name__}: {exc}"
+        return
+    write_atomic(join(work_dir, formats.REPORT_HTML_FILE), page.encode())
+
+
+def curate(config: CurateConfig, beam_args: list[str] | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Run the job; returns the report (also written to OUTPUT/report.json). `progress`: draw live counts on
+    stderr (None: only when stdout is a terminal)."""
     if not config.inputs:
         raise ConfigError("no inputs: pass INPUT paths or set inputs: in the job YAML")
     output = config.output
     work_dir = _prepare_output(output, config.overwrite)
     started = time.time()
     try:
-        options = PipelineOptions(_with_quiet_workers(list(beam_args or [])))
+        options = _beam_options(list(beam_args or []))
         pipeline = beam.Pipeline(options=options)
         stage_names = build_pipeline(pipeline, config, work_dir)
-        result = pipeline.run()
-        result.wait_until_finish()
-        counters = _counters(result)
+        filter_workers = console.quiet() and _subprocess_workers(options)
+        with console.worker_stderr_filtered(filter_workers) as stream, \
+                LiveProgress(stage_names, enabled=show_progress(progress), stream=stream) as live:
+            result = pipeline.run()
+            result.wait_until_finish()
+            counters = _counters(result)
+            live.finish(counters)
         report = report_mod.build_report(work_dir, stage_names, counters, config, time.time() - started)
         report["disabled_model_stages"] = describe_disabled(config.models)
+        _render_html(work_dir, report, config)
         write_atomic(join(work_dir, formats.REPORT_FILE), json.dumps(report, indent=2, sort_keys=True).encode())
-        tar_inputs = {cfg.source_name(): files for cfg in config.inputs
-                      for fmt, files in [resolve_input(cfg)] if fmt == "webdataset"}
-        write_atomic(join(work_dir, formats.REPORT_HTML_FILE),
-                     render_html(work_dir, report, tar_inputs).encode())
         report_mod.check_accounting(report)
         write_atomic(join(work_dir, formats.SUCCESS_FILE), b"")
     except BaseException:

@@ -37,8 +37,9 @@ from vlmloom.curation.neardup import DedupConfig
 from vlmloom.pipelines.stages import KEPT, REJECTED, Fixed, route
 from vlmloom.schemas.config import config_hash
 from vlmloom.schemas.records import Sample
+from vlmloom.schemas.signals import DEDUP_STAGES
 
-EXACT_STAGE, PHASH_STAGE, MINHASH_STAGE = "exact_dedup", "near_dup_image", "near_dup_text"
+EXACT_STAGE, PHASH_STAGE, MINHASH_STAGE = DEDUP_STAGES
 COUNTER_NAMESPACE = "dedup"  # dedup/minhash_bucket_capped, dedup/phash_bucket_capped, dedup/<stage>_components_unconverged
 
 
@@ -109,7 +110,8 @@ def _duplicate_verdict(reason: str, joined: tuple[Sample, list[str]]) -> tuple[S
     sample, representatives = joined
     if not representatives:
         return sample, Verdict.ok()
-    return sample, Verdict.drop(reason, f"duplicate of {min(representatives)}")
+    return sample, Verdict.drop(reason, f"duplicate of {min(representatives)}",
+                                       duplicate_of=min(representatives))
 
 
 def _with_decisions(element):

@@ -9,17 +9,16 @@ first would depend on the runner.
 from __future__ import annotations
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
-
 from vlmloom.curation import readers
+from vlmloom.pipelines import progress
 from vlmloom.schemas.records import Sample
 
 KEPT, REJECTED = "kept", "rejected"
 
 
-class _ChooseOne(beam.DoFn):
+class _ChooseOne(progress.CountingDoFn):
     def __init__(self):
-        self._dropped = Metrics.counter(readers.READ_STAGE, f"dropped_{readers.DUPLICATE_KEY}")
+        self._dropped = progress.counter(readers.READ_STAGE, f"dropped_{readers.DUPLICATE_KEY}")
 
     def process(self, item: tuple[str, list[Sample]]):
         _, samples = item

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from vlmloom.schemas import formats
+from vlmloom.schemas.charts import histogram
 from vlmloom.schemas.config import to_dict
 
 
@@ -39,16 +40,9 @@ def read_rejections(out_dir: str) -> list[dict[str, Any]]:
     return read_table(FileSystems.join(out_dir, formats.REJECTED_DIR, "rejected.parquet")).to_pylist()
 
 
-def _histogram(values: list[float], edges: list[float]) -> dict[str, int]:
-    counts = collections.Counter()
-    for v in values:
-        label = f">={edges[-1]:g}"
-        for lo, hi in zip(edges, edges[1:]):
-            if lo <= v < hi:
-                label = f"{lo:g}-{hi:g}"
-                break
-        counts[label] += 1
-    return dict(sorted(counts.items(), key=lambda kv: float(kv[0].lstrip(">=").split("-")[0])))
+SIDE_EDGES = [0, 128, 256, 512, 1024, 2048, None]
+# Histograms are {"edges": [...], "counts": [...]} (schemas/charts.histogram): None opens an end, so negative
+# values (a CLIP cosine below 0) are ordinary numbers and bins keep their order in JSON.
 
 
 def build_report(out_dir: str, stage_names: list[str], counters: dict[str, int], config, seconds: float) -> dict[str, Any]:
@@ -84,10 +78,13 @@ def build_report(out_dir: str, stage_names: list[str], counters: dict[str, int],
         "sources": dict(sorted(collections.Counter(r["source"] for r in manifest).items())),
         "shards": len({r["shard"] for r in manifest}),
         "languages": dict(langs.most_common()),
+        "by_source": _by_source(manifest, rejected),
         "histograms": {
-            "width": _histogram([r["width"] for r in manifest], [0, 128, 256, 512, 1024, 2048]),
-            "height": _histogram([r["height"] for r in manifest], [0, 128, 256, 512, 1024, 2048]),
-            "text_chars": _histogram([r["text_chars"] for r in manifest], [0, 16, 64, 256, 1024, 4096]),
+            "width": histogram([r["width"] for r in manifest if r["width"]], SIDE_EDGES),
+            "height": histogram([r["height"] for r in manifest if r["height"]], SIDE_EDGES),
+            "aspect_ratio": histogram([r["width"] / r["height"] for r in manifest if r["width"] and r["height"]],
+                                      [None, 0.5, 0.75, 0.9, 1.1, 1.33, 2, None]),
+            "text_chars": histogram([r["text_chars"] for r in manifest], [0, 16, 64, 256, 1024, 4096, None]),
         },
         "sections": {**_model_sections(signals), **_rejection_sections(rejected)},
         "counters": dict(sorted(counters.items())),
@@ -101,15 +98,29 @@ def _model_sections(signals: list[dict[str, Any]]) -> dict[str, Any]:
     clip = [s["clip_score"] for s in signals if "clip_score" in s]
     if clip:
         sections["clip"] = {"scored": len(clip), "mean": round(sum(clip) / len(clip), 4),
-                            "histogram": _histogram(clip, [-1, 0, 0.1, 0.2, 0.3, 0.4, 0.5])}
-    for name in ("ocr_char_accuracy", "ocr_lines", "grounding_boxes"):
-        values = [s[name] for s in signals if name in s]
+                            "histogram": histogram(clip, [None, 0, 0.1, 0.2, 0.3, 0.4, 0.5, None])}
+    for name, edges in (("ocr_char_accuracy", [None, 0.5, 0.8, 0.9, 0.95, 0.99, None]),
+                        ("ocr_lines", [0, 1, 2, 4, 8, 16, None]), ("grounding_boxes", [0, 1, 2, 4, 8, 16, None])):
+        values = [s[name] for s in signals if s.get(name) is not None]
         if values:
-            sections[name] = {"count": len(values), "mean": round(sum(values) / len(values), 4)}
+            sections[name] = {"count": len(values), "mean": round(sum(values) / len(values), 4),
+                              "histogram": histogram(values, edges)}
     choices = collections.Counter(s["text_choice"] for s in signals if "text_choice" in s)
     if choices:
         sections["recaption"] = dict(choices)
     return sections
+
+
+def _by_source(manifest: list[dict[str, Any]], rejected: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per input source: kept, rejected, and rejections by reason."""
+    out: dict[str, Any] = {}
+    for row in manifest:
+        out.setdefault(row["source"], {"kept": 0, "rejected": 0, "reasons": {}})["kept"] += 1
+    for row in rejected:
+        entry = out.setdefault(row["source"] or "?", {"kept": 0, "rejected": 0, "reasons": {}})
+        entry["rejected"] += 1
+        entry["reasons"][row["reason"]] = entry["reasons"].get(row["reason"], 0) + 1
+    return {name: {**v, "reasons": dict(sorted(v["reasons"].items()))} for name, v in sorted(out.items())}
 
 
 def _rejection_sections(rejected: list[dict[str, Any]]) -> dict[str, Any]:
@@ -142,5 +153,7 @@ def summary_table(report: dict[str, Any]) -> str:
                  f"  ({'balanced' if acc['balanced'] else 'NOT BALANCED'}); shards {report['shards']};"
                  f" {report['seconds']} s")
     for name, section in report.get("sections", {}).items():
+        if isinstance(section, dict):  # histograms are for the HTML page, not the terminal
+            section = {k: v for k, v in section.items() if k != "histogram"}
         lines.append(f"{name}: {json.dumps(section, sort_keys=True)}")
     return "\n".join(lines)

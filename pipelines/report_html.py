@@ -1,46 +1,168 @@
-"""The curation report as one HTML page (report.html): funnel, example rejections per reason with thumbnails,
-kept samples, histograms, model-stage sections. report.json (report.py) → HTML text.
+"""The curation report as one self-contained HTML page (report.html): report.json (report.py) + the curated
+tables + thumbnails → HTML text with inline SVG charts (schemas/charts.py), no network.
+
+Sections: accounting cards; the funnel as a chart; per-source breakdown; histograms (image sides, aspect ratio,
+text length, language, CLIP score, OCR accuracy, boxes per sample — those the report has); near-duplicate
+rejections beside the kept representative they duplicate, with the distance; contamination hits beside the
+benchmark item; every reason code with its count and examples; kept samples; model stages and config.
+The chart ids and bar counts follow report.json one to one (tests/test_report_browser.py counts them).
 """
 from __future__ import annotations
 
-import html
 import json
 from typing import Any
 
+from vlmloom.pipelines.report import read_manifest, read_rejections
+from vlmloom.pipelines.thumbnails import benchmark_items, kept_records, kept_thumbnails, rejected_records
+from vlmloom.schemas import charts
+from vlmloom.schemas.charts import esc
 
-from vlmloom.pipelines.report import read_rejections
-from vlmloom.pipelines.thumbnails import kept_thumbnails, rejected_thumbnails
+EXAMPLES_PER_REASON = 3
+NEAR_DUPLICATE_PAIRS = 12
+DEDUP_STAGES = ("exact_dedup", "near_dup_image", "near_dup_text")
+HISTOGRAM_TITLES = {"width": "Image width (px)", "height": "Image height (px)", "aspect_ratio": "Aspect ratio (w/h)",
+                    "text_chars": "Text length (characters)"}
+SECTION_HISTOGRAMS = {"clip": "CLIP score", "ocr_char_accuracy": "OCR character accuracy",
+                      "ocr_lines": "OCR lines per sample", "grounding_boxes": "Boxes per sample"}
+
+
+def _fields(row: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return json.loads(row["fields"]) if row.get("fields") else {}
+    except ValueError:
+        return {}
+
+
+def representative_of(row: dict[str, Any]) -> str | None:
+    """The kept key a dedup rejection duplicates: its `duplicate_of` field, else the detail's 'duplicate of KEY'."""
+    rep = _fields(row).get("duplicate_of")
+    if rep:
+        return str(rep)
+    detail = row.get("detail") or ""
+    return detail.split("duplicate of ", 1)[1].split()[0].rstrip(",;") if "duplicate of " in detail else None
+
+
+def _distance(stage: str, rejected, kept, rep_signals: dict[str, Any], fields: dict[str, Any]) -> str:
+    """What the stage measured, where the rejection carries it; otherwise measured here from the two records."""
+    from vlmloom.curation import hashing
+
+    for name in ("distance", "phash_distance", "hamming_distance", "jaccard", "estimated_jaccard", "similarity"):
+        if name in fields:
+            return f"{name} {fields[name]}"
+    if stage == "exact_dedup":
+        return "identical content"
+    if stage == "near_dup_image" and rejected and rejected.phash and rep_signals.get("phash"):
+        d = hashing.hamming(hashing.phash_int(rejected.phash), hashing.phash_int(rep_signals["phash"]))
+        return f"pHash Hamming distance {d} / 64"
+    if stage == "near_dup_text" and rejected and kept:
+        a, b = hashing.text_shingles(rejected.text), hashing.text_shingles(kept.text)
+        if a and b:
+            return f"shingle Jaccard {len(a & b) / len(a | b):.2f}"
+    return "—"
 
 
 def render_html(out_dir: str, report: dict[str, Any], input_paths: dict[str, list[str]] | None = None) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(r['stage'])}</td><td>{r['in']}</td><td>{r['kept']}</td>"
-        f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in r['dropped'].items()))}</td></tr>" for r in report["funnel"])
-    rejected = read_rejections(out_dir)
-    examples: dict[str, list[dict]] = {}
+    manifest, rejected = read_manifest(out_dir), read_rejections(out_dir)
+    signals_by_key = {r["key"]: json.loads(r["signals"]) for r in manifest}
+
+    # what to show: a few examples per reason, near-duplicate pairs, contamination hits
+    examples: dict[tuple[str, str], list[dict]] = {}
     for row in rejected:
-        if len(examples.setdefault(row["reason"], [])) < 3:
-            examples[row["reason"]].append(row)
-    wanted = {(r["source"], r["source_id"]): r["reason"] for rows in examples.values() for r in rows}
-    thumbs_rejected = rejected_thumbnails(input_paths or {}, wanted)
+        bucket = examples.setdefault((row["stage"], row["reason"]), [])
+        if len(bucket) < EXAMPLES_PER_REASON:
+            bucket.append(row)
+    pairs = [(row, representative_of(row)) for row in rejected if row["stage"] in DEDUP_STAGES]
+    pairs = [(row, rep) for row, rep in pairs if rep][:NEAR_DUPLICATE_PAIRS]
+    hits = [row for row in rejected if row["stage"] == "contamination" and _fields(row).get("contamination_item_id")]
+    wanted = {(r["source"], r["source_id"]) for rows in examples.values() for r in rows}
+    wanted |= {(r["source"], r["source_id"]) for r, _ in pairs} | {(r["source"], r["source_id"]) for r in hits}
+    shown_rejected = rejected_records(input_paths or {}, wanted)
+    shown_kept = kept_records(out_dir, manifest, {rep for _, rep in pairs}) if pairs else {}
+    benchmarks = report.get("config", {}).get("models", {}).get("contamination", {}).get("benchmarks", [])
+    shown_bench = benchmark_items(list(benchmarks), {(f["contamination_benchmark"], f["contamination_item_id"])
+                                                     for f in map(_fields, hits)}) if hits else {}
 
-    def thumb(r):
-        url = thumbs_rejected.get((r["source"], r["source_id"]))
-        return f'<img src="{url}">' if url else ""
+    def rejected_thumb(r):
+        s = shown_rejected.get((r["source"], r["source_id"]))
+        return charts.thumb(s.url if s else None, r["source_id"])
 
-    reject_rows = "".join(
-        f"<tr><td>{html.escape(r['reason'])}</td><td>{html.escape(r['stage'])}</td><td>{html.escape(r['source_id'])}</td>"
-        f"<td>{html.escape(r['detail'][:200])}</td><td>{thumb(r)}</td></tr>" for rows in examples.values() for r in rows)
-    thumbs = "".join(f'<figure><img src="{url}"><figcaption>{html.escape(key)}</figcaption></figure>'
-                     for key, url in kept_thumbnails(out_dir))
-    hists = "".join(f"<h3>{html.escape(name)}</h3><pre>{html.escape(json.dumps(h, indent=1))}</pre>"
-                    for name, h in report["histograms"].items())
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>vlmloom curation report</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px}}
-figure{{display:inline-block;margin:4px;font-size:10px}}</style></head><body>
-<h1>Curation report</h1><p>{html.escape(json.dumps(report['accounting']))}</p>
-<h2>Funnel</h2><table><tr><th>stage</th><th>in</th><th>kept</th><th>dropped by reason</th></tr>{rows}</table>
-<h2>Rejected: examples per reason</h2><table><tr><th>reason</th><th>stage</th><th>source id</th><th>detail</th><th>image</th></tr>{reject_rows}</table>
-<h2>Kept samples</h2>{thumbs}<h2>Histograms</h2>{hists}
-<h2>Model stages</h2><pre>{html.escape(json.dumps(report.get('sections', {}), indent=1))}</pre>
-</body></html>"""
+    acc = report["accounting"]
+    body = [charts.cards([("input records", acc["input_records"]), ("kept", acc["kept"]),
+                          ("rejected", acc["rejected"]), ("balanced", "yes" if acc["balanced"] else "NO"),
+                          ("shards", report["shards"]), ("seconds", report["seconds"])])]
+
+    funnel = [(r["stage"], r["kept"] or 0, sum(r["dropped"].values())) for r in report["funnel"]]
+    body.append("<h2>Funnel</h2><section>" + charts.funnel_chart("funnel", "Records kept and dropped per stage",
+                                                                  funnel) + "</section>")
+
+    by_source = report.get("by_source") or {}
+    if by_source:
+        names = list(by_source)
+        body.append("<h2>Sources</h2><section><div class='charts'>" + charts.grouped_bar_chart(
+            "sources", "Kept and rejected per source", names,
+            {"kept": [by_source[n]["kept"] for n in names], "rejected": [by_source[n]["rejected"] for n in names]},
+            value_format="{:g}") + "</div>" + charts.table(
+            ["source", "kept", "rejected", "rejected by reason"],
+            [(n, v["kept"], v["rejected"], ", ".join(f"{k}={c}" for k, c in v["reasons"].items()) or "—")
+             for n, v in by_source.items()]) + "</section>")
+
+    figs = [charts.histogram_chart(name, HISTOGRAM_TITLES.get(name, name), h)
+            for name, h in report["histograms"].items()]
+    if report.get("languages"):
+        langs = report["languages"]
+        figs.append(charts.bar_chart("languages", "Language", list(langs), list(langs.values())))
+    for name, section in report.get("sections", {}).items():
+        if isinstance(section, dict) and "histogram" in section:
+            figs.append(charts.histogram_chart(name, SECTION_HISTOGRAMS.get(name, name), section["histogram"],
+                                               note=f"mean {section.get('mean')} over "
+                                                    f"{section.get('scored', section.get('count'))} samples"))
+    body.append("<h2>Distributions of kept samples</h2><section><div class='charts'>" + "".join(figs)
+                + "</div></section>")
+
+    if pairs:
+        rows = []
+        for row, rep in pairs:
+            s_rej = shown_rejected.get((row["source"], row["source_id"]))
+            s_rep = shown_kept.get(rep)
+            pair = ("<div class='pair'>" + charts.thumb(s_rej.url if s_rej else None, f"dropped: {row['source_id']}")
+                    + charts.thumb(s_rep.url if s_rep else None, f"kept: {rep}") + "</div>")
+            rows.append((row["stage"], pair, esc(_distance(row["stage"], s_rej, s_rep, signals_by_key.get(rep, {}),
+                                                           _fields(row))), esc(row["detail"][:200])))
+        body.append("<h2>Duplicates beside what they duplicate</h2><section>" + charts.table(
+            ["stage", "dropped → kept representative", "distance", "detail"], rows, raw_columns=(1, 2, 3))
+            + "</section>")
+
+    if hits:
+        rows = []
+        for row in hits[:NEAR_DUPLICATE_PAIRS]:
+            f = _fields(row)
+            item = shown_bench.get((f["contamination_benchmark"], f["contamination_item_id"]))
+            pair = ("<div class='pair'>" + rejected_thumb(row) + charts.thumb(
+                item.url if item else None, f"{f['contamination_benchmark']}: {f['contamination_item_id']}")
+                + "</div>")
+            rows.append((row["reason"], pair, esc((item.text if item else "")[:200]), esc(row["detail"][:200])))
+        body.append("<h2>Contamination hits beside the benchmark item</h2><section>" + charts.table(
+            ["reason", "dropped sample → benchmark item", "benchmark question", "detail"], rows,
+            raw_columns=(1, 2, 3)) + "</section>")
+
+    counts: dict[tuple[str, str], int] = {}
+    for row in rejected:
+        counts[(row["stage"], row["reason"])] = counts.get((row["stage"], row["reason"]), 0) + 1
+    reason_rows = [(stage, reason, n, "<div class='pair'>" + "".join(rejected_thumb(r) for r in examples[(stage, reason)])
+                    + "</div>",
+                    "<br>".join(esc(f"{r['source_id']}: {r['detail'][:160]}") for r in examples[(stage, reason)]))
+                   for (stage, reason), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    if reason_rows:
+        body.append("<h2>Every reason code</h2><section><div class='charts'>" + charts.bar_chart(
+            "reasons", "Rejections per reason", [f"{s}/{r}" for s, r, *_ in reason_rows], [n for _, _, n, *_ in
+                                                                                          reason_rows],
+            color=charts.DROPPED_COLOR) + "</div>" + charts.table(
+            ["stage", "reason", "count", "examples", "detail"], reason_rows, raw_columns=(3, 4)) + "</section>")
+
+    thumbs = "".join(charts.thumb(url, key) for key, url in kept_thumbnails(out_dir))
+    body.append(f"<h2>Kept samples</h2><section>{thumbs or '<p>none</p>'}</section>")
+    body.append("<h2>Details</h2><section><details><summary>kinds, model stages, counters, config</summary><pre>"
+                + esc(json.dumps({k: report.get(k) for k in ("kinds", "sections", "disabled_model_stages", "counters",
+                                                             "config")}, indent=1, sort_keys=True, default=str))
+                + "</pre></details></section>")
+    return charts.page("vlmloom curation report", "".join(body))

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 
 from vlmloom.curation import readers
+from vlmloom.pipelines import progress
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.records import KINDS, Rejection, Sample, make_key
 
@@ -152,10 +152,10 @@ def _inside(path: str, root: str) -> bool:
     return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
 
 
-class _ReadTar(beam.DoFn):
+class _ReadTar(progress.CountingDoFn):
     def __init__(self, source: str, kind: str):
         self._source, self._kind = source, kind
-        self._read = Metrics.counter("read", "records")
+        self._read = progress.counter("read", "records")
 
     def process(self, path: str):
         count = 0
@@ -179,10 +179,10 @@ class _ReadTar(beam.DoFn):
         log.info("read %d records from %s", count, path)
 
 
-class _ReadManifest(beam.DoFn):
+class _ReadManifest(progress.CountingDoFn):
     def __init__(self, source: str, kind: str, fmt: str, image_root: str = ""):
         self._source, self._kind, self._fmt, self._image_root = source, kind, fmt, image_root
-        self._read = Metrics.counter("read", "records")
+        self._read = progress.counter("read", "records")
 
     def process(self, path: str):
         base = posixpath.dirname(path)
@@ -236,10 +236,10 @@ class _ReadManifest(beam.DoFn):
                                                  f"{path} line {line_no}: {exc.detail}")
 
 
-class _ReadFolderRecord(beam.DoFn):
+class _ReadFolderRecord(progress.CountingDoFn):
     def __init__(self, source: str, kind: str, root: str):
         self._source, self._kind, self._root = source, kind, root
-        self._read = Metrics.counter("read", "records")
+        self._read = progress.counter("read", "records")
 
     def process(self, item: tuple[str, dict[str, str]]):
         source_id, files = item
@@ -260,6 +260,22 @@ class _ReadFolderRecord(beam.DoFn):
         yield readers.record_to_sample(
             readers.RawRecord(source_id, data, files[first][:-len(first) - 1], member_uris=dict(files)),
             self._source, self._kind)
+
+
+class _SplitRead(progress.CountingDoFn):
+    """Samples to the main output, read Rejections to `rejected`, one `read/dropped_<reason>` counter per reason."""
+
+    def __init__(self):
+        self._counters: dict[str, progress.MirroredCounter] = {}
+
+    def process(self, item: Sample | Rejection):
+        if isinstance(item, Sample):
+            yield item
+            return
+        if item.reason not in self._counters:
+            self._counters[item.reason] = progress.counter(readers.READ_STAGE, f"dropped_{item.reason}")
+        self._counters[item.reason].inc()
+        yield beam.pvalue.TaggedOutput("rejected", item)
 
 
 class ReadInputs(beam.PTransform):
@@ -291,5 +307,6 @@ class ReadInputs(beam.PTransform):
                          | f"{label}/Read" >> beam.ParDo(reader))
             outputs.append(pcoll)
         merged = outputs | "MergeInputs" >> beam.Flatten()
-        split = merged | "SplitRead" >> beam.Partition(lambda item, _: 0 if isinstance(item, Sample) else 1, 2)
-        return {"kept": split[0], "rejected": split[1]}
+        split = merged | "SplitRead" >> beam.ParDo(_SplitRead()).with_output_types(
+            Sample, rejected=Rejection).with_outputs("rejected", main="kept")
+        return {"kept": split["kept"], "rejected": split["rejected"]}

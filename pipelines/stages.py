@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
-
 from vlmloom.curation.base import Verdict
+from vlmloom.pipelines import progress
 from vlmloom.schemas.records import Rejection, Sample
 
 KEPT = "kept"
@@ -35,7 +34,7 @@ Decide = Callable[..., tuple[Sample, Verdict | None]]
 DecideFactory = Callable[[], Decide]
 
 
-class RouteDoFn(beam.DoFn):
+class RouteDoFn(progress.CountingDoFn):
     """The one routing DoFn of every stage: apply a decision, merge its signals, count (`kept`, one
     `dropped_<reason>` counter per reason), record lineage, and route the sample to `kept` or a
     Rejection to `rejected`.
@@ -52,7 +51,7 @@ class RouteDoFn(beam.DoFn):
         self._decision = decision
         self._final = final
         self._decide: Decide | None = None
-        self._kept = Metrics.counter(stage, "kept")
+        self._kept = progress.counter(stage, "kept")
         self._counters: dict[str, Any] = {}
 
     def setup(self) -> None:
@@ -72,7 +71,7 @@ class RouteDoFn(beam.DoFn):
             return
         reason = verdict.reason or "unspecified"
         if reason not in self._counters:
-            self._counters[reason] = Metrics.counter(self._stage, f"dropped_{reason}")
+            self._counters[reason] = progress.counter(self._stage, f"dropped_{reason}")
         self._counters[reason].inc()
         yield beam.pvalue.TaggedOutput(REJECTED, Rejection.of(sample, self._stage, reason, verdict.detail, verdict.signals))
 
@@ -108,6 +107,8 @@ def route(pcoll, label: str, stage: str, make_decide: DecideFactory, config_hash
     result = (
         pcoll
         | label >> beam.ParDo(RouteDoFn(stage, make_decide, config_hash, decision, final), *side_inputs)
+        # Declaring the tagged output keeps Beam from warning "Tags {'rejected'} ... not declared" per stage.
+        .with_output_types(Sample, **{REJECTED: Rejection})
         .with_exception_handling(threshold=max_error_ratio, use_subprocess=False, dead_letter_tag=DEAD_LETTER)
         .with_outputs(REJECTED, main=KEPT)
     )
@@ -117,7 +118,7 @@ def route(pcoll, label: str, stage: str, make_decide: DecideFactory, config_hash
 
 def quarantine(stage: str):
     """Turn Beam dead-letter tuples `(sample, (type, value, traceback))` into Rejection rows."""
-    counter = Metrics.counter(stage, f"dropped_{QUARANTINED_REASON}")
+    counter = progress.counter(stage, f"dropped_{QUARANTINED_REASON}")
 
     def to_rejection(bad) -> Rejection:
         element, (exc_type, exc_value, tb) = bad

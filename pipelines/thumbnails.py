@@ -1,42 +1,33 @@
-"""Thumbnails for the HTML report, read back from what the job wrote and from its inputs.
+"""Thumbnails (and texts) for the HTML report, read back from what the job wrote and from its inputs.
 
-    kept_thumbnails(out_dir)                     → [(key, data URL)] of image 0 of the first kept samples
-    rejected_thumbnails(input_paths, wanted)     → {(source, source_id): data URL} for a few rejected records,
-                                                   re-read from the webdataset tar inputs
+    kept_thumbnails(out_dir)                       → [(key, data URL)] of image 0 of the first kept samples
+    kept_records(out_dir, manifest, keys)          → {key: Shown} for chosen kept samples (e.g. dedup representatives)
+    rejected_records(input_paths, wanted)          → {(source, source_id): Shown} for a few rejected records,
+                                                     re-read from the webdataset tar inputs
+    benchmark_items(benchmarks, wanted)            → {(benchmark, item_id): Shown} for contamination hits
 """
 from __future__ import annotations
 
 import base64
 import io
+from dataclasses import dataclass
 
 from apache_beam.io.filesystems import FileSystems
 
 from vlmloom.schemas import formats
 from vlmloom.schemas.tars import iter_tar_groups
 
-
-def kept_thumbnails(out_dir: str, limit: int = 12) -> list[tuple[str, str]]:
-    """(key, data URL) of the first images in the first shard."""
-    from PIL import Image
-
-    match = FileSystems.match([FileSystems.join(out_dir, formats.SHARDS_DIR, "*.tar")])[0].metadata_list
-    if not match:
-        return []
-    out = []
-    with FileSystems.open(sorted(m.path for m in match)[0]) as fh:
-        for key, members in iter_tar_groups(io.BytesIO(fh.read())):
-            for ext in (e for e in members if e in ("jpg", "png", "webp")):  # image 0 of each sample
-                img = Image.open(io.BytesIO(members[ext])).convert("RGB")
-                img.thumbnail((128, 128))
-                buf = io.BytesIO()
-                img.save(buf, "JPEG", quality=80)
-                out.append((key, "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()))
-                if len(out) >= limit:
-                    return out
-    return out
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
 
 
-def _thumbnail_url(data: bytes) -> str | None:
+@dataclass(frozen=True)
+class Shown:
+    url: str | None  # data URL of a JPEG thumbnail, None when the image cannot be shown
+    text: str  # the sample's text (caption / document), for text near-duplicates
+    phash: str | None = None  # pHash of image 0 as decode measures it (16 hex digits), for distances
+
+
+def _thumbnail_url(data: bytes, side: int = 128) -> str | None:
     from PIL import Image
 
     try:
@@ -44,21 +35,72 @@ def _thumbnail_url(data: bytes) -> str | None:
         if img.size[0] * img.size[1] > 50_000_000:
             return None
         img = img.convert("RGB")
-        img.thumbnail((96, 96))
+        img.thumbnail((side, side))
     except Exception:  # noqa: BLE001 - a rejected image is often undecodable: it just gets no thumbnail
         return None
     buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=75)
+    img.save(buf, "JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def rejected_thumbnails(input_paths: dict[str, list[str]], wanted: dict[tuple[str, str], str],
-                        max_bytes_scanned: int = 512 * 2**20) -> dict[tuple[str, str], str]:
-    """Thumbnails for a few rejected (source, source_id) pairs, read back from webdataset tar inputs.
-    Stops when all are found or after `max_bytes_scanned`; records from other input formats get none."""
+def _phash(data: bytes) -> str | None:
+    """The pHash decode computes (curation/decode.py: 8-bit RGB → grayscale → imagehash.phash)."""
+    import imagehash
+    from PIL import Image
+
+    from vlmloom.curation.decode import to_rgb8
+
+    try:
+        return str(imagehash.phash(to_rgb8(Image.open(io.BytesIO(data))).convert("L")))
+    except Exception:  # noqa: BLE001 - undecodable: no distance to show
+        return None
+
+
+def _first_image(members: dict[str, bytes]) -> bytes | None:
+    for ext in sorted(members):
+        if ext.split(".")[-1].lower() in IMAGE_MEMBERS:
+            return members[ext]
+    return None
+
+
+def kept_thumbnails(out_dir: str, limit: int = 12) -> list[tuple[str, str]]:
+    """(key, data URL) of the first images in the first shard."""
+    match = FileSystems.match([FileSystems.join(out_dir, formats.SHARDS_DIR, "*.tar")])[0].metadata_list
+    if not match:
+        return []
+    out = []
+    with FileSystems.open(sorted(m.path for m in match)[0]) as fh:
+        for key, members in iter_tar_groups(io.BytesIO(fh.read())):
+            image = _first_image(members)
+            url = _thumbnail_url(image) if image else None
+            if url:
+                out.append((key, url))
+                if len(out) >= limit:
+                    break
+    return out
+
+
+def kept_records(out_dir: str, manifest: list[dict], keys: set[str]) -> dict[str, Shown]:
+    """Thumbnail and text of the kept samples `keys`, read from the shards the manifest names."""
+    shards = sorted({row["shard"] for row in manifest if row["key"] in keys})
+    found: dict[str, Shown] = {}
+    for shard in shards:
+        with FileSystems.open(FileSystems.join(out_dir, formats.SHARDS_DIR, shard)) as fh:
+            for key, members in iter_tar_groups(io.BytesIO(fh.read())):
+                if key in keys:
+                    image = _first_image(members)
+                    found[key] = Shown(_thumbnail_url(image) if image else None,
+                                       members.get("txt", b"").decode("utf-8", "replace"))
+    return found
+
+
+def rejected_records(input_paths: dict[str, list[str]], wanted: set[tuple[str, str]],
+                     max_bytes_scanned: int = 512 * 2**20) -> dict[tuple[str, str], Shown]:
+    """Thumbnails, texts and pHashes of a few rejected (source, source_id) records, read back from webdataset tar
+    inputs. Stops when all are found or after `max_bytes_scanned`; records from other input formats get none."""
     from vlmloom.curation import readers
 
-    found: dict[tuple[str, str], str] = {}
+    found: dict[tuple[str, str], Shown] = {}
     scanned = 0
     for source, paths in sorted(input_paths.items()):
         ids = {sid for (src, sid) in wanted if src == source}
@@ -72,9 +114,32 @@ def rejected_thumbnails(input_paths: dict[str, list[str]], wanted: dict[tuple[st
                     ids.discard(item.source_id)
                     scanned += sum(len(v) for v in item.files.values())
                     images = [v for k, v in sorted(item.files.items()) if k.split(".")[-1] in readers.IMAGE_EXTENSIONS]
-                    url = _thumbnail_url(images[0]) if images else None
-                    if url:
-                        found[(source, item.source_id)] = url
+                    sample = readers.record_to_sample(item, source)
+                    text = getattr(sample, "text", None) or ""
+                    found[(source, item.source_id)] = Shown(_thumbnail_url(images[0]) if images else None, text,
+                                                            _phash(images[0]) if images else None)
                     if not ids:
                         break
+    return found
+
+
+def benchmark_items(benchmarks: list[dict], wanted: set[tuple[str, str]]) -> dict[tuple[str, str], Shown]:
+    """Thumbnail and question of the benchmark items contamination hits name (benchmarks: the job's config)."""
+    from vlmloom.curation.contamination import BenchmarkSource, load_benchmark
+
+    found: dict[tuple[str, str], Shown] = {}
+    for b in benchmarks:
+        ids = {item for (name, item) in wanted if name == b["name"]}
+        if not ids:
+            continue
+        try:
+            for item in load_benchmark(BenchmarkSource(**b)):
+                if item.item_id in ids:
+                    ids.discard(item.item_id)
+                    found[(b["name"], item.item_id)] = Shown(
+                        _thumbnail_url(item.image_bytes) if item.image_bytes else None, item.question)
+                    if not ids:
+                        break
+        except OSError:  # the benchmark moved since the job ran: the hit is still listed, without its item
+            continue
     return found

@@ -18,6 +18,7 @@ A packed directory::
     DIR/manifest.parquet      one row per packed sequence (PACKED_MANIFEST_SCHEMA), sorted by key
     DIR/rejected.parquet      samples that were not packed (records.REJECTION_SCHEMA, stage "pack")
     DIR/pack_report.json      fill efficiency, dropped by reason, histograms, recipe + hash, realised shares
+    DIR/pack_report.html      the same as charts, self-contained (packing/report_html.py)
     DIR/tokenizer/            the tokenizer the ids belong to (`AutoTokenizer.from_pretrained`)
     DIR/_SUCCESS              written last; readers refuse a directory without it
 

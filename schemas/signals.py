@@ -21,9 +21,15 @@ class Signal:
     type: type  # numbers.Integral / numbers.Real / str / list (numpy scalars count as their number type)
     stage: str  # the stage that writes it
     doc: str  # what it is; who reads it
+    also: tuple[str, ...] = ()  # further stages that write it (the dedup stages share `duplicate_of`)
+
+    @property
+    def writers(self) -> tuple[str, ...]:
+        return (self.stage, *self.also)
 
 
 ORIGIN_SIGNAL = "origin"
+DEDUP_STAGES = ("exact_dedup", "near_dup_image", "near_dup_text")
 
 SIGNALS: dict[str, Signal] = {
     ORIGIN_SIGNAL: Signal(str, "read", "where the raw record was read (file#member, FILE:LINE, file:rowN); "
@@ -33,6 +39,8 @@ SIGNALS: dict[str, Signal] = {
     "pixel_std": Signal(numbers.Real, "decode", "grey-level standard deviation of image 0; heuristics"),
     "image_sha256": Signal(str, "decode", "sha256 of image 0's bytes"),
     "phash": Signal(str, "decode", "64-bit pHash of image 0, 16 hex digits; near_dup_image, contamination"),
+    "duplicate_of": Signal(str, DEDUP_STAGES[0], "the kept representative a dropped duplicate lost to; report, trace",
+                           also=DEDUP_STAGES[1:]),
     "caption_chars": Signal(numbers.Integral, "heuristics", "characters of the caption"),
     "caption_repetition": Signal(numbers.Real, "heuristics", "share of repeated word n-grams in the caption"),
     "lang": Signal(str, "language", "language code of the text; report (languages)"),
@@ -52,7 +60,7 @@ SIGNALS: dict[str, Signal] = {
     **{f"grounding_boxes_{source}": Signal(numbers.Integral, "grounding", f"boxes from {source}")
        for source in ("ocr", "gui", "detector", "input")},
 }
-LIBRARY_STAGES = frozenset(signal.stage for signal in SIGNALS.values())
+LIBRARY_STAGES = frozenset(stage for signal in SIGNALS.values() for stage in signal.writers)
 
 
 def check_signals(stage: str, signals: dict[str, Any]) -> None:
@@ -64,7 +72,7 @@ def check_signals(stage: str, signals: dict[str, Any]) -> None:
             if stage in LIBRARY_STAGES:
                 raise RecordError(f"stage {stage!r}: signal {key!r} is not declared in schemas/signals.py; add a row")
             continue
-        if declared.stage != stage:
-            raise RecordError(f"stage {stage!r}: signal {key!r} belongs to stage {declared.stage!r}")
+        if stage not in declared.writers:
+            raise RecordError(f"stage {stage!r}: signal {key!r} belongs to stage(s) {', '.join(declared.writers)}")
         if value is not None and (isinstance(value, bool) or not isinstance(value, declared.type)):
             raise RecordError(f"stage {stage!r}: signal {key!r} = {value!r} is not of type {declared.type.__name__}")

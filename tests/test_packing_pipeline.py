@@ -43,8 +43,8 @@ def test_pack_report_and_files(curated, tmp_path):
     out = str(tmp_path / "p")
     report = pack(PackConfig(inputs=list(curated), output=out, seq_len=1024, sequences_per_shard=4,
                              tokenizer_vocab_size=300))
-    assert sorted(os.listdir(out)) == ["_SUCCESS", "manifest.parquet", "pack_report.json", "rejected.parquet",
-                                       "shards", "tokenizer"]
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "manifest.parquet", "pack_report.html", "pack_report.json",
+                                       "rejected.parquet", "shards", "tokenizer"]
     assert json.load(open(f"{out}/pack_report.json")) == json.loads(json.dumps(report))
     assert report["dropped_by_reason"] == {"malformed_cot": 1}
     assert pq.read_table(f"{out}/rejected.parquet").to_pylist()[0]["key"] == "caps-bad"

@@ -282,10 +282,9 @@ def seed_everything(seed: int) -> None:
 
 
 def make_progress(config: TrainConfig, initial: int, *, enabled: bool) -> Any:
-    from tqdm import tqdm
+    from vlmloom.schemas.progress import progress_bar  # the one bar look of curate, pack and train
 
-    return tqdm(total=config.steps, initial=initial, disable=not (enabled and config.progress), desc="train",
-                dynamic_ncols=True)
+    return progress_bar("train", config.steps, enabled=enabled and config.progress, initial=initial, unit="step")
 
 
 def write_run_info(config: TrainConfig, model: Any, trainable: dict[str, int], attn: str, precision: str,
