@@ -73,6 +73,7 @@ def check_signals(stage: str, signals: dict[str, Any]) -> None:
                 raise RecordError(f"stage {stage!r}: signal {key!r} is not declared in schemas/signals.py; add a row")
             continue
         if stage not in declared.writers:
-            raise RecordError(f"stage {stage!r}: signal {key!r} belongs to stage(s) {', '.join(declared.writers)}")
+            raise RecordError(f"stage {stage!r}: signal {key!r} belongs to stage "
+                              f"{' or '.join(repr(w) for w in declared.writers)}")
         if value is not None and (isinstance(value, bool) or not isinstance(value, declared.type)):
             raise RecordError(f"stage {stage!r}: signal {key!r} = {value!r} is not of type {declared.type.__name__}")

@@ -21,6 +21,9 @@ def test_signals_declared_typed_and_owned():
         check_signals("decode", {"colour": "red"})
     with pytest.raises(RecordError, match="'width' = '64' is not of type"):
         check_signals("decode", {"width": "64"})
+    check_signals("near_dup_text", {"duplicate_of": "k1"})  # a signal several stages write
+    with pytest.raises(RecordError, match="'duplicate_of' belongs to stage 'exact_dedup' or 'near_dup_image'"):
+        check_signals("clip", {"duplicate_of": "k1"})
     with pytest.raises(RecordError, match="'clip_score' belongs to stage 'clip'"):
         check_signals("heuristics", {"clip_score": 0.3})
 
