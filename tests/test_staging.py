@@ -169,7 +169,8 @@ def _curate(corpus_dir: str, out: str, beam_args: list[str]) -> None:
 
 
 def _outputs(out: str) -> dict[str, bytes | dict]:
-    """Every file of a curated directory; report.json without the two fields a run may differ in."""
+    """Every file of a curated directory; report.json without the two fields a run may differ in, and
+    report.html (a rendering of report.json, which shows the run's seconds) only as present."""
     files: dict[str, bytes | dict] = {}
     for path in sorted(Path(out).rglob("*")):
         if path.is_file():
@@ -178,6 +179,7 @@ def _outputs(out: str) -> dict[str, bytes | dict]:
     report.pop("seconds")
     report["config"].pop("output")
     files["report.json"] = report
+    files["report.html"] = b"present" if files.get("report.html") else b""
     return files
 
 
