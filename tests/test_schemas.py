@@ -103,7 +103,8 @@ def test_overrides_parse_yaml_values():
 
 
 def test_format_names():
-    assert formats.shard_name(3) == "00003.tar"
+    assert formats.shard_name(3) == "00003.tar"  # packed shards
+    assert formats.curated_shard_name(12, 3) == "b00012-00003.tar" and formats.part_name(12) == "part-00012.parquet"
     assert formats.image_member_name("k", 0, "JPEG") == "k.jpg"
     assert formats.image_member_name("k", 2, "png") == "k.2.png"
     assert isinstance(formats.MANIFEST_SCHEMA, pa.Schema)
