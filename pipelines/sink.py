@@ -25,6 +25,7 @@ from apache_beam.metrics import Metrics
 from vlmloom.schemas import formats
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.curated import MAX_BUCKETS, bucket_files, key_bucket
+from vlmloom.schemas.records import Rejection, Sample
 
 log = logging.getLogger("vlmloom.curate")
 
@@ -62,7 +63,8 @@ def write_atomic(path: str, data: bytes) -> None:
 
 
 class _WriteBucket(beam.DoFn):
-    """(bucket, {"ids", "kept", "rejected"}) → the bucket's files under the output directory; yields their paths."""
+    """(bucket, [Sample | Rejection | None]) → the bucket's files under the output directory; yields their paths.
+    (None is the bucket's id marker: it makes empty buckets reach here too.)"""
 
     def __init__(self, out_dir: str, config: OutputConfig):
         self._dir = out_dir
@@ -71,9 +73,15 @@ class _WriteBucket(beam.DoFn):
         self._samples = Metrics.counter("write", "samples")
 
     def process(self, item):
-        bucket, groups = item
-        samples, nshards = list(groups["kept"]), 0
-        for relative, data in bucket_files(bucket, samples, groups["rejected"],
+        bucket, values = item
+        samples, rejections = [], []
+        for value in values:
+            if isinstance(value, Sample):
+                samples.append(value)
+            elif isinstance(value, Rejection):
+                rejections.append(value)
+        nshards = 0
+        for relative, data in bucket_files(bucket, samples, rejections,
                                            samples_per_shard=self._cfg.samples_per_shard,
                                            bytes_per_shard=self._cfg.bytes_per_shard):
             path = join(self._dir, *relative.split("/"))
@@ -97,9 +105,12 @@ class WriteCurated(beam.PTransform):
     def expand(self, outputs):
         samples, rejected = outputs["kept"], outputs["rejected"]
         buckets = self._cfg.buckets
+        # One GroupByKey over the flattened, bucket-keyed kept samples, rejections and bucket ids (a
+        # CoGroupByKey would add a tagging Map per element and rebuild the groups as lists).
         ids = samples.pipeline | "BucketIds" >> beam.Create([(b, None) for b in range(buckets)])
-        return ({"ids": ids,
-                 "kept": samples | "KeptByBucket" >> beam.Map(lambda s: (key_bucket(s.key, buckets), s)),
-                 "rejected": rejected | "RejectedByBucket" >> beam.Map(lambda r: (key_bucket(r.key, buckets), r))}
-                | "GroupByBucket" >> beam.CoGroupByKey()
+        kept = samples | "KeptByBucket" >> beam.Map(lambda s: (key_bucket(s.key, buckets), s))
+        dropped = rejected | "RejectedByBucket" >> beam.Map(lambda r: (key_bucket(r.key, buckets), r))
+        return ((ids, kept, dropped)
+                | "AllByBucket" >> beam.Flatten()
+                | "GroupByBucket" >> beam.GroupByKey()
                 | "WriteBucket" >> beam.ParDo(_WriteBucket(self._dir, self._cfg)))
