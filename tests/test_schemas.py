@@ -108,3 +108,23 @@ def test_format_names():
     assert formats.image_member_name("k", 0, "JPEG") == "k.jpg"
     assert formats.image_member_name("k", 2, "png") == "k.2.png"
     assert isinstance(formats.MANIFEST_SCHEMA, pa.Schema)
+
+
+def test_to_row_matches_dataclasses_asdict():
+    """Sample.to_row skips asdict's deep copy for speed; the row must stay what asdict gives."""
+    import dataclasses as dc
+    import json as js
+
+    from vlmloom.demo.records import synthetic_samples
+
+    for sample in synthetic_samples(30, seed=4, kinds=("caption", "ocr", "interleaved", "qa", "grounding")):
+        sample.signals["phash"] = "00ff"
+        sample.with_lineage("decode", "h", "kept")
+        for with_bytes in (True, False):
+            reference = dc.asdict(sample)
+            if not with_bytes:
+                for img in reference["images"]:
+                    img["bytes"] = None
+            reference["signals"] = js.dumps(sample.signals, sort_keys=True)
+            reference["meta"] = js.dumps(sample.meta, sort_keys=True, ensure_ascii=False)
+            assert sample.to_row(with_bytes) == reference, sample.key
