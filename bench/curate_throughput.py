@@ -5,7 +5,8 @@
     .venv/bin/python bench/curate_throughput.py --corpus /tmp/c12k --profile     # where the pipeline's time goes
 
 Per-sample work = read from tar + decode/validate (EXIF, RGB, size/aspect/bomb guards) + sha256 + pHash
-(`curation.decode.decode_sample`). The pipeline runs read → decode → write (other stages disabled) on the
+(`curation.decode.decode_sample`); the second baseline also writes the kept samples with the pipeline's own
+bucket writer (`write_curated_dir`), so it does all the work the pipeline does, in one plain loop. The pipeline runs read → decode → write (other stages disabled) on the
 DirectRunner with 1 worker (in-process) and 2 workers (multi_processing). Ratio = pipeline / bare loop;
 per worker = ratio / workers. Then near-duplicate clustering of 1M synthetic pHashes (incl. a bucket of
 100k identical ones) with `curation.neardup.cluster_phashes`: time and peak RSS.
@@ -23,12 +24,15 @@ import tempfile
 import time
 
 
-def bare_loop(tars: list[str]) -> int:
+def bare_loop(tars: list[str], write_to: str = "") -> int:
+    """Read + decode/validate + hash every sample; with `write_to`, also write the kept ones as a curated
+    directory (the same bucket writer as the pipeline, schemas.curated.write_curated_dir), one process."""
     from vlmloom.curation import readers
     from vlmloom.curation.decode import DecodeConfig, decode_sample
+    from vlmloom.schemas.curated import write_curated_dir
     from vlmloom.schemas.records import Sample
 
-    config, n = DecodeConfig(), 0
+    config, n, kept = DecodeConfig(), 0, []
     for path in tars:
         with open(path, "rb") as fh:
             for item in readers.iter_tar_records(fh, path):
@@ -36,8 +40,15 @@ def bare_loop(tars: list[str]) -> int:
                     continue
                 sample = readers.record_to_sample(item, "bench")
                 if isinstance(sample, Sample):
-                    decode_sample(sample, config)
+                    if decode_sample(sample, config).keep and write_to:
+                        kept.append(sample)
                     n += 1
+    if write_to:
+        shutil.rmtree(write_to, ignore_errors=True)
+        try:
+            write_curated_dir(write_to, kept, per_shard=1000, buckets=16)
+        except TypeError:  # format version 1 (before buckets): measuring the old code for a before/after table
+            write_curated_dir(write_to, kept, per_shard=1000)
     return n
 
 
@@ -98,14 +109,23 @@ def main() -> None:
             n = bare_loop(tars)
             best = min(best, time.perf_counter() - t)
         bare = n / best
-        print(f"\n{n} decodable samples in {len(tars)} tars, CPU cores: {os.cpu_count()}\n")
-        print("| run | samples/s | ratio to bare loop | ratio per worker |\n|---|---|---|---|")
-        print(f"| bare single-process loop | {bare:,.0f} | 1.00 | 1.00 |")
+        best_written = float("inf")
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            bare_loop(tars, os.path.join(work, "bare_written"))
+            best_written = min(best_written, time.perf_counter() - t)
+        bare_written = n / best_written
+        print(f"\n{n} decodable samples in {len(tars)} tars, CPU cores: {os.cpu_count()}, best of {args.repeat}\n")
+        print("| run | samples/s | ratio to bare loop (no write) | per worker | ratio to bare loop + write | per worker |"
+              "\n|---|---|---|---|---|---|")
+        print(f"| bare loop, no write | {bare:,.0f} | 1.00 | 1.00 | | |")
+        print(f"| bare loop + write (write_curated_dir) | {bare_written:,.0f} | {bare_written / bare:.2f} | | 1.00 | 1.00 |")
         for workers in (1, 2):
             dt = min(run_pipeline(os.path.join(corpus, "tars", "*.tar"), os.path.join(work, f"out{workers}"), workers)
                      for _ in range(args.repeat))
             rate = n / dt
-            print(f"| Beam DirectRunner, {workers} worker(s) | {rate:,.0f} | {rate / bare:.2f} | {rate / bare / workers:.2f} |")
+            print(f"| Beam DirectRunner, {workers} worker(s) | {rate:,.0f} | {rate / bare:.2f} | {rate / bare / workers:.2f} "
+                  f"| {rate / bare_written:.2f} | {rate / bare_written / workers:.2f} |")
         neardup_scale(args.hashes)
         print(f"\nbench process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
     finally:
