@@ -7,7 +7,7 @@
     # a cluster runner (Dataflow/Flink/Spark through the Fn API), options passed through untouched:
     vlmloom curate gs://bucket/raw/*.tar --output gs://bucket/curated -- --runner=DataflowRunner --project=P ...
 
-Every input record ends as a kept sample (manifest.parquet + shards/) or a rejection with a reason
+Every input record ends as a kept sample (manifest/ + shards/) or a rejection with a reason
 (rejected/); the job fails loudly if the counts do not add up.
 """
 from __future__ import annotations
@@ -161,7 +161,7 @@ def _prepare_output(output: str, overwrite: bool) -> str:
         raise ConfigError(f"output {output!r} already exists: pass --overwrite to replace it, or choose another --output")
     if _is_local(output):
         staging = staging_directory(output)
-        for sub in (formats.SHARDS_DIR, formats.REJECTED_DIR):
+        for sub in (formats.SHARDS_DIR, formats.MANIFEST_DIR, formats.REJECTED_DIR):
             os.makedirs(os.path.join(staging, sub))
         return staging
     if exists:

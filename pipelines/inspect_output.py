@@ -1,9 +1,13 @@
-"""`vlmloom inspect DIR`: the report summary of a curated output plus a few samples from its first shard."""
+"""`vlmloom inspect DIR`: the report summary of a curated output, its manifest/ and rejected/ parts (row counts
+from the Parquet footers, no data read), plus a few samples from its first shards."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tarfile
+
+import pyarrow.parquet as pq
 
 from vlmloom.schemas import formats
 
@@ -20,10 +24,17 @@ def inspect_output(directory: str, num_samples: int = 5) -> str:
     if os.path.exists(pack_report):
         with open(pack_report, encoding="utf-8") as fh:
             lines.append(json.dumps(json.load(fh), indent=1)[:3000])
+    for sub in (formats.MANIFEST_DIR, formats.REJECTED_DIR):
+        parts = sorted(glob.glob(os.path.join(directory, sub, "*.parquet")))
+        if parts:
+            rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+            lines.append(f"{sub}/: {rows} rows in {len(parts)} parts")
     shards = sorted(f for f in os.listdir(os.path.join(directory, formats.SHARDS_DIR)) if f.endswith(".tar"))
-    if shards:
-        with tarfile.open(os.path.join(directory, formats.SHARDS_DIR, shards[0])) as tar:
-            shown = 0
+    shown = 0
+    for shard in shards:  # shards are cut inside buckets and may be small: read on until enough are shown
+        if shown >= num_samples:
+            break
+        with tarfile.open(os.path.join(directory, formats.SHARDS_DIR, shard)) as tar:
             for member in tar:
                 if member.name.endswith(".json") and member.name.count(".") == 1 and shown < num_samples:
                     record = json.loads(tar.extractfile(member).read())

@@ -1,7 +1,7 @@
 """The curation report (report.json): funnel per stage (in, kept, dropped by reason), accounting, histograms.
 The HTML page is report_html.py; the thumbnails it shows are read back by thumbnails.py.
 
-Built from what the job wrote (manifest.parquet, rejected/) and Beam's counters, not from separate
+Built from what the job wrote (the manifest/ and rejected/ parts) and Beam's counters, not from separate
 bookkeeping: the funnel's drops are the rejection rows, and `read/records` (every raw record the
 sources saw) must equal kept + rejected.
 """
@@ -10,14 +10,17 @@ from __future__ import annotations
 import collections
 import io
 import json
+import posixpath
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from vlmloom.schemas import formats
 from vlmloom.schemas.charts import histogram
 from vlmloom.schemas.config import to_dict
+from vlmloom.schemas.records import REJECTION_SCHEMA
 
 
 class AccountingError(RuntimeError):
@@ -29,15 +32,22 @@ def read_table(path: str):
         return pq.read_table(io.BytesIO(fh.read()))
 
 
+def read_parts(out_dir: str, sub: str, schema) -> list[dict[str, Any]]:
+    """The rows of every `sub/*.parquet` part of a curated directory (formats.py), in part order."""
+    match = FileSystems.match([FileSystems.join(out_dir, sub, "*.parquet")])[0].metadata_list
+    paths = sorted(m.path for m in match if not posixpath.basename(m.path).startswith((".", "_")))
+    return pa.concat_tables([read_table(p) for p in paths] or [schema.empty_table()]).to_pylist()
+
+
 def read_manifest(out_dir: str) -> list[dict[str, Any]]:
     """The kept samples' manifest rows of a curated directory (local or object store). Every reader of the
     curated layout (report, HTML page, inspect, trace) goes through here, so the layout changes in one place."""
-    return read_table(FileSystems.join(out_dir, formats.MANIFEST_FILE)).to_pylist()
+    return read_parts(out_dir, formats.MANIFEST_DIR, formats.MANIFEST_SCHEMA)
 
 
 def read_rejections(out_dir: str) -> list[dict[str, Any]]:
     """Every dropped record's row (records.REJECTION_SCHEMA) of a curated directory."""
-    return read_table(FileSystems.join(out_dir, formats.REJECTED_DIR, "rejected.parquet")).to_pylist()
+    return read_parts(out_dir, formats.REJECTED_DIR, REJECTION_SCHEMA)
 
 
 SIDE_EDGES = [0, 128, 256, 512, 1024, 2048, None]

@@ -1,29 +1,31 @@
-"""Write curated output: deterministic webdataset shards, manifest.parquet and rejected/ (schemas/formats.py).
+"""Write curated output: deterministic webdataset shards, manifest/ and rejected/ parts (schemas/formats.py).
 
-Members and manifest rows come from schemas/curated.py, tars from schemas/tars.py.
-Determinism whatever the runner or worker count: shard membership is planned from the *sorted* list
-of kept keys (with their sizes), members inside a shard are sorted by key, and tar headers carry no
-time or owner. Every file is written to a temporary name and renamed into place, so a killed job
-never leaves a half-written shard under a final name.
+    {"kept": PCollection[Sample], "rejected": PCollection[Rejection]}
+      → shards/bBBBBB-IIIII.tar, manifest/part-BBBBB.parquet, rejected/part-BBBBB.parquet
+
+Determinism whatever the runner or worker count, without a global plan: a record's bucket comes from its key
+alone (schemas.curated.key_bucket, a range of a stable hash), one keyed shuffle brings each bucket's samples
+and rejections to one worker, and that worker orders them by key and cuts shards inside the bucket
+(schemas.curated.bucket_files). What one worker holds is one bucket, about 1/`buckets` of the output, never
+the corpus' keys; no side input, no global combine. Every bucket id takes part in the shuffle, so empty
+buckets still write their (empty) parts. Every file is written under a hidden temporary name and renamed into
+place: a killed job never leaves a half-written shard or part under a final name, and dataset readers
+(pyarrow, DuckDB, HF `datasets`) skip the hidden temporaries.
 """
 from __future__ import annotations
 
-import io
 import logging
 import uuid
 from dataclasses import dataclass
 
 import apache_beam as beam
-import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from vlmloom.schemas import formats
 from vlmloom.schemas.config import ConfigError
-from vlmloom.schemas.curated import manifest_row, member_layout, sample_members
-from vlmloom.schemas.records import REJECTION_SCHEMA, Sample
-from vlmloom.schemas.tars import tar_bytes
+from vlmloom.schemas.curated import MAX_BUCKETS, bucket_files, key_bucket
+from vlmloom.schemas.records import Rejection, Sample
 
 log = logging.getLogger("vlmloom.curate")
 
@@ -32,10 +34,16 @@ log = logging.getLogger("vlmloom.curate")
 class OutputConfig:
     samples_per_shard: int = 1000  # a shard closes at this many samples ...
     bytes_per_shard: int = 256 * 2**20  # ... or when its members reach this many bytes, whichever first
+    # Hash-range buckets of keys; one worker writes one bucket at a time and holds its kept samples, so size
+    # it by the expected output: about output bytes / 1 GiB (and at least the number of workers).
+    buckets: int = 16
 
     def validate(self) -> None:
         if self.samples_per_shard < 1 or self.bytes_per_shard < 1:
             raise ConfigError("output.samples_per_shard and output.bytes_per_shard must be >= 1")
+        if not 1 <= self.buckets <= MAX_BUCKETS:
+            raise ConfigError(f"output.buckets ({self.buckets}) must be within 1..{MAX_BUCKETS}: "
+                              "about the expected output bytes / 1 GiB")
 
 
 def join(*parts: str) -> str:
@@ -43,8 +51,10 @@ def join(*parts: str) -> str:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Write to `path.tmp-<uuid>` then rename; the final name only ever holds a complete file."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    """Write to a hidden `.NAME.tmp-<uuid>` beside `path`, then rename; the final name only ever holds a
+    complete file, and a leftover temporary is invisible to dataset readers and `*.tar` globs."""
+    head, name = FileSystems.split(path)
+    tmp = FileSystems.join(head, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
     with FileSystems.create(tmp) as fh:
         fh.write(data)
     if FileSystems.exists(path):
@@ -52,58 +62,40 @@ def write_atomic(path: str, data: bytes) -> None:
     FileSystems.rename([tmp], [path])
 
 
-def estimated_size(sample: Sample) -> int:
-    return sum(len(img.bytes or b"") for img in sample.images) + len(sample.text or "") * 2 + 2048
+class _WriteBucket(beam.DoFn):
+    """(bucket, [Sample | Rejection | None]) → the bucket's files under the output directory; yields their paths.
+    (None is the bucket's id marker: it makes empty buckets reach here too.)"""
 
-
-def plan_shards(sizes: list[tuple[str, int, str]], config: OutputConfig) -> dict[str, int]:
-    """(key, bytes, layout) → {key: shard index}, in (layout, key) order.
-
-    A shard holds one member layout only: readers that infer columns from the first samples
-    (HF `datasets`' webdataset builder) need every sample of a tar to have the same members.
-    Shards close on sample count, byte size or a layout change.
-    """
-    plan: dict[str, int] = {}
-    shard, count, nbytes, layout = 0, 0, 0, None
-    for key, size, lay in sorted(sizes, key=lambda x: (x[2], x[0])):
-        if count and (count >= config.samples_per_shard or nbytes + size > config.bytes_per_shard or lay != layout):
-            shard, count, nbytes = shard + 1, 0, 0
-        plan[key] = shard
-        layout = lay
-        count += 1
-        nbytes += size
-    return plan
-
-
-class _WriteShard(beam.DoFn):
-    def __init__(self, shards_dir: str):
-        self._dir = shards_dir
+    def __init__(self, out_dir: str, config: OutputConfig):
+        self._dir = out_dir
+        self._cfg = config
         self._shards = Metrics.counter("write", "shards")
         self._samples = Metrics.counter("write", "samples")
 
-    def process(self, item: tuple[int, list[Sample]]):
-        index, samples = item
-        samples = sorted(samples, key=lambda s: s.key)
-        name = formats.shard_name(index)
-        members: list[tuple[str, bytes]] = []
-        for sample in samples:
-            members.extend(sample_members(sample))
-        write_atomic(join(self._dir, name), tar_bytes(members))
-        log.info("wrote shard %s: %d samples", name, len(samples))
-        self._shards.inc()
+    def process(self, item):
+        bucket, values = item
+        samples, rejections = [], []
+        for value in values:
+            if isinstance(value, Sample):
+                samples.append(value)
+            elif isinstance(value, Rejection):
+                rejections.append(value)
+        nshards = 0
+        for relative, data in bucket_files(bucket, samples, rejections,
+                                           samples_per_shard=self._cfg.samples_per_shard,
+                                           bytes_per_shard=self._cfg.bytes_per_shard):
+            path = join(self._dir, *relative.split("/"))
+            write_atomic(path, data)
+            nshards += relative.startswith(formats.SHARDS_DIR + "/")
+            yield path
+        self._shards.inc(nshards)
         self._samples.inc(len(samples))
-        for sample in samples:
-            yield manifest_row(sample, name)
-
-
-def write_table(path: str, table: pa.Table) -> None:
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    write_atomic(path, buf.getvalue())
+        if samples:
+            log.info("wrote bucket %d: %d samples in %d shards", bucket, len(samples), nshards)
 
 
 class WriteCurated(beam.PTransform):
-    """{"kept", "rejected"} → shards/, manifest.parquet, rejected/rejected.parquet under `output_dir`."""
+    """{"kept", "rejected"} → shards/, manifest/, rejected/ under `output_dir`; returns the written paths."""
 
     def __init__(self, output_dir: str, config: OutputConfig):
         super().__init__()
@@ -112,25 +104,13 @@ class WriteCurated(beam.PTransform):
 
     def expand(self, outputs):
         samples, rejected = outputs["kept"], outputs["rejected"]
-        cfg, out_dir = self._cfg, self._dir
-        plan = (samples
-                | "Sizes" >> beam.Map(lambda s: (s.key, estimated_size(s), member_layout(s)))
-                | "AllSizes" >> beam.combiners.ToList()
-                | "Plan" >> beam.Map(plan_shards, cfg))
-        manifest = (samples
-                    | "AssignShard" >> beam.Map(lambda s, plan: (plan[s.key], s), beam.pvalue.AsSingleton(plan))
-                    | "GroupByShard" >> beam.GroupByKey()
-                    | "WriteShard" >> beam.ParDo(_WriteShard(join(out_dir, formats.SHARDS_DIR))))
-        (manifest
-         | "AllManifestRows" >> beam.combiners.ToList()
-         | "WriteManifest" >> beam.Map(lambda rows: write_table(
-             join(out_dir, formats.MANIFEST_FILE),
-             pa.Table.from_pylist(sorted(rows, key=lambda r: r["key"]), schema=formats.MANIFEST_SCHEMA))))
-        (rejected
-         | "RejectionRows" >> beam.Map(lambda r: r.__dict__.copy())
-         | "AllRejections" >> beam.combiners.ToList()
-         | "WriteRejected" >> beam.Map(lambda rows: write_table(
-             join(out_dir, formats.REJECTED_DIR, "rejected.parquet"),
-             pa.Table.from_pylist(sorted(rows, key=lambda r: (r["stage"], r["key"], r["reason"], r["detail"])),
-                                  schema=REJECTION_SCHEMA))))
-        return manifest
+        buckets = self._cfg.buckets
+        # One GroupByKey over the flattened, bucket-keyed kept samples, rejections and bucket ids (a
+        # CoGroupByKey would add a tagging Map per element and rebuild the groups as lists).
+        ids = samples.pipeline | "BucketIds" >> beam.Create([(b, None) for b in range(buckets)])
+        kept = samples | "KeptByBucket" >> beam.Map(lambda s: (key_bucket(s.key, buckets), s))
+        dropped = rejected | "RejectedByBucket" >> beam.Map(lambda r: (key_bucket(r.key, buckets), r))
+        return ((ids, kept, dropped)
+                | "AllByBucket" >> beam.Flatten()
+                | "GroupByBucket" >> beam.GroupByKey()
+                | "WriteBucket" >> beam.ParDo(_WriteBucket(self._dir, self._cfg)))

@@ -2,15 +2,34 @@
 
 Curated output (`vlmloom curate ... --output DIR`)::
 
-    DIR/shards/00000.tar ...   webdataset; per sample: KEY.json (the Sample without image bytes),
+    DIR/shards/b00012-00003.tar ...
+                               webdataset; per sample: KEY.json (the Sample without image bytes),
                                KEY.txt (training text, empty if none), KEY.jpg / KEY.png ... (image 0,
                                original bytes), KEY.1.jpg ... (further images); members sorted by key,
                                mtime 0; each shard holds samples of one member layout (manifest `layout`);
-                               members and manifest rows: curated.py, tars: tars.py
-    DIR/manifest.parquet       one row per kept sample (MANIFEST_SCHEMA)
-    DIR/rejected/*.parquet     one row per dropped record (records.REJECTION_SCHEMA; `fields`: structured values)
+                               members, manifest rows and the bucket plan: curated.py, tars: tars.py
+    DIR/manifest/part-00012.parquet ...
+                               one row per kept sample (MANIFEST_SCHEMA), one part per bucket, rows sorted
+                               by key; every bucket writes its part, empty or not
+    DIR/rejected/part-00012.parquet ...
+                               one row per dropped record (records.REJECTION_SCHEMA; `fields`: structured
+                               values), one part per bucket of the record's key
     DIR/report.json            funnel per stage, counters, config, format version
     DIR/_SUCCESS               written last; readers refuse a directory without it
+
+Buckets: a key's bucket is a range of a stable hash of the key alone (curated.key_bucket), so any worker
+places any sample without a global plan. Inside a bucket, samples are ordered by (member layout, key)
+and cut into shards on count, bytes or a layout change; shard `bBBBBB-IIIII.tar` is shard IIIII of bucket
+BBBBB. The parts of `manifest/` and of `rejected/` each read as one table:
+
+    pyarrow:   pq.read_table("DIR/manifest")                  (or pyarrow.dataset.dataset("DIR/manifest"))
+    datasets:  load_dataset("parquet", data_files="DIR/manifest/*.parquet")
+    DuckDB:    SELECT * FROM read_parquet('DIR/manifest/*.parquet')
+
+Version history:
+    1  one manifest.parquet and rejected/rejected.parquet, shards 00000.tar ... planned from all keys at once
+    2  hash-range buckets: shards bBBBBB-IIIII.tar, manifest/part-BBBBB.parquet, rejected/part-BBBBB.parquet
+       (no step of the writer holds the whole corpus' keys)
 
 Packed output (`vlmloom pack ... --output DIR`): see `packed.py`.
 """
@@ -18,11 +37,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-CURATED_FORMAT_VERSION = 1
+CURATED_FORMAT_VERSION = 2
 PACKED_FORMAT_VERSION = 1
 
 SHARDS_DIR = "shards"
-MANIFEST_FILE = "manifest.parquet"
+MANIFEST_FILE = "manifest.parquet"  # packed output (packed.py); curated output has MANIFEST_DIR
+MANIFEST_DIR = "manifest"
 REJECTED_DIR = "rejected"
 REPORT_FILE = "report.json"
 REPORT_HTML_FILE = "report.html"
@@ -41,7 +61,18 @@ MANIFEST_SCHEMA = pa.schema([
 
 
 def shard_name(index: int) -> str:
+    """A packed shard's file name (packed.py)."""
     return f"{index:05d}.tar"
+
+
+def curated_shard_name(bucket: int, index: int) -> str:
+    """Shard `index` of `bucket` in a curated directory; names sort in bucket, then shard order."""
+    return f"b{bucket:05d}-{index:05d}.tar"
+
+
+def part_name(bucket: int) -> str:
+    """The manifest/ and rejected/ part of `bucket`."""
+    return f"part-{bucket:05d}.parquet"
 
 
 def image_member_name(key: str, index: int, fmt: str) -> str:

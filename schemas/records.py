@@ -128,7 +128,9 @@ class Sample:
 
     # --- Arrow / JSON conversion -------------------------------------------------------------
     def to_row(self, with_bytes: bool = True) -> dict[str, Any]:
-        row = dataclasses.asdict(self)
+        # What dataclasses.asdict gives, without its deep copy of every leaf: this runs once per written sample,
+        # and signals/meta become JSON text anyway.
+        row = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in ("signals", "meta")}
         if not with_bytes:
             for img in row["images"]:
                 img["bytes"] = None
@@ -172,6 +174,17 @@ class Sample:
         for img, data in zip(sample.images, image_bytes or []):
             img.bytes = data
         return sample
+
+
+def _plain(value: Any) -> Any:
+    """dataclasses → dicts, lists/tuples/dicts rebuilt, other values shared (they are immutable leaves here)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def _json_default(value: Any) -> Any:

@@ -35,6 +35,7 @@ def test_curate_report_and_inspect(small_corpus, capsys):
     assert main(["inspect", str(out), "--samples", "2"]) == 0
     inspected = capsys.readouterr().out
     assert inspected.count("signals=") == 2
+    assert f"manifest/: {report['accounting']['kept']} rows in 16 parts" in inspected  # one part per bucket
 
 
 def test_config_errors_are_reported_with_a_fix(small_corpus, capsys):

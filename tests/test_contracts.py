@@ -41,11 +41,13 @@ def test_packed_record_validate_names_key_and_field():
 def test_curated_writer_matches_the_sink_layout(tmp_path):
     samples = [Sample(key="b", source="s", source_id="b", kind="qa", text=None),
                Sample(key="a", source="s", source_id="a", text="hello")]
-    write_curated_dir(str(tmp_path), samples)
-    rows = pq.read_table(tmp_path / "manifest.parquet").to_pylist()
-    assert [(r["key"], r["layout"]) for r in rows] == [("a", "json,txt"), ("b", "json,txt")]
-    with tarfile.open(tmp_path / "shards" / "00000.tar") as tar:
+    write_curated_dir(str(tmp_path), samples, buckets=1)
+    rows = pq.read_table(tmp_path / "manifest").to_pylist()
+    assert [(r["key"], r["layout"], r["shard"]) for r in rows] == [("a", "json,txt", "b00000-00000.tar"),
+                                                                   ("b", "json,txt", "b00000-00000.tar")]
+    with tarfile.open(tmp_path / "shards" / "b00000-00000.tar") as tar:
         assert [(m.name, m.size) for m in tar][1::2] == [("a.txt", 5), ("b.txt", 0)]  # empty .txt is written
+    assert sorted(os.listdir(tmp_path / "rejected")) == ["part-00000.parquet"]
     assert member_layout(samples[0]) == "json,txt" and os.path.exists(tmp_path / "_SUCCESS")
 
 

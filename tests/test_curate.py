@@ -13,7 +13,9 @@ import pytest
 from vlmloom.demo.corpus import DemoCorpusConfig, build_demo_corpus
 from vlmloom.pipelines.curate import curate, load_config
 from vlmloom.schemas.config import ConfigError
+from vlmloom.schemas.curated import key_bucket
 
+BUCKETS = 8  # several buckets, several shards in most of them (see test_parts_read_as_one_dataset)
 RUNNERS = {
     "in_process": ["--direct_num_workers=1"],
     "multi_processing": ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
@@ -31,7 +33,8 @@ def corpus(tmp_path_factory):
 def _config(corpus_dir, output, **extra):
     return load_config({"inputs": [{"path": os.path.join(corpus_dir, "tars", "*.tar"), "name": "wds"},
                                    {"path": os.path.join(corpus_dir, "manifest.parquet"), "name": "man"}],
-                        "output": output, "dedup": {"phash_max_distance": 8}, **extra})  # the demo plants variants <= 8
+                        "output": output, "dedup": {"phash_max_distance": 8},  # the demo plants variants <= 8
+                        "output_format": {"buckets": BUCKETS, "samples_per_shard": 8}, **extra})
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +46,8 @@ def curated(corpus, tmp_path_factory):
 
 
 def _rows(out):
-    kept = pq.read_table(os.path.join(out, "manifest.parquet")).to_pylist()
-    rejected = pq.read_table(os.path.join(out, "rejected", "rejected.parquet")).to_pylist()
+    kept = pq.read_table(os.path.join(out, "manifest")).to_pylist()
+    rejected = pq.read_table(os.path.join(out, "rejected")).to_pylist()
     return kept, rejected
 
 
@@ -131,11 +134,61 @@ def test_output_is_byte_identical_across_runners(corpus, curated, tmp_path, runn
     curate(_config(corpus_dir, out), RUNNERS[runner])
 
     def digest(d):
-        files = sorted(glob.glob(os.path.join(d, "shards", "*.tar"))) + [
-            os.path.join(d, "manifest.parquet"), os.path.join(d, "rejected", "rejected.parquet")]
+        files = sorted(f for sub in ("shards", "manifest", "rejected") for f in glob.glob(os.path.join(d, sub, "*")))
         return [(os.path.relpath(f, d), hashlib.sha256(open(f, "rb").read()).hexdigest()) for f in files]
 
     assert digest(out) == digest(out_ref)
+
+
+def test_parts_read_as_one_dataset_with_pyarrow_hf_duckdb_and_pack(curated, tmp_path):
+    import duckdb
+    import pyarrow.dataset as pads
+    from datasets import load_dataset
+
+    from vlmloom.packing.curated import iter_curated_samples
+    from vlmloom.pipelines.report import read_manifest, read_rejections
+
+    out, report, _ = curated
+    parts = [f"part-{b:05d}.parquet" for b in range(BUCKETS)]
+    assert sorted(os.listdir(os.path.join(out, "manifest"))) == parts  # every bucket, empty or not
+    assert sorted(os.listdir(os.path.join(out, "rejected"))) == parts
+    kept, rejected = read_manifest(out), read_rejections(out)
+    assert len({r["shard"][:6] for r in kept}) >= 4 and report["shards"] > BUCKETS  # several buckets, cut inside
+    assert all(r["shard"].startswith(f"b{key_bucket(r['key'], BUCKETS):05d}-") for r in kept)
+    keys = sorted(r["key"] for r in kept)
+    assert sorted(pq.read_table(os.path.join(out, "manifest")).column("key").to_pylist()) == keys
+    assert sorted(pads.dataset(os.path.join(out, "manifest")).to_table().column("key").to_pylist()) == keys
+    hf = load_dataset("parquet", data_files=os.path.join(out, "manifest", "*.parquet"), split="train",
+                      cache_dir=str(tmp_path / "hf"))
+    assert sorted(hf["key"]) == keys
+    glob_sql = os.path.join(out, "rejected", "*.parquet")
+    count = duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{glob_sql}')").fetchall()[0][0]
+    assert count == len(rejected) > 0
+    assert sorted(s.key for s in iter_curated_samples(out)) == keys  # what `vlmloom pack` reads
+
+
+def test_empty_buckets_read_as_empty_parts(tmp_path):
+    import duckdb
+    from datasets import load_dataset
+
+    from vlmloom.demo.records import synthetic_samples
+    from vlmloom.pipelines.report import read_manifest, read_rejections
+    from vlmloom.schemas.curated import write_curated_dir
+
+    samples = synthetic_samples(3, seed=1, image_side=(20, 30))
+    out = write_curated_dir(str(tmp_path / "sparse"), samples, buckets=16)  # at least 13 empty buckets
+    assert len(os.listdir(os.path.join(out, "manifest"))) == 16
+    keys = sorted(s.key for s in samples)
+    assert sorted(r["key"] for r in read_manifest(out)) == keys
+    assert sorted(pq.read_table(os.path.join(out, "manifest")).column("key").to_pylist()) == keys
+    assert sorted(load_dataset("parquet", data_files=os.path.join(out, "manifest", "*.parquet"), split="train",
+                               cache_dir=str(tmp_path / "hf"))["key"]) == keys
+    empty = write_curated_dir(str(tmp_path / "empty"), [], buckets=3)
+    assert read_manifest(empty) == [] and read_rejections(empty) == []
+    assert pq.read_table(os.path.join(empty, "manifest")).num_rows == 0
+    sql = f"SELECT count(*) FROM read_parquet('{os.path.join(empty, 'rejected', '*.parquet')}')"
+    assert duckdb.connect().execute(sql).fetchall()[0][0] == 0
+    # HF `datasets` answers an all-empty dataset with "corresponds to no data" (its rule, not the parts')
 
 
 def test_existing_output_is_refused_unless_overwrite(corpus, tmp_path):
@@ -172,7 +225,7 @@ def test_empty_input_writes_an_empty_but_valid_output(tmp_path):
     out = tmp_path / "out"
     report = curate(load_config({"inputs": [{"path": str(src)}], "output": str(out)}))
     assert report["accounting"] == {**report["accounting"], "input_records": 0, "kept": 0, "rejected": 0}
-    assert pq.read_table(out / "manifest.parquet").num_rows == 0
+    assert pq.read_table(out / "manifest").num_rows == 0
     assert json.loads((out / "report.json").read_text())["shards"] == 0
 
 

@@ -33,8 +33,8 @@ def hostile(tmp_path_factory):
 
 
 def _rows(out):
-    kept = pq.read_table(os.path.join(out, "manifest.parquet")).to_pylist()
-    rejected = pq.read_table(os.path.join(out, "rejected", "rejected.parquet")).to_pylist()
+    kept = pq.read_table(os.path.join(out, "manifest")).to_pylist()
+    rejected = pq.read_table(os.path.join(out, "rejected")).to_pylist()
     return kept, rejected
 
 
@@ -105,8 +105,7 @@ def test_shards_load_in_webdataset_and_hf_datasets(hostile):
 
 
 def _digest(out):
-    files = sorted(glob.glob(os.path.join(out, "shards", "*.tar"))) + [
-        os.path.join(out, "manifest.parquet"), os.path.join(out, "rejected", "rejected.parquet")]
+    files = sorted(f for sub in ("shards", "manifest", "rejected") for f in glob.glob(os.path.join(out, sub, "*")))
     return [(os.path.relpath(f, out), hashlib.sha256(open(f, "rb").read()).hexdigest()) for f in files]
 
 
@@ -143,7 +142,7 @@ def test_shell_expanded_glob_gives_the_keys_of_the_quoted_glob(tmp_path):
                                "--output", str(tmp_path / out), "--set", "disable=[language]"],
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        keys.append(sorted(r["key"] for r in pq.read_table(tmp_path / out / "manifest.parquet").to_pylist()))
+        keys.append(sorted(r["key"] for r in pq.read_table(tmp_path / out / "manifest").to_pylist()))
     assert keys[0] == keys[1] and len(keys[0]) == 3
 
 

@@ -187,8 +187,8 @@ def test_model_stages_through_curate_on_demo_corpus(tmp_path):
     data["output"] = str(tmp_path / "curated")
     curate(load_config(apply_overrides(data, demo_model_overrides(corpus))), [])
 
-    manifest = pq.read_table(tmp_path / "curated" / "manifest.parquet").to_pylist()
-    rejected = pq.read_table(tmp_path / "curated" / "rejected" / "rejected.parquet").to_pylist()
+    manifest = pq.read_table(tmp_path / "curated" / "manifest").to_pylist()
+    rejected = pq.read_table(tmp_path / "curated" / "rejected").to_pylist()
     model_stages = {"ocr", "grounding", "concepts", "contamination"}
     assert [r for r in rejected if r["stage"] in model_stages and r["reason"] == "quarantined_error"] == []
     ocr = [json.loads(r["signals"]) for r in manifest if r["kind"] == "ocr"]

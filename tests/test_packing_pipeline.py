@@ -9,7 +9,7 @@ import pytest
 
 from vlmloom.packing.balance import BalanceConfig
 from vlmloom.packing.cli import main, parse_config
-from vlmloom.packing.curated import CuratedDirError, iter_curated_samples
+from vlmloom.packing.curated import CuratedDirError, curated_shards, iter_curated_samples, iter_shard_samples
 from vlmloom.demo.records import synthetic_samples
 from vlmloom.schemas.curated import write_curated_dir
 from vlmloom.packing.mixture import Recipe, RecipeSource
@@ -33,7 +33,10 @@ def curated(tmp_path_factory):
 def test_iter_curated_samples(curated, tmp_path):
     samples = list(iter_curated_samples(curated[0]))
     assert len(samples) == 61 and all(len(s.images[0].bytes) > 0 for s in samples if s.images)
-    assert [s.key for s in samples] == sorted(s.key for s in samples)
+    assert len({s.key for s in samples}) == 61
+    for shard in curated_shards(curated[0]):  # shard order, then key order inside a shard
+        keys = [s.key for s in iter_shard_samples(shard)]
+        assert keys == sorted(keys)
     os.makedirs(tmp_path / "shards")
     with pytest.raises(CuratedDirError, match="_SUCCESS"):
         list(iter_curated_samples(str(tmp_path)))

@@ -103,7 +103,28 @@ def test_overrides_parse_yaml_values():
 
 
 def test_format_names():
-    assert formats.shard_name(3) == "00003.tar"
+    assert formats.shard_name(3) == "00003.tar"  # packed shards
+    assert formats.curated_shard_name(12, 3) == "b00012-00003.tar" and formats.part_name(12) == "part-00012.parquet"
     assert formats.image_member_name("k", 0, "JPEG") == "k.jpg"
     assert formats.image_member_name("k", 2, "png") == "k.2.png"
     assert isinstance(formats.MANIFEST_SCHEMA, pa.Schema)
+
+
+def test_to_row_matches_dataclasses_asdict():
+    """Sample.to_row skips asdict's deep copy for speed; the row must stay what asdict gives."""
+    import dataclasses as dc
+    import json as js
+
+    from vlmloom.demo.records import synthetic_samples
+
+    for sample in synthetic_samples(30, seed=4, kinds=("caption", "ocr", "interleaved", "qa", "grounding")):
+        sample.signals["phash"] = "00ff"
+        sample.with_lineage("decode", "h", "kept")
+        for with_bytes in (True, False):
+            reference = dc.asdict(sample)
+            if not with_bytes:
+                for img in reference["images"]:
+                    img["bytes"] = None
+            reference["signals"] = js.dumps(sample.signals, sort_keys=True)
+            reference["meta"] = js.dumps(sample.meta, sort_keys=True, ensure_ascii=False)
+            assert sample.to_row(with_bytes) == reference, sample.key

@@ -40,9 +40,9 @@ def test_folder_and_jsonl_inputs(tmp_path):
     report = curate(load_config({"inputs": [{"path": str(folder), "name": "fold"},
                                             {"path": str(tmp_path / "rows.jsonl"), "name": "rows"}],
                                  "output": str(out), "disable": ["language"]}))
-    kept = {(r["source"], r["source_id"]) for r in pq.read_table(out / "manifest.parquet").to_pylist()}
+    kept = {(r["source"], r["source_id"]) for r in pq.read_table(out / "manifest").to_pylist()}
     rejected = {(r["source"], r["source_id"]): r["reason"]
-                for r in pq.read_table(out / "rejected" / "rejected.parquet").to_pylist()}
+                for r in pq.read_table(out / "rejected").to_pylist()}
     assert kept == {("fold", "a"), ("fold", "sub/b"), ("rows", "x"), ("rows", "z")}
     assert rejected == {("fold", "c"): "empty_bytes", ("rows", "y"): "missing_image_file",
                         ("rows", "rows.jsonl:3"): "invalid_json"}

@@ -1,0 +1,270 @@
+"""Curate at two sizes: does anything one worker holds grow with the corpus?
+
+    .venv/bin/python bench/curate_scale.py --sizes 20000 80000
+    .venv/bin/python bench/curate_scale.py --sizes 10000 40000 --workers 2   # 2 processes (multi_processing)
+
+For each size: N tiny synthetic records (32×32 JPEGs of noise, distinct captions, webdataset tars) go through the
+same job (read → decode → heuristics → exact dedup → pHash near-dup → MinHash near-dup → write; language id off)
+in a child process, on the DirectRunner. The table gives:
+- time: wall seconds of the job (pipeline build to finish, no report);
+- peak RSS: the child's own peak, and the largest peak of any worker process it started (psutil, sampled every
+  0.2 s over the process tree);
+- largest side input: every PCollection consumed as a side input gets a measuring branch that sums the pickled
+  sizes of its elements (what a runner materialises and ships to each worker that reads it);
+- largest combine accumulator: every CombineFn of the job is wrapped so that `extract_output` records the size
+  of the final, merged accumulator (its accumulator coder's encoding), per transform.
+Both are measured, not computed; the transforms they come from are listed by label. A size that grows ~4× with N
+means the step holds per-record data of the whole corpus.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+
+PROBE_ENV = "VLMLOOM_SCALE_PROBE"  # JSONL file the instrumented job appends its measurements to
+WORDS = ("red green blue small large round square photo of a the cat dog tree car house boat bird river hill "
+         "city street night day old new bright dark").split()
+
+
+# ------------------------------------------------------------------------------------------------ corpus
+def make_corpus(directory: str, n: int, per_tar: int = 5000, seed: int = 0) -> str:
+    """N records as webdataset tars: KEY.jpg (32×32 noise) + KEY.txt (a distinct caption). Duplicates grow with N,
+    as in a web corpus: every 20th record repeats a recent record's image bytes (exact duplicate) and every 20th
+    (offset 10) a brightened copy of one (a pHash near-duplicate), with the same caption."""
+    import numpy as np
+    from PIL import Image
+
+    rng, nprng = random.Random(seed), np.random.default_rng(seed)
+    os.makedirs(directory, exist_ok=True)
+    recent: list[tuple] = []  # the last originals (pixels, caption): bounded memory
+    for start in range(0, n, per_tar):
+        with tarfile.open(os.path.join(directory, f"{start // per_tar:05d}.tar"), "w") as tar:
+            for i in range(start, min(n, start + per_tar)):
+                if recent and i % 20 in (0, 10):
+                    array, text = rng.choice(recent)
+                    if i % 20 == 10:
+                        array = np.clip(array.astype(int) + 6, 0, 255).astype(np.uint8)
+                else:
+                    array = nprng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                    text = f"record {i} " + " ".join(rng.choice(WORDS) for _ in range(12))
+                    recent = (recent + [(array, text)])[-16:]
+                buf = io.BytesIO()
+                Image.fromarray(array).save(buf, "JPEG", quality=90)
+                for name, data in ((f"r{i:08d}.jpg", buf.getvalue()), (f"r{i:08d}.txt", text.encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return os.path.join(directory, "*.tar")
+
+
+# ------------------------------------------------------------------------------------------- probes (child)
+def _record(entry: dict) -> None:
+    with open(os.environ[PROBE_ENV], "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry) + "\n")
+
+
+def _encoded_size(fn, accumulator) -> int:
+    import pickle
+
+    try:
+        return len(fn.get_accumulator_coder().encode(accumulator))
+    except Exception:  # a coder that cannot encode this accumulator: fall back to pickle
+        return len(pickle.dumps(accumulator))
+
+
+def _measured_combine_fn(inner, label: str):
+    """`inner` with extract_output recording the merged accumulator's encoded size under `label`."""
+    import apache_beam as beam
+
+    class Measured(beam.CombineFn):
+        def setup(self, *a, **k):
+            inner.setup(*a, **k)
+
+        def create_accumulator(self, *a, **k):
+            return inner.create_accumulator(*a, **k)
+
+        def add_input(self, acc, element, *a, **k):
+            return inner.add_input(acc, element, *a, **k)
+
+        def add_inputs(self, acc, elements, *a, **k):
+            return inner.add_inputs(acc, elements, *a, **k)
+
+        def merge_accumulators(self, accs, *a, **k):
+            return inner.merge_accumulators(accs, *a, **k)
+
+        def compact(self, acc, *a, **k):
+            return inner.compact(acc, *a, **k)
+
+        def extract_output(self, acc, *a, **k):
+            _record({"kind": "accumulator", "label": label, "bytes": _encoded_size(inner, acc), "pid": os.getpid()})
+            return inner.extract_output(acc, *a, **k)
+
+        def teardown(self, *a, **k):
+            inner.teardown(*a, **k)
+
+        def get_accumulator_coder(self):
+            return inner.get_accumulator_coder()
+
+        def default_type_hints(self):
+            return inner.default_type_hints()
+
+    return Measured()
+
+
+def _instrument_combines() -> None:
+    """Wrap the CombineFn of every CombinePerKey built from now on (CombineGlobally, ToList, Count, custom
+    combines all expand to one), labelled by the CombineFn's class."""
+    from apache_beam.transforms import core
+
+    original = core.CombinePerKey.__init__
+
+    def patched(self, fn, *args, **kwargs):
+        fn = core.CombineFn.maybe_from_callable(fn)
+        original(self, _measured_combine_fn(fn, f"combine {type(fn).__name__}"), *args, **kwargs)
+
+    core.CombinePerKey.__init__ = patched
+
+
+def _measure_side_inputs(pipeline) -> list[str]:
+    """Add, for every PCollection read as a side input, a branch recording the sum of its elements' pickled sizes."""
+    import pickle
+
+    import apache_beam as beam
+    from apache_beam.pipeline import PipelineVisitor
+
+    found: list[tuple[str, object]] = []
+
+    class Visitor(PipelineVisitor):
+        def visit_transform(self, node):
+            for side in getattr(node, "side_inputs", ()) or ():
+                found.append((f"{node.full_label} <- {type(side).__name__}", side.pvalue))
+
+    pipeline.visit(Visitor())
+    for i, (label, pcoll) in enumerate(found):
+        (pcoll
+         | f"ScaleProbeSize{i}" >> beam.Map(lambda x: (1, len(pickle.dumps(x))))
+         | f"ScaleProbeKey{i}" >> beam.Map(lambda p: (0, p))
+         | f"ScaleProbeGroup{i}" >> beam.GroupByKey()
+         | f"ScaleProbeWrite{i}" >> beam.Map(lambda kv, label=label: _record(
+             {"kind": "side_input", "label": label, "elements": sum(c for c, _ in kv[1]),
+              "bytes": sum(b for _, b in kv[1])})))
+    return [label for label, _ in found]
+
+
+def child(tars: str, out: str, workers: int) -> None:
+    """Build the job, instrument it, run it, check every record is accounted for."""
+    _instrument_combines()
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from vlmloom.pipelines.curate import build_pipeline, load_config
+    from vlmloom.pipelines.report import read_manifest, read_rejections
+
+    config = load_config({"inputs": [{"path": tars, "name": "scale"}], "output": out, "disable": ["language"],
+                          "heuristics": {"min_side": 16}})
+    args = [f"--direct_num_workers={workers}"] + (["--direct_running_mode=multi_processing"] if workers > 1 else [])
+    os.makedirs(out)
+    started = time.perf_counter()
+    pipeline = beam.Pipeline(options=PipelineOptions(args))
+    build_pipeline(pipeline, config, out)
+    _measure_side_inputs(pipeline)
+    pipeline.run().wait_until_finish()
+    seconds = time.perf_counter() - started
+    kept, rejected = len(read_manifest(out)), len(read_rejections(out))
+    _record({"kind": "job", "seconds": seconds, "kept": kept, "rejected": rejected})
+
+
+# ------------------------------------------------------------------------------------------ parent
+def run_size(n: int, work: str, workers: int) -> dict:
+    import psutil
+
+    tars = make_corpus(os.path.join(work, f"corpus{n}"), n)
+    probe = os.path.join(work, f"probe{n}.jsonl")
+    env = {**os.environ, PROBE_ENV: probe}
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", tars,
+                             os.path.join(work, f"out{n}"), str(workers)], env=env)
+    peaks: dict[int, int] = {}
+    root = psutil.Process(proc.pid)
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            try:
+                for p in [root] + root.children(recursive=True):
+                    try:
+                        peaks[p.pid] = max(peaks.get(p.pid, 0), p.memory_info().rss)
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                pass
+            stop.wait(0.2)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    code = proc.wait()
+    stop.set()
+    thread.join()
+    if code:
+        raise SystemExit(f"size {n}: the job failed (exit {code})")
+    entries = [json.loads(line) for line in open(probe, encoding="utf-8")]
+    job = next(e for e in entries if e["kind"] == "job")
+    if job["kept"] + job["rejected"] != n:
+        raise SystemExit(f"size {n}: kept {job['kept']} + rejected {job['rejected']} != {n}")
+    largest: dict[str, dict] = {}
+    for kind in ("side_input", "accumulator"):
+        per_label: dict[str, int] = {}
+        for e in entries:
+            if e["kind"] == kind:
+                per_label[e["label"]] = max(per_label.get(e["label"], 0), e["bytes"])
+        largest[kind] = per_label
+    return {"n": n, "seconds": job["seconds"], "kept": job["kept"], "main_rss": peaks.get(proc.pid, 0),
+            "worker_rss": max([v for pid, v in peaks.items() if pid != proc.pid] or [0]), **largest}
+
+
+def _top(per_label: dict[str, int]) -> tuple[int, str]:
+    if not per_label:
+        return 0, "none"
+    label = max(per_label, key=per_label.get)
+    return per_label[label], label
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 80000])
+    parser.add_argument("--workers", type=int, default=1, help="DirectRunner workers (2 = multi_processing)")
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="vlmloom-scale-")
+    try:
+        rows = [run_size(n, work, args.workers) for n in args.sizes]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    mb = 2**20
+    print(f"\nDirectRunner, {args.workers} worker(s), CPU cores: {os.cpu_count()}\n")
+    print("| records | kept | time s | peak RSS job MB | peak RSS worker MB | largest side input KB | "
+          "largest combine accumulator KB |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        side, acc = _top(r["side_input"])[0], _top(r["accumulator"])[0]
+        print(f"| {r['n']:,} | {r['kept']:,} | {r['seconds']:.1f} | {r['main_rss'] / mb:,.0f} | "
+              f"{r['worker_rss'] / mb:,.0f} | {side / 1024:,.1f} | {acc / 1024:,.1f} |")
+    labels = sorted({label for r in rows for kind in ("side_input", "accumulator") for label in r[kind]})
+    print("\nper transform (KB at each size):\n")
+    for label in labels:
+        sizes = [max(r["side_input"].get(label, 0), r["accumulator"].get(label, 0)) / 1024 for r in rows]
+        print(f"- {label}: " + " → ".join(f"{s:,.1f}" for s in sizes))
+
+
+if __name__ == "__main__":
+    main()
