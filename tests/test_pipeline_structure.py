@@ -27,10 +27,6 @@ ALLOWED = [
     (r"^clip/TopFraction/ParDo\(RouteDoFn\)", "side_input", "the scalar CLIP cutoff (AsSingleton of one float)"),
     (r"^concepts/Balance/ParDo\(RouteDoFn\)", "side_input",
      "per-concept match counts (AsDict), bounded by the concept vocabulary, not the corpus"),
-    # TEMPORARY: the sink's ToList of kept keys / AsSingleton shard plan and the ToList-ed manifest and
-    # rejections. Delete these entries when branch sk (hash-bucket shards, manifest/rejection parts) is merged.
-    (r"^Write/", "global_combine", "sink: removed by branch sk"),
-    (r"^Write/", "side_input", "sink: removed by branch sk"),
 ]
 
 
@@ -97,10 +93,9 @@ def test_no_side_input_or_global_combine_carries_per_record_data(tmp_path):
     offending = [(label, kind, what) for label, kind, what in found if _allowed(label, kind) is None]
     assert not offending, ("per-record data broadcast or gathered into one worker (use a keyed join, or add a "
                            f"bounded aggregate to ALLOWED with its bound): {offending}")
-    # The allow-list names real transforms: each non-temporary entry matches something in the graph.
+    # The allow-list names real transforms: each entry matches something in the graph.
     for pattern, kind, reason in ALLOWED:
-        if "branch sk" not in reason:
-            assert any(kind == k and re.search(pattern, label) for label, k, _ in found), (pattern, kind)
+        assert any(kind == k and re.search(pattern, label) for label, k, _ in found), (pattern, kind)
 
 
 def test_the_walk_detects_a_broadcast(tmp_path):

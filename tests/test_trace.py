@@ -187,6 +187,14 @@ def test_object_store_paths_go_through_beam_filesystems(dirs):
         def exists(self, path):
             return super().exists(path[len(prefix):])
 
+        def match(self, patterns, limits=None):  # the curated parts are listed, then read
+            from apache_beam.io.filesystem import FileMetadata, MatchResult
+
+            plain = LocalFileSystem(None)  # its match joins paths with its own join, not the prefixing one
+            results = plain.match([p[len(prefix):] for p in patterns], limits)
+            return [MatchResult(prefix + r.pattern, [FileMetadata(prefix + m.path, m.size_in_bytes)
+                                                     for m in r.metadata_list]) for r in results]
+
     curated, packed, _ = dirs
     row = _packed_manifest(packed)[0]
     local = trace(f"{row['shard']}:0", curated, packed)
