@@ -15,7 +15,6 @@ from vlmloom.schemas.progress import PROGRESS_ENV, read_tallies, show_progress
 
 OUR_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ vlmloom[\w.]* |^(INFO|WARNING|ERROR):vlmloom[\w.]*:")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-OUTPUT_FILES = ("manifest.parquet", "rejected/rejected.parquet")
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +33,9 @@ def _curate(root, out, *extra):
 
 
 def _output_bytes(out):
-    files = {name: (out / name).read_bytes() for name in OUTPUT_FILES}
-    files.update({f"shards/{p.name}": p.read_bytes() for p in sorted((out / "shards").iterdir())})
-    return files
+    """Shards, manifest parts and rejection parts (schemas/formats.py), by relative path."""
+    return {str(p.relative_to(out)): p.read_bytes() for sub in ("shards", "manifest", "rejected")
+            for p in sorted((out / sub).iterdir())}
 
 
 def _progress_lines(stderr: str) -> list[str]:
