@@ -38,14 +38,22 @@ class CausalLMLoss(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
-                mm_token_type_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-                image_grid_thw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def target_logits(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
+                      mm_token_type_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                      image_grid_thw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits at the target positions only, (N, V) in mask order, plus the hidden states (B, L, H) and the
+        (B, L) target mask: the LM head never runs on positions without a target."""
         out = self.model.model(input_ids=input_ids, position_ids=position_ids, pixel_values=pixel_values,
                                image_grid_thw=image_grid_thw, mm_token_type_ids=mm_token_type_ids, use_cache=False)
         hidden = out.last_hidden_state
         mask = targets != IGNORE_INDEX
-        logits = self.model.lm_head(hidden[mask])
+        return self.model.lm_head(hidden[mask]), hidden, mask
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
+                mm_token_type_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                image_grid_thw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, hidden, mask = self.target_logits(input_ids, position_ids, targets, mm_token_type_ids, pixel_values,
+                                                  image_grid_thw)
         loss_sum = token_loss_sum(logits, targets[mask])
         if pixel_values is None and self._vision_trains():
             loss_sum = loss_sum + 0.0 * self._dummy_vision(hidden).sum()
@@ -93,12 +101,9 @@ class PolicyGradientLoss(CausalLMLoss):
                         mm_token_type_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                         image_grid_thw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """log π(target) at every target position, in mask order: (N,) fp32, plus the hidden states (B, L, H)."""
-        out = self.model.model(input_ids=input_ids, position_ids=position_ids, pixel_values=pixel_values,
-                               image_grid_thw=image_grid_thw, mm_token_type_ids=mm_token_type_ids, use_cache=False)
-        hidden = out.last_hidden_state
-        mask = targets != IGNORE_INDEX
-        logits = self.model.lm_head(hidden[mask]).float() / self.temperature
-        return -F.cross_entropy(logits, targets[mask], reduction="none"), hidden
+        logits, hidden, mask = self.target_logits(input_ids, position_ids, targets, mm_token_type_ids, pixel_values,
+                                                  image_grid_thw)
+        return -F.cross_entropy(logits.float() / self.temperature, targets[mask], reduction="none"), hidden
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
                 mm_token_type_ids: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
