@@ -1,7 +1,7 @@
 """Publish an output directory atomically (local filesystems): a job writes into a fresh staging directory beside
 the output, and `publish_directory` renames it into place, so the output path only ever holds a finished job.
 
-    staging = staging_directory(output)      # OUTPUT.tmp-XXXXXXXX, created empty
+    staging = staging_directory(output)      # OUTPUT.tmp-XXXXXXXX, holding only its owner file
     ... write everything under staging, `_SUCCESS` last ...
     publish_directory(staging, output, overwrite=...)   # or discard_staging(staging) on failure
 
