@@ -91,7 +91,7 @@ class _WriteBucket(beam.DoFn):
         self._shards.inc(nshards)
         self._samples.inc(len(samples))
         if samples:
-            log.info("wrote bucket %d: %d samples in %d shards", bucket, len(samples), nshards)
+            log.debug("wrote bucket %d: %d samples in %d shards", bucket, len(samples), nshards)
 
 
 class WriteCurated(beam.PTransform):
