@@ -4,8 +4,11 @@ Input per sample: `annotations.ocr` (from the OCR stage or the source), `meta["e
 [{"label", "type", "box": [x1, y1, x2, y2] in pixels}] for GUI screens, and optionally detector
 output. Output: `annotations.grounding` (0–1000 integer boxes), `signals.grounding_boxes`, and —
 when the sample has no chat turns yet — user/assistant turns whose targets are rendered as
-`<|begin_of_box|>[x1,y1,x2,y2]<|end_of_box|>` (GLM-4.1V's format). Samples with fewer than
-`min_boxes` boxes are rejected with `grounding_too_few_boxes`.
+`<|begin_of_box|>[x1,y1,x2,y2]<|end_of_box|>` (GLM-4.1V's format). A sample with a transcript (an OCR
+sample's document text, else its OCR lines in reading order) gets one transcription turn first
+("Read all the text in the image." → the transcript, capped at `transcript_max_chars`), so the chat
+rendering trains its text as well as its boxes. Samples with fewer than `min_boxes` boxes are rejected
+with `grounding_too_few_boxes`.
 
 Detector backends sit behind `DETECTOR_BACKENDS`; the default is a transformers zero-shot object
 detector (OWL-ViT, OWLv2, Grounding DINO) loaded from a local directory.
@@ -18,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from vlmloom.curation.base import Verdict
 from vlmloom.schemas.registry import Registry
-from vlmloom.curation.ocr import normalize_box, open_image
+from vlmloom.curation.ocr import normalize_box, open_image, reading_order, transcript
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.records import Grounding, Message, Sample
 
@@ -26,6 +29,7 @@ STAGE = "grounding"
 TOO_FEW = "grounding_too_few_boxes"
 SOURCES = ("ocr", "gui", "detector")
 BOX_BEGIN, BOX_END = "<|begin_of_box|>", "<|end_of_box|>"
+TRANSCRIBE_PROMPT = "Read all the text in the image."
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +41,9 @@ class GroundingConfig:
     max_boxes: int = 0  # keep at most this many (largest first); 0 = no cap
     add_messages: bool = True  # write grounding Q/A turns when the sample has no messages yet
     max_turns: int = 8  # grounding Q/A pairs written per sample
+    # characters of the transcription turn's answer (OCR text, cut at a line break); 0 = no transcription turn.
+    # A transcript cut short is only partly trained: the pack report counts the sample under text_left_out
+    transcript_max_chars: int = 4000
     detector_backend: str = "transformers"  # zero-shot detector backend (only with "detector" in sources)
     detector_model_path: str = ""  # local OWL-ViT/OWLv2/Grounding DINO dir; "" = detector source off
     detector_labels: tuple[str, ...] = ()  # phrases to detect; concept names of the sample are added when known
@@ -60,6 +67,9 @@ class GroundingConfig:
                 raise ConfigError("grounding.detector_labels is empty: list the phrases to detect")
         if self.min_boxes < 0 or self.max_boxes < 0 or self.max_turns < 0:
             raise ConfigError("grounding.min_boxes, max_boxes and max_turns must be >= 0")
+        if self.transcript_max_chars < 0:
+            raise ConfigError(f"grounding.transcript_max_chars ({self.transcript_max_chars}) must be >= 0: "
+                              f"the cap on the transcription turn's answer, or 0 to write no transcription turn")
         if not 0.0 <= self.detector_threshold <= 1.0:
             raise ConfigError(f"grounding.detector_threshold ({self.detector_threshold}) must be in [0, 1]")
 
@@ -115,12 +125,37 @@ def render_box(box: Sequence[int]) -> str:
     return f"{BOX_BEGIN}[{','.join(str(int(v)) for v in box)}]{BOX_END}"
 
 
-def grounding_messages(groundings: Sequence[Grounding], max_turns: int) -> list[Message]:
+def sample_transcript(sample: Sample, max_chars: int) -> str:
+    """The text a transcription turn answers with, "" when there is none or `max_chars` is 0.
+
+    An OCR sample's document text is its transcript (sources and the OCR stage's `fill_text` put it there);
+    otherwise the OCR lines in reading order. Other kinds' text (a GUI caption) is no transcript. Longer
+    transcripts are cut at the last line break within `max_chars` (mid-line only when the first line is
+    longer), so the answer never ends in half a line when it can be helped.
+    """
+    if not max_chars:
+        return ""
+    text = (sample.training_text() or "").strip() if sample.kind == "ocr" else ""
+    if not text:
+        text = transcript(reading_order(l for l in sample.annotations.ocr if l.text.strip())).strip()
+    if len(text) <= max_chars:
+        return text
+    cut = text.rfind("\n", 0, max_chars + 1)
+    return (text[:cut] if cut > 0 else text[:max_chars]).rstrip()
+
+
+def grounding_messages(groundings: Sequence[Grounding], max_turns: int, transcript_text: str = "") -> list[Message]:
+    """One transcription turn when there is a transcript, then up to `max_turns` grounding Q/A pairs; the
+    first user turn carries the `<image>` placeholder."""
+    prompts: list[tuple[str, str]] = []
+    if transcript_text:
+        prompts.append((TRANSCRIBE_PROMPT, transcript_text))
+    prompts += [(f'Locate "{g.phrase}" in the image and give its bounding box.', render_box(g.box))
+                for g in groundings[:max_turns]]
     turns: list[Message] = []
-    for i, g in enumerate(groundings[:max_turns]):
-        image = "<image>" if i == 0 else ""
-        turns.append(Message("user", f'{image}Locate "{g.phrase}" in the image and give its bounding box.'))
-        turns.append(Message("assistant", render_box(g.box)))
+    for i, (question, answer) in enumerate(prompts):
+        turns.append(Message("user", ("<image>" if i == 0 else "") + question))
+        turns.append(Message("assistant", answer))
     return turns
 
 
@@ -200,6 +235,7 @@ class GroundingAnnotator:
             return Verdict.drop(TOO_FEW, f"{len(merged)} box(es) < grounding.min_boxes={self.config.min_boxes} "
                                 f"(sources: {', '.join(self.config.sources)})", **signals)
         sample.annotations.grounding = merged
-        if self.config.add_messages and not sample.messages and self.config.max_turns:
-            sample.messages = grounding_messages(merged, self.config.max_turns)
+        if self.config.add_messages and not sample.messages:
+            sample.messages = grounding_messages(merged, self.config.max_turns,
+                                                 sample_transcript(sample, self.config.transcript_max_chars))
         return Verdict.ok(**signals)

@@ -9,7 +9,8 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from vlmloom.curation.grounding import Detection, GroundingAnnotator, GroundingConfig, render_box
+from vlmloom.curation.grounding import (TRANSCRIBE_PROMPT, Detection, GroundingAnnotator, GroundingConfig,
+                                        render_box, sample_transcript)
 from vlmloom.pipelines.model_stages import grounding_stage
 from vlmloom.schemas.config import ConfigError, build_config
 from vlmloom.schemas.records import Grounding, ImageRef, OcrLine, Sample
@@ -48,6 +49,51 @@ def test_gui_elements_become_thousandths_and_messages():
     assert sample.messages[0].content.startswith("<image>") and '"Search"' in sample.messages[0].content
     assert sample.messages[1].content == "<|begin_of_box|>[50,100,250,300]<|end_of_box|>"
     assert "<image>" not in sample.messages[2].content
+    assert not any(TRANSCRIBE_PROMPT in m.content for m in sample.messages)  # no OCR text: no transcription turn
+
+
+def test_ocr_sample_gets_a_transcription_turn_first():
+    """An OCR sample's transcript (its document text, else its OCR lines in reading order) is answered in one
+    turn ahead of the grounding Q/A, so chat rendering trains the text; only the first user turn has <image>."""
+    lines = [OcrLine("Due", [0, 300, 100, 330]), OcrLine("Paid", [0, 200, 300, 250]),
+             OcrLine("Right", [500, 205, 700, 245]), OcrLine("Head", [0, 0, 300, 50])]
+    sample = make("doc", "ocr")
+    sample.annotations.ocr = list(lines)
+    assert GroundingAnnotator(GroundingConfig(max_turns=1)).judge(sample).keep
+    assert [m.role for m in sample.messages] == ["user", "assistant", "user", "assistant"]
+    assert sample.messages[0].content == "<image>" + TRANSCRIBE_PROMPT
+    assert sample.messages[1].content == "Head\nPaid\nRight\nDue"  # reading order: rows top-down, left to right
+    assert sample.messages[2].content.startswith("Locate ") and "<image>" not in sample.messages[2].content
+    assert sample.messages[3].content == render_box(sample.annotations.grounding[0].box)
+
+    with_text = make("doc2", "ocr", text="  HEAD\nPAID RIGHT\nDUE  ")
+    with_text.annotations.ocr = list(lines)
+    assert GroundingAnnotator(GroundingConfig(max_turns=0)).judge(with_text).keep
+    assert [m.content for m in with_text.messages] == ["<image>" + TRANSCRIBE_PROMPT, "HEAD\nPAID RIGHT\nDUE"]
+
+    off = make("doc3", "ocr")
+    off.annotations.ocr = list(lines)
+    assert GroundingAnnotator(GroundingConfig(transcript_max_chars=0)).judge(off).keep
+    assert len(off.messages) == 2 * 4 and not any(TRANSCRIBE_PROMPT in m.content for m in off.messages)
+
+
+def test_transcript_cap_cuts_at_a_line_break():
+    sample = make("doc", "ocr", text="first line\nsecond line\nthird")
+    assert sample_transcript(sample, 100) == "first line\nsecond line\nthird"
+    assert sample_transcript(sample, 22) == "first line\nsecond line"  # the break at 22 is within the cap
+    assert sample_transcript(sample, 21) == "first line"
+    assert sample_transcript(sample, 4) == "firs"  # the first line alone is longer: cut mid-line
+    assert sample_transcript(sample, 0) == ""
+    with pytest.raises(ConfigError, match="transcript_max_chars"):
+        build_config(GroundingConfig, {"transcript_max_chars": -1})
+
+
+def test_gui_sample_with_ocr_text_transcribes_its_lines_not_its_caption():
+    sample = make("gui", "gui", text="a settings screen", meta={"elements": ELEMENTS})
+    sample.annotations.ocr = [OcrLine("Cancel", [600, 800, 700, 850]), OcrLine("Settings", [0, 0, 300, 60])]
+    assert GroundingAnnotator(GroundingConfig(sources=("gui",))).judge(sample).keep
+    assert [m.content for m in sample.messages[:2]] == ["<image>" + TRANSCRIBE_PROMPT, "Settings\nCancel"]
+    assert len(sample.messages) == 2 + 2 * 2
 
 
 def test_ocr_lines_ambiguous_phrases_and_caps():
@@ -93,7 +139,7 @@ def test_grounding_stage_covers_every_reason():
     with BeamPipeline() as p:
         out = p | beam.Create(samples) | grounding_stage(GroundingConfig(enabled=True))
         assert_that(out["kept"] | "Kept" >> beam.Map(lambda s: (s.key, len(s.annotations.grounding), len(s.messages))),
-                    equal_to([("doc", 2, 4), ("gui", 2, 4), ("photo", 0, 0)]), label="kept")
+                    equal_to([("doc", 2, 6), ("gui", 2, 4), ("photo", 0, 0)]), label="kept")
         assert_that(out["rejected"] | "Rejected" >> beam.Map(lambda r: (r.key, r.reason)),
                     equal_to([("lonely", "grounding_too_few_boxes"), ("nobox", "grounding_too_few_boxes")]),
                     label="rejected")

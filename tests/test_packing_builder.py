@@ -190,26 +190,27 @@ def curated_ocr_sample(key="ocr1", lines=(("Total 12.50", [100, 200, 400, 260]),
                text="\n".join(text for text, _ in lines),
                annotations=Annotations(ocr=[OcrLine(text, list(box)) for text, box in lines]))
     verdict = GroundingAnnotator(GroundingConfig(enabled=True, sources=("ocr",), max_turns=2)).judge(s)
-    assert verdict.keep and len(s.messages) == 4 and len(s.annotations.grounding) == 3
+    assert verdict.keep and len(s.messages) == 2 + 4 and len(s.annotations.grounding) == 3
     return s
 
 
 def test_curated_grounding_turns_are_trained_as_chat(builder, tok):
-    """The grounding/OCR Q/A turns curation writes are rendered as chat: every assistant box target is in the
-    labelled tokens, the questions and the image are not. Before, the sample was a plain document: no turn, no box."""
-    from vlmloom.curation.grounding import render_box
+    """The turns curation writes are rendered as chat: the transcription answer and every assistant box target
+    are the labelled tokens; the questions and the image are not. Before, the sample was a plain document."""
+    from vlmloom.curation.grounding import TRANSCRIBE_PROMPT, render_box
 
     s = curated_ocr_sample()
     b = builder.build(s)
     assert not isinstance(b, Rejection) and b.rendered_as == "chat" and b.turns_unusable == ""
     labelled = tok.decode(b.input_ids[b.labels != IGNORE_INDEX], skip_special_tokens=False)
     answers = [m.content for m in s.messages if m.role == "assistant"]
-    assert answers == [render_box(g.box) for g in s.annotations.grounding[:2]]
+    assert answers == [s.text] + [render_box(g.box) for g in s.annotations.grounding[:2]]
     assert labelled == "".join(f"{a}<|user|>" for a in answers[:-1]) + answers[-1] + "<|endoftext|>"
     full = tok.decode(b.input_ids, skip_special_tokens=False)
-    assert 'Locate "Total 12.50"' in full and "Locate" not in labelled
-    # what the two turns do not give is counted: the transcription, and the third box (max_turns=2)
-    assert b.text_left_out and b.boxes_left_out == 1
+    assert TRANSCRIBE_PROMPT in full and 'Locate "Total 12.50"' in full
+    assert "Read all" not in labelled and "Locate" not in labelled
+    # the transcription is trained now; what the turns leave out is the third box (max_turns=2)
+    assert not b.text_left_out and b.boxes_left_out == 1
 
 
 def test_unusable_turns_fall_back_to_document_with_a_reason(tok):

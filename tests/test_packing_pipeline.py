@@ -178,7 +178,7 @@ def test_pack_report_counts_how_samples_were_rendered(tmp_path, capsys):
     assert r["chat"] == {"ocr": len(ocr) - 1}
     assert r["document"] == {"caption": captions, "ocr": 1}
     assert r["turns_unusable"] == {"no_assistant_turn": 1}
-    assert r["text_left_out"] == len(ocr) - 1 and r["boxes_left_out"] == 0  # their transcriptions are in no turn
+    assert r["text_left_out"] == 0 and r["boxes_left_out"] == 0  # the transcription turn trains their text
     assert json.load(open(tmp_path / "packed" / "pack_report.json"))["rendering"] == r
     from vlmloom.packing.cli import summary
     assert "chat turns unusable (trained as documents): no_assistant_turn=1" in summary(report, "x")
