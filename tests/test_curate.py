@@ -14,13 +14,9 @@ from vlmloom.demo.corpus import DemoCorpusConfig, build_demo_corpus
 from vlmloom.pipelines.curate import curate, load_config
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.curated import key_bucket
+from beam_runners import RUNNERS
 
 BUCKETS = 8  # several buckets, several shards in most of them (see test_parts_read_as_one_dataset)
-RUNNERS = {
-    "in_process": ["--direct_num_workers=1"],
-    "multi_processing": ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
-    "portable_loopback": ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
-}
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,8 @@ import pytest
 
 from vlmloom.demo.hostile import CLASSES, build_hostile_corpus
 from vlmloom.pipelines.curate import curate, load_config
+from beam_runners import RUNNERS
 
-RUNNERS = {
-    "in_process": ["--direct_num_workers=1"],
-    "multi_processing": ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
-    "portable_loopback": ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"],
-}
 
 
 @pytest.fixture(scope="module")
