@@ -52,7 +52,7 @@ def bare_loop(tars: list[str], write_to: str = "") -> int:
     return n
 
 
-def profile_pipeline(tars_glob: str, out: str, top: int = 30) -> None:
+def profile_pipeline(tars_glob: str, out: str, top: int = 60) -> None:
     """cProfile the in-process pipeline; print the functions with the most own time (where the time goes)."""
     import cProfile
     import pstats
@@ -61,7 +61,10 @@ def profile_pipeline(tars_glob: str, out: str, top: int = 30) -> None:
     profiler.enable()
     run_pipeline(tars_glob, out, 1)
     profiler.disable()
-    pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
+    profiler.dump_stats(os.environ.get("PSTATS_OUT", os.path.join(os.path.dirname(out), "curate.pstats")))
+    stats = pstats.Stats(profiler)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats("vlmloom|curate|report|thumbnails|sink|run_pipeline", top)
 
 
 def run_pipeline(tars_glob: str, out: str, workers: int) -> float:

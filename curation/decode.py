@@ -124,12 +124,14 @@ def _openers() -> tuple[str, ...]:
 
 def _decode_one(ref: ImageRef, index: int, config: DecodeConfig, measure: bool) -> dict:
     """Decode image `index` in place (fills sha256/size/format, may replace bytes); returns signals if `measure`."""
-    data = _checked_bytes(ref, index, config)
-    image = _open(data, index)
+    encoded = _checked_bytes(ref, index, config)
+    image = _open(encoded, index)
     with image:
         _check_header(image, index, config)
         _load_pixels(image, index)
-        pixels, data, fmt = _apply_orientation(image, data, index)
+        pixels, data, fmt = _apply_orientation(image, encoded, index)
+        if data is not encoded:  # re-encoded upright: the input file no longer holds the sample's bytes
+            ref.span = None
         ref.bytes = data
         ref.sha256 = sha256_hex(data)
         ref.width, ref.height = pixels.size
@@ -138,12 +140,16 @@ def _decode_one(ref: ImageRef, index: int, config: DecodeConfig, measure: bool) 
 
 
 def _checked_bytes(ref: ImageRef, index: int, config: DecodeConfig) -> bytes:
-    data = ref.bytes
+    """The image's encoded bytes (read from its span when only that is held), size-checked before reading."""
+    if ref.nbytes > config.max_bytes:
+        raise _Drop("image_too_large_bytes", f"image {index}: {ref.nbytes} bytes > max_bytes {config.max_bytes}")
+    try:
+        data = ref.load_bytes()
+    except OSError as exc:  # the input file vanished, shrank or changed since it was read
+        raise _Drop("read_error", f"image {index}: {type(exc).__name__}: {exc}") from None
     if not data:
         where = f" (uri={ref.uri})" if ref.uri else ""
         raise _Drop("empty_bytes", f"image {index}: no encoded bytes{where}")
-    if len(data) > config.max_bytes:
-        raise _Drop("image_too_large_bytes", f"image {index}: {len(data)} bytes > max_bytes {config.max_bytes}")
     return data
 
 

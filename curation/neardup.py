@@ -261,7 +261,7 @@ Member = tuple
 def sample_member(sample: Sample) -> Member:
     """(key, pixels of image 0, encoded bytes of image 0, text characters): what the representative rule reads."""
     pixels = int(sample.signals.get("width", 0) or 0) * int(sample.signals.get("height", 0) or 0)
-    image_bytes = len(sample.images[0].bytes or b"") if sample.images else 0
+    image_bytes = sample.images[0].nbytes if sample.images else 0
     return sample.key, pixels, image_bytes, len(sample.text or "")
 
 

@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import lzma
+import os
 import posixpath
 import tarfile
 from dataclasses import dataclass, field
@@ -78,6 +79,9 @@ class RawRecord:
     files: dict[str, bytes]  # ext -> bytes ("jpg", "1.png", "txt", "json")
     uri: str
     member_uris: dict[str, str] = field(default_factory=dict)  # ext -> where it was read; default `uri.ext`
+    # ext -> (local file, offset, length) where the member's bytes lie unchanged (ImageRef.span); uncompressed
+    # local tars and local folder files only
+    spans: dict[str, tuple[str, int, int]] = field(default_factory=dict)
 
 
 # --- tars -------------------------------------------------------------------------------------------------
@@ -160,18 +164,24 @@ def _archive_end(tar: tarfile.TarFile, tail: _Tail) -> tuple[str, str] | None:
     return "corrupt_archive", f"invalid tar header at byte {start}"
 
 
-def iter_tar_records(fileobj, uri: str) -> Iterator[RawRecord | tuple[str, str, str]]:
+def iter_tar_records(fileobj, uri: str, local_file: str | None = None) -> Iterator[RawRecord | tuple[str, str, str]]:
     """Stream a tar: yield one RawRecord per key (consecutive members sharing it), or one
     (source_id, reason, detail) for a key that cannot be read whole: a refused member refuses the record,
     and a record open when the archive is cut or corrupt is refused with that reason (records before are kept).
-    An archive that yields no record and fails is one (`<basename>:<tar>`, reason, detail)."""
+    An archive that yields no record and fails is one (`<basename>:<tar>`, reason, detail).
+
+    `local_file`: the local file `fileobj` reads byte for byte from its start; given (and the tar is not
+    compressed), each record's `spans` say where its members' bytes lie in it."""
     failure: list[tuple[str, str]] = []  # how the member stream ended, when it did not end cleanly
     open_key: list[str] = []  # the key of the member being read when the stream failed (the record it cuts)
 
-    def members():  # (name, bytes | _Refused), grouped by schemas.tars.group_members
+    def members():  # (name, _Member | _Refused), grouped by schemas.tars.group_members
         seen_key, seen_exts = None, set()
         try:
-            tail = _Tail(_decompressed(fileobj))
+            stream = _decompressed(fileobj)
+            # Offsets in an uncompressed local file are where a member's bytes can be read again (RawRecord.spans).
+            spans_from = os.path.abspath(local_file) if local_file and isinstance(stream, _Prefixed) else None
+            tail = _Tail(stream)
             with tarfile.open(fileobj=tail, mode="r|") as tar:
                 for member in tar:
                     if member.isdir():
@@ -187,7 +197,8 @@ def iter_tar_records(fileobj, uri: str) -> Iterator[RawRecord | tuple[str, str, 
                     elif ext in seen_exts:  # a second copy must not overwrite the first: give it its own slot
                         yield f"{name}~{len(seen_exts)}", _Refused("duplicate_member", name)
                     else:
-                        yield name, tar.extractfile(member).read()
+                        data = tar.extractfile(member).read()
+                        yield name, _Member(data, (spans_from, member.offset_data, len(data)) if spans_from else None)
                     seen_exts.add(ext)
                 end = _archive_end(tar, tail)
                 if end is not None:
@@ -206,7 +217,8 @@ def iter_tar_records(fileobj, uri: str) -> Iterator[RawRecord | tuple[str, str, 
         if refused:  # the whole record is refused, with the first refused member's reason
             reason = refused[0].reason
             return (key, reason, f"tar {uri}: member(s) {[r.name for r in refused]} " + _REASON_TEXT[reason])
-        return RawRecord(key, files, f"{uri}#{key}")
+        return RawRecord(key, {ext: m.data for ext, m in files.items()}, f"{uri}#{key}",
+                         spans={ext: m.span for ext, m in files.items() if m.span})
 
     pending = None  # one group of lookahead: the group open when the stream fails is refused with the failure
     for key, files in group_members(members()):
@@ -239,6 +251,12 @@ def _read_error_reason(exc: tarfile.ReadError, nothing_read: bool) -> tuple[str,
     if nothing_read:
         return "not_an_archive", f"{type(exc).__name__}: {exc}"
     return "corrupt_archive", f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class _Member:
+    data: bytes
+    span: tuple[str, int, int] | None  # (file, offset, length) when the bytes lie as-is in a local file
 
 
 @dataclass(frozen=True)
@@ -433,7 +451,7 @@ def _record_to_sample(raw: RawRecord, source: str, source_id: str, default_kind:
         if not isinstance(meta, dict):
             raise InvalidRecord("meta_not_object", f"{where('json')}: top level is {type(meta).__name__}, "
                                                    "expected an object")
-    images = [ImageRef(bytes=data, uri=where(ext)) for _, ext, data in _image_files(raw.files)]
+    images = [ImageRef(bytes=data, uri=where(ext), span=raw.spans.get(ext)) for _, ext, data in _image_files(raw.files)]
     return sample_from_meta(source, source_id, text, meta, images, default_kind, where=printable(raw.uri))
 
 
@@ -571,7 +589,7 @@ def content_digest(sample: Sample) -> str:
     h.update(json.dumps(fields, ensure_ascii=False).encode("utf-8", "surrogatepass"))
     h.update(json.dumps(sample.meta, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
     for image in sample.images:
-        data = image.bytes or b""
+        data = image.load_bytes() or b""  # held, or read back from its input file (ImageRef.span)
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()

@@ -41,6 +41,7 @@ from vlmloom.pipelines.stages import JudgeStage
 from vlmloom.schemas import console, formats
 from vlmloom.schemas.config import ConfigError, build_config, config_hash
 from vlmloom.schemas.progress import show_progress
+from vlmloom.schemas.records import release_bytes
 from vlmloom.schemas.publish import discard_staging, publish_directory, staging_directory
 
 log = logging.getLogger("vlmloom.curate")
@@ -82,7 +83,12 @@ class _DecodeJudge:
     config: DecodeConfig
 
     def __call__(self):
-        return lambda sample: decode_sample(sample, self.config)
+        def judge(sample):
+            verdict = decode_sample(sample, self.config)  # reads spanned bytes from their input file
+            release_bytes(sample)  # ... and lets them go again: later shuffles move metadata (ImageRef.span)
+            return verdict
+
+        return judge
 
 
 @dataclass(frozen=True)

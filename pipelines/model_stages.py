@@ -41,7 +41,7 @@ from vlmloom.curation.recaption import RecaptionConfig, Recaptioner
 from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled  # noqa: F401 (re-exported)
 from vlmloom.pipelines.stages import KEPT, REJECTED, Decide, Fixed, format_traceback, quarantine_any, route
 from vlmloom.schemas.config import ConfigError, config_hash
-from vlmloom.schemas.records import Sample
+from vlmloom.schemas.records import Sample, attach_bytes, release_bytes
 
 STAGE_ORDER = ("clip", "concepts", "contamination", "recaption", "ocr", "grounding")
 
@@ -71,6 +71,13 @@ class SampleModelHandler(ModelHandler[Sample, tuple, Any]):
 
     def run_inference(self, batch: Sequence[Sample], model: Any, inference_args: dict | None = None) -> Iterable[tuple]:
         batch = list(batch)
+        try:
+            return self._run(batch, model)
+        finally:  # images that lie in a local input file are held only for the model call (ImageRef.span)
+            for sample in batch:
+                release_bytes(sample)
+
+    def _run(self, batch: list[Sample], model: Any) -> list[tuple]:
         if not self._per_sample:
             try:
                 return list(zip(batch, self._infer_checked(model, batch)))
@@ -88,6 +95,8 @@ class SampleModelHandler(ModelHandler[Sample, tuple, Any]):
             return InferenceFailure(format_traceback(exc))
 
     def _infer_checked(self, model: Any, batch: list[Sample]) -> list[Any]:
+        for sample in batch:
+            attach_bytes(sample)  # an input file gone since decode fails this batch, then only its sample
         outputs = list(self._infer(model, batch))
         if len(outputs) != len(batch):
             raise RuntimeError(f"{self._name}: {len(outputs)} outputs for {len(batch)} samples")
@@ -97,7 +106,7 @@ class SampleModelHandler(ModelHandler[Sample, tuple, Any]):
         return {"min_batch_size": 1, "max_batch_size": self._batch_size}
 
     def get_num_bytes(self, batch: Sequence[Sample]) -> int:
-        return sum(len(s.images[0].bytes or b"") for s in batch if s.images)
+        return sum(s.images[0].nbytes for s in batch if s.images)
 
     def get_metrics_namespace(self) -> str:
         return f"RunInference_{self._name}"

@@ -14,12 +14,13 @@ import posixpath
 from dataclasses import dataclass, field
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from vlmloom.curation import readers
 from vlmloom.pipelines import progress
 from vlmloom.schemas.config import ConfigError
-from vlmloom.schemas.records import KINDS, Rejection, Sample, make_key
+from vlmloom.schemas.records import KINDS, Rejection, Sample, make_key, release_bytes
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 1000
@@ -140,6 +141,14 @@ def _folder_root(path: str) -> str:
     return fixed.rstrip("/") if fixed.endswith("/") else posixpath.dirname(fixed)
 
 
+def _raw_local_file(path: str) -> str | None:
+    """`path` when it is a local file that FileSystems.open reads byte for byte (no compression by extension):
+    its members' bytes can then be re-read by offset (ImageRef.span) instead of riding the shuffles."""
+    if "://" in path or CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED:
+        return None
+    return os.path.abspath(path)
+
+
 def _read_rejection(source: str, source_id: str, reason: str, detail: str) -> Rejection:
     source_id = readers.printable(source_id)
     return Rejection(make_key(source, source_id), source, source_id, readers.READ_STAGE, reason,
@@ -167,7 +176,7 @@ class _ReadTar(progress.CountingDoFn):
                                   f"{path}: {type(exc).__name__}: {exc}")
             return
         with fh:
-            for item in readers.iter_tar_records(fh, path):
+            for item in readers.iter_tar_records(fh, path, _raw_local_file(path)):
                 self._read.inc()
                 count += 1
                 if count % PROGRESS_EVERY == 0:
@@ -257,8 +266,10 @@ class _ReadFolderRecord(progress.CountingDoFn):
                 yield _read_rejection(self._source, source_id, "read_error", f"{path}: {type(exc).__name__}: {exc}")
                 return
         first = sorted(files)[0]
+        spans = {ext: (os.path.realpath(path), 0, len(data[ext])) for ext, path in files.items()
+                 if _raw_local_file(path)}  # the whole file, re-read where the symlink check resolved it
         yield readers.record_to_sample(
-            readers.RawRecord(source_id, data, files[first][:-len(first) - 1], member_uris=dict(files)),
+            readers.RawRecord(source_id, data, files[first][:-len(first) - 1], member_uris=dict(files), spans=spans),
             self._source, self._kind)
 
 
@@ -270,7 +281,9 @@ class _SplitRead(progress.CountingDoFn):
 
     def process(self, item: Sample | Rejection):
         if isinstance(item, Sample):
-            yield item
+            # Images that lie in a local input file travel as their span, not their bytes: the key shuffle and
+            # every later one move metadata; decode, the model stages and the writer read the bytes again.
+            yield release_bytes(item)
             return
         if item.reason not in self._counters:
             self._counters[item.reason] = progress.counter(readers.READ_STAGE, f"dropped_{item.reason}")

@@ -97,7 +97,8 @@ def kept_records(out_dir: str, manifest: list[dict], keys: set[str]) -> dict[str
 def rejected_records(input_paths: dict[str, list[str]], wanted: set[tuple[str, str]],
                      max_bytes_scanned: int = 512 * 2**20) -> dict[tuple[str, str], Shown]:
     """Thumbnails, texts and pHashes of a few rejected (source, source_id) records, read back from webdataset tar
-    inputs. Stops when all are found or after `max_bytes_scanned`; records from other input formats get none."""
+    inputs. Members of other records are passed over unread (headers only, no record parsing); stops when all
+    are found or after `max_bytes_scanned` bytes of tar; records from other input formats get none."""
     from vlmloom.curation import readers
 
     found: dict[tuple[str, str], Shown] = {}
@@ -107,20 +108,46 @@ def rejected_records(input_paths: dict[str, list[str]], wanted: set[tuple[str, s
         for path in paths:
             if not ids or scanned > max_bytes_scanned:
                 break
-            with FileSystems.open(path) as fh:
-                for item in readers.iter_tar_records(fh, path):
-                    if isinstance(item, tuple) or item.source_id not in ids:
-                        continue
-                    ids.discard(item.source_id)
-                    scanned += sum(len(v) for v in item.files.values())
-                    images = [v for k, v in sorted(item.files.items()) if k.split(".")[-1] in readers.IMAGE_EXTENSIONS]
-                    sample = readers.record_to_sample(item, source)
-                    text = getattr(sample, "text", None) or ""
-                    found[(source, item.source_id)] = Shown(_thumbnail_url(images[0]) if images else None, text,
-                                                            _phash(images[0]) if images else None)
-                    if not ids:
-                        break
+            for source_id, files in _records_named(path, ids):
+                ids.discard(source_id)
+                images = [v for k, v in sorted(files.items()) if k.split(".")[-1] in readers.IMAGE_EXTENSIONS]
+                sample = readers.record_to_sample(readers.RawRecord(source_id, files, f"{path}#{source_id}"), source)
+                text = getattr(sample, "text", None) or ""
+                found[(source, source_id)] = Shown(_thumbnail_url(images[0]) if images else None, text,
+                                                   _phash(images[0]) if images else None)
+            scanned += _size(path)
     return found
+
+
+def _records_named(path: str, ids: set[str]):
+    """(source id, {ext: bytes}) of the records of tar `path` whose (printable) key is in `ids`; only their
+    members are read. A tar that cannot be read to its end yields what came before (a view, not the data)."""
+    from vlmloom.curation.readers import printable
+    from vlmloom.schemas.tars import split_member_name
+
+    def read(tar, info):
+        wanted = info.isfile() and printable(split_member_name(info.name)[0]) in ids
+        return tar.extractfile(info).read() if wanted else None
+
+    left = set(ids)
+    try:
+        with FileSystems.open(path) as fh:
+            for key, members in iter_tar_groups(fh, read=read):
+                files = {ext: data for ext, data in members.items() if data is not None}
+                if files and printable(key) in left:
+                    left.discard(printable(key))
+                    yield printable(key), files
+                    if not left:
+                        return
+    except Exception:  # noqa: BLE001 - a corrupt input tar is why some records were rejected: show what was read
+        return
+
+
+def _size(path: str) -> int:
+    try:
+        return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+    except Exception:  # noqa: BLE001
+        return 0
 
 
 def benchmark_items(benchmarks: list[dict], wanted: set[tuple[str, str]]) -> dict[tuple[str, str], Shown]:

@@ -28,13 +28,14 @@ def member_names(sample: Sample) -> list[str]:
     # KEY.txt is always written (empty without text) so that samples of a kind share one member layout.
     names = [f"{sample.key}.json", f"{sample.key}.txt"]
     return names + [formats.image_member_name(sample.key, i, image.format or "jpeg")
-                    for i, image in enumerate(sample.images) if image.bytes is not None]
+                    for i, image in enumerate(sample.images) if image.has_bytes]
 
 
 def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
-    """The tar members of one sample, in member_names order."""
+    """The tar members of one sample, in member_names order. Images held only as a span are read from their
+    input file here, checked against the sha256 decode recorded (ImageRef.load_bytes)."""
     data = [sample.to_json().encode("utf-8"), (sample.training_text() or "").encode("utf-8")]
-    data += [image.bytes for image in sample.images if image.bytes is not None]
+    data += [image.load_bytes() for image in sample.images if image.has_bytes]
     return list(zip(member_names(sample), data))
 
 
@@ -88,7 +89,7 @@ def plan_shards(sizes: Iterable[tuple[str, int, str]], samples_per_shard: int, b
 
 def estimated_size(sample: Sample) -> int:
     """Bytes a sample adds to its shard, near enough to cut shards by size (no encoding needed)."""
-    return sum(len(img.bytes or b"") for img in sample.images) + len(sample.text or "") * 2 + 2048
+    return sum(img.nbytes for img in sample.images) + len(sample.text or "") * 2 + 2048
 
 
 def _parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:

@@ -30,14 +30,68 @@ def make_key(source: str, source_id: str) -> str:
     return f"{prefix}-{digest}"
 
 
+class SourceChanged(OSError):
+    """An image's bytes re-read from its input file are not the bytes the job validated (the input changed)."""
+
+
 @dataclass
 class ImageRef:
     sha256: str = ""
     width: int = 0
     height: int = 0
     format: str = ""  # "jpeg", "png", "webp", ...
-    bytes: bytes | None = None  # encoded image bytes (None when only `uri` is kept)
+    bytes: bytes | None = None  # encoded image bytes (None when only `uri` is kept, or while `span` stands in)
     uri: str | None = None  # where the image came from (path, tar member, URL)
+    # Where the encoded bytes lie unchanged in a local input file: (path, offset, length). Transport state, not
+    # record content (never written, not compared): while it is set, `bytes` may be dropped between steps and
+    # read again (`load_bytes`), so a pipeline moves the record's metadata instead of its pixels. Whoever replaces
+    # `bytes` with other bytes clears it.
+    span: tuple[str, int, int] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def has_bytes(self) -> bool:
+        """Are the encoded bytes held or spanned (a shard member), rather than only named by `uri`?"""
+        return self.bytes is not None or self.span is not None
+
+    @property
+    def nbytes(self) -> int:
+        """Length of the encoded image, whether its bytes are held or only spanned."""
+        if self.bytes is not None:
+            return len(self.bytes)
+        return self.span[2] if self.span else 0
+
+    def load_bytes(self) -> bytes | None:
+        """The encoded bytes: those held, else read from `span` (not kept: see `attach_bytes`). Raises OSError
+        when the file is gone or shorter, SourceChanged when they no longer hash to the `sha256` decode recorded."""
+        if self.bytes is not None or self.span is None:
+            return self.bytes
+        path, offset, length = self.span
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(length)
+        if len(data) != length:
+            raise OSError(f"{path}: {length} bytes expected at offset {offset}, {len(data)} read (file shortened?)")
+        if self.sha256 and hashlib.sha256(data).hexdigest() != self.sha256:
+            raise SourceChanged(f"{path}: bytes at offset {offset} changed since they were validated (sha256 "
+                                f"{self.sha256[:12]}…); the input was modified during the job")
+        return data
+
+
+def attach_bytes(sample: "Sample") -> "Sample":
+    """Hold every spanned image's bytes (read from its input file) before a step that reads pixels."""
+    for image in sample.images:
+        if image.bytes is None and image.span is not None:
+            image.bytes = image.load_bytes()
+    return sample
+
+
+def release_bytes(sample: "Sample") -> "Sample":
+    """Drop the bytes of images that still lie unchanged in their input file (`span` set): what crosses a shuffle
+    is then the record's metadata. Images without a span (embedded in a manifest, re-encoded, remote) keep them."""
+    for image in sample.images:
+        if image.span is not None:
+            image.bytes = None
+    return sample
 
 
 @dataclass
@@ -131,8 +185,9 @@ class Sample:
         # What dataclasses.asdict gives, without its deep copy of every leaf: this runs once per written sample,
         # and signals/meta become JSON text anyway.
         row = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in ("signals", "meta")}
-        if not with_bytes:
-            for img in row["images"]:
+        for img in row["images"]:
+            del img["span"]  # transport state, not part of the record (ImageRef.span)
+            if not with_bytes:
                 img["bytes"] = None
         row["signals"] = json.dumps(self.signals, sort_keys=True, default=_json_default)
         row["meta"] = json.dumps(self.meta, sort_keys=True, ensure_ascii=False, default=_json_default)

@@ -122,8 +122,9 @@ def test_to_row_matches_dataclasses_asdict():
         sample.with_lineage("decode", "h", "kept")
         for with_bytes in (True, False):
             reference = dc.asdict(sample)
-            if not with_bytes:
-                for img in reference["images"]:
+            for img in reference["images"]:
+                del img["span"]  # where the bytes lie in an input file: transport state, never written
+                if not with_bytes:
                     img["bytes"] = None
             reference["signals"] = js.dumps(sample.signals, sort_keys=True)
             reference["meta"] = js.dumps(sample.meta, sort_keys=True, ensure_ascii=False)
