@@ -4,11 +4,12 @@
       → shards/bBBBBB-IIIII.tar, manifest/part-BBBBB.parquet, rejected/part-BBBBB.parquet
 
 Determinism whatever the runner or worker count, without a global plan: a record's bucket comes from its key
-alone (schemas.curated.key_bucket, a range of a stable hash), one keyed shuffle brings each bucket's samples
-and rejections to one worker, and that worker orders them by key and cuts shards inside the bucket
-(schemas.curated.bucket_files). What one worker holds is one bucket, about 1/`buckets` of the output, never
-the corpus' keys; no side input, no global combine. Every bucket id takes part in the shuffle, so empty
-buckets still write their (empty) parts. Every file is written under a hidden temporary name and renamed into
+alone (schemas.curated.key_bucket, a range of a stable hash), a keyed shuffle brings each bucket's samples to
+one worker, which orders them by key and cuts shards inside the bucket (schemas.curated.bucket_shards); a second
+one brings the bucket's manifest rows and rejections together for its parts (schemas.curated.bucket_parts).
+What one worker holds is one bucket, about 1/`buckets` of the output, never the corpus' keys; no side input,
+no global combine. Every bucket id takes part in the second shuffle, so empty buckets still write their
+(empty) parts. Every file is written under a hidden temporary name and renamed into
 place: a killed job never leaves a half-written shard or part under a final name, and dataset readers
 (pyarrow, DuckDB, HF `datasets`) skip the hidden temporaries.
 """
@@ -24,7 +25,7 @@ from apache_beam.metrics import Metrics
 
 from vlmloom.schemas import formats
 from vlmloom.schemas.config import ConfigError
-from vlmloom.schemas.curated import MAX_BUCKETS, bucket_files, key_bucket
+from vlmloom.schemas.curated import MAX_BUCKETS, bucket_parts, bucket_shards, key_bucket
 from vlmloom.schemas.records import Rejection, Sample
 
 log = logging.getLogger("vlmloom.curate")
@@ -62,9 +63,8 @@ def write_atomic(path: str, data: bytes) -> None:
     FileSystems.rename([tmp], [path])
 
 
-class _WriteBucket(beam.DoFn):
-    """(bucket, [Sample | Rejection | None]) → the bucket's files under the output directory; yields their paths.
-    (None is the bucket's id marker: it makes empty buckets reach here too.)"""
+class _WriteShards(beam.DoFn):
+    """(bucket, [Sample]) → the bucket's shards under the output directory; yields (bucket, manifest rows)."""
 
     def __init__(self, out_dir: str, config: OutputConfig):
         self._dir = out_dir
@@ -73,29 +73,43 @@ class _WriteBucket(beam.DoFn):
         self._samples = Metrics.counter("write", "samples")
 
     def process(self, item):
-        bucket, values = item
-        samples, rejections = [], []
-        for value in values:
-            if isinstance(value, Sample):
-                samples.append(value)
-            elif isinstance(value, Rejection):
-                rejections.append(value)
+        bucket, samples = item
+        rows: list[dict] = []
         nshards = 0
-        for relative, data in bucket_files(bucket, samples, rejections,
-                                           samples_per_shard=self._cfg.samples_per_shard,
-                                           bytes_per_shard=self._cfg.bytes_per_shard):
+        for relative, data in bucket_shards(bucket, samples, rows, samples_per_shard=self._cfg.samples_per_shard,
+                                            bytes_per_shard=self._cfg.bytes_per_shard):
+            write_atomic(join(self._dir, *relative.split("/")), data)
+            nshards += 1
+        self._shards.inc(nshards)
+        self._samples.inc(len(rows))
+        log.debug("wrote bucket %d: %d samples in %d shards", bucket, len(rows), nshards)
+        yield bucket, rows
+
+
+class _WriteParts(beam.DoFn):
+    """(bucket, [None | Rejection | [manifest row]]) → the bucket's manifest and rejected parts; yields their
+    paths. (None is the bucket's id marker: it makes buckets without samples or rejections reach here too.)"""
+
+    def __init__(self, out_dir: str):
+        self._dir = out_dir
+
+    def process(self, item):
+        bucket, values = item
+        rows: list[dict] = []
+        rejections: list[Rejection] = []
+        for value in values:
+            if isinstance(value, Rejection):
+                rejections.append(value)
+            elif value is not None:
+                rows.extend(value)
+        for relative, data in bucket_parts(bucket, rows, rejections):
             path = join(self._dir, *relative.split("/"))
             write_atomic(path, data)
-            nshards += relative.startswith(formats.SHARDS_DIR + "/")
             yield path
-        self._shards.inc(nshards)
-        self._samples.inc(len(samples))
-        if samples:
-            log.debug("wrote bucket %d: %d samples in %d shards", bucket, len(samples), nshards)
 
 
 class WriteCurated(beam.PTransform):
-    """{"kept", "rejected"} → shards/, manifest/, rejected/ under `output_dir`; returns the written paths."""
+    """{"kept", "rejected"} → shards/, manifest/, rejected/ under `output_dir`; returns the parts' paths."""
 
     def __init__(self, output_dir: str, config: OutputConfig):
         super().__init__()
@@ -105,12 +119,16 @@ class WriteCurated(beam.PTransform):
     def expand(self, outputs):
         samples, rejected = outputs["kept"], outputs["rejected"]
         buckets = self._cfg.buckets
-        # One GroupByKey over the flattened, bucket-keyed kept samples, rejections and bucket ids (a
-        # CoGroupByKey would add a tagging Map per element and rebuild the groups as lists).
-        ids = samples.pipeline | "BucketIds" >> beam.Create([(b, None) for b in range(buckets)])
-        kept = samples | "KeptByBucket" >> beam.Map(lambda s: (key_bucket(s.key, buckets), s))
-        dropped = rejected | "RejectedByBucket" >> beam.Map(lambda r: (key_bucket(r.key, buckets), r))
-        return ((ids, kept, dropped)
-                | "AllByBucket" >> beam.Flatten()
+        # The samples reach their bucket's writer through a GroupByKey of their own: a Flatten with the other
+        # inputs would be materialised by the local runner (every sample encoded and decoded once more). The
+        # light rest (manifest rows, rejections, bucket ids) meets in a second grouping that writes the parts.
+        rows = (samples
+                | "KeptByBucket" >> beam.Map(lambda s: (key_bucket(s.key, buckets), s))
                 | "GroupByBucket" >> beam.GroupByKey()
-                | "WriteBucket" >> beam.ParDo(_WriteBucket(self._dir, self._cfg)))
+                | "WriteShards" >> beam.ParDo(_WriteShards(self._dir, self._cfg)))
+        ids = samples.pipeline | "BucketIds" >> beam.Create([(b, None) for b in range(buckets)])
+        dropped = rejected | "RejectedByBucket" >> beam.Map(lambda r: (key_bucket(r.key, buckets), r))
+        return ((ids, rows, dropped)
+                | "PartsByBucket" >> beam.Flatten()
+                | "GroupPartsByBucket" >> beam.GroupByKey()
+                | "WriteParts" >> beam.ParDo(_WriteParts(self._dir)))

@@ -319,7 +319,8 @@ class ReadInputs(beam.PTransform):
                          | f"{label}/Spread" >> beam.Reshuffle()
                          | f"{label}/Read" >> beam.ParDo(reader))
             outputs.append(pcoll)
-        merged = outputs | "MergeInputs" >> beam.Flatten()
+        # (one input: no Flatten, which the FnApiRunner would materialise, encoding every sample once more)
+        merged = outputs[0] if len(outputs) == 1 else outputs | "MergeInputs" >> beam.Flatten()
         split = merged | "SplitRead" >> beam.ParDo(_SplitRead()).with_output_types(
             Sample, rejected=Rejection).with_outputs("rejected", main="kept")
         return {"kept": split["kept"], "rejected": split["rejected"]}

@@ -121,26 +121,34 @@ def rejected_records(input_paths: dict[str, list[str]], wanted: set[tuple[str, s
 
 def _records_named(path: str, ids: set[str]):
     """(source id, {ext: bytes}) of the records of tar `path` whose (printable) key is in `ids`; only their
-    members are read. A tar that cannot be read to its end yields what came before (a view, not the data)."""
-    from vlmloom.curation.readers import printable
-    from vlmloom.schemas.tars import split_member_name
+    members are read. A tar that cannot be read to its end yields the complete records before the failure."""
+    import tarfile
 
-    def read(tar, info):
-        wanted = info.isfile() and printable(split_member_name(info.name)[0]) in ids
-        return tar.extractfile(info).read() if wanted else None
+    from vlmloom.curation.readers import printable
+    from vlmloom.schemas.tars import group_members, split_member_name
+
+    failed: list[str] = []  # the key of the record open when the stream failed
+
+    def members():
+        key = None
+        try:
+            with FileSystems.open(path) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
+                for info in tar:
+                    key = printable(split_member_name(info.name)[0])
+                    wanted = info.isfile() and key in ids
+                    yield info.name, tar.extractfile(info).read() if wanted else None
+        except Exception:  # noqa: BLE001 - a corrupt input tar is why some records were rejected
+            failed.append(key)
 
     left = set(ids)
-    try:
-        with FileSystems.open(path) as fh:
-            for key, members in iter_tar_groups(fh, read=read):
-                files = {ext: data for ext, data in members.items() if data is not None}
-                if files and printable(key) in left:
-                    left.discard(printable(key))
-                    yield printable(key), files
-                    if not left:
-                        return
-    except Exception:  # noqa: BLE001 - a corrupt input tar is why some records were rejected: show what was read
-        return
+    for key, group in group_members(members()):
+        key = printable(key)
+        files = {ext: data for ext, data in group.items() if data is not None}
+        if files and key in left and not (failed and failed[0] == key):
+            left.discard(key)
+            yield key, files
+            if not left:
+                return
 
 
 def _size(path: str) -> int:

@@ -111,9 +111,20 @@ def bucket_files(bucket: int, samples: Iterable[Sample], rejections: Iterable[Re
     its shards, then manifest/part-BBBBB.parquet and rejected/part-BBBBB.parquet (written even when empty,
     so every bucket's part exists and readers see the schema). Shards are produced one at a time.
 
-    The one implementation of the bucket layout: the Beam sink and write_curated_dir both call it, so a
-    bucket's bytes depend only on its samples and rejections, never on arrival order.
+    The one implementation of the bucket layout (`bucket_shards` then `bucket_parts`): the Beam sink and
+    write_curated_dir both use it, so a bucket's bytes depend only on its samples and rejections, never on
+    arrival order.
     """
+    rows: list[dict] = []
+    yield from bucket_shards(bucket, samples, rows, samples_per_shard=samples_per_shard,
+                             bytes_per_shard=bytes_per_shard)
+    yield from bucket_parts(bucket, rows, rejections)
+
+
+def bucket_shards(bucket: int, samples: Iterable[Sample], rows: list[dict], *,
+                  samples_per_shard: int, bytes_per_shard: int) -> Iterator[tuple[str, bytes]]:
+    """The bucket's shards, (relative path, tar bytes) one at a time, in key order inside (layout, size) cuts;
+    appends each written sample's manifest row to `rows`."""
     by_key: dict[str, Sample] = {}
     for sample in samples:
         if sample.key in by_key:
@@ -124,12 +135,15 @@ def bucket_files(bucket: int, samples: Iterable[Sample], rejections: Iterable[Re
     shards: dict[int, list[Sample]] = {}
     for key in sorted(plan):
         shards.setdefault(plan[key], []).append(by_key[key])
-    rows = []
     for index in sorted(shards):
         name = formats.curated_shard_name(bucket, index)
         yield f"{formats.SHARDS_DIR}/{name}", tar_bytes([m for s in shards[index] for m in sample_members(s)])
         rows += [manifest_row(s, name) for s in shards[index]]
-    rows.sort(key=lambda r: r["key"])
+
+
+def bucket_parts(bucket: int, rows: Iterable[dict], rejections: Iterable[Rejection]) -> Iterator[tuple[str, bytes]]:
+    """The bucket's manifest part (its samples' rows, by key) and rejected part, each written even when empty."""
+    rows = sorted(rows, key=lambda r: r["key"])
     yield f"{formats.MANIFEST_DIR}/{formats.part_name(bucket)}", _parquet_bytes(rows, formats.MANIFEST_SCHEMA)
     rejected = sorted((dict(r.__dict__) for r in rejections), key=rejection_sort_key)
     yield f"{formats.REJECTED_DIR}/{formats.part_name(bucket)}", _parquet_bytes(rejected, REJECTION_SCHEMA)
