@@ -126,7 +126,7 @@ class WriteCurated(beam.PTransform):
                 | "KeptByBucket" >> beam.Map(lambda s: (key_bucket(s.key, buckets), s))
                 | "GroupByBucket" >> beam.GroupByKey()
                 | "WriteShards" >> beam.ParDo(_WriteShards(self._dir, self._cfg)))
-        ids = samples.pipeline | "BucketIds" >> beam.Create([(b, None) for b in range(buckets)])
+        ids = samples.pipeline | "BucketIds" >> beam.Create([(b, None) for b in range(buckets)], reshuffle=False)
         dropped = rejected | "RejectedByBucket" >> beam.Map(lambda r: (key_bucket(r.key, buckets), r))
         return ((ids, rows, dropped)
                 | "PartsByBucket" >> beam.Flatten()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from dataclasses import dataclass
 
 from apache_beam.io.filesystems import FileSystems
@@ -122,6 +123,99 @@ def rejected_records(input_paths: dict[str, list[str]], wanted: set[tuple[str, s
 def _records_named(path: str, ids: set[str]):
     """(source id, {ext: bytes}) of the records of tar `path` whose (printable) key is in `ids`; only their
     members are read. A tar that cannot be read to its end yields the complete records before the failure."""
+    if "://" not in path:
+        try:
+            index = _local_tar_index(path, ids)
+        except (OSError, ValueError):
+            index = None  # compressed, or a header this quick reader does not know: tarfile reads it below
+        if index is not None:
+            with open(path, "rb") as fh:
+                for key, members in index.items():
+                    files = {}
+                    for ext, (offset, size) in members.items():
+                        fh.seek(offset)
+                        files[ext] = fh.read(size)
+                    yield key, files
+            return
+    yield from _records_named_streamed(path, ids)
+
+
+_BLOCK = 512
+
+
+def _local_tar_index(path: str, ids: set[str]) -> dict[str, dict[str, tuple[int, int]]]:
+    """{key: {ext: (data offset, size)}} of the regular members whose (printable) key is in `ids`, from the
+    headers of an uncompressed local tar alone (each member's data is seeked over, never read): a report
+    looks up a few records among millions. ustar, pax and GNU long names; raises ValueError on anything else
+    (the caller falls back to tarfile), stops at the end-of-archive block or the file's end."""
+    from vlmloom.curation.readers import printable
+    from vlmloom.schemas.tars import split_member_name
+
+    found: dict[str, dict[str, tuple[int, int]]] = {}
+    long_name: bytes | None = None
+    last_key, clean_end = None, False
+    with open(path, "rb") as fh:
+        size_of_file = os.fstat(fh.fileno()).st_size
+        offset = 0
+        while offset + _BLOCK <= size_of_file:
+            fh.seek(offset)
+            block = fh.read(_BLOCK)
+            if block == b"\0" * _BLOCK:
+                clean_end = True
+                break
+            if block[257:262] != b"ustar" and offset == 0:
+                raise ValueError("not a plain ustar/pax/gnu tar")
+            size = _octal(block[124:136])
+            kind = block[156:157]
+            data = offset + _BLOCK
+            offset = data + -(-size // _BLOCK) * _BLOCK
+            if kind in (b"x", b"L"):  # the next member's name: a pax record or a GNU long name
+                fh.seek(data)
+                payload = fh.read(size)
+                long_name = _pax_path(payload) if kind == b"x" else payload.rstrip(b"\0")
+                continue
+            if kind == b"g" or kind == b"K":
+                continue
+            name = long_name
+            long_name = None
+            if name is None:
+                name = block[0:100].split(b"\0", 1)[0]
+                prefix = block[345:500].split(b"\0", 1)[0] if block[257:262] == b"ustar" else b""
+                name = prefix + b"/" + name if prefix else name
+            if kind not in (b"0", b"\0", b"7"):
+                continue  # directories, links, devices: no record data
+            key, ext = split_member_name(printable(name.decode("utf-8", "surrogateescape")))
+            last_key = key = printable(key)
+            if data + size > size_of_file:
+                break  # cut inside this member's data
+            if key in ids:
+                found.setdefault(key, {})[ext] = (data, size)
+    if not clean_end:  # cut or garbage at the end: the record open there is incomplete, as tarfile would say
+        found.pop(last_key, None)
+    return found
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # GNU base-256 for sizes over 8 GiB
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _pax_path(payload: bytes) -> bytes | None:
+    """The `path` record of a pax extended header ("LEN path=VALUE\n" records)."""
+    pos = 0
+    while pos < len(payload):
+        space = payload.index(b" ", pos)
+        length = int(payload[pos:space])
+        record = payload[space + 1:pos + length - 1]
+        pos += length
+        if record.startswith(b"path="):
+            return record[5:]
+    return None
+
+
+def _records_named_streamed(path: str, ids: set[str]):
     import tarfile
 
     from vlmloom.curation.readers import printable

@@ -2,6 +2,7 @@
 are read, records are found by their (printable) key, and an unreadable tar gives what came before it."""
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 
@@ -31,6 +32,21 @@ def test_rejected_records_reads_only_the_wanted_ones(tmp_path, monkeypatch):
     first, second = tmp_path / "a.tar", tmp_path / "b.tar"
     _tar(first, [(f"r{i:03d}", _png(i), f"text {i}") for i in range(40)])
     _tar(second, [("z1", _png(99), "last one")])
+    wanted = {("src", "r017"), ("src", "z1"), ("src", "missing"), ("other", "r001")}
+    found = thumbnails.rejected_records({"src": [str(first), str(second)]}, wanted)
+    assert set(found) == {("src", "r017"), ("src", "z1")}
+    assert found[("src", "r017")].text == "text 17" and found[("src", "z1")].text == "last one"
+    assert found[("src", "r017")].url.startswith("data:image/jpeg;base64,") and found[("src", "z1")].phash
+    # Local plain tars: headers only, and the index names exactly the wanted members where tarfile finds them.
+    index = thumbnails._local_tar_index(str(first), {"r017", "r039", "nope"})
+    with tarfile.open(first) as tar:
+        expected = {key: {ext: (tar.getmember(f"{key}.{ext}").offset_data, tar.getmember(f"{key}.{ext}").size)
+                          for ext in ("png", "txt")} for key in ("r017", "r039")}
+    assert index == expected
+    # Compressed (or remote) tars stream through tarfile, still reading only the wanted records' members.
+    zipped = tmp_path / "a.tar.gz"
+    with open(first, "rb") as src, gzip.open(zipped, "wb") as dst:
+        dst.write(src.read())
     read: list[str] = []
     original = tarfile.TarFile.extractfile
 
@@ -39,12 +55,27 @@ def test_rejected_records_reads_only_the_wanted_ones(tmp_path, monkeypatch):
         return original(self, member)
 
     monkeypatch.setattr(tarfile.TarFile, "extractfile", spy)
-    wanted = {("src", "r017"), ("src", "z1"), ("src", "missing"), ("other", "r001")}
-    found = thumbnails.rejected_records({"src": [str(first), str(second)]}, wanted)
-    assert set(found) == {("src", "r017"), ("src", "z1")}
-    assert found[("src", "r017")].text == "text 17" and found[("src", "z1")].text == "last one"
-    assert found[("src", "r017")].url.startswith("data:image/jpeg;base64,") and found[("src", "z1")].phash
-    assert sorted(read) == ["r017.png", "r017.txt", "z1.png", "z1.txt"]  # no other record's payload
+    found = thumbnails.rejected_records({"src": [str(zipped)]}, {("src", "r017")})
+    assert found[("src", "r017")].text == "text 17" and sorted(read) == ["r017.png", "r017.txt"]
+
+
+def test_long_names_and_cut_tars_in_the_header_index(tmp_path):
+    long_key = "x" * 150
+    pax, gnu = tmp_path / "pax.tar", tmp_path / "gnu.tar"
+    for path, fmt in ((pax, tarfile.PAX_FORMAT), (gnu, tarfile.GNU_FORMAT)):
+        with tarfile.open(path, "w", format=fmt) as tar:
+            for name, data in ((f"dir/{long_key}.txt", b"long"), ("b.txt", b"short")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        found = dict(thumbnails._records_named(str(path), {f"dir/{long_key}", "b"}))
+        assert found == {f"dir/{long_key}": {"txt": b"long"}, "b": {"txt": b"short"}}, fmt
+    whole = pax.read_bytes()
+    with tarfile.open(pax) as tar:
+        b_data = tar.getmember("b.txt").offset_data
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(whole[:b_data + 2])  # inside b's data: b is incomplete, the long one is whole
+    assert dict(thumbnails._records_named(str(cut), {f"dir/{long_key}", "b"})) == {f"dir/{long_key}": {"txt": b"long"}}
 
 
 def test_a_corrupt_tar_gives_what_came_before_and_the_budget_stops_the_scan(tmp_path):
