@@ -197,6 +197,8 @@ class _ReadManifest(progress.CountingDoFn):
         base = posixpath.dirname(path)
         name = posixpath.basename(path)
 
+        opened: dict[str, str] = {}  # image_path → the local file it was read from (for ImageRef.span)
+
         def open_relative(rel: str) -> bytes:
             absolute = "://" in rel or rel.startswith("/")
             full = rel if absolute else posixpath.join(base, rel)
@@ -204,15 +206,23 @@ class _ReadManifest(progress.CountingDoFn):
                 raise readers.InvalidRecord("unsafe_image_path", f"{name}: image_path {rel!r} resolves (through a "
                                                                  "symlink) outside its folder")
             with FileSystems.open(full) as fh:
-                return readers.read_bytes(fh)
+                data = readers.read_bytes(fh)
+            if _raw_local_file(full):
+                opened[rel] = os.path.realpath(full)  # where the symlink check resolved it
+            return data
 
         for index, (where, row) in enumerate(self._rows(path)):
             self._read.inc()
             if isinstance(row, Rejection):
                 yield row
-            else:
-                yield readers.row_to_sample(row, self._source, index, open_relative, self._kind,
-                                            fallback_id=where, image_root=self._image_root)
+                continue
+            opened.clear()
+            sample = readers.row_to_sample(row, self._source, index, open_relative, self._kind,
+                                           fallback_id=where, image_root=self._image_root)
+            for image in getattr(sample, "images", ()):
+                if image.uri in opened and image.bytes is not None:  # a whole local file, re-read by path
+                    image.span = (opened[image.uri], 0, len(image.bytes))
+            yield sample
 
     def _rows(self, path: str):
         """(position id, row dict or Rejection) per record; one Rejection for a file that cannot be read."""

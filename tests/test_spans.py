@@ -182,3 +182,62 @@ def test_read_stage_emits_spans_for_local_tars_and_bytes_otherwise(tmp_path):
     with beam.Pipeline() as pipeline:
         read = pipeline | ReadInputs(inputs)
         assert_that(read["kept"], check)
+
+
+def test_manifest_image_paths_and_folders_are_spanned_embedded_bytes_are_not(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = tmp_path / "jsonl"
+    images.mkdir()
+    (images / "p.jpg").write_bytes(_jpeg(30))
+    (images / "rows.jsonl").write_text(json.dumps({"id": "r1", "caption": "c", "image_path": "p.jpg"}) + "\n")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "f1.jpg").write_bytes(_jpeg(31))
+    (folder / "f1.txt").write_text("folder caption")
+    embedded = tmp_path / "embedded"
+    embedded.mkdir()
+    pq.write_table(pa.table({"id": ["e1"], "caption": ["c"], "image_bytes": [_jpeg(32)]}), embedded / "rows.parquet")
+    inputs = [InputConfig(path=str(images / "rows.jsonl")), InputConfig(path=str(folder)),
+              InputConfig(path=str(embedded / "rows.parquet"))]
+
+    def check(samples):
+        got = sorted((s.source, s.images[0].bytes is None, s.images[0].span is not None) for s in samples)
+        assert got == [("embedded", False, False), ("folder", True, True), ("jsonl", True, True)], got
+        for s in samples:
+            assert hashlib.sha256(s.images[0].load_bytes()).hexdigest()  # readable either way
+
+    with beam.Pipeline() as pipeline:
+        assert_that((pipeline | ReadInputs(inputs))["kept"], check)
+
+
+def test_curated_output_is_byte_identical_with_and_without_spans(tmp_path, monkeypatch):
+    """The same job, once moving spans and once carrying the bytes through every shuffle (spans disabled)."""
+    from vlmloom.pipelines import sources
+    from vlmloom.pipelines.curate import curate, load_config
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    members = []
+    for i in range(12):
+        members += [(f"s{i:02d}.jpg", _jpeg(40 + i, orientation=6 if i % 4 == 0 else 1)), (f"s{i:02d}.txt", f"c {i}".encode())]
+    members += [("bad.jpg", b"not an image"), ("bad.txt", b"x")]
+    _write_tar(raw / "a.tar", members)
+
+    def run(out):
+        config = load_config({"inputs": [{"path": str(raw / "a.tar")}], "output": str(out),
+                              "disable": ["language", "heuristics"],
+                              "output_format": {"samples_per_shard": 5, "buckets": 3}})
+        return curate(config)
+
+    run(tmp_path / "spans")
+    monkeypatch.setattr(sources, "_raw_local_file", lambda path: None)
+    run(tmp_path / "carried")
+    files = sorted(p.relative_to(tmp_path / "spans") for p in (tmp_path / "spans").rglob("*")
+                   if p.is_file() and p.name not in ("report.json", "report.html"))
+    assert any(str(f).startswith("shards/") for f in files)
+    for rel in files:
+        assert (tmp_path / "spans" / rel).read_bytes() == (tmp_path / "carried" / rel).read_bytes(), rel
