@@ -34,6 +34,7 @@ from apache_beam.metrics import Metrics
 from vlmloom.curation import components, hashing, neardup
 from vlmloom.curation.base import Verdict
 from vlmloom.curation.neardup import DedupConfig
+from vlmloom.pipelines.shuffle import keyed, sample_key, unpickled
 from vlmloom.pipelines.stages import KEPT, REJECTED, Fixed, route
 from vlmloom.schemas.config import config_hash
 from vlmloom.schemas.records import Sample
@@ -116,7 +117,7 @@ def _duplicate_verdict(reason: str, joined: tuple[Sample, list[str]]) -> tuple[S
 
 def _with_decisions(element):
     _, joined = element
-    for sample in joined["sample"]:
+    for sample in unpickled(joined["sample"]):
         yield sample, sorted(joined["representative"])
 
 
@@ -129,8 +130,8 @@ class _DedupTransform(beam.PTransform):
         self._hash, self._max_error_ratio = config_hash_, max_error_ratio
 
     def _route(self, samples, decisions, stage: str, reason: str):
-        keyed = samples | "ByKey" >> beam.Map(lambda s: (s.key, s))
-        joined = ({"sample": keyed, "representative": decisions} | "JoinDecisions" >> beam.CoGroupByKey()
+        by_key = samples | "ByKey" >> keyed(sample_key)
+        joined = ({"sample": by_key, "representative": decisions} | "JoinDecisions" >> beam.CoGroupByKey()
                   | "WithDecisions" >> beam.FlatMap(_with_decisions))
         kept, rejected = route(joined, "Route", stage, Fixed(partial(_duplicate_verdict, reason)), self._hash,
                                max_error_ratio=self._max_error_ratio)

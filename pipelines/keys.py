@@ -11,7 +11,7 @@ from __future__ import annotations
 import apache_beam as beam
 from vlmloom.curation import readers
 from vlmloom.pipelines import progress
-from vlmloom.schemas.records import Sample
+from vlmloom.pipelines.shuffle import keyed, sample_key, unpickled
 
 KEPT, REJECTED = "kept", "rejected"
 
@@ -20,9 +20,9 @@ class _ChooseOne(progress.CountingDoFn):
     def __init__(self):
         self._dropped = progress.counter(readers.READ_STAGE, f"dropped_{readers.DUPLICATE_KEY}")
 
-    def process(self, item: tuple[str, list[Sample]]):
-        _, samples = item
-        samples = list(samples)
+    def process(self, item: tuple[str, list[bytes]]):
+        _, values = item
+        samples = list(unpickled(values))
         if len(samples) == 1:
             yield samples[0]
             return
@@ -38,7 +38,7 @@ class UniqueKeys(beam.PTransform):
 
     def expand(self, samples):
         out = (samples
-               | "ByKey" >> beam.Map(lambda s: (s.key, s))
+               | "ByKey" >> keyed(sample_key)
                | "GroupByKey" >> beam.GroupByKey()
                | "ChooseOne" >> beam.ParDo(_ChooseOne()).with_outputs(REJECTED, main=KEPT))
         return {KEPT: out[KEPT], REJECTED: out[REJECTED]}

@@ -18,11 +18,13 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from functools import partial
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from vlmloom.pipelines.shuffle import keyed, unpickled
 from vlmloom.schemas import formats
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.curated import MAX_BUCKETS, bucket_parts, bucket_shards, key_bucket
@@ -63,8 +65,12 @@ def write_atomic(path: str, data: bytes) -> None:
     FileSystems.rename([tmp], [path])
 
 
+def _sample_bucket(buckets: int, sample: Sample) -> int:
+    return key_bucket(sample.key, buckets)
+
+
 class _WriteShards(beam.DoFn):
-    """(bucket, [Sample]) → the bucket's shards under the output directory; yields (bucket, manifest rows)."""
+    """(bucket, [pickled Sample]) → the bucket's shards under the output directory; yields (bucket, manifest rows)."""
 
     def __init__(self, out_dir: str, config: OutputConfig):
         self._dir = out_dir
@@ -73,7 +79,8 @@ class _WriteShards(beam.DoFn):
         self._samples = Metrics.counter("write", "samples")
 
     def process(self, item):
-        bucket, samples = item
+        bucket, values = item
+        samples = unpickled(values)
         rows: list[dict] = []
         nshards = 0
         for relative, data in bucket_shards(bucket, samples, rows, samples_per_shard=self._cfg.samples_per_shard,
@@ -123,7 +130,7 @@ class WriteCurated(beam.PTransform):
         # inputs would be materialised by the local runner (every sample encoded and decoded once more). The
         # light rest (manifest rows, rejections, bucket ids) meets in a second grouping that writes the parts.
         rows = (samples
-                | "KeptByBucket" >> beam.Map(lambda s: (key_bucket(s.key, buckets), s))
+                | "KeptByBucket" >> keyed(partial(_sample_bucket, buckets), int)
                 | "GroupByBucket" >> beam.GroupByKey()
                 | "WriteShards" >> beam.ParDo(_WriteShards(self._dir, self._cfg)))
         ids = samples.pipeline | "BucketIds" >> beam.Create([(b, None) for b in range(buckets)], reshuffle=False)
