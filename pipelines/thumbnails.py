@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -25,7 +26,13 @@ IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
 class Shown:
     url: str | None  # data URL of a JPEG thumbnail, None when the image cannot be shown
     text: str  # the sample's text (caption / document), for text near-duplicates
-    phash: str | None = None  # pHash of image 0 as decode measures it (16 hex digits), for distances
+    image: bytes | None = field(default=None, repr=False)  # image 0's encoded bytes, for `phash`
+
+    @functools.cached_property
+    def phash(self) -> str | None:
+        """pHash of image 0 as decode measures it (16 hex digits), for distances; computed when first asked
+        (only near-duplicate image pairs do: it costs the report process imagehash's scipy import)."""
+        return _phash(self.image) if self.image else None
 
 
 def _thumbnail_url(data: bytes, side: int = 128) -> str | None:
@@ -115,7 +122,7 @@ def rejected_records(input_paths: dict[str, list[str]], wanted: set[tuple[str, s
                 sample = readers.record_to_sample(readers.RawRecord(source_id, files, f"{path}#{source_id}"), source)
                 text = getattr(sample, "text", None) or ""
                 found[(source, source_id)] = Shown(_thumbnail_url(images[0]) if images else None, text,
-                                                   _phash(images[0]) if images else None)
+                                                   images[0] if images else None)
             scanned += _size(path)
     return found
 
