@@ -141,12 +141,10 @@ def _folder_root(path: str) -> str:
     return fixed.rstrip("/") if fixed.endswith("/") else posixpath.dirname(fixed)
 
 
-def _raw_local_file(path: str) -> str | None:
-    """`path` when it is a local file that FileSystems.open reads byte for byte (no compression by extension):
-    its members' bytes can then be re-read by offset (ImageRef.span) instead of riding the shuffles."""
-    if "://" in path or CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED:
-        return None
-    return os.path.abspath(path)
+def _reads_raw(path: str) -> bool:
+    """Is `path` a local file that FileSystems.open reads byte for byte (no compression by extension)? Its bytes
+    can then be re-read by offset (ImageRef.span) instead of riding the shuffles."""
+    return "://" not in path and CompressionTypes.detect_compression_type(path) == CompressionTypes.UNCOMPRESSED
 
 
 def _read_rejection(source: str, source_id: str, reason: str, detail: str) -> Rejection:
@@ -176,7 +174,7 @@ class _ReadTar(progress.CountingDoFn):
                                   f"{path}: {type(exc).__name__}: {exc}")
             return
         with fh:
-            for item in readers.iter_tar_records(fh, path, _raw_local_file(path)):
+            for item in readers.iter_tar_records(fh, path, path if _reads_raw(path) else None):
                 self._read.inc()
                 count += 1
                 if count % PROGRESS_EVERY == 0:
@@ -207,7 +205,7 @@ class _ReadManifest(progress.CountingDoFn):
                                                                  "symlink) outside its folder")
             with FileSystems.open(full) as fh:
                 data = readers.read_bytes(fh)
-            if _raw_local_file(full):
+            if _reads_raw(full):
                 opened[rel] = os.path.realpath(full)  # where the symlink check resolved it
             return data
 
@@ -277,7 +275,7 @@ class _ReadFolderRecord(progress.CountingDoFn):
                 return
         first = sorted(files)[0]
         spans = {ext: (os.path.realpath(path), 0, len(data[ext])) for ext, path in files.items()
-                 if _raw_local_file(path)}  # the whole file, re-read where the symlink check resolved it
+                 if _reads_raw(path)}  # the whole file, re-read where the symlink check resolved it
         yield readers.record_to_sample(
             readers.RawRecord(source_id, data, files[first][:-len(first) - 1], member_uris=dict(files), spans=spans),
             self._source, self._kind)

@@ -204,10 +204,9 @@ class Sample:
         # What dataclasses.asdict gives, without its deep copy of every leaf: this runs once per written sample,
         # and signals/meta become JSON text anyway.
         row = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in ("signals", "meta")}
-        for img in row["images"]:
+        for img, image in zip(row["images"], self.images):
             del img["span"]  # transport state, not part of the record (ImageRef.span)
-            if not with_bytes:
-                img["bytes"] = None
+            img["bytes"] = image.load_bytes() if with_bytes else None  # spanned bytes are read, never left out
         row["signals"] = json.dumps(self.signals, sort_keys=True, default=_json_default)
         row["meta"] = json.dumps(self.meta, sort_keys=True, ensure_ascii=False, default=_json_default)
         return row

@@ -104,6 +104,7 @@ def test_load_attach_release_and_accessors(tmp_path):
     release_bytes(sample)
     assert ref.bytes is None and sample.images[1].bytes == b"inline"  # no span: the bytes stay
     assert "span" not in sample.to_row()["images"][0]
+    assert sample.to_row()["images"][0]["bytes"] == data and ref.bytes is None  # a spanned image's row has its bytes
     assert ImageRef(uri="x").has_bytes is False and ImageRef(uri="x").nbytes == 0
 
 
@@ -234,7 +235,7 @@ def test_curated_output_is_byte_identical_with_and_without_spans(tmp_path, monke
         return curate(config)
 
     run(tmp_path / "spans")
-    monkeypatch.setattr(sources, "_raw_local_file", lambda path: None)
+    monkeypatch.setattr(sources, "_reads_raw", lambda path: False)
     run(tmp_path / "carried")
     files = sorted(p.relative_to(tmp_path / "spans") for p in (tmp_path / "spans").rglob("*")
                    if p.is_file() and p.name not in ("report.json", "report.html"))
