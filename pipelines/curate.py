@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -229,6 +230,7 @@ def curate(config: CurateConfig, beam_args: list[str] | None = None, progress: b
     output = config.output
     work_dir = _prepare_output(output, config.overwrite)
     started = time.time()
+    pipeline = None
     try:
         options = _beam_options(list(beam_args or []))
         pipeline = beam.Pipeline(options=options)
@@ -247,6 +249,8 @@ def curate(config: CurateConfig, beam_args: list[str] | None = None, progress: b
         report_mod.check_accounting(report)
         write_atomic(join(work_dir, formats.SUCCESS_FILE), b"")
     except BaseException:
+        if pipeline is not None:  # a graph that failed to build never ran: Beam's run() would have removed it
+            shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
         if _is_local(output) and work_dir != output:
             discard_staging(work_dir)
         raise

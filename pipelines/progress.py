@@ -22,6 +22,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from vlmloom.pipelines.heap import settle_worker_heap
 from vlmloom.schemas.progress import PROGRESS_ENV, flush_tally, progress_bar, read_tallies, tally
 
 REFRESH_SECONDS = 1.0
@@ -46,7 +47,11 @@ def counter(namespace: str, name: str) -> MirroredCounter:
 
 class CountingDoFn(beam.DoFn):
     """Base of DoFns that use `counter()`: the tally is written at the end of every bundle, so a finished run's
-    files hold every count."""
+    files hold every count. Its set-up settles an SDK worker's start-up heap (pipelines/heap.py): every job
+    reads through one, so each worker process freezes its heap before the first sample."""
+
+    def setup(self) -> None:
+        settle_worker_heap()
 
     def finish_bundle(self) -> None:
         flush_tally()

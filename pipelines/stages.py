@@ -55,6 +55,7 @@ class RouteDoFn(progress.CountingDoFn):
         self._counters: dict[str, Any] = {}
 
     def setup(self) -> None:
+        super().setup()
         self._decide = self._make_decide()
 
     def process(self, element, *side_inputs):

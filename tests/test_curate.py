@@ -212,6 +212,21 @@ def test_failed_job_leaves_no_output(corpus, tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith("failed")]
 
 
+def test_a_job_that_fails_to_build_leaves_no_beam_temp_dir(tmp_path, monkeypatch):
+    """Beam makes a temp dir per Pipeline and removes it at the end of run(); a graph that fails to build never
+    runs, so curate removes it itself."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    config = load_config({"inputs": [{"path": str(tmp_path / "nothing-*.tar")}], "output": str(tmp_path / "out")})
+    with pytest.raises(ConfigError, match="nothing-"):
+        curate(config)
+    assert os.listdir(scratch) == []
+    assert not (tmp_path / "out").exists()
+
+
 def test_empty_input_writes_an_empty_but_valid_output(tmp_path):
     import tarfile
 

@@ -9,6 +9,7 @@ stage that broadcasts or gathers per-record data fails here: route its decisions
 """
 import json
 import re
+import shutil
 
 import apache_beam as beam
 from apache_beam.pipeline import PipelineVisitor
@@ -79,6 +80,7 @@ def _graph(tmp_path):
     stages = build_pipeline(pipeline, config, str(tmp_path / "out"))
     visitor = _Collect()
     pipeline.visit(visitor)
+    shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)  # Beam removes it in run(); this one never runs
     return stages, visitor.found
 
 
@@ -107,6 +109,7 @@ def test_the_walk_detects_a_broadcast(tmp_path):
     _ = samples | "Everything" >> beam.combiners.ToList()
     visitor = _Collect()
     pipeline.visit(visitor)
+    shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
     offending = {(label, kind) for label, kind, _ in visitor.found if _allowed(label, kind) is None}
     assert ("near_dup_text/Route", "side_input") in offending
     assert any(kind == "global_combine" and label.startswith("Everything") for label, kind in offending)
