@@ -10,7 +10,9 @@ bucket writer (`write_curated_dir`), so it does all the work the pipeline does, 
 DirectRunner with 1 worker (in-process) and 2 workers (multi_processing). Every row runs in a fresh process
 (rows interleaved over --repeat rounds, best kept), so no row inherits another's heap or caches. The pipeline's
 time is the whole `curate` call (start-up, report and report.html included). Ratio = pipeline / bare loop;
-per worker = ratio / workers. Then near-duplicate clustering of 1M synthetic pHashes (incl. a bucket of
+per worker = ratio / workers. Also printed: every run's CPU seconds (its worker processes included) and the
+hypervisor's steal meanwhile, and the ratios within each round with their median (a shared VM drifts by more
+than the overheads measured here, so a row's best can come from a faster minute than its baseline's). Then near-duplicate clustering of 1M synthetic pHashes (incl. a bucket of
 100k identical ones) with `curation.neardup.cluster_phashes`: time and peak RSS.
 """
 from __future__ import annotations
@@ -132,6 +134,23 @@ def _in_subprocess(kind: str, corpus: str, work: str, workers: int = 1) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _paired_rounds(runs: list[tuple[str, int, dict]], per_round: int) -> None:
+    """Ratios within each round (its rows ran back to back, so on this machine's same phase; a shared VM's speed
+    drifts by more than the effects measured here), and their median: less at the mercy of one lucky row than
+    best-of per row."""
+    import statistics
+
+    ratios: dict[int, list[float]] = {1: [], 2: []}
+    print("\nPer round, against that round's bare loop + write\n\n| round | 1 worker | 2 workers, per worker |\n|---|---|---|")
+    for start in range(0, len(runs), per_round):
+        got = {(kind, workers): r["seconds"] for kind, workers, r in runs[start:start + per_round]}
+        base = got[("bare_write", 1)]
+        for workers in ratios:
+            ratios[workers].append(base / got[("pipeline", workers)] / workers)
+        print(f"| {start // per_round + 1} | {ratios[1][-1]:.2f} | {ratios[2][-1]:.2f} |")
+    print(f"| median | {statistics.median(ratios[1]):.2f} | {statistics.median(ratios[2]):.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=3000, help="demo corpus size (clean samples)")
@@ -188,6 +207,7 @@ def main() -> None:
         for kind, workers, got in runs:
             print(f"| {kind} | {workers} | {got['seconds']:.1f} | {got['cpu']:.1f} | {got['cpu'] / n * 1000:.2f} "
                   f"| {got['steal']:.1f} |")
+        _paired_rounds(runs, len(rows))
         neardup_scale(args.hashes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
