@@ -262,7 +262,10 @@ def test_killed_job_leaves_no_visible_output(corpus, tmp_path):
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "vlmloom.cli.main", "curate", os.path.join(corpus_dir, "tars", "*.tar"),
                "--output", str(out), "--set", "output.samples_per_shard=1", "--set", "disable=[language]"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scratch = tmp_path / "tmp"  # the killed process's own temp files (Beam's pipeline temp dir) stay in here
+    scratch.mkdir()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "TMPDIR": str(scratch)})
 
     def shard_files():  # final and temporary shard names in any staging directory
         return glob.glob(os.path.join(str(tmp_path), "killed.tmp-*", "shards", "*"))
