@@ -12,8 +12,9 @@ DirectRunner with 1 worker (in-process) and 2 workers (multi_processing). Every 
 time is the whole `curate` call (start-up, report and report.html included). Ratio = pipeline / bare loop;
 per worker = ratio / workers. Also printed: every run's CPU seconds (its worker processes included) and the
 hypervisor's steal meanwhile, and the ratios within each round with their median (a shared VM drifts by more
-than the overheads measured here, so a row's best can come from a faster minute than its baseline's). Then near-duplicate clustering of 1M synthetic pHashes (incl. a bucket of
-100k identical ones) with `curation.neardup.cluster_phashes`: time and peak RSS.
+than the overheads measured here, so a row's best can come from a faster minute than its baseline's). Then
+near-duplicate clustering of 1M synthetic pHashes (incl. a bucket of 100k identical ones) with
+`curation.neardup.cluster_phashes`: time and peak RSS.
 """
 from __future__ import annotations
 

@@ -3,13 +3,14 @@
     class MyDoFn(progress.CountingDoFn): ...   # CountingDoFn.setup() calls settle_worker_heap()
 
 A worker imports Beam, gRPC, protobuf, pyarrow, PIL, numpy, ... before its first bundle: ~140k GC-tracked objects
-(`len(gc.get_objects())` after importing the harness and vlmloom.pipelines.curate) that live as long as the process. CPython's cyclic GC walks every one of them at each full
-collection while samples stream through, and once more when the process exits; Beam's local runner closes its
-workers one after the other, so every exit is on the job's clock. `gc.freeze()` moves the objects alive at that
+(`len(gc.get_objects())` after importing the harness and vlmloom.pipelines.curate) that live as long as the
+process. CPython's cyclic GC walks every one of them at each full collection while samples stream through, and
+once more when the process exits; Beam's local runner closes its workers one after the other, so every exit is on
+the job's clock. `gc.freeze()` moves the objects alive at that
 moment to the permanent generation, which no collection visits (reference counting still frees them as usual).
 Measured here: a process that imported `apache_beam.runners.worker.sdk_worker_main` takes 0.45 s to exit, 0.05 s
 with its heap frozen; Beam's shut-down of a 2-worker curate job (bench/beam_timeline.py) went from 0.85–0.91 s
-to 0.13–0.19 s.
+to 0.13–0.22 s.
 
 Only in a process dedicated to Beam's SDK harness: one whose `__main__` is `sdk_worker_main` (the DirectRunner's
 worker processes, and the boot entry point of the SDK container that Dataflow, Flink and Spark start) or

@@ -78,10 +78,15 @@ def _graph(tmp_path):
     config = load_config(_every_stage_config(tmp_path))
     pipeline = beam.Pipeline()
     stages = build_pipeline(pipeline, config, str(tmp_path / "out"))
+    return stages, _walk(pipeline)
+
+
+def _walk(pipeline) -> list:
+    """What _Collect finds in a graph that is built, never run."""
     visitor = _Collect()
     pipeline.visit(visitor)
-    shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)  # Beam removes it in run(); this one never runs
-    return stages, visitor.found
+    shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)  # Beam removes it at the end of run(); none here
+    return visitor.found
 
 
 def test_every_stage_is_on(tmp_path):
@@ -107,9 +112,6 @@ def test_the_walk_detects_a_broadcast(tmp_path):
     decisions = samples | "Decisions" >> beam.Map(lambda kv: kv)
     _ = samples | "near_dup_text/Route" >> beam.Map(lambda kv, d: kv, beam.pvalue.AsDict(decisions))
     _ = samples | "Everything" >> beam.combiners.ToList()
-    visitor = _Collect()
-    pipeline.visit(visitor)
-    shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
-    offending = {(label, kind) for label, kind, _ in visitor.found if _allowed(label, kind) is None}
+    offending = {(label, kind) for label, kind, _ in _walk(pipeline) if _allowed(label, kind) is None}
     assert ("near_dup_text/Route", "side_input") in offending
     assert any(kind == "global_combine" and label.startswith("Everything") for label, kind in offending)
