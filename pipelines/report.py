@@ -3,15 +3,17 @@ The HTML page is report_html.py; the thumbnails it shows are read back by thumbn
 
 Built from what the job wrote (the manifest/ and rejected/ parts) and Beam's counters, not from separate
 bookkeeping: the funnel's drops are the rejection rows, and `read/records` (every raw record the
-sources saw) must equal kept + rejected.
+sources saw) must equal kept + rejected. The rows are summed where they are written, one bucket per worker
+(`ReportStats`, merged by a global combine of bounded size), so the driver never reads the corpus' rows back:
+at a billion records the report costs what one bucket costs, not a pass over every part.
 """
 from __future__ import annotations
 
-import collections
 import io
 import json
 import posixpath
-from typing import Any
+from fractions import Fraction
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,6 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from vlmloom.schemas import formats
 from vlmloom.schemas.charts import histogram
 from vlmloom.schemas.config import to_dict
+from vlmloom.schemas.curated import key_bucket
 from vlmloom.schemas.records import REJECTION_SCHEMA
 
 
@@ -27,21 +30,50 @@ class AccountingError(RuntimeError):
     pass
 
 
-def read_table(path: str):
+def read_table(path: str, columns: list[str] | None = None):
     with FileSystems.open(path) as fh:
-        return pq.read_table(io.BytesIO(fh.read()))
+        return pq.read_table(io.BytesIO(fh.read()), columns=columns)
+
+
+def part_paths(out_dir: str, sub: str) -> list[str]:
+    """The `sub/*.parquet` parts of a curated directory (formats.py), in part (= bucket) order."""
+    match = FileSystems.match([FileSystems.join(out_dir, sub, "*.parquet")])[0].metadata_list
+    return sorted(m.path for m in match if not posixpath.basename(m.path).startswith((".", "_")))
+
+
+def iter_parts(out_dir: str, sub: str, columns: list[str] | None = None) -> Iterator[list[dict[str, Any]]]:
+    """The rows of each part of `sub`, one part at a time (what a reader holds is one bucket, not the
+    corpus); `columns`: only these."""
+    for path in part_paths(out_dir, sub):
+        yield read_table(path, columns).to_pylist()
+
+
+def rows_for_keys(out_dir: str, sub: str, keys: set[str], columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of `sub` whose key is in `keys`, reading only those keys' buckets' parts (a key's bucket is
+    curated.key_bucket of the key and the part count: every bucket writes its part)."""
+    paths = part_paths(out_dir, sub)
+    names = [posixpath.basename(p) for p in paths]
+    if names == [formats.part_name(b) for b in range(len(paths))]:
+        wanted = sorted({key_bucket(k, len(paths)) for k in keys})
+        paths = [paths[b] for b in wanted]
+    found = []
+    for path in paths:  # a directory with parts missing: every part is searched
+        table = read_table(path, columns)
+        found += [row for row in table.to_pylist() if row["key"] in keys]
+    return found
 
 
 def read_parts(out_dir: str, sub: str, schema) -> list[dict[str, Any]]:
-    """The rows of every `sub/*.parquet` part of a curated directory (formats.py), in part order."""
-    match = FileSystems.match([FileSystems.join(out_dir, sub, "*.parquet")])[0].metadata_list
-    paths = sorted(m.path for m in match if not posixpath.basename(m.path).startswith((".", "_")))
+    """Every row of `sub/*.parquet` at once, in part order. For tools and tests on small outputs; the report
+    and report.html stream (`iter_parts`) or use the job's aggregates (`ReportStats`)."""
+    paths = part_paths(out_dir, sub)
     return pa.concat_tables([read_table(p) for p in paths] or [schema.empty_table()]).to_pylist()
 
 
 def read_manifest(out_dir: str) -> list[dict[str, Any]]:
     """The kept samples' manifest rows of a curated directory (local or object store). Every reader of the
-    curated layout (report, HTML page, inspect, trace) goes through here, so the layout changes in one place."""
+    curated layout (report, HTML page, inspect, trace) goes through this module, so the layout changes in one
+    place."""
     return read_parts(out_dir, formats.MANIFEST_DIR, formats.MANIFEST_SCHEMA)
 
 
@@ -51,30 +83,191 @@ def read_rejections(out_dir: str) -> list[dict[str, Any]]:
 
 
 SIDE_EDGES = [0, 128, 256, 512, 1024, 2048, None]
+ASPECT_EDGES = [None, 0.5, 0.75, 0.9, 1.1, 1.33, 2, None]
+TEXT_EDGES = [0, 16, 64, 256, 1024, 4096, None]
 # Histograms are {"edges": [...], "counts": [...]} (schemas/charts.histogram): None opens an end, so negative
 # values (a CLIP cosine below 0) are ordinary numbers and bins keep their order in JSON.
+VALUE_SECTIONS = {  # numeric signal on kept samples → (report section, its count's name, histogram edges)
+    "clip_score": ("clip", "scored", [None, 0, 0.1, 0.2, 0.3, 0.4, 0.5, None]),
+    "ocr_char_accuracy": ("ocr_char_accuracy", "count", [None, 0.5, 0.8, 0.9, 0.95, 0.99, None]),
+    "ocr_lines": ("ocr_lines", "count", [0, 1, 2, 4, 8, 16, None]),
+    "grounding_boxes": ("grounding_boxes", "count", [0, 1, 2, 4, 8, 16, None]),
+}
+STATS_COLUMNS = {  # what ReportStats reads of each part
+    formats.MANIFEST_DIR: ["source", "kind", "shard", "width", "height", "text_chars", "signals"],
+    formats.REJECTED_DIR: ["source", "stage", "reason", "fields"],
+}
 
 
-def build_report(out_dir: str, stage_names: list[str], counters: dict[str, int], config, seconds: float) -> dict[str, Any]:
-    manifest, rejected = read_manifest(out_dir), read_rejections(out_dir)
-    kept, dropped = len(manifest), len(rejected)
+def _add(into: dict, other: dict) -> None:
+    """Add nested counts: ints add, lists add by position, dicts recurse."""
+    for key, value in other.items():
+        if isinstance(value, dict):
+            _add(into.setdefault(key, {}), value)
+        elif isinstance(value, list):
+            have = into.setdefault(key, [0] * len(value))
+            into[key] = [a + b for a, b in zip(have, value)]
+        else:
+            into[key] = into.get(key, 0) + value
+
+
+def _count(into: dict, *path: str) -> None:
+    for name in path[:-1]:
+        into = into.setdefault(name, {})
+    into[path[-1]] = into.get(path[-1], 0) + 1
+
+
+class ReportStats:
+    """What report.json says of the kept and dropped rows, as bounded aggregates that merge in any order to the
+    same result: counts per kind, source, language, stage and reason; histogram bins on fixed edges; exact sums
+    (fractions) for means. Its size grows with the number of distinct sources, languages and reason codes,
+    never with the number of records, so the job computes it where the rows are written (one bucket per
+    worker, `sink._WriteParts`) and merges it in a global combine; `from_parts` streams a finished directory
+    part by part instead (the same numbers: tests/test_report.py).
+
+    `shards` counts distinct shard names per `add` call and sums them: each call must see whole buckets (a
+    shard never spans buckets)."""
+
+    def __init__(self, counts: dict | None = None, sums: dict[str, Fraction] | None = None):
+        self.counts: dict[str, Any] = counts or {}
+        self.sums: dict[str, Fraction] = sums or {}
+
+    def add(self, rows: Iterable[dict[str, Any]], rejections: Iterable[dict[str, Any]]) -> "ReportStats":
+        """Manifest rows (formats.MANIFEST_SCHEMA) and rejection rows (records.REJECTION_SCHEMA) of one bucket."""
+        c = self.counts
+        shards: set[str] = set()
+        sides: dict[str, list[float]] = {"width": [], "height": [], "aspect_ratio": [], "text_chars": []}
+        values: dict[str, list[float]] = {name: [] for name in VALUE_SECTIONS}
+        for row in rows:
+            _count(c, "kept")
+            _count(c, "kinds", row["kind"])
+            _count(c, "sources", row["source"])
+            _count(c, "by_source", row["source"], "kept")
+            shards.add(row["shard"])
+            width, height = row["width"], row["height"]
+            if width:
+                sides["width"].append(width)
+            if height:
+                sides["height"].append(height)
+            if width and height:
+                sides["aspect_ratio"].append(width / height)
+            sides["text_chars"].append(row["text_chars"])
+            signals = json.loads(row["signals"]) if row["signals"] else {}
+            _count(c, "languages", str(signals.get("lang", "und")))
+            for name in VALUE_SECTIONS:
+                if signals.get(name) is not None:
+                    values[name].append(signals[name])
+            if "text_choice" in signals:
+                _count(c, "text_choices", str(signals["text_choice"]))
+        c["shards"] = c.get("shards", 0) + len(shards)
+        edges = {"width": SIDE_EDGES, "height": SIDE_EDGES, "aspect_ratio": ASPECT_EDGES, "text_chars": TEXT_EDGES}
+        _add(c, {"histograms": {name: histogram(v, edges[name])["counts"] for name, v in sides.items()}})
+        for name, found in values.items():
+            if found:
+                _add(c, {"values": {name: {"count": len(found),
+                                           "bins": histogram(found, VALUE_SECTIONS[name][2])["counts"]}}})
+                self.sums[name] = self.sums.get(name, Fraction(0)) + sum(map(Fraction, found))
+        for row in rejections:
+            source = row["source"] or "?"
+            _count(c, "rejected")
+            _count(c, "dropped", row["stage"], row["reason"])
+            _count(c, "by_source", source, "rejected")
+            _count(c, "by_source_reasons", source, row["reason"])
+            if row["stage"] == "contamination" and row["reason"].startswith("benchmark_"):
+                fields = json.loads(row["fields"]) if row.get("fields") else {}
+                _count(c, "contamination", str(fields.get("contamination_benchmark", "?")), row["reason"])
+        return self
+
+    def merge(self, other: "ReportStats") -> "ReportStats":
+        _add(self.counts, other.counts)
+        for name, total in other.sums.items():
+            self.sums[name] = self.sums.get(name, Fraction(0)) + total
+        return self
+
+    def to_json(self) -> bytes:
+        sums = {name: [total.numerator, total.denominator] for name, total in self.sums.items()}
+        return json.dumps({"counts": self.counts, "sums": sums}, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "ReportStats":
+        raw = json.loads(data)
+        return cls(raw["counts"], {name: Fraction(n, d) for name, (n, d) in raw["sums"].items()})
+
+    @classmethod
+    def from_parts(cls, out_dir: str) -> "ReportStats":
+        """Stream a finished curated directory's parts (one bucket in memory at a time)."""
+        stats = cls()
+        for sub in (formats.MANIFEST_DIR, formats.REJECTED_DIR):
+            for rows in iter_parts(out_dir, sub, STATS_COLUMNS[sub]):
+                stats.add(rows, []) if sub == formats.MANIFEST_DIR else stats.add([], rows)
+        return stats
+
+    def sections(self) -> dict[str, Any]:
+        """report.json's `sections`: summaries of the signals model stages leave, contamination hits."""
+        out: dict[str, Any] = {}
+        for name, (section, count_name, edges) in VALUE_SECTIONS.items():
+            found = self.counts.get("values", {}).get(name)
+            if found:
+                out[section] = {count_name: found["count"],
+                                "mean": round(float(self.sums[name] / found["count"]), 4),
+                                "histogram": {"edges": list(edges), "counts": found["bins"]}}
+        if self.counts.get("text_choices"):
+            out["recaption"] = dict(sorted(self.counts["text_choices"].items()))
+        if self.counts.get("contamination"):
+            out["contamination"] = {name: dict(sorted(c.items())) for name, c in
+                                    sorted(self.counts["contamination"].items())}
+        return out
+
+    def report_fields(self, stage_names: list[str], input_records: int) -> dict[str, Any]:
+        """The parts of report.json that come from the rows: funnel, kinds, sources, shards, languages,
+        by_source, histograms, sections."""
+        c = self.counts
+        dropped = {stage: dict(reasons) for stage, reasons in c.get("dropped", {}).items()}
+        funnel, remaining = [], input_records
+        for stage in stage_names:
+            reasons = dict(sorted(dropped.pop(stage, {}).items()))
+            out = remaining - sum(reasons.values())
+            funnel.append({"stage": stage, "in": remaining, "kept": out, "dropped": reasons})
+            remaining = out
+        for stage, reasons in sorted(dropped.items()):  # stages outside the main chain (none expected)
+            funnel.append({"stage": stage, "in": None, "kept": None, "dropped": dict(sorted(reasons.items()))})
+        by_source = {name: {"kept": v.get("kept", 0), "rejected": v.get("rejected", 0),
+                            "reasons": dict(sorted(c.get("by_source_reasons", {}).get(name, {}).items()))}
+                     for name, v in sorted(c.get("by_source", {}).items())}
+        edges = {"width": SIDE_EDGES, "height": SIDE_EDGES, "aspect_ratio": ASPECT_EDGES, "text_chars": TEXT_EDGES}
+        histograms = c.get("histograms", {})
+        return {
+            "funnel": funnel,
+            "kinds": dict(sorted(c.get("kinds", {}).items())),
+            "sources": dict(sorted(c.get("sources", {}).items())),
+            "shards": c.get("shards", 0),
+            "languages": dict(sorted(c.get("languages", {}).items(), key=lambda kv: (-kv[1], kv[0]))),
+            "by_source": by_source,
+            "histograms": {name: {"edges": list(e), "counts": histograms.get(name, [0] * (len(e) - 1))}
+                           for name, e in edges.items()},
+            "sections": self.sections(),
+        }
+
+
+def load_stats(out_dir: str) -> ReportStats:
+    """The aggregates the job left (formats.REPORT_STATS_FILE, then removed: report.json holds them), or, for a
+    directory without them, the same aggregates streamed from its parts."""
+    path = FileSystems.join(out_dir, formats.REPORT_STATS_FILE)
+    if not FileSystems.exists(path):
+        return ReportStats.from_parts(out_dir)
+    with FileSystems.open(path) as fh:
+        stats = ReportStats.from_json(fh.read())
+    FileSystems.delete([path])
+    return stats
+
+
+def build_report(out_dir: str, stage_names: list[str], counters: dict[str, int], config, seconds: float,
+                 stats: ReportStats | None = None) -> dict[str, Any]:
+    """report.json from the job's counters and the rows it wrote (their aggregates: `stats`, else load_stats)."""
+    stats = stats if stats is not None else load_stats(out_dir)
+    kept, dropped = stats.counts.get("kept", 0), stats.counts.get("rejected", 0)
     read_records = counters.get("read/records")
     input_records = read_records if read_records is not None else kept + dropped
-
-    by_stage: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for row in rejected:
-        by_stage[row["stage"]][row["reason"]] += 1
-    funnel, remaining = [], input_records
-    for stage in stage_names:
-        reasons = dict(sorted(by_stage.pop(stage, collections.Counter()).items()))
-        out = remaining - sum(reasons.values())
-        funnel.append({"stage": stage, "in": remaining, "kept": out, "dropped": reasons})
-        remaining = out
-    for stage, reasons in sorted(by_stage.items()):  # stages outside the main chain (none expected)
-        funnel.append({"stage": stage, "in": None, "kept": None, "dropped": dict(reasons)})
-
-    signals = [json.loads(r["signals"]) for r in manifest]
-    langs = collections.Counter(s.get("lang", "und") for s in signals)
     return {
         "format_version": formats.CURATED_FORMAT_VERSION,
         "seconds": round(seconds, 2),
@@ -83,64 +276,17 @@ def build_report(out_dir: str, stage_names: list[str], counters: dict[str, int],
             "balanced": input_records == kept + dropped, "input_count_from": "read/records counter"
             if read_records is not None else "outputs (the runner reported no counters)",
         },
-        "funnel": funnel,
-        "kinds": dict(sorted(collections.Counter(r["kind"] for r in manifest).items())),
-        "sources": dict(sorted(collections.Counter(r["source"] for r in manifest).items())),
-        "shards": len({r["shard"] for r in manifest}),
-        "languages": dict(langs.most_common()),
-        "by_source": _by_source(manifest, rejected),
-        "histograms": {
-            "width": histogram([r["width"] for r in manifest if r["width"]], SIDE_EDGES),
-            "height": histogram([r["height"] for r in manifest if r["height"]], SIDE_EDGES),
-            "aspect_ratio": histogram([r["width"] / r["height"] for r in manifest if r["width"] and r["height"]],
-                                      [None, 0.5, 0.75, 0.9, 1.1, 1.33, 2, None]),
-            "text_chars": histogram([r["text_chars"] for r in manifest], [0, 16, 64, 256, 1024, 4096, None]),
-        },
-        "sections": {**_model_sections(signals), **_rejection_sections(rejected)},
+        **stats.report_fields(stage_names, input_records),
         "counters": dict(sorted(counters.items())),
         "config": to_dict(config),
     }
 
 
 def _model_sections(signals: list[dict[str, Any]]) -> dict[str, Any]:
-    """Summaries of signals that model-backed stages leave on kept samples."""
-    sections: dict[str, Any] = {}
-    clip = [s["clip_score"] for s in signals if "clip_score" in s]
-    if clip:
-        sections["clip"] = {"scored": len(clip), "mean": round(sum(clip) / len(clip), 4),
-                            "histogram": histogram(clip, [None, 0, 0.1, 0.2, 0.3, 0.4, 0.5, None])}
-    for name, edges in (("ocr_char_accuracy", [None, 0.5, 0.8, 0.9, 0.95, 0.99, None]),
-                        ("ocr_lines", [0, 1, 2, 4, 8, 16, None]), ("grounding_boxes", [0, 1, 2, 4, 8, 16, None])):
-        values = [s[name] for s in signals if s.get(name) is not None]
-        if values:
-            sections[name] = {"count": len(values), "mean": round(sum(values) / len(values), 4),
-                              "histogram": histogram(values, edges)}
-    choices = collections.Counter(s["text_choice"] for s in signals if "text_choice" in s)
-    if choices:
-        sections["recaption"] = dict(choices)
-    return sections
-
-
-def _by_source(manifest: list[dict[str, Any]], rejected: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per input source: kept, rejected, and rejections by reason."""
-    out: dict[str, Any] = {}
-    for row in manifest:
-        out.setdefault(row["source"], {"kept": 0, "rejected": 0, "reasons": {}})["kept"] += 1
-    for row in rejected:
-        entry = out.setdefault(row["source"] or "?", {"kept": 0, "rejected": 0, "reasons": {}})
-        entry["rejected"] += 1
-        entry["reasons"][row["reason"]] = entry["reasons"].get(row["reason"], 0) + 1
-    return {name: {**v, "reasons": dict(sorted(v["reasons"].items()))} for name, v in sorted(out.items())}
-
-
-def _rejection_sections(rejected: list[dict[str, Any]]) -> dict[str, Any]:
-    """Contamination hits per benchmark, from the rejections' structured `fields`."""
-    hits: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for row in rejected:
-        if row["stage"] == "contamination" and row["reason"].startswith("benchmark_"):
-            fields = json.loads(row["fields"]) if row.get("fields") else {}
-            hits[fields.get("contamination_benchmark", "?")][row["reason"]] += 1
-    return {"contamination": {name: dict(c) for name, c in sorted(hits.items())}} if hits else {}
+    """The `sections` of kept samples with these signals (for tests and callers with signals in hand)."""
+    rows = [{"source": "", "kind": "", "shard": "", "width": None, "height": None, "text_chars": 0,
+             "signals": json.dumps(s)} for s in signals]
+    return ReportStats().add(rows, []).sections()
 
 
 def check_accounting(report: dict[str, Any]) -> None:

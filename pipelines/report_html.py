@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from vlmloom.pipelines.report import read_manifest, read_rejections
+from vlmloom.pipelines.report import iter_parts, rows_for_keys
 from vlmloom.pipelines.thumbnails import benchmark_items, kept_records, kept_thumbnails, rejected_records
-from vlmloom.schemas import charts
+from vlmloom.schemas import charts, formats
 from vlmloom.schemas.charts import esc
 
 EXAMPLES_PER_REASON = 3
@@ -61,23 +61,49 @@ def _distance(stage: str, rejected, kept, rep_signals: dict[str, Any], fields: d
     return "—"
 
 
-def render_html(out_dir: str, report: dict[str, Any], input_paths: dict[str, list[str]] | None = None) -> str:
-    manifest, rejected = read_manifest(out_dir), read_rejections(out_dir)
-    signals_by_key = {r["key"]: json.loads(r["signals"]) for r in manifest}
-
-    # what to show: a few examples per reason, near-duplicate pairs, contamination hits
+def _selection(out_dir: str, report: dict[str, Any]):
+    """What the page shows of the rejections: EXAMPLES_PER_REASON rows per (stage, reason), the first
+    NEAR_DUPLICATE_PAIRS dedup rejections that name their representative, as many contamination hits. The
+    rejected parts are read one at a time and no further than needed (report.json's funnel says how many rows
+    each reason has), so the page holds a bucket's rows at most, never the corpus'."""
+    need = {(row["stage"], reason): min(n, EXAMPLES_PER_REASON)
+            for row in report["funnel"] for reason, n in row["dropped"].items()}
+    dropped_at: dict[str, int] = {}
+    for row in report["funnel"]:
+        dropped_at[row["stage"]] = dropped_at.get(row["stage"], 0) + sum(row["dropped"].values())
+    # at most this many can exist (a row that names no representative or item makes it fewer: then all is read)
+    most_pairs = min(NEAR_DUPLICATE_PAIRS, sum(dropped_at.get(stage, 0) for stage in DEDUP_STAGES))
+    most_hits = min(NEAR_DUPLICATE_PAIRS, dropped_at.get("contamination", 0))
     examples: dict[tuple[str, str], list[dict]] = {}
-    for row in rejected:
-        bucket = examples.setdefault((row["stage"], row["reason"]), [])
-        if len(bucket) < EXAMPLES_PER_REASON:
-            bucket.append(row)
-    pairs = [(row, representative_of(row)) for row in rejected if row["stage"] in DEDUP_STAGES]
-    pairs = [(row, rep) for row, rep in pairs if rep][:NEAR_DUPLICATE_PAIRS]
-    hits = [row for row in rejected if row["stage"] == "contamination" and _fields(row).get("contamination_item_id")]
+    pairs: list[tuple[dict, str]] = []
+    hits: list[dict] = []
+    for rows in iter_parts(out_dir, formats.REJECTED_DIR):
+        for row in rows:
+            bucket = examples.setdefault((row["stage"], row["reason"]), [])
+            if len(bucket) < EXAMPLES_PER_REASON:
+                bucket.append(row)
+            if row["stage"] in DEDUP_STAGES and len(pairs) < NEAR_DUPLICATE_PAIRS:
+                rep = representative_of(row)
+                if rep:
+                    pairs.append((row, rep))
+            if (row["stage"] == "contamination" and len(hits) < NEAR_DUPLICATE_PAIRS
+                    and _fields(row).get("contamination_item_id")):
+                hits.append(row)
+        if (all(len(examples.get(reason, ())) >= n for reason, n in need.items())
+                and len(pairs) >= most_pairs and len(hits) >= most_hits):
+            break
+    return examples, pairs, hits
+
+
+def render_html(out_dir: str, report: dict[str, Any], input_paths: dict[str, list[str]] | None = None) -> str:
+    examples, pairs, hits = _selection(out_dir, report)
+    reps = {rep for _, rep in pairs}
+    rep_rows = rows_for_keys(out_dir, formats.MANIFEST_DIR, reps, ["key", "shard", "signals"]) if reps else []
+    signals_by_key = {r["key"]: json.loads(r["signals"]) for r in rep_rows}
     wanted = {(r["source"], r["source_id"]) for rows in examples.values() for r in rows}
     wanted |= {(r["source"], r["source_id"]) for r, _ in pairs} | {(r["source"], r["source_id"]) for r in hits}
     shown_rejected = rejected_records(input_paths or {}, wanted)
-    shown_kept = kept_records(out_dir, manifest, {rep for _, rep in pairs}) if pairs else {}
+    shown_kept = kept_records(out_dir, rep_rows, reps) if pairs else {}
     benchmarks = report.get("config", {}).get("models", {}).get("contamination", {}).get("benchmarks", [])
     shown_bench = benchmark_items(list(benchmarks), {(f["contamination_benchmark"], f["contamination_item_id"])
                                                      for f in map(_fields, hits)}) if hits else {}
@@ -145,12 +171,10 @@ def render_html(out_dir: str, report: dict[str, Any], input_paths: dict[str, lis
             ["reason", "dropped sample → benchmark item", "benchmark question", "detail"], rows,
             raw_columns=(1, 2, 3)) + "</section>")
 
-    counts: dict[tuple[str, str], int] = {}
-    for row in rejected:
-        counts[(row["stage"], row["reason"])] = counts.get((row["stage"], row["reason"]), 0) + 1
-    reason_rows = [(stage, reason, n, "<div class='pair'>" + "".join(rejected_thumb(r) for r in examples[(stage, reason)])
+    counts = {(row["stage"], reason): n for row in report["funnel"] for reason, n in row["dropped"].items()}
+    reason_rows = [(stage, reason, n, "<div class='pair'>" + "".join(rejected_thumb(r) for r in examples.get((stage, reason), []))
                     + "</div>",
-                    "<br>".join(esc(f"{r['source_id']}: {r['detail'][:160]}") for r in examples[(stage, reason)]))
+                    "<br>".join(esc(f"{r['source_id']}: {r['detail'][:160]}") for r in examples.get((stage, reason), [])))
                    for (stage, reason), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
     if reason_rows:
         body.append("<h2>Every reason code</h2><section><div class='charts'>" + charts.bar_chart(

@@ -15,6 +15,7 @@ Curated output (`vlmloom curate ... --output DIR`)::
                                one row per dropped record (records.REJECTION_SCHEMA; `fields`: structured
                                values), one part per bucket of the record's key
     DIR/report.json            funnel per stage, counters, config, format version
+    DIR/report.html            the same as one self-contained page (charts, examples, thumbnails)
     DIR/_SUCCESS               written last; readers refuse a directory without it
 
 Buckets: a key's bucket is a range of a stable hash of the key alone (curated.key_bucket), so any worker
@@ -47,6 +48,9 @@ REJECTED_DIR = "rejected"
 REPORT_FILE = "report.json"
 REPORT_HTML_FILE = "report.html"
 SUCCESS_FILE = "_SUCCESS"
+# Transient, not part of the format: the job's merged report aggregates (pipelines.report.ReportStats), written
+# by the pipeline, folded into report.json by the driver and removed before _SUCCESS.
+REPORT_STATS_FILE = ".report_stats.json"
 
 IMAGE_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "bmp": "bmp", "tiff": "tiff"}
 
