@@ -6,8 +6,11 @@
 
 Per-sample work = read from tar + decode/validate (EXIF, RGB, size/aspect/bomb guards) + sha256 + pHash
 (`curation.decode.decode_sample`); the second baseline also writes the kept samples with the pipeline's own
-bucket writer (`write_curated_dir`), so it does all the work the pipeline does, in one plain loop. The pipeline runs read → decode → write (other stages disabled) on the
-DirectRunner with 1 worker (in-process) and 2 workers (multi_processing). Every row runs in a fresh process
+bucket writer (`write_curated_dir`), so it does all the work the pipeline does, in one plain loop. The third
+runs that loop in 2 independent processes over half the tars each, at once (warmed up, started together): what
+this machine itself gives 2 processes, with no runner, no shuffle and no start-up, the ceiling for 2 workers.
+The pipeline runs read → decode → write (other stages disabled) on the DirectRunner with 1 worker (in-process)
+and 2 workers (multi_processing). Every row runs in a fresh process
 (rows interleaved over --repeat rounds, best kept), so no row inherits another's heap or caches. The pipeline's
 time is the whole `curate` call (start-up, report and report.html included). Ratio = pipeline / bare loop;
 per worker = ratio / workers. Also printed: every run's CPU seconds (its worker processes included) and the
@@ -108,9 +111,46 @@ def _steal_seconds() -> float:
         return 0.0
 
 
+def _bare_part(corpus: str, work: str, part: int, parts: int) -> None:
+    """Child of `bare_write_split`: warm up, say ready, wait for the go line on stdin, then the bare loop + write
+    over every `parts`-th tar from `part`; prints its CPU seconds."""
+    import json
+
+    tars = sorted(glob.glob(os.path.join(corpus, "tars", "*.tar")))
+    bare_loop(tars[:1])
+    print("ready", flush=True)
+    sys.stdin.readline()
+    cpu = _cpu_seconds()
+    n = bare_loop(tars[part::parts], os.path.join(work, f"bare_written_{part}_of_{parts}"))
+    print(json.dumps({"cpu": _cpu_seconds() - cpu, "samples": n}), flush=True)
+
+
+def bare_write_split(corpus: str, work: str, parts: int) -> dict:
+    """The machine's own scaling, no Beam: `parts` independent processes run the bare loop + write over their
+    share of the tars at once (warmed up first, started together); seconds until the last one finishes."""
+    import json
+
+    children = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--corpus", corpus, "--measure",
+                                  f"bare_part:{k}:{parts}", "--work", work], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True) for k in range(parts)]
+    for child in children:
+        assert child.stdout.readline().strip() == "ready"
+    steal, t = _steal_seconds(), time.perf_counter()
+    for child in children:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    done = [json.loads(child.communicate()[0].strip().splitlines()[-1]) for child in children]
+    seconds = time.perf_counter() - t
+    return {"seconds": seconds, "cpu": sum(d["cpu"] for d in done), "steal": _steal_seconds() - steal,
+            "samples": sum(d["samples"] for d in done)}
+
+
 def measure(kind: str, corpus: str, work: str, workers: int = 1) -> dict:
-    """One measurement in this process: `bare`, `bare_write` or `pipeline` (with `workers`): seconds, CPU seconds
-    (this process and its worker processes, from the start of the timed part), steal seconds, samples."""
+    """One measurement in this process: `bare`, `bare_write`, `bare_write_split` (over `workers` processes) or
+    `pipeline` (with `workers`): seconds, CPU seconds (this process and its worker processes, from the start of
+    the timed part), steal seconds, samples."""
+    if kind == "bare_write_split":
+        return bare_write_split(corpus, work, workers)
     tars = sorted(glob.glob(os.path.join(corpus, "tars", "*.tar")))
     if kind == "pipeline":  # imported before the clock starts, as the bare loop's imports are: the pipeline's
         import vlmloom.pipelines.curate  # noqa: F401  # time is the curate call (start-up, workers', report included)
@@ -138,18 +178,22 @@ def _in_subprocess(kind: str, corpus: str, work: str, workers: int = 1) -> dict:
 def _paired_rounds(runs: list[tuple[str, int, dict]], per_round: int) -> None:
     """Ratios within each round (its rows ran back to back, so on this machine's same phase; a shared VM's speed
     drifts by more than the effects measured here), and their median: less at the mercy of one lucky row than
-    best-of per row."""
+    best-of per row. The last two columns: what two plain processes reach on this machine (per worker, against
+    one), and the 2-worker pipeline against those two processes (its time / theirs, inverted)."""
     import statistics
 
-    ratios: dict[int, list[float]] = {1: [], 2: []}
-    print("\nPer round, against that round's bare loop + write\n\n| round | 1 worker | 2 workers, per worker |\n|---|---|---|")
+    columns: dict[str, list[float]] = {"1 worker": [], "2 workers, per worker": [],
+                                       "2 bare processes, per process": [], "2 workers vs 2 bare processes": []}
+    print("\nPer round, against that round's bare loop + write\n\n| round | " + " | ".join(columns) + " |\n|"
+          + "---|" * (len(columns) + 1))
     for start in range(0, len(runs), per_round):
         got = {(kind, workers): r["seconds"] for kind, workers, r in runs[start:start + per_round]}
-        base = got[("bare_write", 1)]
-        for workers in ratios:
-            ratios[workers].append(base / got[("pipeline", workers)] / workers)
-        print(f"| {start // per_round + 1} | {ratios[1][-1]:.2f} | {ratios[2][-1]:.2f} |")
-    print(f"| median | {statistics.median(ratios[1]):.2f} | {statistics.median(ratios[2]):.2f} |")
+        base, split = got[("bare_write", 1)], got[("bare_write_split", 2)]
+        for name, value in zip(columns, (base / got[("pipeline", 1)], base / got[("pipeline", 2)] / 2,
+                                         base / split / 2, split / got[("pipeline", 2)])):
+            columns[name].append(value)
+        print(f"| {start // per_round + 1} | " + " | ".join(f"{v[-1]:.2f}" for v in columns.values()) + " |")
+    print("| median | " + " | ".join(f"{statistics.median(v):.2f}" for v in columns.values()) + " |")
 
 
 def main() -> None:
@@ -158,11 +202,16 @@ def main() -> None:
     parser.add_argument("--hashes", type=int, default=1_000_000)
     parser.add_argument("--corpus", default="", help="reuse an existing demo corpus folder")
     parser.add_argument("--profile", action="store_true", help="only cProfile the in-process pipeline")
-    parser.add_argument("--repeat", type=int, default=1, help="measure each row this many times (interleaved), keep the best")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure each row this many times (interleaved), keep the best")
     parser.add_argument("--measure", default="", help=argparse.SUPPRESS)  # internal: one row, in this process
     parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--work", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure.startswith("bare_part:"):
+        _, part, parts = args.measure.split(":")
+        _bare_part(args.corpus, args.work, int(part), int(parts))
+        return
     if args.measure:
         import json
 
@@ -179,7 +228,7 @@ def main() -> None:
         if args.profile:
             profile_pipeline(os.path.join(corpus, "tars", "*.tar"), os.path.join(work, "profiled"))
             return
-        rows = [("bare", 1), ("bare_write", 1), ("pipeline", 1), ("pipeline", 2)]
+        rows = [("bare", 1), ("bare_write", 1), ("bare_write_split", 2), ("pipeline", 1), ("pipeline", 2)]
         best: dict[tuple[str, int], float] = {}
         runs: list[tuple[str, int, dict]] = []
         n = 0
@@ -197,6 +246,10 @@ def main() -> None:
         print(f"| bare loop, no write | {best[('bare', 1)]:.1f} | {bare:,.0f} | 1.00 | 1.00 | | |")
         print(f"| bare loop + write (write_curated_dir) | {best[('bare_write', 1)]:.1f} | {bare_written:,.0f} "
               f"| {bare_written / bare:.2f} | | 1.00 | 1.00 |")
+        rate = n / best[("bare_write_split", 2)]
+        print(f"| 2 processes of bare loop + write, half the tars each (no Beam) | {best[('bare_write_split', 2)]:.1f} "
+              f"| {rate:,.0f} | {rate / bare:.2f} | {rate / bare / 2:.2f} | {rate / bare_written:.2f} "
+              f"| {rate / bare_written / 2:.2f} |")
         for workers in (1, 2):
             rate = n / best[("pipeline", workers)]
             print(f"| Beam DirectRunner, {workers} worker(s) | {best[('pipeline', workers)]:.1f} | {rate:,.0f} "

@@ -172,10 +172,11 @@ def render_html(out_dir: str, report: dict[str, Any], input_paths: dict[str, lis
             raw_columns=(1, 2, 3)) + "</section>")
 
     counts = {(row["stage"], reason): n for row in report["funnel"] for reason, n in row["dropped"].items()}
-    reason_rows = [(stage, reason, n, "<div class='pair'>" + "".join(rejected_thumb(r) for r in examples.get((stage, reason), []))
-                    + "</div>",
-                    "<br>".join(esc(f"{r['source_id']}: {r['detail'][:160]}") for r in examples.get((stage, reason), [])))
-                   for (stage, reason), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    reason_rows = []
+    for (stage, reason), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        shown = examples.get((stage, reason), [])
+        reason_rows.append((stage, reason, n, "<div class='pair'>" + "".join(map(rejected_thumb, shown)) + "</div>",
+                            "<br>".join(esc(f"{r['source_id']}: {r['detail'][:160]}") for r in shown)))
     if reason_rows:
         body.append("<h2>Every reason code</h2><section><div class='charts'>" + charts.bar_chart(
             "reasons", "Rejections per reason", [f"{s}/{r}" for s, r, *_ in reason_rows], [n for _, _, n, *_ in

@@ -33,7 +33,8 @@ def job(tmp_path_factory):
     build_demo_corpus(corpus, DemoCorpusConfig(num_samples=120, samples_per_tar=40))
     out = str(root / "out")
     config = load_config({
-        "inputs": [{"path": f"{corpus}/tars/*.tar", "name": "wds"}, {"path": f"{corpus}/manifest.parquet", "name": "man"}],
+        "inputs": [{"path": f"{corpus}/tars/*.tar", "name": "wds"},
+                   {"path": f"{corpus}/manifest.parquet", "name": "man"}],
         "output": out, "output_format": {"buckets": 5},
         "models": {"clip": {"enabled": True, "model_path": save_random_clip(str(root / "clip")), "top_fraction": 0.8},
                    "contamination": {"enabled": True,
@@ -120,7 +121,8 @@ def _random_rows(rng: random.Random, n: int) -> tuple[list[dict], list[dict]]:
             for i in range(n)]
     rejections = [{"source": rng.choice(["a", "b", ""]), "stage": rng.choice(["decode", "contamination"]),
                    "reason": rng.choice(["benchmark_text_overlap", "too_small"]),
-                   "fields": json.dumps({"contamination_benchmark": rng.choice(["x", "y"])})} for _ in range(n // 7 * 3)]
+                   "fields": json.dumps({"contamination_benchmark": rng.choice(["x", "y"])})}
+                  for _ in range(n // 7 * 3)]
     return rows, rejections
 
 
