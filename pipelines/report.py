@@ -85,6 +85,7 @@ def read_rejections(out_dir: str) -> list[dict[str, Any]]:
 SIDE_EDGES = [0, 128, 256, 512, 1024, 2048, None]
 ASPECT_EDGES = [None, 0.5, 0.75, 0.9, 1.1, 1.33, 2, None]
 TEXT_EDGES = [0, 16, 64, 256, 1024, 4096, None]
+HISTOGRAM_EDGES = {"width": SIDE_EDGES, "height": SIDE_EDGES, "aspect_ratio": ASPECT_EDGES, "text_chars": TEXT_EDGES}
 # Histograms are {"edges": [...], "counts": [...]} (schemas/charts.histogram): None opens an end, so negative
 # values (a CLIP cosine below 0) are ordinary numbers and bins keep their order in JSON.
 VALUE_SECTIONS = {  # numeric signal on kept samples → (report section, its count's name, histogram edges)
@@ -136,7 +137,7 @@ class ReportStats:
         """Manifest rows (formats.MANIFEST_SCHEMA) and rejection rows (records.REJECTION_SCHEMA) of one bucket."""
         c = self.counts
         shards: set[str] = set()
-        sides: dict[str, list[float]] = {"width": [], "height": [], "aspect_ratio": [], "text_chars": []}
+        sides: dict[str, list[float]] = {name: [] for name in HISTOGRAM_EDGES}
         values: dict[str, list[float]] = {name: [] for name in VALUE_SECTIONS}
         for row in rows:
             _count(c, "kept")
@@ -160,8 +161,7 @@ class ReportStats:
             if "text_choice" in signals:
                 _count(c, "text_choices", str(signals["text_choice"]))
         c["shards"] = c.get("shards", 0) + len(shards)
-        edges = {"width": SIDE_EDGES, "height": SIDE_EDGES, "aspect_ratio": ASPECT_EDGES, "text_chars": TEXT_EDGES}
-        _add(c, {"histograms": {name: histogram(v, edges[name])["counts"] for name, v in sides.items()}})
+        _add(c, {"histograms": {name: histogram(v, HISTOGRAM_EDGES[name])["counts"] for name, v in sides.items()}})
         for name, found in values.items():
             if found:
                 _add(c, {"values": {name: {"count": len(found),
@@ -197,9 +197,10 @@ class ReportStats:
     def from_parts(cls, out_dir: str) -> "ReportStats":
         """Stream a finished curated directory's parts (one bucket in memory at a time)."""
         stats = cls()
-        for sub in (formats.MANIFEST_DIR, formats.REJECTED_DIR):
-            for rows in iter_parts(out_dir, sub, STATS_COLUMNS[sub]):
-                stats.add(rows, []) if sub == formats.MANIFEST_DIR else stats.add([], rows)
+        for rows in iter_parts(out_dir, formats.MANIFEST_DIR, STATS_COLUMNS[formats.MANIFEST_DIR]):
+            stats.add(rows, [])
+        for rows in iter_parts(out_dir, formats.REJECTED_DIR, STATS_COLUMNS[formats.REJECTED_DIR]):
+            stats.add([], rows)
         return stats
 
     def sections(self) -> dict[str, Any]:
@@ -234,7 +235,6 @@ class ReportStats:
         by_source = {name: {"kept": v.get("kept", 0), "rejected": v.get("rejected", 0),
                             "reasons": dict(sorted(c.get("by_source_reasons", {}).get(name, {}).items()))}
                      for name, v in sorted(c.get("by_source", {}).items())}
-        edges = {"width": SIDE_EDGES, "height": SIDE_EDGES, "aspect_ratio": ASPECT_EDGES, "text_chars": TEXT_EDGES}
         histograms = c.get("histograms", {})
         return {
             "funnel": funnel,
@@ -244,7 +244,7 @@ class ReportStats:
             "languages": dict(sorted(c.get("languages", {}).items(), key=lambda kv: (-kv[1], kv[0]))),
             "by_source": by_source,
             "histograms": {name: {"edges": list(e), "counts": histograms.get(name, [0] * (len(e) - 1))}
-                           for name, e in edges.items()},
+                           for name, e in HISTOGRAM_EDGES.items()},
             "sections": self.sections(),
         }
 
