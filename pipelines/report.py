@@ -4,8 +4,8 @@ The HTML page is report_html.py; the thumbnails it shows are read back by thumbn
 Built from what the job wrote (the manifest/ and rejected/ parts) and Beam's counters, not from separate
 bookkeeping: the funnel's drops are the rejection rows, and `read/records` (every raw record the
 sources saw) must equal kept + rejected. The rows are summed where they are written, one bucket per worker
-(`ReportStats`, merged by a global combine of bounded size), so the driver never reads the corpus' rows back:
-at a billion records the report costs what one bucket costs, not a pass over every part.
+(`ReportStats`, one small file per bucket that the driver merges), so the driver never reads the corpus' rows
+back: at a billion records the report costs a file per bucket, not a pass over every part.
 """
 from __future__ import annotations
 
@@ -123,8 +123,8 @@ class ReportStats:
     same result: counts per kind, source, language, stage and reason; histogram bins on fixed edges; exact sums
     (fractions) for means. Its size grows with the number of distinct sources, languages and reason codes,
     never with the number of records, so the job computes it where the rows are written (one bucket per
-    worker, `sink._WriteParts`) and merges it in a global combine; `from_parts` streams a finished directory
-    part by part instead (the same numbers: tests/test_report.py).
+    worker, `sink._WriteParts`, beside the bucket's parts) and the driver merges the buckets' (`load_stats`);
+    `from_parts` streams a finished directory part by part instead (the same numbers: tests/test_report.py).
 
     `shards` counts distinct shard names per `add` call and sums them: each call must see whole buckets (a
     shard never spans buckets)."""
@@ -250,14 +250,20 @@ class ReportStats:
 
 
 def load_stats(out_dir: str) -> ReportStats:
-    """The aggregates the job left (formats.REPORT_STATS_FILE, then removed: report.json holds them), or, for a
-    directory without them, the same aggregates streamed from its parts."""
-    path = FileSystems.join(out_dir, formats.REPORT_STATS_FILE)
-    if not FileSystems.exists(path):
+    """The aggregates the job's buckets left (formats.REPORT_STATS_DIR, merged, then removed: report.json holds
+    them), or, for a directory without them, the same aggregates streamed from its parts. A bucket whose parts
+    were lost has no aggregates either, so the accounting check still sees the loss."""
+    stats_dir = FileSystems.join(out_dir, formats.REPORT_STATS_DIR)
+    paths = sorted(m.path for m in FileSystems.match([FileSystems.join(stats_dir, "*.json")])[0].metadata_list)
+    if not paths:
         return ReportStats.from_parts(out_dir)
-    with FileSystems.open(path) as fh:
-        stats = ReportStats.from_json(fh.read())
-    FileSystems.delete([path])
+    stats = ReportStats()
+    for path in paths:
+        with FileSystems.open(path) as fh:
+            stats.merge(ReportStats.from_json(fh.read()))
+    FileSystems.delete(paths)
+    if FileSystems.exists(stats_dir):  # object stores have no directories; a local one is left empty
+        FileSystems.delete([stats_dir])
     return stats
 
 

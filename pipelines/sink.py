@@ -8,8 +8,8 @@ alone (schemas.curated.key_bucket, a range of a stable hash), a keyed shuffle br
 one worker, which orders them by key and cuts shards inside the bucket (schemas.curated.bucket_shards); a second
 one brings the bucket's manifest rows and rejections together for its parts (schemas.curated.bucket_parts).
 What one worker holds is one bucket, about 1/`buckets` of the output, never the corpus' keys; no side input,
-and one global combine of bounded size: the report's aggregates (report.ReportStats), summed per bucket where
-its parts are written. Every bucket id takes part in the second shuffle, so empty buckets still write their
+no global combine. Beside its parts, each bucket writes the report's aggregates of exactly those rows
+(report.ReportStats, formats.REPORT_STATS_DIR), which the driver merges: a bucket's figures exist iff its parts do. Every bucket id takes part in the second shuffle, so empty buckets still write their
 (empty) parts. Every file is written under a hidden temporary name and renamed into
 place: a killed job never leaves a half-written shard or part under a final name, and dataset readers
 (pyarrow, DuckDB, HF `datasets`) skip the hidden temporaries.
@@ -96,8 +96,8 @@ class _WriteShards(beam.DoFn):
 
 
 class _WriteParts(beam.DoFn):
-    """(bucket, [None | Rejection | [manifest row]]) → the bucket's manifest and rejected parts; yields the
-    bucket's report aggregates (report.ReportStats of exactly the rows written). (None is the bucket's id
+    """(bucket, [None | Rejection | [manifest row]]) → the bucket's manifest and rejected parts, then its report
+    aggregates (report.ReportStats of exactly the rows written); yields the bucket. (None is the bucket's id
     marker: it makes buckets without samples or rejections reach here too.)"""
 
     def __init__(self, out_dir: str):
@@ -114,31 +114,14 @@ class _WriteParts(beam.DoFn):
                 rows.extend(value)
         for relative, data in bucket_parts(bucket, rows, rejections):
             write_atomic(join(self._dir, *relative.split("/")), data)
-        yield ReportStats().add(rows, (dict(r.__dict__) for r in rejections))
-
-
-class _MergeStats(beam.CombineFn):
-    """Per-bucket ReportStats → one (bounded: counts per source, language, reason; fixed histogram bins)."""
-
-    def create_accumulator(self):
-        return ReportStats()
-
-    def add_input(self, accumulator, stats):
-        return accumulator.merge(stats)
-
-    def merge_accumulators(self, accumulators):
-        merged = ReportStats()
-        for accumulator in accumulators:
-            merged.merge(accumulator)
-        return merged
-
-    def extract_output(self, accumulator):
-        return accumulator
+        stats = ReportStats().add(rows, (dict(r.__dict__) for r in rejections))
+        write_atomic(join(self._dir, formats.REPORT_STATS_DIR, formats.report_stats_name(bucket)), stats.to_json())
+        yield bucket
 
 
 class WriteCurated(beam.PTransform):
-    """{"kept", "rejected"} → shards/, manifest/, rejected/ under `output_dir`, and the report's aggregates
-    (formats.REPORT_STATS_FILE, for the driver's report.json); returns the path of that file."""
+    """{"kept", "rejected"} → shards/, manifest/, rejected/ under `output_dir`, and each bucket's report
+    aggregates (formats.REPORT_STATS_DIR, for the driver's report.json); returns the buckets written."""
 
     def __init__(self, output_dir: str, config: OutputConfig):
         super().__init__()
@@ -157,15 +140,7 @@ class WriteCurated(beam.PTransform):
                 | "WriteShards" >> beam.ParDo(_WriteShards(self._dir, self._cfg)))
         ids = samples.pipeline | "BucketIds" >> beam.Create([(b, None) for b in range(buckets)], reshuffle=False)
         dropped = rejected | "RejectedByBucket" >> beam.Map(lambda r: (key_bucket(r.key, buckets), r))
-        stats_path = join(self._dir, formats.REPORT_STATS_FILE)
         return ((ids, rows, dropped)
                 | "PartsByBucket" >> beam.Flatten()
                 | "GroupPartsByBucket" >> beam.GroupByKey()
-                | "WriteParts" >> beam.ParDo(_WriteParts(self._dir))
-                | "ReportStats" >> beam.CombineGlobally(_MergeStats()).without_defaults()  # every bucket yields one
-                | "WriteReportStats" >> beam.Map(_write_stats, stats_path))
-
-
-def _write_stats(stats: ReportStats, path: str) -> str:
-    write_atomic(path, stats.to_json())
-    return path
+                | "WriteParts" >> beam.ParDo(_WriteParts(self._dir)))

@@ -48,9 +48,9 @@ REJECTED_DIR = "rejected"
 REPORT_FILE = "report.json"
 REPORT_HTML_FILE = "report.html"
 SUCCESS_FILE = "_SUCCESS"
-# Transient, not part of the format: the job's merged report aggregates (pipelines.report.ReportStats), written
-# by the pipeline, folded into report.json by the driver and removed before _SUCCESS.
-REPORT_STATS_FILE = ".report_stats.json"
+# Transient, not part of the format: each bucket's report aggregates (pipelines.report.ReportStats), written by
+# the job beside the bucket's parts, merged into report.json by the driver and removed before _SUCCESS.
+REPORT_STATS_DIR = ".report_stats"
 
 IMAGE_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "bmp": "bmp", "tiff": "tiff"}
 
@@ -77,6 +77,11 @@ def curated_shard_name(bucket: int, index: int) -> str:
 def part_name(bucket: int) -> str:
     """The manifest/ and rejected/ part of `bucket`."""
     return f"part-{bucket:05d}.parquet"
+
+
+def report_stats_name(bucket: int) -> str:
+    """`bucket`'s file under REPORT_STATS_DIR."""
+    return f"part-{bucket:05d}.json"
 
 
 def image_member_name(key: str, index: int, fmt: str) -> str:

@@ -28,9 +28,6 @@ ALLOWED = [
     (r"^clip/TopFraction/ParDo\(RouteDoFn\)", "side_input", "the scalar CLIP cutoff (AsSingleton of one float)"),
     (r"^concepts/Balance/ParDo\(RouteDoFn\)", "side_input",
      "per-concept match counts (AsDict), bounded by the concept vocabulary, not the corpus"),
-    (r"^Write/ReportStats$", "global_combine",
-     "the report's aggregates (report.ReportStats): counts per source, kind, language and reason code, fixed "
-     "histogram bins, one exact sum per model signal; one input per bucket"),
 ]
 
 

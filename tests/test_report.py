@@ -1,5 +1,5 @@
-"""report.json comes from aggregates the job sums where it writes each bucket (report.ReportStats, merged by one
-bounded global combine), not from reading every row back in the driver: the figures equal a plain pass over all
+"""report.json comes from aggregates the job sums where it writes each bucket (report.ReportStats, one file per
+bucket beside its parts, merged by the driver), not from reading every row back in the driver: the figures equal a plain pass over all
 the rows written; merging is exact and does not depend on order; report.html reads only what it shows."""
 import collections
 import glob
@@ -99,7 +99,7 @@ def test_the_jobs_aggregates_equal_a_plain_pass_over_every_row(job):
     assert set(report["by_source"]) == {"wds", "man"} and len(report["languages"]) > 1
     assert sum(len(row["dropped"]) for row in report["funnel"]) >= 5
     assert report["sections"]["clip"]["scored"] > 0 and report["sections"]["contamination"]["demo"]
-    assert not os.path.exists(os.path.join(out, formats.REPORT_STATS_FILE))  # folded into report.json, removed
+    assert not os.path.exists(os.path.join(out, formats.REPORT_STATS_DIR))  # merged into report.json, removed
 
 
 def test_streaming_the_parts_gives_the_same_report(job):
