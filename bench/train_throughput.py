@@ -4,12 +4,19 @@ Samples with a realistic length mix (captions with an image, interleaved documen
 ways: packed into rows of L tokens (first-fit decreasing), and padded (one sample per row of L tokens). Every
 row goes through the same DeepSpeed step (`vlmloom.trainer`: CausalLMLoss, token-normalised loss, ZeRO, torch
 AdamW); batches are collated before timing, so the figures are the model's, not the data loader's.
-Reported: real tokens/s, useful-FLOP MFU (padding not counted), padding fraction, peak memory.
+Reported: real tokens/s (padding not counted), useful-FLOP MFU, padding fraction, peak memory (CUDA: peak
+allocated; CPU: the process's peak RSS).
+
+MFU = useful training FLOPs / step time / device peak (`vlmloom.trainer.metrics.step_flops`, MFU_FORMULA below):
+3 × forward (backward = 2 × forward) of the real tokens only, so packed and padded rows of the same samples do the
+same useful work; peak = the dense bf16 datasheet figure (H100/H200 SXM: 989 TFLOP/s).
 
 GPU (GLM-4.1V-shaped ~1.9B model with random weights, bf16, L=8192, ZeRO-2):
     python bench/train_throughput.py --json bench_train.json
 CPU (tiny model, fp32, L=512; checks the plumbing, figures are not meaningful for GPUs):
     DS_ACCELERATOR=cpu python bench/train_throughput.py
+A packed video batch through the same model (bench/gpu_suite.sh part d): `--video`; it prints a line and exits 0
+when the project has no video support yet (see `video_support`).
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import gc
 import importlib.util
 import json
 import os
+import resource
 import sys
 import time
 
@@ -44,6 +52,10 @@ GPU_MODEL = {
     "vision_hidden_size": 1536, "vision_depth": 8, "vision_heads": 12, "vision_intermediate_size": 4096,
 }
 CPU_MODEL = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+MFU_FORMULA = ("MFU = useful FLOPs / step time / peak; useful FLOPs = 3 x forward of the real tokens: "
+               "2*layers*(attention projections + 3*hidden*intermediate)*tokens + 2*layers*heads*head_dim*sum(s^2) "
+               "(causal attention per packed sample s) + 2*hidden*vocab*label_tokens (LM head at label positions) "
+               "+ patches*(2*vision_depth*(4*h_v^2 + 3*h_v*i_v) + patch embedding); padding counts nothing")
 
 
 def length_mix(n: int, seq_len: int, seed: int) -> list[tuple[int, list[tuple[int, int]]]]:
@@ -94,6 +106,13 @@ def available_impls(device: torch.device) -> list[str]:
     return impls
 
 
+def peak_memory_gib(device: torch.device) -> float:
+    """CUDA: peak allocated since the last reset; CPU: the process's peak resident set (Linux reports KiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def measure(engine, model, batches, device, warmup: int, peak: float | None) -> dict:
     """`warmup` untimed rows, then every row of `batches` once (so both layouts cover the same samples)."""
     times, useful_flops, tokens, capacity = [], 0.0, 0, 0
@@ -117,11 +136,55 @@ def measure(engine, model, batches, device, warmup: int, peak: float | None) -> 
     total = sum(times)
     tflops = useful_flops / total / 1e12
     return {
-        "tokens_per_s": tokens / total, "step_s": total / len(times), "tflops": tflops,
-        "mfu": tflops / peak if peak else None, "padding_fraction": 1 - tokens / capacity,
-        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "rows": len(times), "tokens": tokens, "tokens_per_s": tokens / total, "step_s": total / len(times),
+        "tflops": tflops, "mfu": tflops / peak if peak else None, "padding_fraction": 1 - tokens / capacity,
+        "peak_mem_gib": peak_memory_gib(device),
         "loss": float(loss_sum.detach()) / max(batch["stats"]["label_tokens"], 1),
     }
+
+
+def video_support() -> tuple[bool, str]:
+    """Whether the project can build a packed video batch: the synthetic-data contract part d relies on is
+    `vlmloom.demo.packed.make_video_sample(config, rng, *, text_tokens, frames, size, key, processor)` → a sample
+    dict with `videos` and `video_grid_thw` that `pack_samples` packs and `PackedCollator` turns into
+    `pixel_values_videos`/`video_grid_thw` inputs of `CausalLMLoss`."""
+    if not hasattr(synthetic, "make_video_sample"):
+        return False, "no video support yet: vlmloom.demo.packed.make_video_sample does not exist"
+    return True, "vlmloom.demo.packed.make_video_sample"
+
+
+def video_samples(config, n: int, seq_len: int, collator: PackedCollator, seed: int) -> list[dict]:
+    """Captioned clips: 4-16 frames of 448x448 (GPU sizes) or 2-4 frames of 56x56 (tiny), 30-300 caption tokens."""
+    rng = np.random.default_rng(seed)
+    large = seq_len >= 4096
+    out = []
+    for i in range(n):
+        frames = int(rng.integers(4, 17) if large else rng.integers(2, 5))
+        size = (448, 448) if large else (56, 56)
+        text = int(rng.integers(30, 300) if large else rng.integers(8, 40))
+        out.append(synthetic.make_video_sample(config, rng, text_tokens=text, frames=frames, size=size, key=f"v{i}",
+                                               processor=collator.image_processor))
+    return [s for s in out if len(s["input_ids"]) <= seq_len]
+
+
+def write_json(path: str | None, data: dict) -> None:
+    """Rewritten after every measured row, so a run stopped by its time budget keeps what it measured."""
+    if not path:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def print_row(row: dict) -> None:
+    name = f"{row['attention']:<18} {row['layout']:<7}"
+    if "error" in row:
+        print(f"{name} {row['error']}", flush=True)
+        return
+    mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-"
+    print(f"{name} {row['tokens_per_s']:>10.0f} {row['step_s']:>8.3f} {row['tflops']:>8.3f} {mfu:>6} "
+          f"{row['padding_fraction']:>5.2f} {row['peak_mem_gib']:>8.2f}", flush=True)
 
 
 def main(argv: list[str]) -> int:
@@ -132,8 +195,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--zero-stage", type=int, default=2)
     parser.add_argument("--impl", action="append", help="attention implementation(s); default: all available")
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--peak-tflops", type=float, default=0.0,
+                        help="device peak for MFU (default: the datasheet table; CPU has none, so no MFU)")
+    parser.add_argument("--video", action="store_true", help="packed video batches instead of the image/text mix")
+    parser.add_argument("--json", help="also write the results here (rewritten after every row)")
     args = parser.parse_args(argv)
+
+    if args.video:
+        supported, reason = video_support()
+        if not supported:
+            print(f"# video: skipped ({reason})", flush=True)
+            write_json(args.json, {"status": "skipped", "reason": reason, "results": []})
+            return 0
 
     device, _, _ = init_distributed()
     cuda = device.type == "cuda"
@@ -144,6 +217,7 @@ def main(argv: list[str]) -> int:
     impls = args.impl or available_impls(device)
     register_varlen_attention()
 
+    t0 = time.perf_counter()
     model = load_model(spec, attn_implementation=impls[0], seed=0)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -152,60 +226,67 @@ def main(argv: list[str]) -> int:
                                         "grad_clip": 1.0})
     engine, _ = build_engine(CausalLMLoss(model), config, deepspeed_config(config, 1, precision))
     engine.train()
+    build_s = time.perf_counter() - t0
 
     # the same samples, packed and padded; collated (images decoded and processed) before timing
     collator = PackedCollator(model.config)
     t0 = time.perf_counter()
-    rng = np.random.default_rng(0)
-    samples = [synthetic.make_sample(model.config, rng, text_tokens=t, image_sizes=im, prompt_tokens=0, key=f"s{i}",
-                                     processor=collator.image_processor)
-               for i, (t, im) in enumerate(length_mix(n_samples, seq_len, seed=0))]
-    samples = [s for s in samples if len(s["input_ids"]) <= seq_len]
+    if args.video:
+        samples = video_samples(model.config, n_samples, seq_len, collator, seed=0)
+    else:
+        rng = np.random.default_rng(0)
+        samples = [synthetic.make_sample(model.config, rng, text_tokens=t, image_sizes=im, prompt_tokens=0,
+                                         key=f"s{i}", processor=collator.image_processor)
+                   for i, (t, im) in enumerate(length_mix(n_samples, seq_len, seed=0))]
+        samples = [s for s in samples if len(s["input_ids"]) <= seq_len]
     packed = [collator([r]) for r in first_fit_decreasing(samples, seq_len)]
-    padded = [collator([synthetic.pad_sample(s, seq_len)]) for s in samples]
+    layouts = [("packed", packed)]
+    if not args.video:
+        layouts.append(("padded", [collator([synthetic.pad_sample(s, seq_len)]) for s in samples]))
     lengths = np.array([len(s["input_ids"]) for s in samples])
+    prepare_s = time.perf_counter() - t0
     print(f"# {len(samples)} samples, tokens/sample mean {lengths.mean():.0f} median {np.median(lengths):.0f} "
-          f"max {lengths.max()}; {len(packed)} packed rows vs {len(padded)} padded rows of L={seq_len} "
-          f"(prepared in {time.perf_counter() - t0:.1f} s)", flush=True)
+          f"max {lengths.max()}; {len(packed)} packed rows vs {len(samples)} padded rows of L={seq_len} "
+          f"(model + engine {build_s:.1f} s, samples prepared in {prepare_s:.1f} s)", flush=True)
 
-    peak = peak_tflops(device, precision)
+    peak = peak_tflops(device, precision, args.peak_tflops)
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
     print(f"# device {device_name}, {precision}, ZeRO-{args.zero_stage}, model {params / 1e9:.2f}B params, "
           f"peak {peak} TFLOP/s, gradient checkpointing {args.gradient_checkpointing}", flush=True)
-    results = []
-    header = (f"{'attention':<18} {'layout':<7} {'tokens/s':>10} {'step s':>8} {'TFLOP/s':>8} {'MFU':>6} "
-              f"{'pad':>5} {'mem GiB':>8}")
-    print(header)
+    report = {
+        "status": "ok", "device": device_name, "seq_len": seq_len, "params": params, "precision": precision,
+        "zero_stage": args.zero_stage, "gradient_checkpointing": args.gradient_checkpointing,
+        "video": args.video, "samples": len(samples), "packed_rows": len(packed),
+        "tokens_per_sample": {"mean": float(lengths.mean()), "median": float(np.median(lengths)),
+                              "max": int(lengths.max())},
+        "peak_tflops": peak, "peak_tflops_given": args.peak_tflops > 0, "mfu_formula": MFU_FORMULA,
+        "peak_memory": "CUDA max_memory_allocated" if cuda else "process peak RSS",
+        "model_build_s": build_s, "prepare_s": prepare_s, "impls": impls, "results": [], "packed_over_padded": {},
+    }
+    write_json(args.json, report)
+    print(f"{'attention':<18} {'layout':<7} {'tokens/s':>10} {'step s':>8} {'TFLOP/s':>8} {'MFU':>6} "
+          f"{'pad':>5} {'mem GiB':>8}")
     for impl in impls:
         vision_impl = "flash_attention_2" if impl == "flash_attention_2" else "sdpa"
         model.set_attn_implementation({"text_config": impl, "vision_config": vision_impl, "": impl})
-        for layout, batches in (("packed", packed), ("padded", padded)):
+        for layout, batches in layouts:
             try:
                 row = measure(engine, model, batches, device, args.warmup, peak)
             except torch.cuda.OutOfMemoryError as exc:
                 row = {"error": f"out of memory: {str(exc).splitlines()[0]}"}
                 engine.zero_grad()
             row.update(attention=impl, layout=layout)
-            results.append(row)
-            if "error" in row:
-                print(f"{impl:<18} {layout:<7} {row['error']}", flush=True)
-            else:
-                mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-"
-                mem = f"{row['peak_mem_gib']:.1f}" if row["peak_mem_gib"] is not None else "-"
-                print(f"{impl:<18} {layout:<7} {row['tokens_per_s']:>10.0f} {row['step_s']:>8.3f} "
-                      f"{row['tflops']:>8.3f} {mfu:>6} {row['padding_fraction']:>5.2f} {mem:>8}", flush=True)
+            report["results"].append(row)
+            print_row(row)
+            by = {r["layout"]: r for r in report["results"] if r["attention"] == impl and "error" not in r}
+            if len(by) == 2:
+                ratio = by["packed"]["tokens_per_s"] / by["padded"]["tokens_per_s"]
+                report["packed_over_padded"][impl] = ratio
+                print(f"# {impl}: packed / padded tokens/s = {ratio:.2f}x", flush=True)
+            write_json(args.json, report)
             gc.collect()
             if cuda:
                 torch.cuda.empty_cache()
-    for impl in impls:
-        by = {r["layout"]: r for r in results if r["attention"] == impl and "error" not in r}
-        if len(by) == 2:
-            ratio = by["packed"]["tokens_per_s"] / by["padded"]["tokens_per_s"]
-            print(f"# {impl}: packed / padded tokens/s = {ratio:.2f}x")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"device": device_name, "seq_len": seq_len, "params": params, "precision": precision,
-                       "zero_stage": args.zero_stage, "samples": len(samples), "results": results}, fh, indent=2)
     return 0
 
 
