@@ -10,9 +10,9 @@
 # no flash-attn, no network) a session with a device does exactly this:
 #   1. here, in the checkout the device tool sends:   bench/gpu_suite.sh --fetch-wheels
 #      (.whl/ is git-ignored: DeepSpeed built as a pure-Python wheel from its sdist, plus transformers,
-#      huggingface-hub, accelerate, tokenizers, regex, pydantic and the other packages they import that the image
-#      lacks or has too old, each at the version this checkout's Python has, i.e. the one the CPU tests pass with;
-#      about 25 MB of the 64 MiB a call may carry)
+#      huggingface-hub, accelerate, tokenizers, regex, pydantic, math-verify and the other packages they import that
+#      the image lacks or may have too old, each at the version this checkout's Python has, i.e. the one the CPU
+#      tests pass with; about 26 MB of the 64 MiB a call may carry)
 #   2. one call of the device tool's `run` with  carry: [".whl"],  timeout_s: 600  and the command
 #        set -o pipefail; bash bench/gpu_suite.sh $OUT 2>&1 | tee $OUT/suite.log
 #   The script installs .whl/*.whl into a --target folder put first on PYTHONPATH (the carried versions shadow the
@@ -34,8 +34,10 @@ if [[ -z "$PY" ]]; then
     if [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
 fi
 # packages the device image lacks (or has at versions transformers/DeepSpeed refuse); DeepSpeed is built below
+# (with the lower bounds of those in METADATA that the image's versions may not meet: typing-extensions, anyio, ...)
 WHEELS=(transformers huggingface-hub httpx2 httpcore2 truststore kernels tomlkit accelerate tokenizers regex hjson
-        pydantic pydantic-core annotated-types typing-inspection)
+        pydantic pydantic-core annotated-types typing-inspection typing-extensions anyio idna click h11
+        math-verify latex2sympy2-extended antlr4-python3-runtime)
 
 fetch_wheels() {
     local dest="$ROOT/.whl" tmp pins

@@ -139,19 +139,21 @@ def train_table(part: dict) -> list[str]:
              + f"; peak {part.get('peak_tflops')} TFLOP/s"
              + (" (given on the command line: a nominal figure, MFU is not meaningful)"
                 if part.get("peak_tflops_given") else ""), "",
-             "| attention | layout | rows | tokens/s | step s | TFLOP/s | MFU | padding | peak mem GiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| attention | layout | recompute | rows | tokens/s | step s | TFLOP/s | MFU | padding | peak mem GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in part.get("results", []):
+        recompute = "yes" if r.get("gradient_checkpointing") else "no"
         if "error" in r:
-            lines.append(f"| {r['attention']} | {r['layout']} | {r['error']} |||||||")
+            lines.append(f"| {r['attention']} | {r['layout']} | {recompute} | {r['error']} |||||||")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
-        lines.append(f"| {r['attention']} | {r['layout']} | {r['rows']} | {r['tokens_per_s']:.0f} | {r['step_s']:.3f} "
+        lines.append(f"| {r['attention']} | {r['layout']} | {recompute} | {r['rows']} | {r['tokens_per_s']:.0f} | {r['step_s']:.3f} "
                      f"| {r['tflops']:.3g} | {mfu} | {r['padding_fraction']:.2f} | {r['peak_mem_gib']:.2f} |")
     ratios = part.get("packed_over_padded") or {}
     if ratios:
         lines += ["", "packed / padded tokens/s: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())]
-    lines += ["", f"tokens/s counts real tokens (padding excluded). {part.get('mfu_formula', '')}. "
+    lines += ["", f"tokens/s counts real tokens (padding excluded); recompute: gradient checkpointing (turned on "
+                  f"after an out-of-memory row). {part.get('mfu_formula', '')}. "
                   f"Peak memory: {part.get('peak_memory', '-')}."]
     return lines
 

@@ -62,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--iterations", type=int, default=4)
+    parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--batch-prompts", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=0, help="default: 256 with CUDA, 32 on CPU")
+    parser.add_argument("--max-new-tokens", type=int, default=0, help="default: 128 with CUDA, 32 on CPU")
     parser.add_argument("--seq-len", type=int, default=0, help="update rows (default: 4096 with CUDA, 1024 on CPU)")
     parser.add_argument("--zero-stage", type=int, default=2)
     parser.add_argument("--attn", default="auto", help="attention implementation (auto: vlmloom_varlen on CUDA "
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from vlmloom.trainer.loop import train
     from vlmloom.trainer.model import special_token_ids
 
-    max_new = args.max_new_tokens or (256 if cuda else 32)
+    max_new = args.max_new_tokens or (128 if cuda else 32)
     seq_len = args.seq_len or (4096 if cuda else 1024)
     work = tempfile.mkdtemp(prefix="rlcs_tput_")
     items = rlcs_task.make_task(64, seed=0, kinds=tuple(args.kinds.split(",")), colors=tuple(args.colors.split(",")),

@@ -28,6 +28,7 @@ import os
 import resource
 import sys
 import time
+import traceback
 
 import numpy as np
 import torch
@@ -141,6 +142,23 @@ def measure(engine, model, batches, device, warmup: int, peak: float | None) -> 
         "peak_mem_gib": peak_memory_gib(device),
         "loss": float(loss_sum.detach()) / max(batch["stats"]["label_tokens"], 1),
     }
+
+
+def measure_or_error(engine, model, batches, device, warmup: int, peak: float | None) -> dict:
+    """`measure`, or {"error": ...} when the rows fail (out of memory, or anything else: printed, then the next
+    row runs, so one failing configuration does not lose the others' figures)."""
+    try:
+        return measure(engine, model, batches, device, warmup, peak)
+    except torch.cuda.OutOfMemoryError as exc:
+        row = {"error": f"out of memory: {str(exc).splitlines()[0][:200]}", "out_of_memory": True}
+    except Exception as exc:  # noqa: BLE001 - recorded in the JSON with its traceback in the log
+        traceback.print_exc()
+        row = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    engine.zero_grad()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
 
 
 def video_support() -> tuple[bool, str]:
@@ -266,20 +284,24 @@ def main(argv: list[str]) -> int:
     write_json(args.json, report)
     print(f"{'attention':<18} {'layout':<7} {'tokens/s':>10} {'step s':>8} {'TFLOP/s':>8} {'MFU':>6} "
           f"{'pad':>5} {'mem GiB':>8}")
+    checkpointing = args.gradient_checkpointing
     for impl in impls:
         vision_impl = "flash_attention_2" if impl == "flash_attention_2" else "sdpa"
         model.set_attn_implementation({"text_config": impl, "vision_config": vision_impl, "": impl})
         for layout, batches in layouts:
-            try:
-                row = measure(engine, model, batches, device, args.warmup, peak)
-            except torch.cuda.OutOfMemoryError as exc:
-                row = {"error": f"out of memory: {str(exc).splitlines()[0]}"}
-                engine.zero_grad()
-            row.update(attention=impl, layout=layout)
+            row = measure_or_error(engine, model, batches, device, args.warmup, peak)
+            if row.get("out_of_memory") and not checkpointing:
+                # an OOM without recomputation: the same rows again with gradient checkpointing (and every row
+                # after them), so the run still gives figures; each row says which way it ran
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                checkpointing = True
+                print(f"{impl:<18} {layout:<7} {row['error']}; again with gradient checkpointing", flush=True)
+                row = measure_or_error(engine, model, batches, device, args.warmup, peak)
+            row.update(attention=impl, layout=layout, gradient_checkpointing=checkpointing)
             report["results"].append(row)
             print_row(row)
             by = {r["layout"]: r for r in report["results"] if r["attention"] == impl and "error" not in r}
-            if len(by) == 2:
+            if len(by) == 2 and by["packed"]["gradient_checkpointing"] == by["padded"]["gradient_checkpointing"]:
                 ratio = by["packed"]["tokens_per_s"] / by["padded"]["tokens_per_s"]
                 report["packed_over_padded"][impl] = ratio
                 print(f"# {impl}: packed / padded tokens/s = {ratio:.2f}x", flush=True)

@@ -64,9 +64,10 @@ def test_train_part_measures_packed_and_padded_per_attention(suite):
         assert row["rows"] == (part["packed_rows"] if layout == "packed" else part["samples"])
         # the same samples both ways: the same real tokens, far more padding when padded
         assert row["tokens"] == rows[(impl, "packed")]["tokens"]
+        assert row["gradient_checkpointing"] is False
     assert rows[("sdpa", "padded")]["padding_fraction"] > rows[("sdpa", "packed")]["padding_fraction"]
     assert set(part["packed_over_padded"]) == set(part["impls"]) and "MFU =" in part["mfu_formula"]
-    assert "| vlmloom_varlen | padded | 12 |" in (out / "b_train.md").read_text()
+    assert "| vlmloom_varlen | padded | no | 12 |" in (out / "b_train.md").read_text()
 
 
 def test_rlcs_part_times_rollout_reward_and_update(suite):

@@ -79,8 +79,8 @@ def _cases():
 def test_packed_attention_matches_masked_sdpa(device_type, impl, dtype_name):
     """`impl` on packed rows against transformers' masked sdpa (block-diagonal mask from the text positions).
 
-    fp32: equal to rounding. bf16: within 3e-2 of masked sdpa in bf16, and no further from masked sdpa in fp32
-    than bf16 masked sdpa itself is (2x + 1e-2): the kernel adds no error beyond bf16's own."""
+    fp32: equal to rounding. bf16: no further from masked sdpa in fp32 than bf16 masked sdpa itself is (2x + 1e-2):
+    the kernel adds no error beyond bf16's own; the loss within 2e-2 of bf16 masked sdpa's."""
     if device_type == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     if impl == "flash_attention_2" and (device_type != "cuda" or importlib.util.find_spec("flash_attn") is None):
@@ -91,8 +91,8 @@ def test_packed_attention_matches_masked_sdpa(device_type, impl, dtype_name):
     dtype = DTYPES[dtype_name]
     spec = CUDA_SPEC if device_type == "cuda" else TINY
     config = tiny_glm4v_config(**spec)
-    # CUDA: 2 rows of 1024 tokens, 6 samples each (up to 300 text tokens); CPU: 2 rows of 128, 3 samples each.
-    batch = _batch(config, row_len=1024, samples_per_row=6, max_text=300) if device_type == "cuda" else _batch(config)
+    # CUDA: 2 rows of 1024 tokens, 6 samples each (≤ 150 text + 18 image tokens); CPU: 2 rows of 128, 3 samples each.
+    batch = _batch(config, row_len=1024, samples_per_row=6, max_text=150) if device_type == "cuda" else _batch(config)
     row = {"device": device_type, "attention": impl, "dtype": dtype_name,
            "tokens": int(batch["stats"]["tokens"]), "samples": int(batch["stats"]["samples"])}
     if device_type == "cuda" and dtype == torch.float32:
@@ -118,34 +118,38 @@ def test_packed_attention_matches_masked_sdpa(device_type, impl, dtype_name):
         assert figures["max_abs_logits_vs_sdpa"] < 1e-5 and figures["abs_loss_vs_sdpa"] < 1e-5
         assert figures["grad_cosine_vs_sdpa"] > 0.9999
     else:
-        assert figures["max_abs_logits_vs_sdpa"] < 3e-2 and figures["abs_loss_vs_sdpa"] < 2e-2
         assert figures["max_abs_logits_vs_sdpa_fp32"] <= 2 * figures["sdpa_max_abs_logits_vs_fp32"] + 1e-2
+        assert figures["abs_loss_vs_sdpa"] < 2e-2
         assert figures["grad_cosine_vs_sdpa"] > 0.99
 
 
 @pytest.mark.parametrize("device_type", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_varlen_decoding_with_kv_cache_matches_a_full_forward(device_type):
     """`generate` with vlmloom_varlen (RLCS rollouts on GPU resolve `auto` to it): the cached decoding steps give
-    the logits a full no-cache sdpa forward of the generated sequences gives."""
+    the logits a full no-cache sdpa forward of the generated sequences gives (bf16 on CUDA: within twice the
+    full forward's own bf16 error against fp32, + 1e-2)."""
     if device_type == "cuda" and not varlen_available():
         pytest.skip("needs CUDA and torch.nn.attention.varlen")
     device = torch.device(device_type)
     dtype = torch.bfloat16 if device_type == "cuda" else torch.float32
     spec = CUDA_SPEC if device_type == "cuda" else TINY
     varlen = load_model(spec, attn_implementation="vlmloom_varlen", seed=0).to(device, dtype).eval()
-    sdpa = load_model(spec, attn_implementation="sdpa", seed=0).to(device, dtype).eval()
     prompt = torch.randint(1, 200, (2, 12), generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         out = varlen.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
                               mm_token_type_ids=torch.zeros_like(prompt), do_sample=False, max_new_tokens=6,
                               use_cache=True, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
         sequences = out.sequences
-        full = sdpa(input_ids=sequences, mm_token_type_ids=torch.zeros_like(sequences), use_cache=False).logits
-    steps = torch.stack(out.logits, dim=1).float()  # (B, new tokens, V): logits that chose each new token
-    expected = full[:, prompt.shape[1] - 1:-1].float()
-    assert sequences.shape == (2, 18) and steps.shape == expected.shape
-    tolerance = 3e-2 if dtype == torch.bfloat16 else 1e-4
+        full = {}
+        for full_dtype in {dtype, torch.float32}:
+            sdpa = load_model(spec, attn_implementation="sdpa", seed=0).to(device, full_dtype).eval()
+            logits = sdpa(input_ids=sequences, mm_token_type_ids=torch.zeros_like(sequences), use_cache=False).logits
+            full[full_dtype] = logits[:, prompt.shape[1] - 1:-1].float()
+    steps = torch.stack(out.logits, dim=1).float()  # (B, new tokens, V): the logits that chose each new token
+    assert sequences.shape == (2, 18) and steps.shape == full[dtype].shape
+    error = float((steps - full[dtype]).abs().max())
+    own_error = float((full[dtype] - full[torch.float32]).abs().max())
     record_figures({"device": device_type, "attention": "vlmloom_varlen", "dtype": str(dtype).split(".")[-1],
-                    "status": "ok", "check": "kv_cache_decoding",
-                    "max_abs_logits_vs_sdpa": float((steps - expected).abs().max())})
-    torch.testing.assert_close(steps, expected, rtol=tolerance, atol=tolerance)
+                    "status": "ok", "check": "kv_cache_decoding", "max_abs_logits_vs_sdpa": error,
+                    "sdpa_max_abs_logits_vs_fp32": own_error})
+    assert error <= (2 * own_error + 1e-2 if dtype == torch.bfloat16 else 1e-4)
