@@ -93,9 +93,13 @@ else
         if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
                 "$ROOT"/.whl/*.whl; then
             export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+            export GPU_SUITE_WHEELS="$(cd "$ROOT/.whl" && echo *.whl)"
         else
             echo "# WARNING: installing .whl/*.whl failed; the parts run with the image's packages"
         fi
+    else
+        echo "# WARNING: no .whl/*.whl: the parts run with the image's packages (on the device machine DeepSpeed is" \
+             "missing: run bench/gpu_suite.sh --fetch-wheels where pip reaches an index, and carry .whl)"
     fi
 fi
 
@@ -122,7 +126,7 @@ echo "# vlmloom GPU suite ($MODE), output in $OUTDIR"
 import json, os, platform, subprocess, sys
 import torch
 info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "cuda_available": torch.cuda.is_available()}
+        "cuda_available": torch.cuda.is_available(), "carried_wheels": os.environ.get("GPU_SUITE_WHEELS", "").split()}
 if torch.cuda.is_available():
     info["device"] = torch.cuda.get_device_name()
     try:

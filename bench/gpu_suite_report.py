@@ -136,7 +136,7 @@ def train_table(part: dict) -> list[str]:
              f"(tokens/sample mean {fmt(tps.get('mean'), '.0f')}, median {fmt(tps.get('median'), '.0f')}, "
              f"max {tps.get('max')}) in {part.get('packed_rows')} packed rows"
              + ("" if part.get("video") else f" or {part.get('samples')} padded rows")
-             + f"; peak {part.get('peak_tflops')} TFLOP/s"
+             + (f"; peak {part['peak_tflops']} TFLOP/s" if part.get("peak_tflops") else "; peak unknown (no MFU)")
              + (" (given on the command line: a nominal figure, MFU is not meaningful)"
                 if part.get("peak_tflops_given") else ""), "",
              "| attention | layout | recompute | rows | tokens/s | step s | TFLOP/s | MFU | padding | peak mem GiB |",
