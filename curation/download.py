@@ -79,7 +79,7 @@ class DownloadConfig:
     user_agent: str = "vlmloom/1.0 (image-text dataset curation; honours X-Robots-Tag noai)"  # User-Agent header
     user_agent_token: str = "vlmloom"  # an `X-Robots-Tag: <token>: noai` line applies to us iff its token is this
     partial_documents: bool = True  # interleaved documents keep their other images when one fails; false rejects
-    allow_private_addresses: bool = False  # also contact loopback, private (10/8, 172.16/12, 192.168/16, fc00::/7), CGNAT
+    allow_private_addresses: bool = False  # also loopback, private (10/8, 172.16/12, 192.168/16, fc00::/7), CGNAT
     allowed_networks: list[str] = field(default_factory=list)  # CIDRs contacted whatever their class (intranet mirrors)
 
     def validate(self) -> None:

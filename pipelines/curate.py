@@ -1,4 +1,4 @@
-"""The `curate` pipeline: inputs → read → (download) → decode → heuristics → language → dedup → model stages → shards.
+"""The `curate` pipeline: inputs → read → decode → heuristics → language → dedup → model stages → shards.
 
     # laptop, in-process:
     vlmloom curate data/*.tar --output out/ --config job.yaml

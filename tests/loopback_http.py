@@ -1,8 +1,8 @@
 """HTTP servers on 127.0.0.1 for tests of HTTP clients: a JSON one (chat-completions client, recaptioner, LLM judge)
 and a plain one serving bytes (the downloader: `LoopbackHttpServer`, `Route`).
 
-For the JSON one the test supplies the behaviour: `on_post(body) -> (status, payload, headers)` and `on_get(path) -> payload`;
-the server only does the plumbing. Use as a context manager; `url` ends in /v1.
+For the JSON one the test supplies the behaviour: `on_post(body) -> (status, payload, headers)` and
+`on_get(path) -> payload`; the server only does the plumbing. Use as a context manager; `url` ends in /v1.
 """
 from __future__ import annotations
 

@@ -364,7 +364,7 @@ def test_other_records_are_rejected_when_one_image_fails_and_local_ones_pass_unt
     assert server.count("/img.png") == 1  # one URL of a batch is fetched once
 
 
-# --- the Beam stage, and the read → download → decode path ----------------------------------------------------------
+# --- the Beam stage, and the read → download → decode path ---------------------------------------------------
 def _laion_parquet(path, rows):
     """A LAION/img2dataset URL list in its published columns."""
     pq.write_table(pa.table({"URL": [r[0] for r in rows], "TEXT": [r[1] for r in rows],
