@@ -6,6 +6,7 @@ counts the requests it receives, so the tests prove what was never fetched.
 import io
 import ipaddress
 import socket
+import threading
 
 import apache_beam as beam
 import pyarrow as pa
@@ -431,3 +432,59 @@ def test_config_section_and_when_the_stage_runs():
     with pytest.raises(ConfigError, match="concurrency"):
         build_config(DownloadConfig, {"concurrency": 0}, "download")
 
+
+
+def _client_hello_server_name(data: bytes) -> str | None:
+    """The SNI host name of a TLS ClientHello (record 5 bytes, handshake 4, version 2, random 32, then
+    session id, cipher suites, compression methods and the extensions, each length-prefixed)."""
+    pos = 5 + 4 + 2 + 32
+    pos += 1 + data[pos]
+    pos += 2 + int.from_bytes(data[pos:pos + 2], "big")
+    pos += 1 + data[pos]
+    end = pos + 2 + int.from_bytes(data[pos:pos + 2], "big")
+    pos += 2
+    while pos < end:
+        kind, size = int.from_bytes(data[pos:pos + 2], "big"), int.from_bytes(data[pos + 2:pos + 4], "big")
+        if kind == 0:  # server_name: list length 2, name type 1, name length 2, name
+            return data[pos + 9:pos + 9 + int.from_bytes(data[pos + 7:pos + 9], "big")].decode()
+        pos += 4 + size
+    return None
+
+
+def test_tls_goes_to_the_checked_address_with_the_name_for_sni():
+    hellos = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(3)
+        port = listener.getsockname()[1]
+
+        def accept_one():
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(3)
+                hellos.append(conn.recv(65536))  # then hang up: no certificate, the handshake fails
+
+        thread = threading.Thread(target=accept_one)
+        thread.start()
+        result = fetch(f"https://img.test:{port}/img.png", StubResolver({"img.test": ["127.0.0.1"]}), retries=0)
+        thread.join()
+    assert result.reason == "connection_error"
+    assert hellos[0][0] == 0x16 and _client_hello_server_name(hellos[0]) == "img.test"
+
+
+class ExplodingResolver:
+    """An unexpected error inside the client (a bug, not a network failure): it must not lose the batch."""
+
+    def __call__(self, host, port):
+        raise RuntimeError("resolver bug")
+
+
+def test_an_unexpected_error_quarantines_the_batch_instead_of_losing_it():
+    samples = [_sample(str(i), [f"http://img{i}.test/x.png"]) for i in range(3)]
+    with TestPipeline() as pipeline:
+        out = (pipeline | beam.Create(samples)
+               | DownloadStage(config(batch_size=3), max_error_ratio=1.0, resolver=ExplodingResolver()))
+        assert_that(out["kept"], equal_to([]), label="kept")
+        assert_that(out["rejected"] | beam.Map(lambda r: (r.source_id, r.stage, r.reason)),
+                    equal_to([(str(i), "download", "quarantined_error") for i in range(3)]), label="rejected")
