@@ -61,6 +61,8 @@ DEFAULT_OPT_OUT = ("noai", "noimageai", "noindex", "noimageindex", "none")  # im
 PRIVATE_CATEGORIES = frozenset({"loopback", "private", "cgnat"})
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+://")
 _SNIFF_BYTES = 32  # enough for every magic number below
+_AGENT = re.compile(r"[a-z0-9_.-]+")  # a user-agent token: no spaces, no commas
+_VALUED_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -320,18 +322,22 @@ def sniff_image(head: bytes) -> str | None:
 
 def opted_out(headers: httpx.Headers, directives: Iterable[str], token: str) -> str | None:
     """The X-Robots-Tag directive that forbids this use, or None. A value is `directive, …` (for every agent)
-    or `agent: directive, …` (only for that agent), as img2dataset reads it."""
+    or `agent: directive, …` (only for that agent), as img2dataset reads it; directives that carry a value of
+    their own (`unavailable_after: <date>`, `max-image-preview:large`) are not mistaken for an agent."""
     refused = {d.lower() for d in directives}
     if not refused:
         return None
     for value in headers.get_list("x-robots-tag"):
-        agent, _, rest = value.rpartition(":")
-        agent = agent.strip().lower()
-        if agent and agent != token.lower():
-            continue
-        for directive in rest.split(","):
-            if directive.strip().lower() in refused:
-                return directive.strip().lower()
+        head, colon, tail = value.partition(":")
+        agent = head.strip().lower()
+        if colon and _AGENT.fullmatch(agent) and agent not in _VALUED_DIRECTIVES:
+            if agent != token.lower():
+                continue
+            value = tail
+        for directive in value.split(","):
+            name = directive.split(":", 1)[0].strip().lower()
+            if name in refused:
+                return name
     return None
 
 

@@ -116,7 +116,7 @@ def curate_stages(config: CurateConfig) -> list[tuple[str, beam.PTransform]]:
     """The configured stages in order, each following the pipelines.stages protocol."""
     ratio = config.max_error_ratio
     stages: list[tuple[str, beam.PTransform]] = []
-    if download_enabled(config.download, [cfg.format for cfg in config.inputs]):
+    if download_enabled(config.download, config.inputs):
         stages.append(("download", DownloadStage(config.download, ratio)))
     stages.append(("decode", JudgeStage("decode", _DecodeJudge(config.decode), config_hash(config.decode), ratio)))
     if config.enabled("heuristics"):

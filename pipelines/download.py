@@ -3,7 +3,7 @@ or Rejections (reasons: curation/download.py `REASONS`).
 
     samples | "download" >> DownloadStage(DownloadConfig(), max_error_ratio=0.05)   # {"kept", "rejected"}
 
-Samples with nothing to fetch pass through untouched. The rest are batched (`download.batch_size`) so that one
+Samples with nothing to fetch pass through untouched (counted as kept, no lineage). The rest are batched (`download.batch_size`) so that one
 worker fetches many images at once (`download.concurrency` threads over one connection pool, built in
 `setup()`), then routed like every stage (pipelines/stages.py: `kept`, one `dropped_<reason>` counter per
 reason, lineage); the images trimmed from interleaved documents are counted as `images_removed_<reason>`, every
@@ -21,16 +21,25 @@ from vlmloom.pipelines import progress
 from vlmloom.pipelines.stages import DEAD_LETTER, KEPT, REJECTED, Fixed, quarantine_any, route
 from vlmloom.schemas.config import config_hash
 
-# Input formats whose records name their images by URL: with `download.enabled` unset, the stage runs when an
-# input has one of them (the URL-list readers register these names).
-URL_LIST_FORMATS = frozenset({"urls", "url_list", "laion", "img2dataset", "mmc4", "obelics"})
+# Input formats whose records may name their images by URL (the URL-list and document readers, and their aliases).
+URL_LIST_FORMATS = frozenset({"urls", "laion", "mmc4", "obelics", "hf", "datasets"})
+# Files an `auto` input sniffs row by row: one of them may be a URL list.
+ROW_FILE_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl", ".json", ".arrow")
+_FETCH = "fetch"
 
 
-def download_enabled(config: DownloadConfig, input_formats) -> bool:
-    """Does the job need the stage: `download.enabled`, or (unset) an input in URL_LIST_FORMATS?"""
+def download_enabled(config: DownloadConfig, inputs) -> bool:
+    """Does the job need the stage? `download.enabled` when set; unset, when an input's format is a URL list, or
+    is `auto` over row files (Parquet, CSV, ...) that may be one. Tars and image folders never name URLs."""
     if config.enabled is not None:
         return config.enabled
-    return any(fmt in URL_LIST_FORMATS for fmt in input_formats)
+    return any(_may_name_urls(cfg) for cfg in inputs)
+
+
+def _may_name_urls(cfg) -> bool:
+    if cfg.format in URL_LIST_FORMATS:
+        return True
+    return cfg.format == "auto" and any(p.lower().endswith(ROW_FILE_SUFFIXES) for p in cfg.patterns())
 
 
 class _FetchBatch(progress.CountingDoFn):
@@ -66,6 +75,21 @@ class _FetchBatch(progress.CountingDoFn):
             yield sample, verdict
 
 
+class _Split(progress.CountingDoFn):
+    """Samples with images to fetch → the `fetch` output; the rest pass on at once, counted as kept (live progress
+    reads a stage's `kept` counter as what it passed on)."""
+
+    def __init__(self):
+        self._kept = progress.counter(STAGE, "kept")
+
+    def process(self, sample):
+        if needs_download(sample):
+            yield beam.pvalue.TaggedOutput(_FETCH, sample)
+        else:
+            self._kept.inc()
+            yield sample
+
+
 def _pair(pair):
     return pair
 
@@ -80,8 +104,8 @@ class DownloadStage(beam.PTransform):
         self._resolver = resolver
 
     def expand(self, samples):
-        todo, passthrough = samples | "NeedsDownload" >> beam.Partition(
-            lambda sample, _n: 0 if needs_download(sample) else 1, 2)
+        split = samples | "NeedsDownload" >> beam.ParDo(_Split()).with_outputs(_FETCH, main=KEPT)
+        todo, passthrough = split[_FETCH], split[KEPT]
         size = self._config.batch_size
         fetched = (
             todo

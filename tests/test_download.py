@@ -12,6 +12,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
@@ -290,15 +291,18 @@ def test_opt_outs_and_content_sniffing(server):
         "/ours": Route(200, PNG, {"X-Robots-Tag": "vlmloom: noimageai"}),
         "/theirs": Route(200, PNG, {"X-Robots-Tag": "otherbot: noai"}),
         "/none": Route(200, PNG, {"X-Robots-Tag": "none"}),
+        "/valued": Route(200, PNG, {"X-Robots-Tag": "noai, unavailable_after: 25 Jun 2010 15:00:00 PST"}),
+        "/preview": Route(200, PNG, {"X-Robots-Tag": "max-image-preview:large"}),
         "/html-as-jpeg": Route(200, html, {"Content-Type": "image/jpeg"}),
         "/png-as-html": Route(200, PNG, {"Content-Type": "text/html"}),
         "/empty": Route(200, b""),
     })
     got = {path: fetch(f"{server.url}{path}").reason for path in (
-        "/noai", "/several", "/ours", "/theirs", "/none", "/html-as-jpeg", "/png-as-html", "/empty")}
+        "/noai", "/several", "/ours", "/theirs", "/none", "/valued", "/preview", "/html-as-jpeg", "/png-as-html",
+        "/empty")}
     assert got == {"/noai": "opted_out", "/several": "opted_out", "/ours": "opted_out", "/theirs": None,
-                   "/none": "opted_out", "/html-as-jpeg": "not_an_image", "/png-as-html": None,
-                   "/empty": "not_an_image"}
+                   "/none": "opted_out", "/valued": "opted_out", "/preview": None, "/html-as-jpeg": "not_an_image",
+                   "/png-as-html": None, "/empty": "not_an_image"}
     assert fetch(f"{server.url}/noai", opt_out_directives=[]).data == PNG
 
 
@@ -395,38 +399,60 @@ def test_stage_in_a_pipeline_read_download_decode(server, tmp_path):
         (f"http://10.0.0.1:{p}/img.png", "private"), ("file:///etc/passwd", "scheme")])
     samples = _read_laion(tmp_path / "laion.parquet")
     samples.append(Sample(key="local", source="local", source_id="l", images=[ImageRef(bytes=PNG, uri="x.png")]))
-    with TestPipeline() as pipeline:
-        out = (pipeline | beam.Create(samples)
-               | "download" >> DownloadStage(config(batch_size=4), resolver=NAMES))
-        decoded = out["kept"] | "decode" >> JudgeStage("decode", _Decode())
-        assert_that(decoded["kept"] | beam.Map(lambda s: (s.source_id, s.images[0].width, s.images[0].uri,
-                                                          [e.stage for e in s.lineage])),
-                    equal_to([("0", 3, f"http://127.0.0.1:{p}/img.png", ["download", "decode"]),
-                              ("l", 3, "x.png", ["decode"])]), label="kept")
-        assert_that(out["rejected"] | beam.Map(lambda r: (r.source_id, r.stage, r.reason)),
-                    equal_to([("1", "download", "http_404"), ("2", "download", "opted_out"),
-                              ("3", "download", "not_an_image"), ("4", "download", "blocked_address"),
-                              ("5", "download", "blocked_scheme")]), label="rejected")
+    pipeline = TestPipeline()  # run below, not in a with-block: its counters are read
+    out = (pipeline | beam.Create(samples)
+           | "download" >> DownloadStage(config(batch_size=4), resolver=NAMES))
+    decoded = out["kept"] | "decode" >> JudgeStage("decode", _Decode())
+    assert_that(decoded["kept"] | beam.Map(lambda s: (s.source_id, s.images[0].width, s.images[0].uri,
+                                                      [e.stage for e in s.lineage])),
+                equal_to([("0", 3, f"http://127.0.0.1:{p}/img.png", ["download", "decode"]),
+                          ("l", 3, "x.png", ["decode"])]), label="kept")
+    assert_that(out["rejected"] | beam.Map(lambda r: (r.source_id, r.stage, r.reason)),
+                equal_to([("1", "download", "http_404"), ("2", "download", "opted_out"),
+                          ("3", "download", "not_an_image"), ("4", "download", "blocked_address"),
+                          ("5", "download", "blocked_scheme")]), label="rejected")
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace("download"))["counters"]:
+        counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + c.committed  # summed over steps
+    assert counters == {"kept": 2, "images_fetched": 1, "dropped_http_404": 1, "dropped_opted_out": 1,
+                        "dropped_not_an_image": 1, "dropped_blocked_address": 1, "dropped_blocked_scheme": 1}
     assert server.count() == 4  # 10.0.0.1 and file:// were never requested
 
 
-def test_stage_on_empty_input():
+def test_stage_on_empty_input_and_an_unexpected_error_quarantines_its_batch():
+    """An error inside the client (a bug, not a network failure) must not lose the batch: it is quarantined."""
+    failing = [_sample(str(i), [f"http://img{i}.test/x.png"]) for i in range(3)]
     with TestPipeline() as pipeline:
-        out = pipeline | beam.Create([], reshuffle=False).with_output_types(Sample) | DownloadStage(config())
+        empty = (pipeline | "Empty" >> beam.Create([], reshuffle=False).with_output_types(Sample)
+                 | "OnEmpty" >> DownloadStage(config()))
+        assert_that(empty["kept"], equal_to([]), label="empty_kept")
+        assert_that(empty["rejected"], equal_to([]), label="empty_rejected")
+        out = (pipeline | "Failing" >> beam.Create(failing)
+               | "OnFailing" >> DownloadStage(config(batch_size=3), max_error_ratio=1.0, resolver=ExplodingResolver()))
         assert_that(out["kept"], equal_to([]), label="kept")
-        assert_that(out["rejected"], equal_to([]), label="rejected")
+        assert_that(out["rejected"] | beam.Map(lambda r: (r.source_id, r.stage, r.reason)),
+                    equal_to([(str(i), "download", "quarantined_error") for i in range(3)]), label="rejected")
+
+
+class ExplodingResolver:
+    def __call__(self, host, port):
+        raise RuntimeError("resolver bug")
 
 
 # --- configuration -------------------------------------------------------------------------------------------------
 def test_config_section_and_when_the_stage_runs():
-    job = load_config({"inputs": [{"path": "x.parquet"}],
+    job = load_config({"inputs": [{"path": "raw/*.tar"}, {"path": "images/", "format": "folder"}],
                        "download": {"concurrency": 4, "allowed_networks": ["10.20.0.0/16"]}})
     assert (job.download.concurrency, job.download.allowed_networks) == (4, ["10.20.0.0/16"])
-    assert [name for name, _ in curate_stages(job)][:1] == ["decode"]  # a manifest input: no download stage
-    forced = load_config({"inputs": [{"path": "x.parquet"}], "download": {"enabled": True}})
+    assert [name for name, _ in curate_stages(job)][:1] == ["decode"]  # tars and folders name no URLs
+    forced = load_config({"inputs": [{"path": "raw/*.tar"}], "download": {"enabled": True}})
     assert [name for name, _ in curate_stages(forced)][:2] == ["download", "decode"]
-    assert download_enabled(DownloadConfig(), ["parquet", "laion"]) is True
-    assert download_enabled(DownloadConfig(enabled=False), ["laion"]) is False
+    rows = load_config({"inputs": [{"path": "raw/*.tar"}, {"path": "laion/part-0.parquet"}]})
+    assert [name for name, _ in curate_stages(rows)][:2] == ["download", "decode"]  # auto over rows: may be URLs
+    off = load_config({"inputs": [{"path": "laion/part-0.parquet"}], "download": {"enabled": False}})
+    assert [name for name, _ in curate_stages(off)][:1] == ["decode"]
     with pytest.raises(ConfigError, match="allowed_networks: 'intranet' is not a network"):
         build_config(DownloadConfig, {"allowed_networks": ["intranet"]}, "download")
     with pytest.raises(ConfigError, match="concurrency"):
@@ -472,19 +498,3 @@ def test_tls_goes_to_the_checked_address_with_the_name_for_sni():
     assert result.reason == "connection_error"
     assert hellos[0][0] == 0x16 and _client_hello_server_name(hellos[0]) == "img.test"
 
-
-class ExplodingResolver:
-    """An unexpected error inside the client (a bug, not a network failure): it must not lose the batch."""
-
-    def __call__(self, host, port):
-        raise RuntimeError("resolver bug")
-
-
-def test_an_unexpected_error_quarantines_the_batch_instead_of_losing_it():
-    samples = [_sample(str(i), [f"http://img{i}.test/x.png"]) for i in range(3)]
-    with TestPipeline() as pipeline:
-        out = (pipeline | beam.Create(samples)
-               | DownloadStage(config(batch_size=3), max_error_ratio=1.0, resolver=ExplodingResolver()))
-        assert_that(out["kept"], equal_to([]), label="kept")
-        assert_that(out["rejected"] | beam.Map(lambda r: (r.source_id, r.stage, r.reason)),
-                    equal_to([(str(i), "download", "quarantined_error") for i in range(3)]), label="rejected")
