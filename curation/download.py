@@ -305,8 +305,10 @@ def sniff_image(head: bytes) -> str | None:
         return "gif"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
-    if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis", b"mif1", b"msf1", b"heic", b"heix"):
+    if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis", b"mif1", b"msf1"):
         return "avif"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix"):
+        return "heif"  # an image, though decode does not read it (unidentified_image there, not not_an_image here)
     if head.startswith((b"II*\x00", b"MM\x00*")):
         return "tiff"
     if head.startswith((b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")):

@@ -21,25 +21,18 @@ from vlmloom.pipelines import progress
 from vlmloom.pipelines.stages import DEAD_LETTER, KEPT, REJECTED, Fixed, quarantine_any, route
 from vlmloom.schemas.config import config_hash
 
-# Input formats whose records may name their images by URL (the URL-list and document readers, and their aliases).
-URL_LIST_FORMATS = frozenset({"urls", "laion", "mmc4", "obelics", "hf", "datasets"})
-# Files an `auto` input sniffs row by row: one of them may be a URL list.
-ROW_FILE_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl", ".json", ".arrow")
+# Input formats whose records name their images by URL (the URL-list and document readers, and their aliases).
+URL_LIST_FORMATS = frozenset({"urls", "laion", "mmc4", "obelics"})
 _FETCH = "fetch"
 
 
 def download_enabled(config: DownloadConfig, inputs) -> bool:
-    """Does the job need the stage? `download.enabled` when set; unset, when an input's format is a URL list, or
-    is `auto` over row files (Parquet, CSV, ...) that may be one. Tars and image folders never name URLs."""
+    """Does the job need the stage? `download.enabled` when set; unset, when an input's format is a URL list.
+    (An `auto` input is not known to be one when the graph is built: such jobs set `download.enabled: true`, or
+    name the format; otherwise decode rejects URL-only images as `empty_bytes`, the URL in the detail.)"""
     if config.enabled is not None:
         return config.enabled
-    return any(_may_name_urls(cfg) for cfg in inputs)
-
-
-def _may_name_urls(cfg) -> bool:
-    if cfg.format in URL_LIST_FORMATS:
-        return True
-    return cfg.format == "auto" and any(p.lower().endswith(ROW_FILE_SUFFIXES) for p in cfg.patterns())
+    return any(cfg.format in URL_LIST_FORMATS for cfg in inputs)
 
 
 class _FetchBatch(progress.CountingDoFn):

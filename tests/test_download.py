@@ -6,7 +6,9 @@ counts the requests it receives, so the tests prove what was never fetched.
 import io
 import ipaddress
 import socket
+import ssl
 import threading
+from dataclasses import dataclass
 
 import apache_beam as beam
 import pyarrow as pa
@@ -442,6 +444,11 @@ class ExplodingResolver:
 
 
 # --- configuration -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Input:
+    format: str  # an input of a URL-list format (its reader lands with the readers' work)
+
+
 def test_config_section_and_when_the_stage_runs():
     job = load_config({"inputs": [{"path": "raw/*.tar"}, {"path": "images/", "format": "folder"}],
                        "download": {"concurrency": 4, "allowed_networks": ["10.20.0.0/16"]}})
@@ -449,10 +456,11 @@ def test_config_section_and_when_the_stage_runs():
     assert [name for name, _ in curate_stages(job)][:1] == ["decode"]  # tars and folders name no URLs
     forced = load_config({"inputs": [{"path": "raw/*.tar"}], "download": {"enabled": True}})
     assert [name for name, _ in curate_stages(forced)][:2] == ["download", "decode"]
-    rows = load_config({"inputs": [{"path": "raw/*.tar"}, {"path": "laion/part-0.parquet"}]})
-    assert [name for name, _ in curate_stages(rows)][:2] == ["download", "decode"]  # auto over rows: may be URLs
-    off = load_config({"inputs": [{"path": "laion/part-0.parquet"}], "download": {"enabled": False}})
-    assert [name for name, _ in curate_stages(off)][:1] == ["decode"]
+    manifest = load_config({"inputs": [{"path": "raw/*.tar"}, {"path": "manifest.parquet"}]})
+    assert [name for name, _ in curate_stages(manifest)][:1] == ["decode"]  # auto: not known to be a URL list
+    assert download_enabled(DownloadConfig(), [_Input("webdataset"), _Input("laion")]) is True
+    assert download_enabled(DownloadConfig(), [_Input("mmc4")]) is True
+    assert download_enabled(DownloadConfig(enabled=False), [_Input("urls")]) is False
     with pytest.raises(ConfigError, match="allowed_networks: 'intranet' is not a network"):
         build_config(DownloadConfig, {"allowed_networks": ["intranet"]}, "download")
     with pytest.raises(ConfigError, match="concurrency"):
@@ -496,5 +504,7 @@ def test_tls_goes_to_the_checked_address_with_the_name_for_sni():
         result = fetch(f"https://img.test:{port}/img.png", StubResolver({"img.test": ["127.0.0.1"]}), retries=0)
         thread.join()
     assert result.reason == "connection_error"
+    context = Downloader(config())._client._transport._pool._ssl_context  # the rebuilt pool kept verification
+    assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED
     assert hellos[0][0] == 0x16 and _client_hello_server_name(hellos[0]) == "img.test"
 
