@@ -3,10 +3,10 @@ or Rejections (reasons: curation/download.py `REASONS`).
 
     samples | "download" >> DownloadStage(DownloadConfig(), max_error_ratio=0.05)   # {"kept", "rejected"}
 
-Samples with nothing to fetch pass through untouched (counted as kept, no lineage). The rest are batched (`download.batch_size`) so that one
-worker fetches many images at once (`download.concurrency` threads over one connection pool, built in
-`setup()`), then routed like every stage (pipelines/stages.py: `kept`, one `dropped_<reason>` counter per
-reason, lineage); the images trimmed from interleaved documents are counted as `images_removed_<reason>`, every
+Samples with nothing to fetch pass through untouched (counted as kept, no lineage). The rest are batched
+(`download.batch_size`) so that one worker fetches many images at once (`download.concurrency` threads over one
+connection pool, built in `setup()`), then routed like every stage (pipelines/stages.py: `kept`, one
+`dropped_<reason>` counter per reason, lineage); the images trimmed from interleaved documents are counted as `images_removed_<reason>`, every
 image fetched as `images_fetched`. An unexpected error quarantines its whole batch (`quarantined_error`).
 """
 from __future__ import annotations
