@@ -27,11 +27,13 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from vlmloom.curation.decode import DecodeConfig, decode_sample
+from vlmloom.curation.download import DownloadConfig
 from vlmloom.curation.filters import HeuristicConfig, LanguageConfig, LanguageIdentifier, judge_heuristics, judge_language
 from vlmloom.curation.readers import READ_STAGE
 from vlmloom.curation.neardup import DedupConfig
 from vlmloom.pipelines import report as report_mod
 from vlmloom.pipelines.dedup import dedup_stages
+from vlmloom.pipelines.download import DownloadStage, download_enabled
 from vlmloom.pipelines.keys import UniqueKeys
 from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled
 from vlmloom.pipelines.progress import LiveProgress
@@ -56,6 +58,7 @@ class CurateConfig:
     overwrite: bool = False  # replace an existing output directory
     disable: list[str] = field(default_factory=list)  # stages to skip, any of OPTIONAL_STAGES
     max_error_ratio: float = 0.05  # a stage whose unexpected errors exceed this fraction fails the job
+    download: DownloadConfig = DownloadConfig()  # fetching URL-only images (URL lists), before decode
     decode: DecodeConfig = DecodeConfig()
     heuristics: HeuristicConfig = HeuristicConfig()
     language: LanguageConfig = LanguageConfig()
@@ -112,8 +115,10 @@ class _LanguageJudge:
 def curate_stages(config: CurateConfig) -> list[tuple[str, beam.PTransform]]:
     """The configured stages in order, each following the pipelines.stages protocol."""
     ratio = config.max_error_ratio
-    stages: list[tuple[str, beam.PTransform]] = [
-        ("decode", JudgeStage("decode", _DecodeJudge(config.decode), config_hash(config.decode), ratio))]
+    stages: list[tuple[str, beam.PTransform]] = []
+    if download_enabled(config.download, config.inputs):
+        stages.append(("download", DownloadStage(config.download, ratio)))
+    stages.append(("decode", JudgeStage("decode", _DecodeJudge(config.decode), config_hash(config.decode), ratio)))
     if config.enabled("heuristics"):
         stages.append(("heuristics", JudgeStage("heuristics", _HeuristicJudge(config.heuristics),
                                                 config_hash(config.heuristics), ratio)))

@@ -34,6 +34,10 @@ DEDUP_STAGES = ("exact_dedup", "near_dup_image", "near_dup_text")
 SIGNALS: dict[str, Signal] = {
     ORIGIN_SIGNAL: Signal(str, "read", "where the raw record was read (file#member, FILE:LINE, file:rowN); "
                                         "duplicate-key ties, trace"),
+    "download_images_removed": Signal(numbers.Integral, "download", "images an interleaved document lost to failed "
+                                                                     "downloads (their segments too); report"),
+    "download_failures": Signal(list, "download", "failed images [{image, uri, reason}]: a trimmed document's "
+                                                  "removals, a rejection's fields; trace"),
     "width": Signal(numbers.Integral, "decode", "image 0 width in pixels; heuristics, dedup (pixel count)"),
     "height": Signal(numbers.Integral, "decode", "image 0 height in pixels; heuristics, dedup (pixel count)"),
     "pixel_std": Signal(numbers.Real, "decode", "grey-level standard deviation of image 0; heuristics"),
