@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlmloom.schemas.charts import histogram
 from vlmloom.schemas.config import ConfigError, config_hash, to_dict
 from vlmloom.schemas.formats import MANIFEST_FILE, PACKED_FORMAT_VERSION, SHARDS_DIR, SUCCESS_FILE, shard_name
 from vlmloom.schemas.packed import IGNORE_INDEX, PACKED_MANIFEST_SCHEMA, REJECTED_FILE
@@ -347,8 +348,9 @@ def sample_texts(sample: Sample) -> Iterator[str]:
 
 
 def _histogram(values, edges) -> dict:
-    counts, _ = np.histogram(np.asarray(values, np.float64), bins=np.asarray(edges, np.float64))
-    return {"edges": [float(e) for e in edges], "counts": counts.tolist()}
+    """schemas/charts.histogram (the curation report's): bins [lo, hi), None opens the last bin (drawn "≥129", not
+    as a made-up upper edge), a value past a closed end in the nearest bin (seq_len itself in the last)."""
+    return histogram([float(v) for v in values], [None if e is None else float(e) for e in edges])
 
 
 def _report(config, recipe, tokenizer, lengths, rejections, truncated, mult, writer, costs_before,
@@ -383,7 +385,7 @@ def _report(config, recipe, tokenizer, lengths, rejections, truncated, mult, wri
         "histograms": {
             "sample_length": _histogram(writer.sample_lengths, edges),
             "sequence_fill": _histogram([r["num_tokens"] / L for r in manifest], np.linspace(0, 1, 11)),
-            "samples_per_sequence": _histogram(samples_per_seq, [1, 2, 3, 5, 9, 17, 33, 65, 129, 1 << 20]),
+            "samples_per_sequence": _histogram(samples_per_seq, [1, 2, 3, 5, 9, 17, 33, 65, 129, None]),
         },
         "sources": sources,
         "recipe": to_dict(recipe), "recipe_hash": recipe_hash(recipe),
