@@ -38,6 +38,10 @@ Version history:
        (no step of the writer holds the whole corpus' keys)
 
 Packed output (`vlmloom pack ... --output DIR`): see `packed.py`.
+
+The names below are the layouts' own: only curated.py (the curated directory's one reader and writer) and
+packed.py (the packed directory's) use them; every other module goes through those two
+(tests/test_boundaries.py).
 """
 from __future__ import annotations
 
