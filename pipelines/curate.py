@@ -38,10 +38,11 @@ from vlmloom.pipelines.keys import UniqueKeys
 from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled
 from vlmloom.pipelines.progress import LiveProgress
 from vlmloom.pipelines.report_html import render_html
-from vlmloom.pipelines.sink import OutputConfig, WriteCurated, join, write_atomic
+from vlmloom.pipelines.sink import OutputConfig, WriteCurated, write_atomic
 from vlmloom.pipelines.sources import InputConfig, ReadInputs, resolve_input
 from vlmloom.pipelines.stages import JudgeStage
-from vlmloom.schemas import console, formats
+from vlmloom.pipelines.files import BEAM_FILES
+from vlmloom.schemas import console, curated
 from vlmloom.schemas.config import ConfigError, build_config, config_hash
 from vlmloom.schemas.progress import show_progress
 from vlmloom.schemas.records import release_bytes
@@ -173,8 +174,7 @@ def _prepare_output(output: str, overwrite: bool) -> str:
         raise ConfigError(f"output {output!r} already exists: pass --overwrite to replace it, or choose another --output")
     if _is_local(output):
         staging = staging_directory(output)
-        for sub in (formats.SHARDS_DIR, formats.MANIFEST_DIR, formats.REJECTED_DIR):
-            os.makedirs(os.path.join(staging, sub))
+        curated.make_local_dirs(staging)
         return staging
     if exists:
         FileSystems.delete([output])
@@ -224,7 +224,7 @@ def _render_html(work_dir: str, report: dict[str, Any], config: CurateConfig) ->
                   exc_info=True)
         report["report_html_error"] = f"{type(exc).__name__}: {exc}"
         return
-    write_atomic(join(work_dir, formats.REPORT_HTML_FILE), page.encode())
+    write_atomic(curated.report_html_path(work_dir, BEAM_FILES), page.encode())
 
 
 def curate(config: CurateConfig, beam_args: list[str] | None = None, progress: bool | None = None) -> dict[str, Any]:
@@ -250,9 +250,9 @@ def curate(config: CurateConfig, beam_args: list[str] | None = None, progress: b
         report = report_mod.build_report(work_dir, stage_names, counters, config, time.time() - started)
         report["disabled_model_stages"] = describe_disabled(config.models)
         _render_html(work_dir, report, config)
-        write_atomic(join(work_dir, formats.REPORT_FILE), json.dumps(report, indent=2, sort_keys=True).encode())
+        write_atomic(curated.report_path(work_dir, BEAM_FILES), json.dumps(report, indent=2, sort_keys=True).encode())
         report_mod.check_accounting(report)
-        write_atomic(join(work_dir, formats.SUCCESS_FILE), b"")
+        write_atomic(curated.success_path(work_dir, BEAM_FILES), b"")
     except BaseException:
         if pipeline is not None:  # a graph that failed to build never ran: Beam's run() would have removed it
             shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
