@@ -37,15 +37,20 @@ def iter_shard_samples(path: str) -> Iterator[Sample]:
         if "json" not in members:
             raise RecordError(f"record {key!r}: shard {os.path.basename(path)} has no {key}.json")
         images: dict[int, bytes] = {}
+        videos: dict[int, bytes] = {}
         for ext, data in members.items():
             parts = ext.split(".")
             if ext in ("json", "txt"):
+                continue
+            if len(parts) == 2 and parts[0][:1] == "v" and parts[0][1:].isdigit():  # KEY.v0.mp4 (formats.py)
+                videos[int(parts[0][1:])] = data
                 continue
             if len(parts) == 1:
                 images[0] = data
             elif len(parts) == 2 and parts[0].isdigit():
                 images[int(parts[0])] = data
-        sample = Sample.from_json(members["json"].decode("utf-8"), [images[i] for i in sorted(images)])
+        sample = Sample.from_json(members["json"].decode("utf-8"), [images[i] for i in sorted(images)],
+                                  [videos[i] for i in sorted(videos)])
         if len(images) != len(sample.images):
             raise RecordError(f"record {key!r}: field 'images' lists {len(sample.images)}, shard holds {len(images)}")
         yield sample

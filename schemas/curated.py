@@ -28,7 +28,9 @@ def member_names(sample: Sample) -> list[str]:
     # KEY.txt is always written (empty without text) so that samples of a kind share one member layout.
     names = [f"{sample.key}.json", f"{sample.key}.txt"]
     return names + [formats.image_member_name(sample.key, i, image.format or "jpeg")
-                    for i, image in enumerate(sample.images) if image.has_bytes]
+                    for i, image in enumerate(sample.images) if image.has_bytes] + [
+        formats.video_member_name(sample.key, i, video.format) for i, video in enumerate(sample.videos)
+        if video.has_bytes]
 
 
 def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
@@ -36,6 +38,7 @@ def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
     input file here, checked against the sha256 decode recorded (ImageRef.load_bytes)."""
     data = [sample.to_json().encode("utf-8"), (sample.training_text() or "").encode("utf-8")]
     data += [image.load_bytes() for image in sample.images if image.has_bytes]
+    data += [video.load_bytes() for video in sample.videos if video.has_bytes]
     return list(zip(member_names(sample), data))
 
 
