@@ -191,3 +191,44 @@ def validate_video_sample(sample: Sample, config: VideoConfig = VideoConfig()) -
         probed.span = ref.span  # the same bytes still lie there: the shuffles may drop them again
         sample.videos[i] = probed
     return None, "", video_signals(sample.videos[0])
+
+
+# --- reader hooks (curation/readers.py calls these; the lead re-homes them in the readers registry) -------------
+def video_members(files: dict[str, bytes], uri_of, spans: dict[str, tuple[str, int, int]]) -> list[VideoRef]:
+    """The video members of a tar/folder record (`mp4`, `1.webm`, ...: index 0 when unnumbered), in index order,
+    as unprobed VideoRefs (bytes, where they were read, their span in a local file)."""
+    found = []
+    for ext, data in files.items():
+        parts = ext.split(".")
+        if parts[-1] not in VIDEO_EXTENSIONS or len(parts) > 2 or (len(parts) == 2 and not parts[0].isdigit()):
+            continue
+        found.append((int(parts[0]) if len(parts) == 2 else 0, ext, data))
+    return [VideoRef(bytes=data, uri=uri_of(ext), span=spans.get(ext), format=ext.rsplit(".", 1)[-1])
+            for _, ext, data in sorted(found, key=lambda f: (f[0], f[1]))]
+
+
+def video_refs_from_row(row: dict[str, Any], where: str, open_relative, image_root: str = "") -> list[VideoRef]:
+    """A manifest row's `video_bytes` (bytes) or `video_path` (relative to the manifest, the same rules as
+    `image_path`) → [VideoRef] ([] when neither). Raises readers.InvalidRecord: `invalid_field`,
+    `unsafe_video_path`, `missing_video_file`."""
+    from vlmloom.curation.readers import InvalidRecord, check_relative_path
+
+    data, path = row.get("video_bytes"), row.get("video_path")
+    if data is not None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidRecord("invalid_field", f"{where}: field 'video_bytes' is {type(data).__name__}, expected bytes")
+        return [VideoRef(bytes=bytes(data), uri=where)]
+    if path is None or path == "":
+        return []
+    if not isinstance(path, str):
+        raise InvalidRecord("invalid_field", f"{where}: field 'video_path' is {type(path).__name__}, expected a string")
+    why = check_relative_path(path, image_root)
+    if why:
+        raise InvalidRecord("unsafe_video_path", f"{where}: video_path {path!r} {why}")
+    try:
+        data = open_relative(path)
+    except InvalidRecord as exc:  # the opener's own checks (symlinks out of the folder) name images
+        raise InvalidRecord("unsafe_video_path", exc.detail) from None
+    except (OSError, ValueError) as exc:
+        raise InvalidRecord("missing_video_file", f"{where}: {path}: {type(exc).__name__}: {exc}") from None
+    return [VideoRef(bytes=data, uri=path)]
