@@ -6,7 +6,8 @@
 
 Reasons, one each: `corrupt_video` (not a container, no frame rate, nothing decodes), `no_video_stream` (audio
 only, ...), `unsupported_codec`, `too_short`, `too_long` (duration or frame count over the caps), `too_large`
-(encoded bytes or frame pixels over the caps). Nothing here raises on input bytes: a hostile file (truncated,
+(encoded bytes or frame pixels over the caps), and, when their thresholds are set, `static_video` (too little
+change between frames) and `uniform_video` (frames of one flat colour). Nothing here raises on input bytes: a hostile file (truncated,
 zero fps, 1×1, 100k frames, audio only) becomes a rejection, and decoding stops at `max_frames`.
 
 `frame_count` is the number of frames that decode, not the container's claim (they can disagree: a real .mov
@@ -27,7 +28,8 @@ from vlmloom.schemas.video import VideoSampling, VideoSizeError, plan_video
 
 STAGE = "decode"
 VIDEO_EXTENSIONS = ("mp4", "webm", "mov", "mkv", "avi")
-REASONS = ("corrupt_video", "no_video_stream", "unsupported_codec", "too_short", "too_long", "too_large")
+REASONS = ("corrupt_video", "no_video_stream", "unsupported_codec", "too_short", "too_long", "too_large",
+           "static_video", "uniform_video")
 # FFmpeg decoder names seen in web/video corpora; others (raw formats, screen codecs, ...) are refused:
 # parsing rare codecs from untrusted bytes buys risk, not data.
 DEFAULT_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mpeg2video", "mpeg1video", "mjpeg", "theora",
@@ -47,6 +49,9 @@ class VideoConfig:
     # the sampled frames, resized, must fit, else → too_large. Counting never holds more than one frame.
     max_decoded_bytes: int = 512 * 2**20
     sampling: VideoSampling = field(default_factory=VideoSampling)  # GLM-4.1V frame sampling (for the budget above)
+    # Content rules on 16×16 grey thumbnails of the frames GLM's sampling rate would see (one per 1/sampling.fps s):
+    min_motion: float = -1.0  # mean absolute grey-level change (0-255) between those frames; below → static_video; -1 disables
+    min_pixel_std: float = -1.0  # mean grey-level standard deviation of a frame; below → uniform_video; -1 disables
 
     def validate(self) -> None:
         if not 0 <= self.min_duration <= self.max_duration:
@@ -69,6 +74,12 @@ class VideoRejected(Exception):
 
 def probe_video(data: bytes, config: VideoConfig = VideoConfig(), uri: str | None = None) -> VideoRef:
     """Encoded video → VideoRef of what decodes (frames counted); raises VideoRejected, nothing else."""
+    return probe_video_signals(data, config, uri)[0]
+
+
+def probe_video_signals(data: bytes, config: VideoConfig = VideoConfig(),
+                        uri: str | None = None) -> tuple[VideoRef, dict[str, float]]:
+    """`probe_video`, with the content measures (`video_motion`, `video_pixel_std`) taken on the way."""
     if len(data) > config.max_bytes:
         raise VideoRejected("too_large", f"{len(data)} bytes > video.max_bytes {config.max_bytes}")
     try:
@@ -79,7 +90,7 @@ def probe_video(data: bytes, config: VideoConfig = VideoConfig(), uri: str | Non
         raise VideoRejected("corrupt_video", f"{type(exc).__name__}: {exc}"[:300]) from None
 
 
-def _probe(data: bytes, config: VideoConfig, uri: str | None) -> VideoRef:
+def _probe(data: bytes, config: VideoConfig, uri: str | None) -> tuple[VideoRef, dict[str, float]]:
     import av
 
     with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
@@ -103,7 +114,7 @@ def _probe(data: bytes, config: VideoConfig, uri: str | None) -> VideoRef:
         claimed = _claimed_duration(container, stream)
         if claimed > config.max_duration:
             raise VideoRejected("too_long", f"container says {claimed:.1f} s > video.max_duration {config.max_duration}")
-        frames, error = _count_decodable(container, stream, config, fps)
+        frames, error, motion, pixel_std = _count_decodable(container, stream, config, fps)
         fmt = _member_format(uri, container.format.name)
     if frames == 0:
         raise VideoRejected("corrupt_video", f"no frame decodes{': ' + error if error else ''}")
@@ -111,6 +122,10 @@ def _probe(data: bytes, config: VideoConfig, uri: str | None) -> VideoRef:
     if duration < config.min_duration:
         raise VideoRejected("too_short", f"{frames} frames at {fps:g} fps = {duration:.3f} s "
                                          f"< video.min_duration {config.min_duration}")
+    if motion < config.min_motion:
+        raise VideoRejected("static_video", f"motion {motion:.2f} < video.min_motion {config.min_motion}")
+    if pixel_std < config.min_pixel_std:
+        raise VideoRejected("uniform_video", f"pixel std {pixel_std:.2f} < video.min_pixel_std {config.min_pixel_std}")
     try:
         plan = plan_video(frames, fps, width, height, config.sampling)
     except VideoSizeError as exc:
@@ -121,7 +136,7 @@ def _probe(data: bytes, config: VideoConfig, uri: str | None) -> VideoRef:
                                          f"{plan.resized_height} need {held} bytes > video.max_decoded_bytes")
     return VideoRef(sha256=sha256_hex(data), uri=uri, bytes=data, format=fmt, duration=duration, fps=fps, width=width,
                     height=height, codec=codec, frame_count=frames, claimed_frames=int(stream.frames or 0),
-                    decode_error=error)
+                    decode_error=error), {"video_motion": round(motion, 4), "video_pixel_std": round(pixel_std, 4)}
 
 
 def _member_format(uri: str | None, demuxer: str) -> str:
@@ -141,12 +156,22 @@ def _claimed_duration(container, stream) -> float:
     return 0.0
 
 
-def _count_decodable(container, stream, config: VideoConfig, fps: float) -> tuple[int, str]:
-    """(frames that decode, the error that ended decoding or ""). One frame alive at a time; stops past the caps."""
+def _count_decodable(container, stream, config: VideoConfig, fps: float) -> tuple[int, str, float, float]:
+    """(frames that decode, the error that ended decoding or "", motion, pixel std). One frame alive at a time;
+    stops past the caps. Motion and std are measured on 16×16 grey thumbnails every 1/sampling.fps seconds."""
+    import numpy as np
+
     limit = min(config.max_frames, int(config.max_duration * fps) + 1)
-    frames = 0
+    step = max(1, round(fps / config.sampling.fps))
+    frames, previous, diffs, stds, error = 0, None, [], [], ""
     try:
-        for _ in container.decode(stream):
+        for frame in container.decode(stream):
+            if frames % step == 0:
+                thumb = frame.reformat(width=16, height=16, format="gray").to_ndarray().astype(np.float32)
+                stds.append(float(thumb.std()))
+                if previous is not None:
+                    diffs.append(float(np.abs(thumb - previous).mean()))
+                previous = thumb
             frames += 1
             if frames > limit:
                 raise VideoRejected("too_long", f"more than {limit} frames decode (video.max_frames {config.max_frames}"
@@ -154,8 +179,9 @@ def _count_decodable(container, stream, config: VideoConfig, fps: float) -> tupl
     except VideoRejected:
         raise
     except Exception as exc:  # a truncated or damaged tail: keep the frames before it (sampled from what decodes)
-        return frames, f"{type(exc).__name__}: {exc}"[:200]
-    return frames, ""
+        error = f"{type(exc).__name__}: {exc}"[:200]
+    motion = sum(diffs) / len(diffs) if diffs else 0.0
+    return frames, error, motion, (sum(stds) / len(stds) if stds else 0.0)
 
 
 def video_signals(ref: VideoRef) -> dict[str, Any]:
@@ -185,12 +211,16 @@ def validate_video_sample(sample: Sample, config: VideoConfig = VideoConfig()) -
         if data is None:
             return "corrupt_video", f"video {i} has no bytes", {}
         try:
-            probed = probe_video(data, config, ref.uri)
+            probed, measured = probe_video_signals(data, config, ref.uri)
         except VideoRejected as exc:
             return exc.reason, f"video {i}: {exc.detail}", {}
         probed.span = ref.span  # the same bytes still lie there: the shuffles may drop them again
+        if ref.format and not probed.format:
+            probed.format = ref.format
         sample.videos[i] = probed
-    return None, "", video_signals(sample.videos[0])
+        if i == 0:
+            content = measured
+    return None, "", {**video_signals(sample.videos[0]), **content}
 
 
 # --- reader hooks (curation/readers.py calls these; the lead re-homes them in the readers registry) -------------

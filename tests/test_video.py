@@ -237,6 +237,30 @@ def test_hostile_videos_never_raise_out_of_validation():
                         "many frames": "too_long", "audio only": "no_video_stream", "empty": "corrupt_video"}
 
 
+def test_motion_and_uniformity_signals_and_their_rules():
+    # frame i is flat grey 8·i; at 10 fps GLM samples every 5th frame: 40 grey levels apart, flat frames
+    sample = video_sample_from_bytes("src", "moving", make_video(20, 32, 32, fps=10))
+    reason, _, signals = validate_video_sample(sample)
+    assert reason is None
+    assert signals["video_motion"] == pytest.approx(40, abs=1.5)
+    assert signals["video_pixel_std"] < 1.0
+    assert validate_video_sample(sample, VideoConfig(min_pixel_std=5.0))[0] == "uniform_video"
+    assert validate_video_sample(sample, VideoConfig(min_motion=50.0))[0] == "static_video"
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:  # one textured frame held still for 2 s
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for _ in range(20):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(noise, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    still = video_sample_from_bytes("src", "still", buf.getvalue())
+    reason, detail, signals = validate_video_sample(still, VideoConfig(min_motion=2.0, min_pixel_std=5.0))
+    assert reason == "static_video" and signals == {}, detail
+
+
 # --- frames and patches -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("frames,fps,width,height", [(41, 20, 32, 32), (25, 10, 64, 48), (9, 3, 48, 64)])
 def test_frames_and_patches_equal_the_processor(frames, fps, width, height):
