@@ -7,7 +7,8 @@
 Reasons, one each: `corrupt_video` (not a container, no frame rate, nothing decodes), `no_video_stream` (audio
 only, ...), `unsupported_codec`, `too_short`, `too_long` (duration or frame count over the caps), `too_large`
 (encoded bytes or frame pixels over the caps), and, when their thresholds are set, `static_video` (too little
-change between frames) and `uniform_video` (frames of one flat colour). Nothing here raises on input bytes: a hostile file (truncated,
+change between frames) and `uniform_video` (frames of one flat colour). Nothing here raises on input bytes:
+a hostile file (truncated,
 zero fps, 1×1, 100k frames, audio only) becomes a rejection, and decoding stops at `max_frames`.
 
 `frame_count` is the number of frames that decode, not the container's claim (they can disagree: a real .mov
@@ -50,18 +51,18 @@ class VideoConfig:
     max_decoded_bytes: int = 512 * 2**20
     sampling: VideoSampling = field(default_factory=VideoSampling)  # GLM-4.1V frame sampling (for the budget above)
     # Content rules on 16×16 grey thumbnails of the frames GLM's sampling rate would see (one per 1/sampling.fps s):
-    min_motion: float = -1.0  # mean absolute grey-level change (0-255) between those frames; below → static_video; -1 disables
+    min_motion: float = -1.0  # mean grey-level change (0-255) between those frames; below → static_video; -1 off
     min_pixel_std: float = -1.0  # mean grey-level standard deviation of a frame; below → uniform_video; -1 disables
 
     def validate(self) -> None:
         if not 0 <= self.min_duration <= self.max_duration:
-            raise ConfigError(f"video: need 0 <= min_duration ({self.min_duration}) <= max_duration "
+            raise ConfigError(f"need 0 <= min_duration ({self.min_duration}) <= max_duration "
                               f"({self.max_duration}); the defaults are 0.5 and 3600")
         for name in ("max_frames", "max_bytes", "max_frame_pixels", "max_decoded_bytes"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"video.{name} ({getattr(self, name)}) must be >= 1")
+                raise ConfigError(f"{name} ({getattr(self, name)}) must be >= 1")
         if not self.codecs:
-            raise ConfigError("video.codecs is empty: list the FFmpeg decoder names to accept (e.g. [h264, vp9])")
+            raise ConfigError("codecs is empty: list the FFmpeg decoder names to accept (e.g. [h264, vp9])")
 
 
 class VideoRejected(Exception):
@@ -81,7 +82,7 @@ def probe_video_signals(data: bytes, config: VideoConfig = VideoConfig(),
                         uri: str | None = None) -> tuple[VideoRef, dict[str, float]]:
     """`probe_video`, with the content measures (`video_motion`, `video_pixel_std`) taken on the way."""
     if len(data) > config.max_bytes:
-        raise VideoRejected("too_large", f"{len(data)} bytes > video.max_bytes {config.max_bytes}")
+        raise VideoRejected("too_large", f"{len(data)} bytes > decode.video.max_bytes {config.max_bytes}")
     try:
         return _probe(data, config, uri)
     except VideoRejected:
@@ -100,12 +101,13 @@ def _probe(data: bytes, config: VideoConfig, uri: str | None) -> tuple[VideoRef,
         stream = container.streams.video[0]
         codec = stream.codec_context.name or ""
         if codec not in config.codecs:
-            raise VideoRejected("unsupported_codec", f"codec {codec!r} not in video.codecs")
+            raise VideoRejected("unsupported_codec", f"codec {codec!r} not in decode.video.codecs")
         width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
         if width <= 0 or height <= 0:
             raise VideoRejected("corrupt_video", f"frame size {width}x{height}")
         if width * height > config.max_frame_pixels:
-            raise VideoRejected("too_large", f"frame {width}x{height} > video.max_frame_pixels {config.max_frame_pixels}")
+            raise VideoRejected("too_large", f"frame {width}x{height} > decode.video.max_frame_pixels "
+                                             f"{config.max_frame_pixels}")
         # transformers' read_video_pyav takes the stream's average_rate; a stream without one cannot be timed.
         rate = stream.average_rate
         fps = float(rate) if rate else 0.0
@@ -113,7 +115,8 @@ def _probe(data: bytes, config: VideoConfig, uri: str | None) -> tuple[VideoRef,
             raise VideoRejected("corrupt_video", f"no frame rate (average_rate {rate})")
         claimed = _claimed_duration(container, stream)
         if claimed > config.max_duration:
-            raise VideoRejected("too_long", f"container says {claimed:.1f} s > video.max_duration {config.max_duration}")
+            raise VideoRejected("too_long", f"container says {claimed:.1f} s > decode.video.max_duration "
+                                            f"{config.max_duration}")
         frames, error, motion, pixel_std = _count_decodable(container, stream, config, fps)
         fmt = _member_format(uri, container.format.name)
     if frames == 0:
@@ -121,11 +124,12 @@ def _probe(data: bytes, config: VideoConfig, uri: str | None) -> tuple[VideoRef,
     duration = frames / fps
     if duration < config.min_duration:
         raise VideoRejected("too_short", f"{frames} frames at {fps:g} fps = {duration:.3f} s "
-                                         f"< video.min_duration {config.min_duration}")
+                                         f"< decode.video.min_duration {config.min_duration}")
     if motion < config.min_motion:
-        raise VideoRejected("static_video", f"motion {motion:.2f} < video.min_motion {config.min_motion}")
+        raise VideoRejected("static_video", f"motion {motion:.2f} < decode.video.min_motion {config.min_motion}")
     if pixel_std < config.min_pixel_std:
-        raise VideoRejected("uniform_video", f"pixel std {pixel_std:.2f} < video.min_pixel_std {config.min_pixel_std}")
+        raise VideoRejected("uniform_video", f"pixel std {pixel_std:.2f} < decode.video.min_pixel_std "
+                                             f"{config.min_pixel_std}")
     try:
         plan = plan_video(frames, fps, width, height, config.sampling)
     except VideoSizeError as exc:
@@ -133,7 +137,7 @@ def _probe(data: bytes, config: VideoConfig, uri: str | None) -> tuple[VideoRef,
     held = len(plan.frame_indices) * plan.resized_height * plan.resized_width * 3
     if held > config.max_decoded_bytes:
         raise VideoRejected("too_large", f"{len(plan.frame_indices)} sampled frames of {plan.resized_width}x"
-                                         f"{plan.resized_height} need {held} bytes > video.max_decoded_bytes")
+                                         f"{plan.resized_height} need {held} bytes > decode.video.max_decoded_bytes")
     return VideoRef(sha256=sha256_hex(data), uri=uri, bytes=data, format=fmt, duration=duration, fps=fps, width=width,
                     height=height, codec=codec, frame_count=frames, claimed_frames=int(stream.frames or 0),
                     decode_error=error), {"video_motion": round(motion, 4), "video_pixel_std": round(pixel_std, 4)}
@@ -174,8 +178,9 @@ def _count_decodable(container, stream, config: VideoConfig, fps: float) -> tupl
                 previous = thumb
             frames += 1
             if frames > limit:
-                raise VideoRejected("too_long", f"more than {limit} frames decode (video.max_frames {config.max_frames}"
-                                                f", video.max_duration {config.max_duration} s at {fps:g} fps)")
+                raise VideoRejected("too_long", f"more than {limit} frames decode (decode.video.max_frames "
+                                                f"{config.max_frames}, decode.video.max_duration "
+                                                f"{config.max_duration} s at {fps:g} fps)")
     except VideoRejected:
         raise
     except Exception as exc:  # a truncated or damaged tail: keep the frames before it (sampled from what decodes)
@@ -246,7 +251,8 @@ def video_refs_from_row(row: dict[str, Any], where: str, open_relative, image_ro
     data, path = row.get("video_bytes"), row.get("video_path")
     if data is not None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise InvalidRecord("invalid_field", f"{where}: field 'video_bytes' is {type(data).__name__}, expected bytes")
+            raise InvalidRecord("invalid_field", f"{where}: field 'video_bytes' is {type(data).__name__}, "
+                                                 "expected bytes")
         return [VideoRef(bytes=bytes(data), uri=where)]
     if path is None or path == "":
         return []

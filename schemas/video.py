@@ -44,7 +44,7 @@ def sample_frame_indices(total_frames: int, video_fps: float, sampling: VideoSam
     if not video_fps or video_fps <= 0 or not math.isfinite(video_fps):
         raise VideoSizeError(f"frame rate {video_fps!r} is not positive")
     max_frame_idx = total_frames - 1
-    duration = total_frames / video_fps or round(max_frame_idx / video_fps) + 1
+    duration = total_frames / video_fps  # > 0 here, so sample_frames' fallback for a missing duration never applies
     if duration <= sampling.max_duration:
         n = max(int(math.floor(duration * sampling.fps)), 1)
         indices = [min(max_frame_idx, int(math.ceil(i * video_fps / sampling.fps))) for i in range(n)]
@@ -73,7 +73,8 @@ def _linspace(start: float, stop: float, num: int) -> list[float]:
     return values
 
 
-def smart_resize(num_frames: int, height: int, width: int, sampling: VideoSampling = VideoSampling()) -> tuple[int, int]:
+def smart_resize(num_frames: int, height: int, width: int,
+                 sampling: VideoSampling = VideoSampling()) -> tuple[int, int]:
     """(height, width) every sampled frame is resized to: video_processing_glm4v.smart_resize with
     temporal_factor = temporal_patch_size and factor = patch × merge."""
     factor = sampling.patch_size * sampling.merge_size

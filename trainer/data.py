@@ -95,7 +95,8 @@ class PackedCollator:
             input_ids.append(ids.astype(np.int64))
             targets.append(shifted_targets(labels, lens))
             positions.append(pos.astype(np.int64))
-            # Glm4vProcessor.create_mm_token_type_ids: <|image|> inside <|begin_of_video|>…<|end_of_video|> is video (2)
+            # as Glm4vProcessor.create_mm_token_type_ids: an <|image|> inside <|begin_of_video|>…<|end_of_video|>
+            # is video (2), elsewhere image (1)
             in_video = np.cumsum(ids == self.video_start_id) > np.cumsum(ids == self.video_end_id)
             mm_types.append(np.where(ids == self.image_token_id, np.where(in_video, 2, 1), 0).astype(np.int64))
             images += list(r.get("images", []))
@@ -121,7 +122,8 @@ class PackedCollator:
             batch["pixel_values"] = torch.from_numpy(pixel_values)
             batch["image_grid_thw"] = torch.from_numpy(stored)
         batch["stats"] = batch_stats(seq_lens, batch["targets"], int(batch["input_ids"].numel()),
-                                     num_patches=0 if batch["image_grid_thw"] is None else int(batch["image_grid_thw"].prod(-1).sum()))
+                                     num_patches=0 if batch["image_grid_thw"] is None
+                                     else int(batch["image_grid_thw"].prod(-1).sum()))
         return batch
 
     def _visual_blocks(self, records: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
