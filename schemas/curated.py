@@ -52,8 +52,8 @@ def manifest_row(sample: Sample, shard: str) -> dict:
     return {
         "key": sample.key, "source": sample.source, "source_id": sample.source_id, "kind": sample.kind,
         "shard": shard, "layout": member_layout(sample), "num_images": len(sample.images),
-        "width": sample.images[0].width if sample.images else 0,
-        "height": sample.images[0].height if sample.images else 0,
+        "width": sample.images[0].width if sample.images else sample.videos[0].width if sample.videos else 0,
+        "height": sample.images[0].height if sample.images else sample.videos[0].height if sample.videos else 0,
         "text_chars": len(sample.training_text() or ""),
         "signals": json.dumps(sample.signals, sort_keys=True, default=str),
     }

@@ -68,6 +68,11 @@ def test_curate_and_pack_video_inputs(tmp_path):
                                    {"path": str(tmp_path / "clips.tar"), "name": "tar"},
                                    {"path": str(tmp_path / "m" / "rows.jsonl"), "name": "manifest"}],
                         "output": out}))
+    report = json.load(open(f"{out}/report.json"))  # the kept clips: 2 s @ 10, 3 s @ 5, 1.5 s @ 8 fps, 64×64
+    assert report["sections"]["video_duration"]["count"] == 3
+    assert report["sections"]["video_duration"]["mean"] == pytest.approx((2.0 + 3.0 + 1.5) / 3, abs=1e-4)
+    assert report["sections"]["video_fps"]["histogram"]["counts"] == [2, 1, 0, 0, 0, 0]
+    assert report["histograms"]["width"]["counts"] == [3, 0, 0, 0, 0, 0]
     rejected = {(r["source_id"], r["reason"]) for r in pq.read_table(f"{out}/rejected").to_pylist()}
     assert rejected == {("broken", "corrupt_video"), ("short", "too_short")}
     kept = {s.source_id: s for s in iter_curated_samples(out)}
