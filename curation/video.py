@@ -7,13 +7,15 @@
 Reasons, one each: `corrupt_video` (not a container, no frame rate, nothing decodes), `no_video_stream` (audio
 only, ...), `unsupported_codec`, `too_short`, `too_long` (duration or frame count over the caps), `too_large`
 (encoded bytes or frame pixels over the caps), and, when their thresholds are set, `static_video` (too little
-change between frames) and `uniform_video` (frames of one flat colour). Nothing here raises on input bytes:
-a hostile file (truncated,
-zero fps, 1×1, 100k frames, audio only) becomes a rejection, and decoding stops at `max_frames`.
+change between frames) and `uniform_video` (frames of one flat colour). Nothing here raises on input bytes: a
+hostile file (truncated, zero fps, 1×1, 100k frames, audio only) becomes a rejection or, where FFmpeg repairs it
+(a zero frame rate in an AVI header is timed at 25 fps), a sample; decoding stops at `max_frames`.
 
 `frame_count` is the number of frames that decode, not the container's claim (they can disagree: a real .mov
 stated 87 and decoded 82); GLM-4.1V's frame sampling (schemas/video.py) runs on it, so pack never asks for a frame
-that does not exist. `video_sample_from_bytes` is the per-record hook the readers call for video members/files.
+that does not exist. Reader hooks (readers.py calls them): `video_members` (tar/folder records),
+`video_refs_from_row` (manifest `video_path`/`video_bytes`), `video_sample_from_bytes` (one bare video); the decode
+stage calls `validate_video_sample`.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ DEFAULT_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mpeg2video", "m
 
 @dataclass(frozen=True, kw_only=True)
 class VideoConfig:
-    """Limits for video records (job YAML section `video`)."""
+    """Limits for video records (job YAML section `decode.video`)."""
     min_duration: float = 0.5  # seconds of decodable video (frames / fps); shorter → too_short
     max_duration: float = 3600.0  # seconds; longer (claimed or decoded) → too_long
     max_frames: int = 200_000  # decodable frames counted at most; more → too_long (bounds the counting pass)

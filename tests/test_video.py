@@ -221,7 +221,7 @@ def test_hostile_videos_never_raise_out_of_validation():
     hostile = {
         "truncated": make_video(20)[:300],
         "zero fps": bytes(zero_fps),
-        "1x1": make_video(20, 2, 2),  # libx264 needs even sides; 2x2 stands for a degenerate frame
+        "1x1": make_video(20, 1, 1, codec="mpeg4", fmt="avi"),
         "many frames": make_video(300, 16, 16, fps=1000),
         "audio only": make_video(0, audio=True),
         "empty": b"",
@@ -233,6 +233,11 @@ def test_hostile_videos_never_raise_out_of_validation():
         outcomes[name] = reason
         if name == "zero fps":
             assert sample.videos[0].fps == 25.0
+        if name == "1x1":  # kept: smart_resize scales it to 28×28, then up to min_pixels over 4 frames: 56×56
+            ref = sample.videos[0]
+            plan = plan_video(ref.frame_count, ref.fps, ref.width, ref.height)
+            assert (ref.width, ref.height, plan.resized_height, plan.resized_width) == (1, 1, 56, 56)
+            assert decode_frames(ref.bytes, list(plan.frame_indices), 56, 56).shape == (4, 56, 56, 3)
     assert outcomes == {"truncated": "corrupt_video", "zero fps": None, "1x1": None,
                         "many frames": "too_long", "audio only": "no_video_stream", "empty": "corrupt_video"}
 
