@@ -214,8 +214,13 @@ def validate_video_sample(sample: Sample, config: VideoConfig = VideoConfig()) -
     if not sample.videos:
         return "no_video_stream", "a video sample without a video", {}
     for i, ref in enumerate(sample.videos):
-        data = ref.load_bytes()
-        if data is None:
+        if ref.nbytes > config.max_bytes:  # before reading a spanned file
+            return "too_large", f"video {i}: {ref.nbytes} bytes > decode.video.max_bytes {config.max_bytes}", {}
+        try:
+            data = ref.load_bytes()
+        except OSError as exc:  # the input file vanished, shrank or changed since it was read (as for images)
+            return "read_error", f"video {i}: {type(exc).__name__}: {exc}", {}
+        if not data:
             return "corrupt_video", f"video {i} has no bytes", {}
         try:
             probed, measured = probe_video_signals(data, config, ref.uri)

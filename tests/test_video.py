@@ -266,6 +266,23 @@ def test_motion_and_uniformity_signals_and_their_rules():
     assert reason == "static_video" and signals == {}, detail
 
 
+def test_spanned_video_read_at_decode_and_a_changed_file_is_a_read_error(tmp_path):
+    data = make_video(10, 32, 32, fps=5)
+    path = tmp_path / "clip.mp4"
+    path.write_bytes(b"head" + data)
+    sample = video_sample_from_bytes("src", "spanned", data, uri=str(path))
+    sample.videos[0].bytes, sample.videos[0].span = None, (str(path), 4, len(data))
+    assert validate_video_sample(sample)[0] is None and sample.videos[0].sha256
+    assert sample.videos[0].span == (str(path), 4, len(data))  # still spanned: release_bytes may drop the bytes
+    sample.videos[0].bytes = None
+    path.write_bytes(b"head" + data[:-1] + b"x")  # changed after validation: load_bytes refuses it
+    with pytest.raises(OSError):
+        sample.videos[0].load_bytes()
+    fresh = video_sample_from_bytes("src", "gone", data)
+    fresh.videos[0].bytes, fresh.videos[0].span = None, (str(tmp_path / "missing.mp4"), 0, len(data))
+    assert validate_video_sample(fresh)[0] == "read_error"
+
+
 # --- frames and patches -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("frames,fps,width,height", [(41, 20, 32, 32), (25, 10, 64, 48), (9, 3, 48, 64)])
 def test_frames_and_patches_equal_the_processor(frames, fps, width, height):
