@@ -86,6 +86,15 @@ def test_curate_and_pack_video_inputs(tmp_path):
     packed = str(tmp_path / "packed")
     pack(PackConfig(inputs=[out], output=packed, seq_len=512, tokenizer_vocab_size=300))
     records = list(PackedDataset(packed))
+    from vlmloom.pipelines.trace import render, trace
+
+    result = trace("t1", out, packed)  # a source id: the clip's frames and its token span in the packed output
+    text = render(result)
+    assert "video 0     15 frames decode (container says 15) at 5 fps, 3.00 s, 64x64 h264" in text
+    # 3 s at 2 fps: ceil(i·5/2) = 0, 3, 5, 8, 10, 13; 6 × 56 × 56 ≥ 112²: 56×56, grid (3, 4, 4), 4 tokens a pair
+    assert "GLM-4.1V  frames [0, 3, 5, 8, 10, 13] at 56x56, grid (3, 4, 4), 12 image tokens, timestamps [0, 1, 2] s" \
+        in text
+    assert len(result["samples"][0]["packed"]) == 1
     assert sorted(v for r in records for v in r["videos"]) == sorted([clip, other, third])
     assert all(len(r["video_frame_indices"]) == 2 * int(np.asarray(r["video_grid_thw"]).reshape(-1, 3)[:, 0].sum())
                for r in records)
