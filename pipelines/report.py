@@ -62,6 +62,9 @@ VALUE_SECTIONS = {  # numeric signal on kept samples → (report section, its co
     "ocr_char_accuracy": ("ocr_char_accuracy", "count", [None, 0.5, 0.8, 0.9, 0.95, 0.99, None]),
     "ocr_lines": ("ocr_lines", "count", [0, 1, 2, 4, 8, 16, None]),
     "grounding_boxes": ("grounding_boxes", "count", [0, 1, 2, 4, 8, 16, None]),
+    "video_duration": ("video_duration", "count", [0, 1, 5, 30, 120, 600, None]),  # seconds
+    "video_fps": ("video_fps", "count", [0, 10, 20, 26, 31, 61, None]),
+    "video_motion": ("video_motion", "count", [0, 1, 2, 5, 10, 20, 40, None]),  # grey levels between frames 1/2 s apart
 }
 STATS_COLUMNS = {  # what ReportStats reads of each part
     curated.MANIFEST: ["source", "kind", "shard", "width", "height", "text_chars", "signals"],

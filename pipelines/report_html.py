@@ -23,7 +23,9 @@ DEDUP_STAGES = ("exact_dedup", "near_dup_image", "near_dup_text")
 HISTOGRAM_TITLES = {"width": "Image width (px)", "height": "Image height (px)", "aspect_ratio": "Aspect ratio (w/h)",
                     "text_chars": "Text length (characters)"}
 SECTION_HISTOGRAMS = {"clip": "CLIP score", "ocr_char_accuracy": "OCR character accuracy",
-                      "ocr_lines": "OCR lines per sample", "grounding_boxes": "Boxes per sample"}
+                      "ocr_lines": "OCR lines per sample", "grounding_boxes": "Boxes per sample",
+                      "video_duration": "Video duration (s)", "video_fps": "Video frame rate",
+                      "video_motion": "Video motion (grey levels per 1/2 s)"}
 
 
 def _fields(row: dict[str, Any]) -> dict[str, Any]:

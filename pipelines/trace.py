@@ -220,6 +220,8 @@ def history(key: str, curated: CuratedIndex, packed: PackedIndex | None) -> dict
                              "text": (sample.get("text") or "")[:200]})
         # other raw records read under the same key (`duplicate_key`) lost to this one
         out["same_key_rejected"] = [_rejection(r) for r in rejections]
+        if sample.get("videos"):
+            out["videos"] = [_video_frames(v) for v in sample["videos"]]
     else:
         rejection = rejections[0]
         raw["origin"] = _fields(rejection).get(ORIGIN_SIGNAL, "")
@@ -233,6 +235,21 @@ def history(key: str, curated: CuratedIndex, packed: PackedIndex | None) -> dict
         if key in packed.rejected:
             out["pack_rejected"] = [_rejection(r) for r in packed.rejected[key]]
     return out
+
+
+def _video_frames(video: dict[str, Any]) -> dict[str, Any]:
+    """What decodes of a kept clip and the frames GLM-4.1V sees of it (processor defaults, schemas/video.py)."""
+    from vlmloom.schemas.video import VideoSizeError, plan_video
+
+    out = {k: video.get(k) for k in ("uri", "codec", "width", "height", "fps", "duration", "frame_count",
+                                     "claimed_frames")}
+    try:
+        plan = plan_video(video["frame_count"], video["fps"], video["width"], video["height"])
+    except (VideoSizeError, KeyError) as exc:
+        return out | {"unplannable": str(exc)}
+    return out | {"sampled_frames": list(plan.frame_indices), "timestamps": list(plan.timestamps),
+                  "resized": [plan.resized_height, plan.resized_width], "grid_thw": list(plan.grid_thw),
+                  "image_tokens": plan.num_tokens}
 
 
 def _stages_of_kept(sample: dict[str, Any], signals: dict[str, Any]) -> list[dict[str, Any]]:
@@ -330,6 +347,12 @@ def _render_history(h: dict[str, Any]) -> Iterator[str]:
         yield f"  dropped     {d['stage']}: {d['reason']}  {d['detail']}"
         if d["fields"]:
             yield f"    fields    {json.dumps(d['fields'], sort_keys=True)}"
+    for i, v in enumerate(h.get("videos", [])):
+        yield (f"  video {i}     {v['frame_count']} frames decode (container says {v['claimed_frames']}) at "
+               f"{v['fps']:g} fps, {v['duration']:.2f} s, {v['width']}x{v['height']} {v['codec']}")
+        if "sampled_frames" in v:
+            yield (f"    GLM-4.1V  frames {v['sampled_frames']} at {v['resized'][1]}x{v['resized'][0]}, grid "
+                   f"{tuple(v['grid_thw'])}, {v['image_tokens']} image tokens, timestamps {v['timestamps']} s")
     for r in h.get("same_key_rejected", []):
         yield f"  same key    another record {r['reason']} ({r['stage']}): {r['detail']}"
     dup = h.get("duplicates", {})

@@ -40,7 +40,9 @@ def member_names(sample: Sample) -> list[str]:
     # KEY.txt is always written (empty without text) so that samples of a kind share one member layout.
     names = [f"{sample.key}.json", f"{sample.key}.txt"]
     return names + [formats.image_member_name(sample.key, i, image.format or "jpeg")
-                    for i, image in enumerate(sample.images) if image.has_bytes]
+                    for i, image in enumerate(sample.images) if image.has_bytes] + [
+        formats.video_member_name(sample.key, i, video.format) for i, video in enumerate(sample.videos)
+        if video.has_bytes]
 
 
 def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
@@ -48,6 +50,7 @@ def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
     input file here, checked against the sha256 decode recorded (ImageRef.load_bytes)."""
     data = [sample.to_json().encode("utf-8"), (sample.training_text() or "").encode("utf-8")]
     data += [image.load_bytes() for image in sample.images if image.has_bytes]
+    data += [video.load_bytes() for video in sample.videos if video.has_bytes]
     return list(zip(member_names(sample), data))
 
 
@@ -61,8 +64,8 @@ def manifest_row(sample: Sample, shard: str) -> dict:
     return {
         "key": sample.key, "source": sample.source, "source_id": sample.source_id, "kind": sample.kind,
         "shard": shard, "layout": member_layout(sample), "num_images": len(sample.images),
-        "width": sample.images[0].width if sample.images else 0,
-        "height": sample.images[0].height if sample.images else 0,
+        "width": sample.images[0].width if sample.images else sample.videos[0].width if sample.videos else 0,
+        "height": sample.images[0].height if sample.images else sample.videos[0].height if sample.videos else 0,
         "text_chars": len(sample.training_text() or ""),
         "signals": json.dumps(sample.signals, sort_keys=True, default=str),
     }
@@ -256,15 +259,19 @@ def iter_shard_samples(shard: str | BinaryIO) -> Iterator[Sample]:
         if "json" not in members:
             raise RecordError(f"record {key!r}: shard {os.path.basename(str(name))} has no {key}.json")
         images: dict[int, bytes] = {}
+        videos: dict[int, bytes] = {}
         for ext, data in members.items():
             parts = ext.split(".")
             if ext in ("json", "txt"):
                 continue
-            if len(parts) == 1:
+            if len(parts) == 2 and parts[0][:1] == "v" and parts[0][1:].isdigit():  # KEY.v0.mp4 (formats.py)
+                videos[int(parts[0][1:])] = data
+            elif len(parts) == 1:
                 images[0] = data
             elif len(parts) == 2 and parts[0].isdigit():
                 images[int(parts[0])] = data
-        sample = Sample.from_json(members["json"].decode("utf-8"), [images[i] for i in sorted(images)])
+        sample = Sample.from_json(members["json"].decode("utf-8"), [images[i] for i in sorted(images)],
+                                  [videos[i] for i in sorted(videos)])
         if len(images) != len(sample.images):
             raise RecordError(f"record {key!r}: field 'images' lists {len(sample.images)}, shard holds {len(images)}")
         yield sample

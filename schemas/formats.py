@@ -98,6 +98,11 @@ def image_member_name(key: str, index: int, fmt: str) -> str:
     return f"{key}.{ext}" if index == 0 else f"{key}.{index}.{ext}"
 
 
+def video_member_name(key: str, index: int, fmt: str) -> str:
+    """KEY.v0.mp4, KEY.v1.webm, ...: a video's original bytes (the `v` keeps them apart from image members)."""
+    return f"{key}.v{index}.{fmt.lower() or 'bin'}"
+
+
 def shard_arrow_schema(layout: str) -> pa.Schema:
     """The columns a webdataset reader sees for a shard of `layout` (manifest `layout`, e.g. "json,txt,jpg").
 

@@ -14,6 +14,9 @@ A packed directory::
         KEY.seq_lens.npy       int32 [n]      lengths of the n samples, in order; sum <= L (padding excluded)
         KEY.image_grid_thw.npy int32 [m, 3]   (t, h, w) patch grid per image, in token order
         KEY.img_000.jpg ...                   encoded image bytes, in token order (m members; .png etc. as stored)
+        KEY.video_grid_thw.npy int32 [v, 3]   (t frame pairs, h, w) per video, in token order   } only in entries
+        KEY.video_frame_indices.npy int32 [Σ2t] each video's sampled frame indices, concatenated } with videos
+        KEY.vid_000.bin ...                   the videos' encoded bytes, in token order                }
         KEY.json               {"sample_keys": [...], "sources": [...], "num_tokens": int}
     DIR/manifest.parquet      one row per packed sequence (PACKED_MANIFEST_SCHEMA), sorted by key
     DIR/rejected.parquet      samples that were not packed (records.REJECTION_SCHEMA, stage "pack")
@@ -77,6 +80,10 @@ class PackedRecord:
     image_formats: list[str] = field(default_factory=list)  # their formats, when known (the writer needs them)
     sample_keys: list[str] = field(default_factory=list)  # the packed samples' keys, when known
     sources: list[str] = field(default_factory=list)  # their sources, when known
+    # videos (packing/video.py): grids, sampled frame indices (2t per video, concatenated) and encoded bytes
+    video_grid_thw: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int32))
+    video_frame_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    videos: list[bytes] = field(default_factory=list)
 
     def validate(self) -> "PackedRecord":
         """Shapes agree with each other; errors name the record key and the field."""
@@ -87,6 +94,9 @@ class PackedRecord:
             ("seq_lens", int(self.seq_lens.sum()) <= n, f"a sum <= L = {n}"),
             ("image_grid_thw", self.image_grid_thw.reshape(-1, 3).shape[0] == len(self.images),
              f"one (t, h, w) row per image ({len(self.images)})"),
+            ("video_grid_thw", self.video_grid_thw.reshape(-1, 3).shape[0] == len(self.videos)
+             and len(self.video_frame_indices) == 2 * int(self.video_grid_thw.reshape(-1, 3)[:, 0].sum()),
+             f"one (t, h, w) row per video ({len(self.videos)}) and 2t frame indices each"),
         ]
         for name, ok, expected in checks:
             if not ok:

@@ -42,6 +42,13 @@ SIGNALS: dict[str, Signal] = {
     "height": Signal(numbers.Integral, "decode", "image 0 height in pixels; heuristics, dedup (pixel count)"),
     "pixel_std": Signal(numbers.Real, "decode", "grey-level standard deviation of image 0; heuristics"),
     "image_sha256": Signal(str, "decode", "sha256 of image 0's bytes"),
+    "video_duration": Signal(numbers.Real, "decode", "seconds of decodable video 0 (frames / fps); report"),
+    "video_fps": Signal(numbers.Real, "decode", "video 0's average frame rate; report"),
+    "video_frames": Signal(numbers.Integral, "decode", "frames of video 0 that decode; report"),
+    "video_codec": Signal(str, "decode", "video 0's FFmpeg decoder name; report"),
+    "video_motion": Signal(numbers.Real, "decode", "mean grey-level change between video 0's frames 1/2 s apart "
+                                                   "(16×16 thumbnails, 0-255); static_video rule, report"),
+    "video_pixel_std": Signal(numbers.Real, "decode", "mean grey-level std of video 0's frames; uniform_video rule"),
     "phash": Signal(str, "decode", "64-bit pHash of image 0, 16 hex digits; near_dup_image, contamination"),
     "duplicate_of": Signal(str, DEDUP_STAGES[0], "the kept representative a dropped duplicate lost to; report, trace",
                            also=DEDUP_STAGES[1:]),
