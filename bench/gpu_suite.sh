@@ -10,9 +10,9 @@
 # no flash-attn, no network) a session with a device does exactly this:
 #   1. here, in the checkout the device tool sends:   bench/gpu_suite.sh --fetch-wheels
 #      (.whl/ is git-ignored: DeepSpeed built as a pure-Python wheel from its sdist, plus transformers,
-#      huggingface-hub, accelerate, tokenizers, regex, pydantic, math-verify and the other packages they import that
-#      the image lacks or may have too old, each at the version this checkout's Python has, i.e. the one the CPU
-#      tests pass with; about 26 MB of the 64 MiB a call may carry)
+#      huggingface-hub, accelerate, regex, pydantic, math-verify, PyAV and the other packages they import that the
+#      image lacks or may have too old, each at the version this checkout's Python has, i.e. the one the CPU tests
+#      pass with; ~58 MiB: it prints what the call will carry, which must stay under 64 MiB)
 #   2. one call of the device tool's `run` with  carry: [".whl"],  timeout_s: 600  and the command
 #        set -o pipefail; bash bench/gpu_suite.sh $OUT 2>&1 | tee $OUT/suite.log
 #   The script installs .whl/*.whl into a --target folder put first on PYTHONPATH (the carried versions shadow the
@@ -23,9 +23,9 @@
 # Results in OUTDIR (6 files with suite.log; the device tool brings back at most 8): gpu_suite.json (every figure,
 # each part's status, exit code, seconds and budget, on failure its log tail; versions) and one Markdown table per
 # part: a_attention.md, b_train.md, c_rlcs.md, d_video.md. The tables are printed at the end too.
-# Each part runs in its own process under its own time budget (GPU: a 75 s, b 225 s, c 120 s, d 30 s); a part that
+# Each part runs in its own process under its own time budget (GPU: a 60 s, b 210 s, c 100 s, d 80 s); a part that
 # fails or runs out of time is recorded as such (figures it wrote so far are kept) and the next part runs.
-# Exit status: 0 when every part is ok or skipped (d skips, with a printed line, until video support exists).
+# Exit status: 0 when every part is ok or skipped (d skips, with a printed line, where PyAV is missing).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,9 +35,11 @@ if [[ -z "$PY" ]]; then
 fi
 # packages the device image lacks (or has at versions transformers/DeepSpeed refuse); DeepSpeed is built below
 # (with the lower bounds of those in METADATA that the image's versions may not meet: typing-extensions, anyio, ...)
-WHEELS=(transformers huggingface-hub httpx2 httpcore2 truststore kernels tomlkit accelerate tokenizers regex hjson
+# PyAV (av, 34 MB with its FFmpeg) decodes the clips of part d. The image's tokenizers (0.23.2) already meets
+# transformers' bound and is left out: the call carries 64 MiB at most, tree included.
+WHEELS=(transformers huggingface-hub httpx2 httpcore2 truststore kernels tomlkit accelerate regex hjson
         pydantic pydantic-core annotated-types typing-inspection typing-extensions anyio idna click h11
-        math-verify latex2sympy2-extended antlr4-python3-runtime)
+        math-verify latex2sympy2-extended antlr4-python3-runtime av)
 
 fetch_wheels() {
     local dest="$ROOT/.whl" tmp pins
@@ -56,7 +58,19 @@ print(" ".join(f"{n}=={version(n)}" for n in sys.argv[1:]))' "${WHEELS[@]}" deep
         DS_ACCELERATOR=cuda DS_BUILD_OPS=0 "$PY" -m pip wheel -q --no-deps --no-build-isolation --no-cache-dir \
             -w "$dest" "$tmp"/deepspeed-*.tar.gz || return 1
     rm -rf "$tmp"
-    ls -1 "$dest" && du -sh "$dest"
+    ls -1 "$dest"
+    # what one device call carries: the tracked tree, untracked files git does not ignore, and .whl
+    "$PY" - "$ROOT" <<'EOF'
+import os, subprocess, sys
+root = sys.argv[1]
+listed = subprocess.run(["git", "-C", root, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                        capture_output=True, text=True, check=True).stdout.split("\0")
+tree = sum(os.path.getsize(os.path.join(root, f)) for f in listed if f and os.path.isfile(os.path.join(root, f)))
+wheels = sum(e.stat().st_size for e in os.scandir(os.path.join(root, ".whl")))
+total = (tree + wheels) / 2**20
+print(f"a device call carries {total:.1f} MiB (tree {tree / 2**20:.1f} + .whl {wheels / 2**20:.1f}) of its 64 MiB")
+sys.exit(0 if total < 63 else 1)
+EOF
 }
 
 usage() { sed -n '2,8p' "$0" >&2; exit 2; }
@@ -86,7 +100,7 @@ if [[ $MODE == cpu-smoke ]]; then
     ARGS_D=(--seq-len 256 --samples 4 --warmup 1 --peak-tflops 1)
 else
     export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-    BUDGET_A=75 BUDGET_B=225 BUDGET_C=120 BUDGET_D=30
+    BUDGET_A=60 BUDGET_B=210 BUDGET_C=100 BUDGET_D=80
     ARGS_A=() ARGS_B=() ARGS_C=() ARGS_D=(--samples 16)
     if compgen -G "$ROOT/.whl/*.whl" >/dev/null; then
         echo "# installing the carried wheels: $(cd "$ROOT/.whl" && echo *.whl)"

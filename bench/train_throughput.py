@@ -15,8 +15,9 @@ GPU (GLM-4.1V-shaped ~1.9B model with random weights, bf16, L=8192, ZeRO-2):
     python bench/train_throughput.py --json bench_train.json
 CPU (tiny model, fp32, L=512; checks the plumbing, figures are not meaningful for GPUs):
     DS_ACCELERATOR=cpu python bench/train_throughput.py
-A packed video batch through the same model (bench/gpu_suite.sh part d): `--video`; it prints a line and exits 0
-when the project has no video support yet (see `video_support`).
+Packed video batches through the same model (bench/gpu_suite.sh part d): `--video` (h264 clips made with PyAV,
+rendered by the packing builder at GLM-4.1V's frame sampling, packed; no padded layout). Without PyAV it prints why
+and exits 0.
 """
 from __future__ import annotations
 
@@ -162,27 +163,86 @@ def measure_or_error(engine, model, batches, device, warmup: int, peak: float | 
 
 
 def video_support() -> tuple[bool, str]:
-    """Whether the project can build a packed video batch: the synthetic-data contract part d relies on is
-    `vlmloom.demo.packed.make_video_sample(config, rng, *, text_tokens, frames, size, key, processor)` → a sample
-    dict with `videos` and `video_grid_thw` that `pack_samples` packs and `PackedCollator` turns into
-    `pixel_values_videos`/`video_grid_thw` inputs of `CausalLMLoss`."""
-    if not hasattr(synthetic, "make_video_sample"):
-        return False, "no video support yet: vlmloom.demo.packed.make_video_sample does not exist"
-    return True, "vlmloom.demo.packed.make_video_sample"
+    """Whether a packed video batch can be built here: PyAV decodes the clips (the device image lacks it: it is
+    carried as a wheel) and vlmloom.packing renders GLM-4.1V's video tokens."""
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return False, "PyAV (av) is not importable: carry its wheel (bench/gpu_suite.sh --fetch-wheels)"
+    try:
+        from vlmloom.packing.video import build_video_sample  # noqa: F401
+    except ImportError as exc:
+        return False, f"no video support in vlmloom.packing: {exc}"
+    return True, "PyAV + vlmloom.packing.video"
 
 
-def video_samples(config, n: int, seq_len: int, collator: PackedCollator, seed: int) -> list[dict]:
-    """Captioned clips: 4-16 frames of 448x448 (GPU sizes) or 2-4 frames of 56x56 (tiny), 30-300 caption tokens."""
+def encode_clip(frames: int, width: int, height: int, fps: int, seed: int) -> bytes:
+    """An h264 mp4 (PyAV) of a bright square moving over a gradient: content only decode cost depends on."""
+    import io
+
+    import av
+
     rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    background = np.linspace(0, 255, width, dtype=np.uint8)[None, :, None].repeat(height, 0).repeat(3, 2)
+    side = max(4, min(width, height) // 4)
+    x, y = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            pixels = background.copy()
+            left = (x + 3 * i) % (width - side)
+            pixels[y:y + side, left:left + side] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def video_tokenizer(work_dir: str):
+    """GLM-4.1V's special tokens on a small BPE (the packing builder renders video with them): (tokenizer, dir)."""
+    from vlmloom.packing.tokenizer import train_tokenizer
+
+    words = "a clip of a white square moving left to right over a grey gradient in frame second".split()
+    texts = [" ".join(words[i:] + words[:i]) + " 0 1 2 3 4 5 6 7 8 9 . :" for i in range(len(words))]
+    directory = os.path.join(work_dir, "tokenizer")
+    return train_tokenizer(texts, directory, vocab_size=400), directory
+
+
+def video_rows(tokenizer, n: int, seq_len: int, seed: int) -> tuple[list[dict], list[int]]:
+    """Captioned clips rendered by the packing builder (frames sampled at GLM-4.1V's 2 fps, one timestamp and
+    one block of image tokens per frame pair) and packed into rows of `seq_len`: (rows, sample lengths).
+    GPU sizes: 4-12 s clips of 448x448 at 10 fps (~1k-3k tokens); tiny: 2-3 s of 56x56 at 4 fps."""
+    from vlmloom.curation.video import validate_video_sample, video_sample_from_bytes
+    from vlmloom.packing.builder import SequenceBuilder
+    from vlmloom.packing.packers import plan_bins
+    from vlmloom.packing.shards import assemble
+
+    rng = np.random.default_rng(seed)
+    builder = SequenceBuilder(tokenizer)
     large = seq_len >= 4096
-    out = []
+    built = []
     for i in range(n):
-        frames = int(rng.integers(4, 17) if large else rng.integers(2, 5))
-        size = (448, 448) if large else (56, 56)
-        text = int(rng.integers(30, 300) if large else rng.integers(8, 40))
-        out.append(synthetic.make_video_sample(config, rng, text_tokens=text, frames=frames, size=size, key=f"v{i}",
-                                               processor=collator.image_processor))
-    return [s for s in out if len(s["input_ids"]) <= seq_len]
+        seconds = float(rng.uniform(4, 12) if large else rng.uniform(2, 3))
+        fps, side = (10, 448) if large else (4, 56)
+        sample = video_sample_from_bytes("bench", f"v{i}", encode_clip(int(seconds * fps), side, side, fps, seed + i),
+                                         uri=f"v{i}.mp4", text="a clip of a white square moving left to right")
+        reason, detail, _ = validate_video_sample(sample)
+        if reason is not None:
+            raise ValueError(f"clip v{i} rejected: {reason} {detail}")
+        result = builder.build(sample)
+        if not hasattr(result, "input_ids"):
+            raise ValueError(f"clip v{i} not rendered: {result}")
+        if len(result) <= seq_len:
+            built.append(result)
+    rows = []
+    for b, members in enumerate(plan_bins([len(x) for x in built], seq_len, window=0)):
+        row = assemble([built[m] for m in members], seq_len, builder.pad_id)
+        row["key"] = f"video{b}"
+        rows.append(row)
+    return rows, [len(x) for x in built]
 
 
 def write_json(path: str | None, data: dict) -> None:
@@ -232,6 +292,14 @@ def main(argv: list[str]) -> int:
     n_samples = args.samples or (96 if cuda else 48)
     precision = "bf16" if cuda else "fp32"
     spec = GPU_MODEL if cuda else CPU_MODEL
+    tokenizer = None
+    if args.video:  # the same model, with the special-token ids of the tokenizer the builder renders video with
+        import tempfile
+
+        from vlmloom.trainer.model import special_token_ids
+
+        tokenizer, tokenizer_dir = video_tokenizer(tempfile.mkdtemp(prefix="video_bench_"))
+        spec = {**spec, **special_token_ids(tokenizer_dir, spec["vocab_size"])}
     impls = args.impl or available_impls(device)
     register_varlen_attention()
 
@@ -250,21 +318,23 @@ def main(argv: list[str]) -> int:
     collator = PackedCollator(model.config)
     t0 = time.perf_counter()
     if args.video:
-        samples = video_samples(model.config, n_samples, seq_len, collator, seed=0)
+        rows, sample_lengths = video_rows(tokenizer, n_samples, seq_len, seed=0)
+        packed = [collator([r]) for r in rows]
+        layouts = [("packed", packed)]
+        lengths = np.array(sample_lengths)
     else:
         rng = np.random.default_rng(0)
         samples = [synthetic.make_sample(model.config, rng, text_tokens=t, image_sizes=im, prompt_tokens=0,
                                          key=f"s{i}", processor=collator.image_processor)
                    for i, (t, im) in enumerate(length_mix(n_samples, seq_len, seed=0))]
         samples = [s for s in samples if len(s["input_ids"]) <= seq_len]
-    packed = [collator([r]) for r in first_fit_decreasing(samples, seq_len)]
-    layouts = [("packed", packed)]
-    if not args.video:
-        layouts.append(("padded", [collator([synthetic.pad_sample(s, seq_len)]) for s in samples]))
-    lengths = np.array([len(s["input_ids"]) for s in samples])
+        packed = [collator([r]) for r in first_fit_decreasing(samples, seq_len)]
+        layouts = [("packed", packed), ("padded", [collator([synthetic.pad_sample(s, seq_len)]) for s in samples])]
+        lengths = np.array([len(s["input_ids"]) for s in samples])
     prepare_s = time.perf_counter() - t0
-    print(f"# {len(samples)} samples, tokens/sample mean {lengths.mean():.0f} median {np.median(lengths):.0f} "
-          f"max {lengths.max()}; {len(packed)} packed rows vs {len(samples)} padded rows of L={seq_len} "
+    print(f"# {len(lengths)} {'clips' if args.video else 'samples'}, tokens/sample mean {lengths.mean():.0f} "
+          f"median {np.median(lengths):.0f} max {lengths.max()}; {len(packed)} packed rows"
+          f"{'' if args.video else f' vs {len(lengths)} padded rows'} of L={seq_len} "
           f"(model + engine {build_s:.1f} s, samples prepared in {prepare_s:.1f} s)", flush=True)
 
     peak = peak_tflops(device, precision, args.peak_tflops)
@@ -274,7 +344,7 @@ def main(argv: list[str]) -> int:
     report = {
         "status": "ok", "device": device_name, "seq_len": seq_len, "params": params, "precision": precision,
         "zero_stage": args.zero_stage, "gradient_checkpointing": args.gradient_checkpointing,
-        "video": args.video, "samples": len(samples), "packed_rows": len(packed),
+        "video": args.video, "samples": len(lengths), "packed_rows": len(packed),
         "tokens_per_sample": {"mean": float(lengths.mean()), "median": float(np.median(lengths)),
                               "max": int(lengths.max())},
         "peak_tflops": peak, "peak_tflops_given": args.peak_tflops > 0, "mfu_formula": MFU_FORMULA,

@@ -88,7 +88,10 @@ def test_video_part_runs_or_says_why_not(suite):
     part = report["parts"]["d_video"]
     supported, reason = video_support()
     if supported:
-        assert part["status"] == "ok" and part["results"] and part["results"][0]["tokens_per_s"] > 0
+        assert part["status"] == "ok" and part["video"] is True and part["packed_rows"] >= 1
+        assert {r["attention"] for r in part["results"]} == {"sdpa", "vlmloom_varlen"}
+        assert all(r["layout"] == "packed" and r["tokens_per_s"] > 0 and r["mfu"] > 0 for r in part["results"])
+        assert "| vlmloom_varlen | packed | no |" in (out / "d_video.md").read_text()
     else:
         assert part["status"] == "skipped" and part["reason"] == reason
         assert reason in (out / "d_video.md").read_text()
