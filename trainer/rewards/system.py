@@ -2,10 +2,13 @@
 
 Per item: route the domain to a verifier instance (RewardConfig.routes), run the format gate on the response,
 read the ground truth through the same box extractor, then run the verifier:
-- sandboxed verifiers (symbolic maths) always run in a `KillablePool` worker with a `timeout_s` deadline;
-- rule verifiers run in that pool too (deadline `rule_timeout_s`), or in this process when `workers: 0`;
+- every rule verifier runs in a `KillablePool` worker with a deadline (`timeout_s` for sandboxed symbolic maths,
+  `rule_timeout_s` for the others), in every mode: `workers: 0` is a pool of one, never an in-process call,
+  because a Python thread or signal cannot stop a regular expression or a C parser that does not return;
 - I/O-bound verifiers (the LLM judge) run on threads here, bounded by their own HTTP timeouts and retries.
-A late worker is killed: the item scores 0 with reason `timeout`. A verifier that raises (or returns a score
+A late worker is killed and the item is tried once more on a fresh worker (a load spike or an unlucky neighbour
+must not decide a reward); late again, it scores 0 with reason `timeout`. Per verifier the stats count first
+timeouts (`retried`), final timeouts and errors. A verifier that raises (or returns a score
 outside [0, 1]) scores 0 with reason `verifier_error`, is logged and counted; once a verifier has been invoked
 `min_calls_for_error_rate` times, an error share above `max_error_rate` raises `RewardErrorRateExceeded`
 (likewise timeouts above `max_timeout_rate`). Nothing is silently 0.
@@ -101,7 +104,6 @@ class RewardSystem:
         started = [0.0] * len(items)
         in_pool: list[tuple[int, Any, float]] = []
         in_threads: list[tuple[int, str, Any]] = []
-        in_process: list[tuple[int, str, Any]] = []
         fmt = self.config.format
         for i, (item, instance) in enumerate(zip(items, instances)):
             started[i] = time.monotonic()
@@ -123,21 +125,23 @@ class RewardSystem:
             job = (i, instance, (gate.answer, truth))
             if verifier.in_thread:
                 in_threads.append(job)
-            elif verifier.sandboxed or self.config.workers > 0:
+            else:
                 timeout = self.config.timeout_s if verifier.sandboxed else self.config.rule_timeout_s
                 in_pool.append((i, (instance, gate.answer, truth, item), timeout))
-            else:
-                in_process.append(job)
 
-        for i, instance, (prediction, truth) in in_process:
-            results[i] = self._result(items[i], instance, self._call(instance, prediction, truth, items[i]), True,
-                                      started[i])
         if in_threads:
             pool = self._thread_pool()
             futures = [(i, instance, pool.submit(self._call, instance, prediction, truth, items[i]))
                        for i, instance, (prediction, truth) in in_threads]
         if in_pool:
-            for i, kind, value, elapsed in self._process_pool().run(in_pool):
+            outcomes = self._process_pool().run(in_pool)
+            late = {key for key, kind, _, _ in outcomes if kind in ("timeout", "crash")}
+            if late:  # once more, each on a fresh worker (the pool replaced every killed or dead one)
+                for i in sorted(late):
+                    self._stats[instances[i]].retried += 1
+                retry = [task for task in in_pool if task[0] in late]
+                outcomes = [o for o in outcomes if o[0] not in late] + self._process_pool().run(retry)
+            for i, kind, value, elapsed in outcomes:
                 instance = instances[i]
                 if kind == "ok":
                     try:
@@ -148,8 +152,7 @@ class RewardSystem:
                     score = Score(0.0, TIMEOUT)
                 else:
                     score = self._error(instance, items[i], str(value))
-                # time in the worker, not the wait for the rest of the batch
-                results[i] = self._result(items[i], instance, score, True, time.monotonic() - elapsed)
+                results[i] = self._result(items[i], instance, score, True, started[i])
         if in_threads:
             for i, instance, future in futures:
                 results[i] = self._result(items[i], instance, future.result(), True, started[i])
