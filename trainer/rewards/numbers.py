@@ -85,8 +85,13 @@ class Quantity:
         return not self.unit.replace("°", "") and not self.scale_suffix and not self.scaled
 
 
+_SUPERSCRIPTS = str.maketrans({**{c: "^" + str(i) for i, c in enumerate("⁰¹²³⁴⁵⁶⁷⁸⁹")},
+                               **{c: "_" + str(i) for i, c in enumerate("₀₁₂₃₄₅₆₇₈₉")}})
+
+
 def _clean(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).strip()
+    # NFKC would turn 10² into 102: keep the exponent an exponent (m² → m^2, still a unit)
+    text = unicodedata.normalize("NFKC", text.translate(_SUPERSCRIPTS)).strip()
     text = text.replace("−", "-").replace("–", "-").replace("\u2009", "").replace("\u202f", "")
     text = text.replace("\\%", "%").replace("\\$", "$").replace("{,}", ",")  # LaTeX thousands separator
     for noise in _LATEX_NOISE:

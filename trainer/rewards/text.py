@@ -116,6 +116,7 @@ def lcs_ratio(a: str, b: str) -> float:
 class OcrParams:
     case_sensitive: bool = True  # false: compare case-folded text
     collapse_whitespace: bool = True  # runs of whitespace (incl. newlines) count as one space
+    max_chars: int = 20_000  # longer predictions: answer_too_long (the edit distance is O(n·m/64))
 
 
 @VERIFIERS.register("ocr")
@@ -129,6 +130,8 @@ class OcrVerifier(Verifier):
         return text if self.params.case_sensitive else text.casefold()
 
     def verify(self, prediction: str, truth: Any, item: RewardItem) -> Score:
+        if len(prediction) > self.params.max_chars:
+            return Score(0.0, "answer_too_long")
         got, want = self._prepare(prediction), self._prepare(str(truth))
         longest = max(len(got), len(want))
         if not want:  # nothing to read (a truth of only whitespace): never a free 1 for an empty prediction
