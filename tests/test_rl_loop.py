@@ -231,3 +231,15 @@ def test_one_iteration_logs_its_metrics_to_json_and_tensorboard(task, tmp_path, 
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {f"train/{k}" for k in ITERATION_METRICS} <= tags
+
+
+def test_rollout_budget_ends_the_run_with_equal_budgets(task, tmp_path, monkeypatch):
+    """Budget 12, k = 4, B = 2, every group uninformative: iteration 1 draws 2 prompts (8 rollouts), EMA(r) = 0.5
+    asks for 4 next, but only ⌈4 / 4⌉ = 1 prompt is left in the budget; then the run ends (not at `steps`)."""
+    monkeypatch.setattr(rlcs_module, "LocalRewards", ZeroRewards)
+    items, model_dir = task
+    config = rl_config(model_dir, tmp_path / "budget", expansion_decay=0.5, rollout_budget=12)
+    config = config.__class__(**{**config.__dict__, "steps": 10})
+    summary = train(config, source=rlcs_task.rl_prompts(items))
+    assert [it["rollouts"] for it in summary["iterations"]] == [8, 4]
+    assert summary["steps"] == 2 and summary["stop_reason"] == "data_exhausted"

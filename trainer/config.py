@@ -67,6 +67,9 @@ class RLCSConfig:
     clip_ratio_c: float = 0.0  # dual-clip bound for tokens with A < 0 (verl's default is 3.0); 0 = off, else > 1
     loss_agg: str = "seq-mean-token-mean"  # per response (paper default) | token-mean
     updates_per_iteration: int = 1  # optimizer steps per iteration (mini-batches of the kept groups)
+    # stop once this many rollouts (responses) were generated, the last iteration drawing only what is left
+    # (⌈left / k⌉ prompts), so arms with and without dynamic sampling compare at equal budgets; 0 = no budget
+    rollout_budget: int = 0
     max_new_tokens: int = 1024  # response budget (thinking + answer)
     max_think_tokens: int = 768  # no </think> within this many tokens: force answering
     force_answer_tokens: int = 64  # tokens generated after the appended </think><answer>
@@ -96,6 +99,8 @@ class RLCSConfig:
             raise ConfigError(f"rlcs.expansion_decay ({self.expansion_decay}) must be within [0, 1)")
         if not 0 <= self.clip_low < 1 or self.clip_high < 0:
             raise ConfigError(f"rlcs.clip_low ({self.clip_low}) must be in [0, 1) and clip_high ({self.clip_high}) >= 0")
+        if self.rollout_budget < 0:
+            raise ConfigError(f"rlcs.rollout_budget ({self.rollout_budget}) must be >= 0 (0 = no budget)")
         if self.advantage_std not in ("population", "unbiased"):
             raise ConfigError(f"rlcs.advantage_std {self.advantage_std!r}: use population or unbiased")
         if self.clip_ratio_c and self.clip_ratio_c <= 1.0:

@@ -86,13 +86,18 @@ class RLCSObjective:
         self._metrics: dict[str, Any] = {}
 
     # --- the objective protocol (see objectives.py) ------------------------------------------------------------
-    def next_step(self) -> list[dict[str, Any]]:
+    def next_step(self) -> list[dict[str, Any]] | None:
         self._metrics = {}
+        if not self.pending and self.rc.rollout_budget and self.rollouts_done() >= self.rc.rollout_budget:
+            return None  # the budget is spent: the loop ends the run (checkpointed, resumable with a larger one)
         if not self.pending:
             self._metrics = self.run_iteration()
         self.wrapper.clipped_tokens = 0
         self.wrapper.reset_stats()
         return self.pending.pop(0) if self.pending else []
+
+    def rollouts_done(self) -> int:
+        return sum(int(it["rollouts"]) for it in self.history)
 
     @staticmethod
     def denominator(batch: dict[str, Any]) -> float:
@@ -138,6 +143,8 @@ class RLCSObjective:
         B = rc.prompts_per_iteration
         factor = rl_algos.expansion_factor(self.ratio_ema, rc.expansion_max) if rc.dynamic_sampling else 1.0
         n = rl_algos.prompts_to_roll_out(B, factor, rc.expansion_max)
+        if rc.rollout_budget:  # the last iteration draws only what the budget has left
+            n = min(n, max(1, -(-(rc.rollout_budget - self.rollouts_done()) // rc.group_size)))
         chosen = self.sampler.sample(n)
         rendered = [self._render(i) for i in chosen]
 
