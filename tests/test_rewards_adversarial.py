@@ -50,6 +50,12 @@ def respond(answer: str) -> str:
     ("2 ≈ 3", "2", (0.0, "hedged_answer")),
     ("2 \\text{ or } 3", "3", (0.0, "unexpected_variable")),
     ("3 \\text{ (not 2)}", "3", (0.0, "unexpected_variable")),
+    ("3 \\enspace 2", "2", (0.0, "hedged_answer")),  # spacing: math-verify reads the last expression
+    ("2 $3$", "3", (0.0, "hedged_answer")),  # … or the delimited one
+    ("$3$", "3", (1.0, "correct")),  # one pair of outer delimiters is fine
+    ("3\\%", "3", (0.0, "wrong_answer")),  # a percent on one side only: 3% is 0.03 (math-verify said 3)
+    ("3\\%", "0.03", (1.0, "correct")),
+    ("50", "50\\%", (0.0, "wrong_answer")),
     ("2 = 3", "3", (0.0, "extra_equation")),  # math-verify compares the right-hand side
     ("x = 2 = 3", "3", (0.0, "extra_equation")),
     ("x = 2", "2", (1.0, "correct")),  # a variable assigned the answer is the answer
@@ -204,13 +210,14 @@ ADVERSARIAL = [
 ]
 RULE_VERIFIERS = {"numeric": "45", "counting": "3", "choice": "B", "text": "paris", "ocr": "hello world",
                   "grounding": [[100, 100, 300, 300]], "gui": "click(box=[120,40,180,80])"}
-BOUND_S = 2.0  # per call: generous for a loaded 2-core machine; the exponential cases ran for hours
+BOUND_S = 2.0  # CPU seconds per call (process time: the shared test machine's load does not count); the
+#               exponential cases ran for hours
 
 
 def _timed(name, prediction, truth):
-    started = time.perf_counter()
+    started = time.process_time()
     score, reason = verify(name, prediction, truth, options=OPTIONS if name == "choice" else None)
-    return time.perf_counter() - started, score, reason
+    return time.process_time() - started, score, reason
 
 
 @pytest.mark.parametrize("name", sorted(RULE_VERIFIERS))
@@ -223,11 +230,11 @@ def test_adversarial_strings_are_answered_in_bounded_time(name):
 
 def test_math_parsers_and_guard_are_linear_on_adversarial_strings():
     for text in ADVERSARIAL:
-        started = time.perf_counter()
+        started = time.process_time()
         math_guard(text[:1000], "2")  # the verifier refuses answers over max_chars before any parsing
         parse_quantity(text)
         parse_count(text[:1000])
-        assert time.perf_counter() - started < BOUND_S, text[:40]
+        assert time.process_time() - started < BOUND_S, text[:40]
 
 
 _TRICKY = st.sampled_from(list("AaBb ,;.:()[]{}\\^_=<>|%$°€0123456789xe-+/") +

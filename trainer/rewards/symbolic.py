@@ -8,13 +8,15 @@ is not extracted otherwise). Order of checks, first hit wins:
 
     1. normalised text equal                                   → 1, correct
     2. the guard (`math_guard`), else 0 with its reason:
-       hedged_answer        a connective or relation the truth does not use (`2 \\lor 3`, `2 \\approx 3`, `3 \\to 2`,
-                            `2 \\\\ 3`, `2; 3`, `2 \\text{ or } 3`, `2 < 3`): math-verify reads one side of these and
-                            would score a hedge as the answer
+       hedged_answer        a connective, relation or spacing the truth does not use (`2 \\lor 3`, `2 \\approx 3`,
+                            `3 \\to 2`, `2 \\\\ 3`, `2; 3`, `2 < 3`, `3 \\enspace 2`, `2 $3$`): math-verify reads one side
+                            of these and would score a hedge as the answer
        extra_equation       `=` where the truth has none, unless the answer is `<variable> = <expression>`
        unexpected_variable  a letter or word the truth does not use and `units` does not declare: math-verify
                             drops trailing words (`2 m` = `2`, `2 apples` = `2`), so `2x` and `2 m` never reach it
     3. math-verify verify(truth, prediction)                    → 1, correct   (fractions, LaTeX, intervals, sets, %)
+       (skipped when only one side has a percent sign: math-verify reads `3\\%` as 3; such pairs are decided
+       by the numbers, the percent side as its fraction: `50\\%` = `0.5`, `3\\%` ≠ `3`)
     4. both sides plain numbers (numbers.py; no words, no one-letter scale suffix; a declared unit allowed):
        integers compare exactly (`1000001` ≠ `1000000`, 20 digits and more), others within rel_tol
        (`1.5e3` = `1500`, `3.2×10^5` = `320000`)                 → 1, correct
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlmloom.trainer.rewards.base import CORRECT, WRONG, RewardItem, Score, Verifier, VERIFIERS
-from vlmloom.trainer.rewards.numbers import compare_numbers, parse_quantity
+from vlmloom.trainer.rewards.numbers import Quantity, compare_numbers, parse_quantity
 from vlmloom.trainer.rewards.text import normalize_text
 
 
@@ -45,7 +47,9 @@ class MathParams:
 _HEDGE_COMMANDS = frozenset(
     "lor vee land wedge lnot neg approx sim simeq cong equiv propto to rightarrow Rightarrow longrightarrow "
     "implies iff leftarrow Leftarrow leftrightarrow mapsto mid nmid ne neq quad qquad le leq leqslant ge geq "
-    "geqslant lt gt ll gg pm mp vert lvert rvert Vert".split())
+    "geqslant lt gt ll gg pm mp vert lvert rvert Vert "
+    # spacing and line breaks: math-verify reads the last of two expressions set apart by them
+    "enspace enskip thinspace medspace thickspace hspace hskip space hfill newline linebreak par break".split())
 _HEDGE_TEXT = (";", "<", ">", "|", "\\\\", "≈", "→", "⇒", "↔", "≠", "≤", "≥", "∨", "∧", "∼", "±", "∓", "≡")
 _COMMAND = re.compile(r"\\[A-Za-z]+")  # a LaTeX command name: one run of letters
 _TEXT_GROUP = re.compile(r"\\(?:text|mathrm|textrm|operatorname|mbox)\{([^{}]*)\}")
@@ -61,6 +65,15 @@ def _words(text: str) -> set[str]:
     return set(_LETTERS.findall(_COMMAND.sub(" ", text)))
 
 
+def _strip_delimiters(text: str) -> str:
+    """The answer without one pair of outer math delimiters ($…$, $$…$$, \\(…\\), \\[…\\])."""
+    text = text.strip()
+    for opening, closing in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if len(text) >= len(opening) + len(closing) and text.startswith(opening) and text.endswith(closing):
+            return text[len(opening):-len(closing)]
+    return text
+
+
 def math_guard(prediction: str, truth: str, units: tuple[str, ...] = ()) -> tuple[str, str] | None:
     """(reason, detail) when the prediction must not reach the symbolic check (module docstring), else None."""
     truth_commands = set(_COMMAND.findall(truth))
@@ -70,6 +83,9 @@ def math_guard(prediction: str, truth: str, units: tuple[str, ...] = ()) -> tupl
     for hedge in _HEDGE_TEXT:
         if hedge in prediction and hedge not in truth:
             return "hedged_answer", hedge
+    inner = _strip_delimiters(prediction)
+    if "$" in inner or "\\(" in inner or "\\[" in inner:  # `2 $3$`: math-verify extracts the delimited part
+        return "hedged_answer", "$"
     body = prediction
     if prediction.count("=") > truth.count("="):
         assignment = _ASSIGNMENT.match(prediction)
@@ -112,9 +128,15 @@ class MathVerifier(Verifier):
         refused = math_guard(prediction, truth, p.units)
         if refused is not None:
             return Score(0.0, refused[0])
-        if _math_verify(prediction, truth, p.float_rounding):
-            return Score(1.0, CORRECT)
         got, want = parse_quantity(prediction), parse_quantity(truth)
+        one_percent = ("%" in prediction) != ("%" in truth)
+        # math-verify reads `3\%` as 3 against a truth of 3; a percent on one side only is decided by the
+        # numbers alone: 50% is 0.5, never 50
+        if not one_percent and _math_verify(prediction, truth, p.float_rounding):
+            return Score(1.0, CORRECT)
+        if one_percent and got is not None and want is not None:
+            got = Quantity(got.value / 100, unit=got.unit) if got.percent else got
+            want = Quantity(want.value / 100, unit=want.unit) if want.percent else want
         if got is not None and want is not None and self._plain(got) and self._plain(want):
             # no year rule here: in maths 2019 is a number like any other; integers compare exactly
             return compare_numbers(got, want, rel_tol=p.rel_tol, abs_tol=p.abs_tol, year_min=1, year_max=0,

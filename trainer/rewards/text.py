@@ -233,7 +233,7 @@ def _letter_then_text(text: str) -> tuple[str, str] | None:
 
 @dataclass(frozen=True, kw_only=True)
 class ChoiceParams:
-    pass
+    max_chars: int = 2000  # a longer prediction is not a choice: answer_too_long, before any reading
 
 
 @VERIFIERS.register("choice")
@@ -244,6 +244,8 @@ class ChoiceVerifier(Verifier):
     Params = ChoiceParams
 
     def verify(self, prediction: str, truth: Any, item: RewardItem) -> Score:
+        if len(prediction) > self.params.max_chars:
+            return Score(0.0, "answer_too_long")
         options = [normalize_text(str(o)) for o in (item.options or [])]
         want = self._read(str(truth), options)
         if want is None:  # no options and not a letter: the truth is a plain text answer
