@@ -99,6 +99,10 @@ def test_math_units_only_when_declared():
     ("1510", "1500", (0.0, "year_mismatch")),  # both integers in the year range: exact
     ("2019.4", "2019", (1.0, "correct")),
     ("2020", "2019", (0.0, "year_mismatch")),
+    ("2020 AD", "2019", (0.0, "year_mismatch")),  # a word after it does not turn a year into a tolerance
+    ("2020.0", "2019", (0.0, "year_mismatch")),
+    ("2,019", "2019", (1.0, "correct")),
+    ("$2020", "2019", (1.0, "correct")),  # an amount of money, not a year: within 2 %
     ("45 or 46", "45", (0.0, "unparseable_number")),  # a hedge is not a number
     ("45 or forty", "45", (0.0, "unparseable_number")),
     ("about 45", "45", (0.0, "unparseable_number")),

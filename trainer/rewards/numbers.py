@@ -16,7 +16,8 @@ Comparison (`numeric` verifier, rules in order; each returns its reason code):
 1. a ground truth that is not a number is compared as normalised text (charts also answer `Asia`);
 2. currencies or units that both sides state and that differ → `currency_mismatch` / `unit_mismatch`
    (a unit that only one side states is ignored: `45 apples` answers `45`);
-3. years: when **both** sides are bare integers in [year_min, year_max] they must be equal (`year_mismatch`);
+3. years: when the truth is a bare integer and the prediction an integer (`2020`, `2,020`, `2020.0`, `2020 AD`;
+   no percent, scale or currency), both in [year_min, year_max], they must be equal (`year_mismatch`);
    `1510.5` against `1500` is a value read off a chart, not a year, and takes the tolerance;
 4. percentages: `50%` equals `50%`, `50` and `0.5`; two percentages compare as numbers (`50%` ≠ `0.5%`);
 5. integers against integers (after scale: `45 million`) within the relative tolerance, as other numbers —
@@ -228,8 +229,9 @@ def compare_numbers(prediction: Quantity, truth: Quantity, *, rel_tol: float, ab
         return Score(0.0, "currency_mismatch")
     if prediction.unit and truth.unit and prediction.unit != truth.unit:
         return Score(0.0, "unit_mismatch")
-    if (prediction.bare_integer and truth.bare_integer and year_min <= truth.value <= year_max
-            and year_min <= prediction.value <= year_max):
+    if (truth.bare_integer and prediction.is_integer and not (prediction.percent or prediction.scaled
+                                                              or prediction.currency)
+            and year_min <= truth.value <= year_max and year_min <= prediction.value <= year_max):
         return Score(1.0, CORRECT) if prediction.value == truth.value else Score(0.0, "year_mismatch")
     if prediction.percent and truth.percent:
         pairs = [(prediction.value, truth.value)]
