@@ -5,7 +5,8 @@ read the ground truth through the same box extractor, then run the verifier:
 - every rule verifier runs in a `KillablePool` worker with a deadline (`timeout_s` for sandboxed symbolic maths,
   `rule_timeout_s` for the others), in every mode: `workers: 0` is a pool of one, never an in-process call,
   because a Python thread or signal cannot stop a regular expression or a C parser that does not return;
-- I/O-bound verifiers (the LLM judge) run on threads here, bounded by their own HTTP timeouts and retries.
+- I/O-bound verifiers (the LLM judge) run on threads here, bounded by their own HTTP timeouts and retries,
+  and the batch waits for them no longer than those allow (`timeout` past it).
 A late worker is killed and the item is tried once more on a fresh worker (a load spike or an unlucky neighbour
 must not decide a reward); late again, it scores 0 with reason `timeout`. Per verifier the stats count first
 timeouts (`retried`), final timeouts and errors. A verifier that raises (or returns a score
@@ -23,6 +24,7 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable, Sequence
 
 from vlmloom.trainer.rewards.base import (BAD_GROUND_TRUTH, TIMEOUT, VERIFIER_ERROR, VERIFIERS, RewardItem,
@@ -62,6 +64,16 @@ def _worker_setup(config: RewardConfig) -> Callable[[Any], tuple[float, str]]:
         return float(score), str(reason)
 
     return handle
+
+
+def _thread_bound(verifier: Verifier, items: int) -> float:
+    """Seconds an I/O-bound verifier may take for `items` calls: every attempt's timeout and backoff (its params'
+    `timeout_seconds`, `max_retries`, `backoff_seconds`), per wave of `concurrency` calls, plus slack."""
+    p = verifier.params
+    timeout, retries = float(getattr(p, "timeout_seconds", 30.0)), int(getattr(p, "max_retries", 0))
+    backoff = float(getattr(p, "backoff_seconds", 0.0)) * (2 ** (retries + 1))
+    waves = -(-items // max(1, int(getattr(p, "concurrency", 1))))
+    return waves * (timeout * (retries + 1) + backoff) + 10.0
 
 
 def _checked(value: Any) -> Score:
@@ -154,8 +166,18 @@ class RewardSystem:
                     score = self._error(instance, items[i], str(value))
                 results[i] = self._result(items[i], instance, score, True, started[i])
         if in_threads:
+            submitted = time.monotonic()
+            per_instance: dict[str, int] = {}
+            for _, instance, _ in futures:
+                per_instance[instance] = per_instance.get(instance, 0) + 1
             for i, instance, future in futures:
-                results[i] = self._result(items[i], instance, future.result(), True, started[i])
+                bound = _thread_bound(self.verifiers[instance], per_instance[instance])
+                try:
+                    score = future.result(timeout=max(0.0, submitted + bound - time.monotonic()))
+                except FutureTimeout:  # past every HTTP timeout and retry it was given: never wait for ever
+                    future.cancel()
+                    score = Score(0.0, TIMEOUT)
+                results[i] = self._result(items[i], instance, score, True, started[i])
 
         done = [r for r in results if r is not None]
         assert len(done) == len(items), "every item gets a result"
