@@ -140,18 +140,20 @@ def test_packed_policy_loss_equals_unpacked(task):
     torch.testing.assert_close(packed, unpacked, rtol=1e-4, atol=1e-5)
 
 
-def test_all_uninformative_iterations_never_abort(task, tmp_path, monkeypatch):
+def test_all_uninformative_iterations_never_abort_and_the_budget_ends_the_run(task, tmp_path, monkeypatch):
+    """Every group uninformative: empty steps, expansion grows. EMA(r): 0 → 0.5·0 + 0.5·1 = 0.5 → 0.75; the
+    factor 1/(1 − EMA(r)) capped at 2 is 1 (2 prompts, 8 rollouts), then 2 (4 prompts asked), but the rollout
+    budget of 12 leaves ⌈4 / 4⌉ = 1 prompt; then the run ends although `steps` is 10."""
     monkeypatch.setattr(rlcs_module, "LocalRewards", ZeroRewards)
     items, model_dir = task
-    summary = train(rl_config(model_dir, tmp_path / "zero", expansion_decay=0.5),
-                    source=rlcs_task.rl_prompts(items))
+    config = rl_config(model_dir, tmp_path / "zero", expansion_decay=0.5, rollout_budget=12)
+    summary = train(config.__class__(**{**config.__dict__, "steps": 10}), source=rlcs_task.rl_prompts(items))
     its = summary["iterations"]
-    assert summary["steps"] == 2 and len(its) == 2
+    assert summary["steps"] == 2 and len(its) == 2 and summary["stop_reason"] == "data_exhausted"
     assert all(it["uninformative_ratio"] == 1.0 and it["groups_kept"] == 0 for it in its)
-    # EMA(r): 0 → 0.5·0 + 0.5·1 = 0.5 → 0.75; factor 1/(1 − EMA(r)) capped at 2: 1 (2 prompts), then 2 (4 prompts)
-    assert its[0]["prompts_rolled_out"] == 2 and its[1]["prompts_rolled_out"] == 4
     assert [it["ratio_ema"] for it in its] == [0.5, 0.75]
     assert [it["expansion_factor"] for it in its] == [1.0, 2.0]
+    assert [it["prompts_rolled_out"] for it in its] == [2, 1] and [it["rollouts"] for it in its] == [8, 4]
     assert summary["losses"] == [0.0, 0.0]
 
 
@@ -232,14 +234,3 @@ def test_one_iteration_logs_its_metrics_to_json_and_tensorboard(task, tmp_path, 
     tags = set(events.Tags()["scalars"])
     assert {f"train/{k}" for k in ITERATION_METRICS} <= tags
 
-
-def test_rollout_budget_ends_the_run_with_equal_budgets(task, tmp_path, monkeypatch):
-    """Budget 12, k = 4, B = 2, every group uninformative: iteration 1 draws 2 prompts (8 rollouts), EMA(r) = 0.5
-    asks for 4 next, but only ⌈4 / 4⌉ = 1 prompt is left in the budget; then the run ends (not at `steps`)."""
-    monkeypatch.setattr(rlcs_module, "LocalRewards", ZeroRewards)
-    items, model_dir = task
-    config = rl_config(model_dir, tmp_path / "budget", expansion_decay=0.5, rollout_budget=12)
-    config = config.__class__(**{**config.__dict__, "steps": 10})
-    summary = train(config, source=rlcs_task.rl_prompts(items))
-    assert [it["rollouts"] for it in summary["iterations"]] == [8, 4]
-    assert summary["steps"] == 2 and summary["stop_reason"] == "data_exhausted"
