@@ -120,7 +120,8 @@ fi
 # vlmloom from this working tree: an install of it (editable here, in CI) or links by pyproject's package-dir
 if ! "$PY" -c 'import importlib.util, os, sys
 spec = importlib.util.find_spec("vlmloom.trainer")
-sys.exit(0 if spec and os.path.realpath(spec.submodule_search_locations[0]) == os.path.join(sys.argv[1], "trainer") else 1)' \
+found = spec and os.path.realpath(spec.submodule_search_locations[0]) == os.path.join(sys.argv[1], "trainer")
+sys.exit(0 if found else 1)' \
         "$(realpath "$ROOT")" 2>/dev/null; then
     "$PY" - "$ROOT" "$WORK/src" <<'EOF' || exit 2
 import os, sys, tomllib

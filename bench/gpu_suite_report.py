@@ -147,7 +147,8 @@ def train_table(part: dict) -> list[str]:
             lines.append(f"| {r['attention']} | {r['layout']} | {recompute} | {r['error']} |||||||")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
-        lines.append(f"| {r['attention']} | {r['layout']} | {recompute} | {r['rows']} | {r['tokens_per_s']:.0f} | {r['step_s']:.3f} "
+        lines.append(f"| {r['attention']} | {r['layout']} | {recompute} | {r['rows']} | {r['tokens_per_s']:.0f} "
+                     f"| {r['step_s']:.3f} "
                      f"| {r['tflops']:.3g} | {mfu} | {r['padding_fraction']:.2f} | {r['peak_mem_gib']:.2f} |")
     ratios = part.get("packed_over_padded") or {}
     if ratios:

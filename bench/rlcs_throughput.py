@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         use_coin_flip_scores(seed=0)
     config = build_config(TrainConfig, {
         "mode": "rlcs", "model": model, "output": os.path.join(work, "run"), "steps": args.iterations,
-        "lr": 1e-5, "micro_batch": 1, "zero_stage": args.zero_stage, "attn_implementation": args.attn, "progress": False, "tensorboard": False,
-        "export": False,
+        "lr": 1e-5, "micro_batch": 1, "zero_stage": args.zero_stage, "attn_implementation": args.attn,
+        "progress": False, "tensorboard": False, "export": False,
         "rlcs": {"group_size": args.group_size, "prompts_per_iteration": args.batch_prompts, "tokenizer": tokenizer_dir,
                  "max_new_tokens": max_new, "max_think_tokens": max_new, "dynamic_sampling": False,
                  "force_answer_tokens": 8, "seq_len": seq_len, "generation_batch": 64,
