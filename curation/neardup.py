@@ -565,8 +565,15 @@ class DedupRow:
         return self.key, self.pixels, self.image_bytes, self.text_chars
 
     def image(self) -> tuple[str, str] | None:
-        """(sha256, pHash hex) of image 0, or None for a record without an image (the pair-aware rule)."""
-        return (self.image_sha, self.phash) if self.image_sha or self.phash else None
+        """(sha256 prefix, pHash hex) of image 0, or None for a record without an image (the pair-aware rule). 16 hex
+        digits of the sha256 (64 bits) name an image as surely for this purpose, at a quarter of what each MinHash
+        band element carries."""
+        return (self.image_sha[:16], self.phash) if self.image_sha or self.phash else None
+
+    def __reduce__(self):
+        # Pickled as its values alone (no field names): rows cross several shuffles.
+        return DedupRow, (self.key, self.content, self.image_sha, self.phash, self.pixels, self.image_bytes,
+                          self.text_chars)
 
 
 def dedup_row(sample: Sample) -> DedupRow:

@@ -69,11 +69,13 @@ class ConnectedComponents(beam.PTransform):
     not converged after them keeps the smallest node it sees (its component may split: more records kept,
     none lost) and is counted as `dedup/<name>_components_unconverged`."""
 
-    def __init__(self, name: str, max_rounds: int):
+    def __init__(self, name: str, max_rounds: int, node_type: Any = Any):
         super().__init__()
         self._name, self._rounds = name, max_rounds
+        self._edge = Tuple[node_type, node_type]  # the dedup stages' nodes are str: their shuffles are typed
 
     def expand(self, edges):
+        Edge = self._edge  # noqa: N806 - the element type of every step below
         current = edges | "Normalise" >> beam.FlatMap(
             lambda e: [n] if (n := components.normalised(*e)) else []).with_output_types(Edge)
         for r in range(self._rounds):
@@ -209,7 +211,7 @@ class PhashDecisions(beam.PTransform):
                   | "GroupByBand" >> beam.GroupByKey()
                   | "VerifyPairs" >> beam.MapTuple(lambda _, bucket: neardup.verified_hex_pairs(bucket, k, max_pairs))
                   | "CountCapped" >> beam.FlatMap(_counted("phash_bucket_capped")).with_output_types(Edge)
-                  | "Components" >> ConnectedComponents(PHASH_STAGE, self._rounds))
+                  | "Components" >> ConnectedComponents(PHASH_STAGE, self._rounds, str))
         members = by_hash | "MembersList" >> beam.MapTuple(lambda h, ms: (h, [(m, h) for m in ms])).with_output_types(
             Tuple[str, List[Tuple[QualityMember, str]]])
         return (_members_by_group("Hash", members, labels, Tuple[QualityMember, str])
@@ -223,9 +225,16 @@ def _signature(min_words: int, num_perm: int):
         text = neardup.minhash_text(sample)
         if len(text.split()) < min_words and len(text) < 4 * min_words:
             return
-        yield sample.key, hashing.minhash_signature(text, num_perm=num_perm)
+        # The low 32 bits of each slot: two different slots agree there by chance once in 4e9, so bands and the
+        # estimated Jaccard are as good, and what the signature joins carry is halved.
+        yield sample.key, hashing.minhash_signature(text, num_perm=num_perm).astype(np.uint32)
 
     return signature
+
+
+def _band_keys(signature, bands: int, rows: int) -> list[tuple[int, str]]:
+    """(band, 16 hex digits of its rows' digest): 64 bits name a band's values as surely, at half the bytes."""
+    return [(band, digest[:16]) for band, digest in hashing.minhash_band_keys(signature, bands, rows)]
 
 
 @dataclass(frozen=True)
@@ -269,7 +278,7 @@ class MinhashDecisions(beam.PTransform):
             digest = neardup.signature_digest(sig)
             yield beam.pvalue.TaggedOutput("store", (key, sig))
             yield beam.pvalue.TaggedOutput("members", (key, [(row.member(), (digest, row.image()))]))
-            for band in hashing.minhash_band_keys(sig, cfg.minhash_bands, band_rows):
+            for band in _band_keys(sig, cfg.minhash_bands, band_rows):
                 yield band, (key, digest, row.image())
 
         joined = ({"row": rows | "RowByKey" >> beam.Map(lambda r: (r.key, r)).with_output_types(Tuple[str, DedupRow]),
@@ -300,7 +309,7 @@ class MinhashDecisions(beam.PTransform):
                     | "Verify" >> _VerifyPairs(store, cfg.minhash_threshold))
         edges = ((_typed(found["edges"], Edge), verified | "VerifiedEdges" >> beam.Map(lambda v: (v[0], v[1])).with_output_types(Edge))
                  | "AllEdges" >> beam.Flatten().with_output_types(Edge))
-        labels = edges | "Components" >> ConnectedComponents(MINHASH_STAGE, cfg.components_max_rounds)
+        labels = edges | "Components" >> ConnectedComponents(MINHASH_STAGE, cfg.components_max_rounds, str)
         # Each verified pair tells both of its members that their two digests are near (the cluster rule).
         near_digests = verified | "NearDigests" >> beam.FlatMap(
             lambda v: [(v[0], v[3]), (v[1], v[2])]).with_output_types(Tuple[str, str])
