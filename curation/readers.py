@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from vlmloom.curation.decode import TextDecodeError, decode_text
+from vlmloom.curation import video
 from vlmloom.schemas.records import KINDS, ImageRef, Message, Rejection, Sample, Segment, make_key
 from vlmloom.schemas.signals import ORIGIN_SIGNAL
 from vlmloom.schemas.tars import group_members, split_member_name
@@ -452,7 +453,11 @@ def _record_to_sample(raw: RawRecord, source: str, source_id: str, default_kind:
             raise InvalidRecord("meta_not_object", f"{where('json')}: top level is {type(meta).__name__}, "
                                                    "expected an object")
     images = [ImageRef(bytes=data, uri=where(ext), span=raw.spans.get(ext)) for _, ext, data in _image_files(raw.files)]
-    return sample_from_meta(source, source_id, text, meta, images, default_kind, where=printable(raw.uri))
+    videos = video.video_members(raw.files, where, raw.spans)  # a record with a video member is kind video
+    sample = sample_from_meta(source, source_id, text, meta, images, "video" if videos else default_kind,
+                              where=printable(raw.uri))
+    sample.videos = videos
+    return sample
 
 
 def group_folder_files(paths: Iterable[str], root: str) -> dict[str, dict[str, str]]:
@@ -464,7 +469,7 @@ def group_folder_files(paths: Iterable[str], root: str) -> dict[str, dict[str, s
         key, ext = split_file_name(rel)
         if ext:
             groups.setdefault(key, {})[ext] = path
-    return {k: v for k, v in groups.items() if any(e in IMAGE_EXTENSIONS for e in v)}
+    return {k: v for k, v in groups.items() if any(e in IMAGE_EXTENSIONS or e in video.VIDEO_EXTENSIONS for e in v)}
 
 
 # --- manifests (Parquet rows, JSONL lines) ---------------------------------------------------------------------
@@ -566,7 +571,10 @@ def _row_to_sample(row: dict[str, Any], source: str, source_id: str, where: str,
             raise
         except (OSError, ValueError) as exc:
             raise InvalidRecord("missing_image_file", f"{where}: {path}: {type(exc).__name__}: {exc}") from None
-    return sample_from_meta(source, source_id, text, meta, images, default_kind, where=where)
+    videos = video.video_refs_from_row(row, where, open_relative, image_root)  # video_bytes / video_path
+    sample = sample_from_meta(source, source_id, text, meta, images, "video" if videos else default_kind, where=where)
+    sample.videos = videos
+    return sample
 
 
 def read_bytes(fileobj) -> bytes:
