@@ -583,8 +583,13 @@ def dedup_row(sample: Sample) -> DedupRow:
     image_sha = ""
     if sample.images:
         image_sha = sample.images[0].sha256 or str(sample.signals.get("image_sha256") or "")
+    elif sample.videos:
+        # A video record's visual side is its clip: the pair-aware MinHash rule then drops a near-duplicate
+        # caption only when the clips are identical, never a distinct clip that shares a caption.
+        image_sha = sample.videos[0].sha256
     # A record with no image and no text has no content to compare: two empty records are not one record.
-    has_content = any(i.sha256 or i.uri for i in sample.images) or bool(sample_texts(sample))
+    has_content = (any(i.sha256 or i.uri for i in sample.images) or any(v.sha256 or v.uri for v in sample.videos)
+                   or bool(sample_texts(sample)))
     return DedupRow(key, dedup_content_digest(sample) if has_content else "", image_sha,
                     str(sample.signals.get("phash") or "") if sample.images else "", pixels, image_bytes, text_chars)
 
