@@ -170,7 +170,7 @@ def _group(items: list[tuple], budget: int) -> list[list]:
 
 
 def _part_sample(sample: Sample, segments: list[Segment], first_image: int, key: str) -> Sample:
-    """One part as a record of its own: its segments (image indices renumbered from 0) and their images."""
+    """One part as a record of its own: its segments (image indices renumbered from 0), their images, their text."""
     renumbered, images = [], []
     for seg in segments:
         if seg.type == "image":
@@ -179,4 +179,5 @@ def _part_sample(sample: Sample, segments: list[Segment], first_image: int, key:
         else:
             renumbered.append(seg)
     text = "".join(seg.text for seg in renumbered if seg.type == "text" and seg.text)
-    return dataclasses.replace(sample, key=key, segments=renumbered, images=images, text=text or None)
+    # no chat turns: the document rendered as a document (its turns were unusable or not asked for), so do its parts
+    return dataclasses.replace(sample, key=key, segments=renumbered, images=images, text=text or None, messages=[])

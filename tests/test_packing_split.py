@@ -110,7 +110,8 @@ def test_long_text_segment_cut_at_sentences_then_whitespace(builder):
     doc = Sample(key="t", source="docs", source_id="t", kind="interleaved", segments=[Segment("text", text)])
     parts = split_document(builder, doc, builder.build(doc), budget + 3)
     assert len(parts) == len(_cut_text(builder, text, budget)) and all(len(p) <= budget + 3 for p in parts)
-    unbreakable = Sample(key="u", source="docs", source_id="u", kind="interleaved", segments=[Segment("text", "x" * 400)])
+    unbreakable = Sample(key="u", source="docs", source_id="u", kind="interleaved",
+                         segments=[Segment("text", "x" * 400)])
     assert split_document(builder, unbreakable, builder.build(unbreakable), 11).reason == "text_unbreakable"
 
 
