@@ -16,7 +16,7 @@ from vlmloom.packing.reader import PackedDataset
 from vlmloom.packing.split import _cut_text, _group, split_document, splittable
 from vlmloom.schemas.curated import write_curated_dir
 from vlmloom.schemas.packed import IGNORE_INDEX, document_key, part_key
-from vlmloom.schemas.records import Rejection, Sample, Segment
+from vlmloom.schemas.records import Message, Rejection, Sample, Segment
 
 WORDS = "the red cat sat on a mat near blue boat while green birds flew over old town".split()
 
@@ -132,6 +132,13 @@ def test_only_documents_rendered_from_their_segments_are_split(builder):
     assert _render(builder, doc, PackConfig(output="x", seq_len=n // 2, split_documents=False)).reason == "too_long"
     assert len(_render(builder, doc, PackConfig(output="x", seq_len=n // 2))) >= 2
     assert [p.key for p in _render(builder, doc, PackConfig(output="x", seq_len=n))] == ["doc"]  # fits: unchanged
+    # turns that could not be rendered for the whole document (one <image> for 5 images): its parts are documents
+    # too, though a part holding one image would fit those turns
+    doc.messages = [Message("user", "<image> what is this?"), Message("assistant", "a cat")]
+    whole = builder.build(doc)
+    assert whole.rendered_as == "document" and whole.turns_unusable == "image_placeholder_mismatch"
+    parts = _render(builder, doc, PackConfig(output="x", seq_len=n // 3))
+    assert any(len(p.images) == 1 for p in parts) and {p.rendered_as for p in parts} == {"document"}
 
 
 def test_pack_splits_documents_byte_identically(tmp_path):
