@@ -57,6 +57,8 @@ SIGNALS: dict[str, Signal] = {
     "document_images_removed": Signal(numbers.Integral, "documents", "repeated images (logos, ads) taken out"),
     "caption_chars": Signal(numbers.Integral, "heuristics", "characters of the caption"),
     "caption_repetition": Signal(numbers.Real, "heuristics", "share of repeated word n-grams in the caption"),
+    "text_chars": Signal(numbers.Integral, "heuristics", "characters of the texts of a non-caption kind, joined"),
+    "text_repetition": Signal(numbers.Real, "heuristics", "share of repeated word n-grams in those texts"),
     "lang": Signal(str, "language", "language code of the text; report (languages)"),
     "lang_score": Signal(numbers.Real, "language", "language-id confidence"),
     "clip_score": Signal(numbers.Real, "clip", "image-text similarity; the clip top-fraction step, report"),
