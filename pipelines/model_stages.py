@@ -358,22 +358,28 @@ def effective(config: ModelStagesConfig) -> ModelStagesConfig:
     return dataclasses.replace(config, contamination=contamination)
 
 
+_BUILDERS: dict[str, Callable[[Any, float], beam.PTransform]] = {
+    "clip": ClipStage,
+    "concepts": ConceptBalanceStage,
+    "contamination": contamination_stage,
+    "recaption": recaption_stage,
+    "ocr": ocr_stage,
+    "grounding": grounding_stage,
+}
+
+
+def build_model_stage(name: str, config: ModelStagesConfig, max_error_ratio: float = 0.05) -> beam.PTransform:
+    """Stage `name` (one of STAGE_ORDER) as a PTransform following the stage protocol, its section validated as
+    an enabled stage (cross-stage defaults filled in by `effective`)."""
+    section = getattr(effective(config), name)
+    try:
+        section.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}" if not str(exc).startswith(name) else str(exc)) from None
+    return _BUILDERS[name](section, max_error_ratio)
+
+
 def build_model_stages(config: ModelStagesConfig, max_error_ratio: float = 0.05) -> list[tuple[str, beam.PTransform]]:
     """The enabled stages in pipeline order, each a PTransform following the stage protocol."""
-    config = effective(config)
-    for name in STAGE_ORDER:
-        section = getattr(config, name)
-        if section.enabled:
-            try:
-                section.validate()
-            except ConfigError as exc:
-                raise ConfigError(f"{name}: {exc}" if not str(exc).startswith(name) else str(exc)) from None
-    builders = {
-        "clip": lambda c: ClipStage(c, max_error_ratio),
-        "concepts": lambda c: ConceptBalanceStage(c, max_error_ratio),
-        "contamination": lambda c: contamination_stage(c, max_error_ratio),
-        "recaption": lambda c: recaption_stage(c, max_error_ratio),
-        "ocr": lambda c: ocr_stage(c, max_error_ratio),
-        "grounding": lambda c: grounding_stage(c, max_error_ratio),
-    }
-    return [(name, builders[name](getattr(config, name))) for name in STAGE_ORDER if getattr(config, name).enabled]
+    return [(name, build_model_stage(name, config, max_error_ratio)) for name in STAGE_ORDER
+            if getattr(config, name).enabled]
