@@ -78,5 +78,5 @@ class _JudgeStageBuilder:
 
     def __call__(self, stage: CurateStage, config: Any, max_error_ratio: float):
         section = stage.section_of(config)
-        hash_ = config_hash(section) if section is not None else ""
+        hash_ = config_hash(section if section is not None else {})  # a stage without config: a constant hash
         return JudgeStage(stage.name, self.make_judge_factory(section), hash_, max_error_ratio)
