@@ -11,6 +11,8 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 
+from test_video import make_video
+
 from vlmloom.curation.concepts import ConceptConfig, ConceptMatcher
 from vlmloom.curation.contamination import BenchmarkItem, ContaminationConfig, ContaminationIndex
 from vlmloom.curation.decode import DecodeConfig, decode_sample
@@ -20,15 +22,17 @@ from vlmloom.curation.ocr import OcrConfig
 from vlmloom.curation.renderable import judge_renderable
 from vlmloom.demo.records import make_image
 from vlmloom.packing import tokenizer as T
+from vlmloom.packing import builder as builder_module
 from vlmloom.packing.builder import RENDERERS, BuiltSample, SequenceBuilder
 from vlmloom.schemas import kinds
 from vlmloom.schemas.config import ConfigError, build_config
-from vlmloom.schemas.records import KINDS, Annotations, Grounding, ImageRef, Message, Rejection, Sample, Segment
+from vlmloom.schemas.records import KINDS, Annotations, Grounding, ImageRef, Message, Rejection, Sample, Segment, VideoRef
+from vlmloom.schemas.registry import Registry
 
 # One long sentence per kind, in the texts its row declares: what contamination, concepts and language id must see.
 MARKER = {kind: f"the {kind}marker sentence names a lighthouse standing on a rocky island far out in the cold "
                 f"northern sea" for kind in KINDS}
-NOT_PACKED_YET = {"video"}  # renderings pack lacks for now (packing/video.py brings video's)
+CLIP = make_video(20, 64, 64, fps=10)  # 2 s, 64 px sides (the heuristics' min_side reads a video's size too)
 
 
 def _image(seed: int) -> ImageRef:
@@ -51,7 +55,7 @@ def _record(kind: str, seed: int = 0) -> Sample:
         return Sample(**base, images=[_image(seed)], text=marker,
                       annotations=Annotations(grounding=[Grounding("lighthouse", [10, 20, 300, 400], "input")]))
     if kind == "video":
-        return Sample(**base, text=marker)
+        return Sample(**base, videos=[VideoRef(bytes=CLIP)], text=marker)
     return Sample(**base, images=[_image(seed)], text=marker)
 
 
@@ -72,7 +76,7 @@ def test_the_table_has_one_row_per_kind_and_valid_columns():
     for name in KINDS:
         kind = kinds.KIND_TABLE.get(name)
         assert kind.needs in kinds.NEEDS and kind.text_rules in ("caption", "document")
-        assert kind.render in RENDERERS or name in NOT_PACKED_YET, f"kind {name!r}: pack cannot render it"
+        assert kind.render in RENDERERS, f"kind {name!r}: pack cannot render it"
     with pytest.raises(ValueError, match="render 'poster'"):
         kinds.Kind("caption", min_images=0, needs="", text_rules="caption", texts=list, dedup_content=bytes,
                    render="poster")
@@ -117,12 +121,20 @@ def test_every_kind_runs_through_every_stage(kind, identifier, builder):
     # what pack needs is there, and pack renders it
     assert judge_renderable(sample).keep
     built = builder.build(sample)
-    if kind in NOT_PACKED_YET:
-        assert isinstance(built, Rejection) and built.reason == "unsupported_kind"
-        assert f"renders as {kinds.kind_of(sample).render!r}" in built.detail
-    else:
-        assert isinstance(built, BuiltSample), built
-        assert built.num_label_tokens > 1 and built.image_grid_thw.shape[0] == len(sample.images)
+    assert isinstance(built, BuiltSample), built
+    assert built.num_label_tokens > 1 and built.image_grid_thw.shape[0] == len(sample.images)
+    assert built.video_grid_thw.shape[0] == len(sample.videos)
+
+
+def test_a_rendering_pack_lacks_is_unsupported_kind_saying_so(builder, monkeypatch):
+    without_video = Registry("rendering")
+    for name in ("pretrain", "chat"):
+        without_video.register(name)(RENDERERS.get(name))
+    monkeypatch.setattr(builder_module, "RENDERERS", without_video)
+    built = builder.build(_record("video"))
+    assert isinstance(built, Rejection) and built.reason == "unsupported_kind"
+    assert built.detail == "kind 'video' renders as 'video', which pack does not render yet (renderings: chat, pretrain)"
+    assert isinstance(builder.build(_record("caption")), BuiltSample)
 
 
 def test_dedup_content_per_kind():
@@ -193,12 +205,13 @@ def test_model_stage_kinds_default_to_the_table_and_are_validated():
 
 
 # --- curate → pack ---------------------------------------------------------------------------------------------
-def _tar_records() -> dict[str, tuple[dict, bytes | None]]:
-    """source id → (json member, image bytes): one kept record of every kind pack renders, and records that
-    curate must reject because pack could not train on them."""
+def _tar_records() -> dict[str, tuple[dict, bytes]]:
+    """source id → (json member, image or video bytes): one kept record of every kind, and records that curate
+    must reject because pack could not train on them."""
     def image(seed):
         return make_image(96, 80, seed).bytes
     return {
+        "video": ({"kind": "video", "text": MARKER["video"]}, CLIP),
         "caption": ({"kind": "caption", "text": MARKER["caption"]}, image(1)),
         "interleaved": ({"kind": "interleaved", "segments": [{"type": "text", "text": MARKER["interleaved"]},
                                                              {"type": "image", "image_index": 0},
@@ -229,13 +242,13 @@ def test_curate_then_pack_drops_nothing_curate_kept(tmp_path):
     records = _tar_records()
     path = tmp_path / "raw.tar"
     with tarfile.open(path, "w") as tar:
-        for source_id, (meta, image) in records.items():
-            for ext, data in (("json", json.dumps(meta).encode()), ("png", image)):
+        for source_id, (meta, media) in records.items():
+            for ext, data in (("json", json.dumps(meta).encode()), ("mp4" if meta["kind"] == "video" else "png", media)):
                 info = tarfile.TarInfo(f"{source_id}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     kept_kinds = {meta["kind"] for source_id, (meta, _) in records.items()}
-    assert kept_kinds | NOT_PACKED_YET == set(KINDS), "add a record of every kind pack renders to _tar_records"
+    assert kept_kinds == set(KINDS), "add a record of every kind to _tar_records"
     curated = str(tmp_path / "curated")
     # near-duplicate stages off: they judge no kind differently and triple the job's graph
     config = {"inputs": [{"path": str(path)}], "output": curated, "disable": ["near_dup_image", "near_dup_text"]}
@@ -247,12 +260,12 @@ def test_curate_then_pack_drops_nothing_curate_kept(tmp_path):
                         "gui-image-only": ("renderable", "empty_text")}
     kept = pq.read_table(f"{curated}/manifest").to_pylist()
     assert sorted(r["source_id"] for r in kept) == sorted(set(records) - set(rejected))
-    assert report["kinds"] == {"caption": 1, "grounding": 1, "gui": 1, "interleaved": 1, "ocr": 1, "qa": 3}
+    assert report["kinds"] == {"caption": 1, "grounding": 1, "gui": 1, "interleaved": 1, "ocr": 1, "qa": 3, "video": 1}
 
     packed = pack(PackConfig(inputs=[curated], output=str(tmp_path / "packed"), seq_len=2048,
                              tokenizer_vocab_size=300), progress=False)
     assert packed["dropped_by_reason"] == {} and packed["samples_packed"] == len(kept)
     rendering = packed["rendering"]
     assert rendering["chat"] == {"qa": 3} and rendering["document"] == {
-        "caption": 1, "grounding": 1, "gui": 1, "interleaved": 1, "ocr": 1}
+        "caption": 1, "grounding": 1, "gui": 1, "interleaved": 1, "ocr": 1, "video": 1}
     assert os.path.exists(tmp_path / "packed" / "_SUCCESS")
