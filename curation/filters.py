@@ -43,8 +43,8 @@ class HeuristicConfig:
     # The "document" rule set (every other kind: documents, transcripts, chat turns), on the kind's texts joined.
     # An empty text is no reason here: OCR or recaption may fill it, and curate's last stage (renderable) rejects
     # a record left with nothing to train on.
-    max_text_chars: int = 200_000  # longer joined texts are rejected (text_too_long); -1 disables
-    max_text_repetition_ratio: float = 0.5  # as max_repetition_ratio, on the joined texts (text_repetitive); -1 disables
+    max_document_chars: int = 200_000  # longer joined texts are rejected (document_too_long); -1 disables
+    max_document_repetition_ratio: float = 0.5  # max_repetition_ratio on the joined texts (document_repetitive); -1 off
 
     def validate(self) -> None:
         _check_limit("filters.min_side", self.min_side, 1)
@@ -57,11 +57,11 @@ class HeuristicConfig:
                 f"filters.max_caption_chars ({self.max_caption_chars}) < filters.min_caption_chars "
                 f"({self.min_caption_chars}): every caption would be rejected; raise max_caption_chars or set it to -1"
             )
-        for name in ("max_repetition_ratio", "max_text_repetition_ratio"):
+        for name in ("max_repetition_ratio", "max_document_repetition_ratio"):
             value = getattr(self, name)
             if value != -1 and not 0.0 <= value <= 1.0:
                 raise ConfigError(f"filters.{name} ({value}) must be in [0, 1], or -1 to disable")
-        _check_limit("filters.max_text_chars", self.max_text_chars, 1)
+        _check_limit("filters.max_document_chars", self.max_document_chars, 1)
         _check_limit("filters.min_pixel_std", self.min_pixel_std, 0.0)
 
 
@@ -122,17 +122,18 @@ def _caption_rules(texts: list[str], config: HeuristicConfig) -> Verdict:
 def _document_rules(texts: list[str], config: HeuristicConfig) -> Verdict:
     # Joined, so repetition across segments or turns counts too (a document of one "1.1" per segment).
     text = "\n".join(texts).strip()
-    signals: dict[str, Any] = {"text_chars": len(text)}
-    if config.max_text_chars != -1 and len(text) > config.max_text_chars:
-        return Verdict.drop("text_too_long", f"texts have {len(text)} chars > max_text_chars {config.max_text_chars}",
-                            **signals)
-    if config.max_text_repetition_ratio != -1:
+    signals: dict[str, Any] = {"document_chars": len(text)}
+    if config.max_document_chars != -1 and len(text) > config.max_document_chars:
+        return Verdict.drop("document_too_long",
+                            f"texts have {len(text)} chars > max_document_chars {config.max_document_chars}", **signals)
+    if config.max_document_repetition_ratio != -1:
         ratio = repetition_ratio(text)
-        signals["text_repetition"] = round(ratio, 4)
-        if ratio > config.max_text_repetition_ratio:
+        signals["document_repetition"] = round(ratio, 4)
+        if ratio > config.max_document_repetition_ratio:
             return Verdict.drop(
-                "text_repetitive",
-                f"{ratio:.2f} of word 3-grams repeat > max_text_repetition_ratio {config.max_text_repetition_ratio}",
+                "document_repetitive",
+                f"{ratio:.2f} of word 3-grams repeat > max_document_repetition_ratio "
+                f"{config.max_document_repetition_ratio}",
                 **signals,
             )
     return Verdict.ok(**signals)

@@ -183,7 +183,8 @@ def check_kind_selection(where: str, kinds: tuple[str, ...] | list[str]) -> None
 
 
 def _has_assistant_turn(sample: Sample) -> bool:
-    return bool(sample.messages) and sample.messages[-1].role == "assistant" and bool(sample.messages[-1].content.strip())
+    last = sample.messages[-1] if sample.messages else None
+    return last is not None and last.role == "assistant" and bool(last.content.strip())
 
 
 def _has_training_text(sample: Sample) -> bool:

@@ -93,7 +93,7 @@ def test_caption_rules_for_caption_kinds_document_rules_for_the_others():
     assert reason(measured(text="x" * 10_000, kind="qa")) is None
     assert reason(measured(text="x" * 10_000, kind="caption")) == "caption_too_long"
     verdict = judge_heuristics(measured(text=ENGLISH, kind="ocr"), HeuristicConfig())
-    assert verdict.keep and verdict.signals == {"text_chars": len(ENGLISH), "text_repetition": 0.0}
+    assert verdict.keep and verdict.signals == {"document_chars": len(ENGLISH), "document_repetition": 0.0}
 
 
 def test_document_rules_judge_every_kinds_texts():
@@ -101,19 +101,20 @@ def test_document_rules_judge_every_kinds_texts():
     document = Sample(key="k", source="s", source_id="1", kind="interleaved",
                       segments=[Segment("text", numbers)])
     verdict = judge_heuristics(document, HeuristicConfig())
-    assert (verdict.reason, verdict.signals["text_chars"]) == ("text_repetitive", len(numbers))
-    assert verdict.signals["text_repetition"] == round(1 - 1 / 78, 4)  # 80 words "1": 78 trigrams, one distinct
+    assert (verdict.reason, verdict.signals["document_chars"]) == ("document_repetitive", len(numbers))
+    assert verdict.signals["document_repetition"] == round(1 - 1 / 78, 4)  # 80 words "1": 78 trigrams, one distinct
     # repetition across segments counts: one "buy now" per segment
     spread = Sample(key="k", source="s", source_id="1", kind="interleaved",
                     segments=[Segment("text", "buy now")] * 6)
-    assert reason(spread) == "text_repetitive"
-    assert reason(spread, max_text_repetition_ratio=-1) is None
+    assert reason(spread) == "document_repetitive"
+    assert reason(spread, max_document_repetition_ratio=-1) is None
     chat = Sample(key="k", source="s", source_id="1", kind="qa",
                   messages=[Message("user", "<image>Describe it."), Message("assistant", "spam " * 30)])
-    assert reason(chat) == "text_repetitive"
+    assert reason(chat) == "document_repetitive"
     long_chat = Sample(key="k", source="s", source_id="1", kind="qa", answer=" ".join(f"w{i}" for i in range(30)))
-    verdict = judge_heuristics(long_chat, HeuristicConfig(max_text_chars=100))
-    assert verdict.reason == "text_too_long" and verdict.detail == "texts have 109 chars > max_text_chars 100"  # w0..w29 and 29 spaces
+    verdict = judge_heuristics(long_chat, HeuristicConfig(max_document_chars=100))
+    # w0..w29 and 29 spaces
+    assert verdict.reason == "document_too_long" and verdict.detail == "texts have 109 chars > max_document_chars 100"
 
 
 def test_samples_without_image_signals_skip_image_checks():
@@ -141,15 +142,15 @@ def test_heuristics_read_what_decode_measured():
 
 
 def test_heuristic_config_validation():
-    assert build_config(HeuristicConfig, {"min_side": -1, "max_text_chars": -1}).max_text_chars == -1
+    assert build_config(HeuristicConfig, {"min_side": -1, "max_document_chars": -1}).max_document_chars == -1
     with pytest.raises(ConfigError, match="min_side"):
         build_config(HeuristicConfig, {"min_side": 0})
     with pytest.raises(ConfigError, match="max_repetition_ratio"):
         build_config(HeuristicConfig, {"max_repetition_ratio": 1.5})
     with pytest.raises(ConfigError, match="raise max_caption_chars"):
         build_config(HeuristicConfig, {"min_caption_chars": 10, "max_caption_chars": 5})
-    with pytest.raises(ConfigError, match="max_text_repetition_ratio"):
-        build_config(HeuristicConfig, {"max_text_repetition_ratio": 2})
+    with pytest.raises(ConfigError, match="max_document_repetition_ratio"):
+        build_config(HeuristicConfig, {"max_document_repetition_ratio": 2})
     with pytest.raises(ConfigError, match="unknown key"):
         build_config(HeuristicConfig, {"kinds_needing_caption": ["caption"]})  # the kinds table decides now
 

@@ -101,7 +101,7 @@ def test_every_kind_runs_through_every_stage(kind, identifier, builder):
     assert verdict.keep
     rules = kinds.kind_of(sample).text_rules
     assert set(verdict.signals) == ({"caption_chars", "caption_repetition"} if rules == "caption"
-                                    else {"text_chars", "text_repetition"})
+                                    else {"document_chars", "document_repetition"})
     # language id on them
     verdict = judge_language(sample, identifier, LanguageConfig(allowed=("en",)))
     assert verdict.keep and verdict.signals["lang"] == "en"
