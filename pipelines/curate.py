@@ -128,15 +128,14 @@ class _RenderableJudge:
 
 
 def _dedup_stage(stage: CurateStage, config: CurateConfig, ratio: float):
-    """One of the three dedup stages, built from the dedup config as it is with disabled stages switched off (the
-    lineage hash covers which dedup stages ran)."""
+    """The dedup step (pipelines/dedup.py), its parts switched off where the config or `disable:` says so."""
     dedup = dataclasses.replace(
         config.dedup,
         exact=config.dedup.exact and config.enabled("exact_dedup"),
         phash=config.dedup.phash and config.enabled("near_dup_image"),
         minhash=config.dedup.minhash and config.enabled("near_dup_text"),
     )
-    return dict(dedup_stages(dedup, ratio)).get(stage.name)
+    return dict(dedup_stages(dedup, ratio)).get(stage.name)  # none when every part is off
 
 
 def _model_stage(stage: CurateStage, config: CurateConfig, ratio: float):
@@ -152,9 +151,8 @@ register_stage(CurateStage("download", 5, "download", optional=False, build=_dow
 register_stage(CurateStage("decode", 10, "decode", optional=False, build=judge_stage(_DecodeJudge)))
 register_stage(CurateStage("heuristics", 20, "heuristics", optional=True, build=judge_stage(_HeuristicJudge)))
 register_stage(CurateStage("language", 30, "language", optional=True, build=judge_stage(_LanguageJudge)))
-register_stage(CurateStage("exact_dedup", 40, "dedup", optional=True, build=_dedup_stage))
-register_stage(CurateStage("near_dup_image", 50, "dedup", optional=True, build=_dedup_stage))
-register_stage(CurateStage("near_dup_text", 60, "dedup", optional=True, build=_dedup_stage))
+register_stage(CurateStage("dedup", 40, "dedup", optional=False, build=_dedup_stage,
+                           parts=("exact_dedup", "near_dup_image", "near_dup_text")))
 for _order, _name in enumerate(("clip", "concepts", "contamination", "recaption", "ocr", "grounding"), start=7):
     register_stage(CurateStage(_name, 10 * _order, f"models.{_name}", optional=True, build=_model_stage))
 register_stage(CurateStage("renderable", 200, "", optional=True, build=judge_stage(_RenderableJudge)))

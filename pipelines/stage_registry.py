@@ -32,11 +32,15 @@ class CurateStage:
     section: str  # dotted path of its config in CurateConfig (e.g. "models.clip"); "" = it has none
     optional: bool  # may be listed in the job's `disable:`
     build: StageBuilder
+    # The stages one transform runs under their own names (dedup: exact_dedup, near_dup_image, near_dup_text), each
+    # in the funnel and in `disable:`; the transform says which ran (`stage_names`). () = the stage is itself.
+    parts: tuple[str, ...] = ()
 
     @property
     def signals(self) -> tuple[str, ...]:
-        """The Sample.signals this stage writes, as schemas/signals.py declares them."""
-        return tuple(name for name, signal in SIGNALS.items() if self.name in signal.writers)
+        """The Sample.signals this stage (or its parts) writes, as schemas/signals.py declares them."""
+        names = {self.name, *self.parts}
+        return tuple(name for name, signal in SIGNALS.items() if names & set(signal.writers))
 
     def section_of(self, config: Any) -> Any:
         """This stage's config section inside the curate config (None when it has none)."""
@@ -63,7 +67,8 @@ def stages_in_order() -> list[CurateStage]:
 
 
 def optional_stages() -> tuple[str, ...]:
-    return tuple(s.name for s in stages_in_order() if s.optional)
+    """What `disable:` may list: the optional stages and every stage's parts."""
+    return tuple(name for s in stages_in_order() for name in ((s.name,) if s.optional else ()) + s.parts)
 
 
 def judge_stage(make_judge_factory: Callable[[Any], Any]) -> StageBuilder:

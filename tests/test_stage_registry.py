@@ -12,26 +12,31 @@ from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.registry import Registry
 from vlmloom.schemas.signals import LIBRARY_STAGES
 
-LIBRARY = ["download", "decode", "heuristics", "language", "exact_dedup", "near_dup_image", "near_dup_text", "clip", "concepts",
-           "contamination", "recaption", "ocr", "grounding", "renderable"]
+LIBRARY = ["download", "decode", "heuristics", "language", "dedup", "clip", "concepts", "contamination", "recaption",
+           "ocr", "grounding", "renderable"]
+DEDUP_PARTS = ("exact_dedup", "near_dup_image", "near_dup_text")
 
 
 def test_every_library_stage_is_registered_once_in_order():
     assert [s.name for s in stages_in_order()] == LIBRARY
     # every stage signals.py names as a writer is registered (read is not a stage here; documents is written but
     # not registered in curate yet)
-    assert LIBRARY_STAGES - {"read", "documents"} <= set(LIBRARY)
+    assert LIBRARY_STAGES - {"read", "documents"} <= set(LIBRARY) | set(DEDUP_PARTS)
     signals = {s.name: s.signals for s in stages_in_order()}
     assert signals["decode"][:4] == ("width", "height", "pixel_std", "image_sha256") and "phash" in signals["decode"]
     assert signals["language"] == ("lang", "lang_score") and signals["renderable"] == ()
-    assert "duplicate_of" in signals["near_dup_text"]
-    assert [s.name for s in stages_in_order() if not s.optional] == ["download", "decode"]
+    assert "duplicate_of" in signals["dedup"] and stage_registry.CURATE_STAGES.get("dedup").parts == DEDUP_PARTS
+    assert [s.name for s in stages_in_order() if not s.optional] == ["download", "decode", "dedup"]
     assert stage_registry.CURATE_STAGES.get("clip").section == "models.clip"
 
 
 def test_the_pipeline_is_the_registry_minus_what_config_turns_off():
     config = load_config({"disable": ["language", "near_dup_image"], "dedup": {"minhash": False}})
-    assert [name for name, _ in curate_stages(config)] == ["decode", "heuristics", "exact_dedup", "renderable"]
+    stages = curate_stages(config)
+    assert [name for name, _ in stages] == ["decode", "heuristics", "dedup", "renderable"]
+    assert dict(stages)["dedup"].stage_names == ["exact_dedup"]
+    everything_off = load_config({"disable": list(DEDUP_PARTS) + ["renderable"]})
+    assert [name for name, _ in curate_stages(everything_off)] == ["decode", "heuristics", "language"]
     with pytest.raises(ConfigError, match=r"disable: unknown stage\(s\) \['decode'\]; choose from \['heuristics'"):
         load_config({"disable": ["decode"]})
 
