@@ -28,6 +28,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from vlmloom.curation.decode import DecodeConfig, decode_sample
+from vlmloom.curation.documents import DocumentConfig
 from vlmloom.curation.download import DownloadConfig
 from vlmloom.curation.filters import HeuristicConfig, LanguageConfig, LanguageIdentifier, judge_heuristics, judge_language
 from vlmloom.curation.renderable import judge_renderable
@@ -35,6 +36,7 @@ from vlmloom.curation.readers import READ_STAGE
 from vlmloom.curation.neardup import DedupConfig
 from vlmloom.pipelines import report as report_mod
 from vlmloom.pipelines.dedup import ApplyDecisions, dedup_stages
+from vlmloom.pipelines.documents import DocumentRules
 from vlmloom.pipelines.download import DownloadStage, download_enabled
 from vlmloom.pipelines.keys import UniqueKeys
 from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled
@@ -45,7 +47,7 @@ from vlmloom.pipelines.sources import InputConfig, ReadInputs, resolve_input
 from vlmloom.pipelines.stage_registry import CurateStage, judge_stage, optional_stages, register_stage, stages_in_order
 from vlmloom.pipelines.files import BEAM_FILES
 from vlmloom.schemas import console, curated
-from vlmloom.schemas.config import ConfigError, build_config
+from vlmloom.schemas.config import ConfigError, build_config, config_hash
 from vlmloom.schemas.progress import show_progress
 from vlmloom.schemas.records import release_bytes
 from vlmloom.schemas.publish import discard_staging, publish_directory, staging_directory
@@ -64,6 +66,7 @@ class CurateConfig:
     decode: DecodeConfig = DecodeConfig()
     heuristics: HeuristicConfig = HeuristicConfig()
     language: LanguageConfig = LanguageConfig()
+    documents: DocumentConfig = DocumentConfig()  # interleaved documents: image count, text per image, repeated images
     dedup: DedupConfig = DedupConfig()
     models: ModelStagesConfig = ModelStagesConfig()  # CLIP, concepts, contamination, recaption, OCR, grounding
     output_format: OutputConfig = OutputConfig()
@@ -127,6 +130,11 @@ class _RenderableJudge:
         return judge_renderable
 
 
+def _documents_stage(stage: CurateStage, config: CurateConfig, ratio: float):
+    """Per-document rules; images many documents repeat leave them (pipelines/documents.py)."""
+    return DocumentRules(config.documents, config_hash_=config_hash(config.documents), max_error_ratio=ratio)
+
+
 def _dedup_stage(stage: CurateStage, config: CurateConfig, ratio: float):
     """The dedup step (pipelines/dedup.py), its parts switched off where the config or `disable:` says so."""
     dedup = dataclasses.replace(
@@ -151,6 +159,7 @@ register_stage(CurateStage("download", 5, "download", optional=False, build=_dow
 register_stage(CurateStage("decode", 10, "decode", optional=False, build=judge_stage(_DecodeJudge)))
 register_stage(CurateStage("heuristics", 20, "heuristics", optional=True, build=judge_stage(_HeuristicJudge)))
 register_stage(CurateStage("language", 30, "language", optional=True, build=judge_stage(_LanguageJudge)))
+register_stage(CurateStage("documents", 35, "documents", optional=True, build=_documents_stage))
 register_stage(CurateStage("dedup", 40, "dedup", optional=False, build=_dedup_stage,
                            parts=("exact_dedup", "near_dup_image", "near_dup_text")))
 for _order, _name in enumerate(("clip", "concepts", "contamination", "recaption", "ocr", "grounding"), start=7):

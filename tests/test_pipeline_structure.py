@@ -91,7 +91,7 @@ def _walk(pipeline) -> list:
 
 def test_every_stage_is_on(tmp_path):
     stages, _ = _graph(tmp_path)
-    assert stages[1:] == ["decode", "heuristics", "language", "exact_dedup", "near_dup_image", "near_dup_text",
+    assert stages[1:] == ["decode", "heuristics", "language", "documents", "exact_dedup", "near_dup_image", "near_dup_text",
                           "clip", "concepts", "contamination", "recaption", "ocr", "grounding", "renderable"]
 
 

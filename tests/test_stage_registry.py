@@ -12,16 +12,15 @@ from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.registry import Registry
 from vlmloom.schemas.signals import LIBRARY_STAGES
 
-LIBRARY = ["download", "decode", "heuristics", "language", "dedup", "clip", "concepts", "contamination", "recaption",
+LIBRARY = ["download", "decode", "heuristics", "language", "documents", "dedup", "clip", "concepts", "contamination", "recaption",
            "ocr", "grounding", "renderable"]
 DEDUP_PARTS = ("exact_dedup", "near_dup_image", "near_dup_text")
 
 
 def test_every_library_stage_is_registered_once_in_order():
     assert [s.name for s in stages_in_order()] == LIBRARY
-    # every stage signals.py names as a writer is registered (read is not a stage here; documents is written but
-    # not registered in curate yet)
-    assert LIBRARY_STAGES - {"read", "documents"} <= set(LIBRARY) | set(DEDUP_PARTS)
+    # every stage signals.py names as a writer is registered (read is not a stage here)
+    assert LIBRARY_STAGES - {"read"} <= set(LIBRARY) | set(DEDUP_PARTS)
     signals = {s.name: s.signals for s in stages_in_order()}
     assert signals["decode"][:4] == ("width", "height", "pixel_std", "image_sha256") and "phash" in signals["decode"]
     assert signals["language"] == ("lang", "lang_score") and signals["renderable"] == ()
@@ -31,12 +30,12 @@ def test_every_library_stage_is_registered_once_in_order():
 
 
 def test_the_pipeline_is_the_registry_minus_what_config_turns_off():
-    config = load_config({"disable": ["language", "near_dup_image"], "dedup": {"minhash": False}})
+    config = load_config({"disable": ["language", "documents", "near_dup_image"], "dedup": {"minhash": False}})
     stages = curate_stages(config)
     assert [name for name, _ in stages] == ["decode", "heuristics", "dedup", "renderable"]
     assert dict(stages)["dedup"].stage_names == ["exact_dedup"]
     everything_off = load_config({"disable": list(DEDUP_PARTS) + ["renderable"]})
-    assert [name for name, _ in curate_stages(everything_off)] == ["decode", "heuristics", "language"]
+    assert [name for name, _ in curate_stages(everything_off)] == ["decode", "heuristics", "language", "documents"]
     with pytest.raises(ConfigError, match=r"disable: unknown stage\(s\) \['decode'\]; choose from \['heuristics'"):
         load_config({"disable": ["decode"]})
 
@@ -56,14 +55,14 @@ def _rejects_everything(_section):
 
 
 def test_a_new_filter_is_one_registration(scratch_registry):
-    register_stage(CurateStage("my_filter", 35, "heuristics", optional=True, build=judge_stage(_rejects_everything)))
+    register_stage(CurateStage("my_filter", 25, "heuristics", optional=True, build=judge_stage(_rejects_everything)))
     stages = curate_stages(load_config({}))
     names = [name for name, _ in stages]
-    assert names[names.index("language") + 1] == "my_filter"  # order 35: after language (30), before dedup (40)
+    assert names[names.index("heuristics") + 1] == "my_filter"  # order 25: after heuristics (20), before language (30)
     transform = dict(stages)["my_filter"]
     assert isinstance(transform, JudgeStage) and transform.label == "my_filter"
     assert [n for n, _ in curate_stages(load_config({"disable": ["my_filter"]}))] == [n for n in names if n != "my_filter"]
-    with pytest.raises(ValueError, match="order 35 is taken by 'my_filter'"):
-        register_stage(CurateStage("other", 35, "", optional=True, build=judge_stage(_rejects_everything)))
+    with pytest.raises(ValueError, match="order 25 is taken by 'my_filter'"):
+        register_stage(CurateStage("other", 25, "", optional=True, build=judge_stage(_rejects_everything)))
     with pytest.raises(ValueError, match="already registered"):
         register_stage(CurateStage("my_filter", 36, "", optional=True, build=judge_stage(_rejects_everything)))
