@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import lzma
+from zlib import error as zlib_error
 import os
 import posixpath
 import tarfile
@@ -30,7 +31,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from vlmloom.curation.decode import TextDecodeError, decode_text
 from vlmloom.schemas.records import KINDS, ImageRef, Message, Rejection, Sample, Segment, make_key
-from vlmloom.schemas.signals import ORIGIN_SIGNAL
+from vlmloom.schemas.signals import ORIGIN_SIGNAL, RAW_DIGEST_SIGNAL, RENAMED_SIGNAL
 from vlmloom.schemas.tars import group_members, split_member_name
 
 READ_STAGE = "read"
@@ -425,34 +426,98 @@ def sample_from_meta(source: str, source_id: str, text: str | None, meta: dict[s
 
 # --- webdataset and folder records ----------------------------------------------------------------------------
 
-def record_to_sample(raw: RawRecord, source: str, default_kind: str = "caption") -> Sample | Rejection:
-    """Interpret one webdataset or folder record; bad members become a Rejection with a specific reason."""
+def record_to_sample(raw: RawRecord, source: str, default_kind: str = "caption",
+                     fields: dict[str, str] | None = None,
+                     count: Callable[[str], None] = lambda code: None) -> Sample | Rejection:
+    """Interpret one webdataset or folder record; bad members become a Rejection with a specific reason.
+    `fields`: `text`/`image` name the member extension to read them from; `count` receives
+    `ignored_member:<ext>` for members nothing uses or carries."""
     source_id = printable(raw.source_id)
     try:
-        sample = _record_to_sample(raw, source, source_id, default_kind)
+        sample = _record_to_sample(raw, source, source_id, default_kind, fields or {}, count)
     except InvalidRecord as exc:
         return Rejection(make_key(source, source_id), source, source_id, READ_STAGE, exc.reason, printable(exc.detail))
     sample.signals[ORIGIN_SIGNAL] = printable(raw.uri)
     return sample
 
 
-def _record_to_sample(raw: RawRecord, source: str, source_id: str, default_kind: str) -> Sample:
+# Members carried into meta as their text (JSON members as their value) when no stage reads them: labels,
+# ids, extra captions. Other members nothing reads (`.npy`, `.mp`, `.seg.png`, ...) are counted.
+CARRIED_TEXT_EXTENSIONS = ("cls", "cls2", "label", "labels", "id", "key", "url", "txt", "caption", "text", "md",
+                           "html", "csv", "tsv", "json")
+
+
+def _gunzipped(data: bytes, where: str) -> bytes:
+    """A `.gz` member's content, at most MAX_MEMBER_BYTES (a decompression bomb is refused, not expanded)."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as fh:
+            out = fh.read(MAX_MEMBER_BYTES + 1)
+    except (OSError, EOFError, zlib_error) as exc:
+        raise InvalidRecord("corrupt_member", f"{where}: not a valid gzip stream ({type(exc).__name__}: {exc})") from None
+    if len(out) > MAX_MEMBER_BYTES:
+        raise InvalidRecord("member_too_large", f"{where}: decompresses to more than {MAX_MEMBER_BYTES} bytes")
+    return out
+
+
+def _record_to_sample(raw: RawRecord, source: str, source_id: str, default_kind: str,
+                      fields: dict[str, str] | None = None, count: Callable[[str], None] = lambda code: None) -> Sample:
+    fields = fields or {}
+
     def where(ext: str) -> str:
         return printable(raw.member_uris.get(ext) or f"{raw.uri}.{ext}")
 
+    files = dict(raw.files)
+    for ext in sorted(e for e in raw.files if e.endswith(".gz")):  # `.txt.gz` is read as `.txt`
+        inner = ext[:-3]
+        if inner in files:
+            count(f"ignored_member:{ext}")  # the plain copy is read; the compressed one is not read twice
+        else:
+            files[inner] = _gunzipped(files[ext], where(ext))
+        del files[ext]
+    used: set[str] = set()
     text = None
-    for ext in TEXT_EXTENSIONS:
-        if ext in raw.files:
-            text = _text(raw.files[ext], where(ext))
+    for ext in ((fields["text"],) if fields.get("text") else TEXT_EXTENSIONS):
+        if ext in files:
+            text = _text(files[ext], where(ext))
+            used.add(ext)
             break
     meta: Any = {}
-    if "json" in raw.files:
-        meta = parse_json(raw.files["json"], where("json")) if raw.files["json"].strip() else {}
+    if "json" in files:
+        meta = parse_json(files["json"], where("json")) if files["json"].strip() else {}
         if not isinstance(meta, dict):
             raise InvalidRecord("meta_not_object", f"{where('json')}: top level is {type(meta).__name__}, "
                                                    "expected an object")
-    images = [ImageRef(bytes=data, uri=where(ext), span=raw.spans.get(ext)) for _, ext, data in _image_files(raw.files)]
+        used.add("json")
+    image_files = _image_files(files)
+    if fields.get("image"):
+        image_files = [(0, ext, data) for _, ext, data in image_files if ext == fields["image"]]
+    images = [ImageRef(bytes=data, uri=where(ext), span=raw.spans.get(ext) if ext in raw.files else None)
+              for _, ext, data in image_files]
+    used.update(ext for _, ext, _ in image_files)
+    for ext in sorted(set(files) - used):
+        carried = _carried_member(ext, files[ext])
+        if carried is None or ext in meta:
+            count(f"ignored_member:{ext}")
+        else:
+            meta = {**meta, ext: carried[0]}
     return sample_from_meta(source, source_id, text, meta, images, default_kind, where=printable(raw.uri))
+
+
+def _carried_member(ext: str, data: bytes) -> tuple[Any] | None:
+    """(value,) to carry into meta for a text member (`.cls` → its text, `.meta.json` → its value), else None."""
+    last = ext.rsplit(".", 1)[-1]
+    if last not in CARRIED_TEXT_EXTENSIONS:
+        return None
+    try:
+        text = decode_text(data) or ""
+    except TextDecodeError:
+        return None
+    if last == "json":
+        try:
+            return (parse_json(text, ext),)
+        except InvalidRecord:
+            return None
+    return (text,)
 
 
 def group_folder_files(paths: Iterable[str], root: str) -> dict[str, dict[str, str]]:
@@ -527,8 +592,23 @@ def row_to_sample(row: Any, source: str, row_index: int, open_relative: Callable
     return sample
 
 
+MANIFEST_COLUMNS = ("id", "key", "image_bytes", "image_path", "caption", "text", "kind", "meta")
+
+
+def _carried_columns(extra: dict[str, Any], count: Callable[[str], None]) -> dict[str, Any]:
+    """Extra manifest columns for meta; binary values are not carried but counted `ignored_field:<name>`."""
+    out = {}
+    for name, value in extra.items():
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            count(f"ignored_field:{name}")
+        elif value is not None:
+            out[str(name)] = value if isinstance(value, (str, int, float, bool, list, dict)) else str(value)
+    return out
+
+
 def _row_to_sample(row: dict[str, Any], source: str, source_id: str, where: str,
-                   open_relative: Callable[[str], bytes], default_kind: str, image_root: str) -> Sample:
+                   open_relative: Callable[[str], bytes], default_kind: str, image_root: str,
+                   count: Callable[[str], None] = lambda code: None) -> Sample:
     for name in ("id", "key"):
         value = row.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
@@ -538,6 +618,11 @@ def _row_to_sample(row: dict[str, Any], source: str, source_id: str, where: str,
     if isinstance(meta, (bytes, bytearray, str)):
         meta = parse_json(meta, f"{where} meta") if meta.strip() else {}
     meta = _check_meta(meta, f"{where} meta")
+    # Columns the manifest does not name are carried into meta (the meta column's own keys win); `kind`,
+    # `messages`, `segments`, `answer`, `domain` columns mean what they mean in meta.
+    extra = {name: value for name, value in row.items() if name not in MANIFEST_COLUMNS}
+    if extra:
+        meta = {**_check_meta(_carried_columns(extra, count), f"{where} columns"), **meta}
     if row.get("kind") is not None:
         meta = {**meta, "kind": row["kind"]}
     text = row.get("caption") if row.get("caption") is not None else row.get("text")
@@ -599,7 +684,8 @@ def choose_key_winner(samples: Iterable[Sample]) -> tuple[Sample, list[Rejection
     """Samples sharing one key → (the one kept, Rejections of the others naming it).
 
     The winner is the smallest (content sha256, origin): the same whatever order a runner delivers them in.
-    Identical copies (same content) are rejected too: one key, one sample."""
+    Identical copies (same content) are rejected too: one key, one sample. (Kept for callers that must keep
+    exactly one; the pipeline's rule is `resolve_shared_key`.)"""
     ranked = sorted(((content_digest(s), str(s.signals.get(ORIGIN_SIGNAL, "")), i, s)
                      for i, s in enumerate(samples)), key=lambda x: x[:2])
     digest, origin, _, winner = ranked[0]
@@ -611,3 +697,46 @@ def choose_key_winner(samples: Iterable[Sample]) -> tuple[Sample, list[Rejection
                   f"is {same}")
         rejections.append(Rejection.of(sample, READ_STAGE, DUPLICATE_KEY, detail))
     return winner, rejections
+
+
+RENAMED_KEY = "renamed_key"
+
+
+def raw_digest_of(sample: Sample) -> str:
+    """The raw record's sha256 its reader recorded (`raw_sha256`), else the sha256 of what the sample says."""
+    return str(sample.signals.get(RAW_DIGEST_SIGNAL) or content_digest(sample))
+
+
+def renamed_key(sample: Sample, digest: str) -> str:
+    """The key of a record whose source key other records with different content share: the same source and
+    source id, plus its raw digest (deterministic, and distinct for each distinct raw record)."""
+    return make_key(sample.source, f"{sample.source_id}\x00raw:{digest}")
+
+
+def resolve_shared_key(samples: Iterable[Sample]) -> tuple[list[Sample], list[Rejection]]:
+    """Samples read under one key → (those kept, `duplicate_key` Rejections).
+
+    Byte-identical raw records (same `raw_sha256`) are one record: the copy with the smallest origin is kept,
+    the others are rejected `duplicate_key` naming it. Records with different raw content are all kept: when
+    there are several, each gets its own key (`renamed_key`; the old key is in its `renamed_from` signal) and
+    keeps its source id. Decided by content and origin only, so every runner and worker count agree."""
+    by_digest: dict[str, list[tuple[str, int, Sample]]] = {}
+    for index, sample in enumerate(samples):
+        by_digest.setdefault(raw_digest_of(sample), []).append(
+            (str(sample.signals.get(ORIGIN_SIGNAL, "")), index, sample))
+    kept, rejections = [], []
+    rename = len(by_digest) > 1
+    for digest in sorted(by_digest):
+        copies = sorted(by_digest[digest], key=lambda c: c[:1])
+        origin, _, winner = copies[0]
+        original_key = winner.key
+        if rename:
+            winner.signals[RENAMED_SIGNAL] = original_key
+            winner.key = renamed_key(winner, digest)
+        kept.append(winner)
+        for other_origin, _, sample in copies[1:]:
+            detail = (f"key {original_key} (source id {sample.source_id!r}) also read from {origin or '?'}, kept as "
+                      f"{winner.key}; this record at {other_origin or '?'} is a byte-identical copy of it "
+                      f"(raw sha256 {digest[:12]})")
+            rejections.append(Rejection.of(sample, READ_STAGE, DUPLICATE_KEY, detail))
+    return kept, rejections
