@@ -16,23 +16,19 @@ FileSystems and calls these. Whatever the bytes, every raw record yields exactly
 """
 from __future__ import annotations
 
-import bz2
 import gzip
 import hashlib
 import io
 import json
-import lzma
-from zlib import error as zlib_error
-import os
 import posixpath
-import tarfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
+from zlib import error as zlib_error
 
 from vlmloom.curation.decode import TextDecodeError, decode_text
 from vlmloom.schemas.records import KINDS, ImageRef, Message, Rejection, Sample, Segment, make_key
 from vlmloom.schemas.signals import ORIGIN_SIGNAL, RAW_DIGEST_SIGNAL, RENAMED_SIGNAL
-from vlmloom.schemas.tars import group_members, split_member_name
+from vlmloom.schemas.tars import MemberStream, RefusedMember, group_members, split_member_name
 
 READ_STAGE = "read"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
@@ -40,7 +36,6 @@ TEXT_EXTENSIONS = ("txt", "caption")
 MAX_MEMBER_BYTES = 256 * 2**20  # a single tar member larger than this is refused (member_too_large)
 MAX_JSON_DEPTH = 64  # metadata nested deeper than this is refused (json_too_deep): no real corpus needs more
 DUPLICATE_KEY = "duplicate_key"
-_BLOCK = 512  # tar block size
 
 
 class InvalidRecord(ValueError):
@@ -87,84 +82,6 @@ class RawRecord:
 
 # --- tars -------------------------------------------------------------------------------------------------
 
-class _Tail(io.RawIOBase):
-    """A read-only stream that counts the bytes read and keeps the last ones: after tarfile stops, they tell
-    a clean end-of-archive block from a cut or garbage header (tarfile's stream mode ends silently on both)."""
-
-    KEEP = 1 << 16  # > tarfile's read-ahead (RECORDSIZE, 10 KiB)
-
-    def __init__(self, raw):
-        self._raw = raw
-        self.count = 0
-        self.tail = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size) if size is not None and size >= 0 else self._raw.read()
-        data = bytes(data or b"")
-        self.count += len(data)
-        self.tail = (self.tail + data)[-self.KEEP:]
-        return data
-
-    def bytes_at(self, start: int, end: int) -> bytes | None:
-        first = self.count - len(self.tail)
-        if start < first:
-            return None
-        return self.tail[start - first:end - first]
-
-
-def _decompressed(fileobj):
-    """Plain tar bytes from a plain, gzip, bz2 or xz stream (sniffed from the magic bytes)."""
-    head = fileobj.read(6)
-    stream = _Prefixed(head, fileobj)
-    if head.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=stream, mode="rb")
-    if head.startswith(b"BZh"):
-        return bz2.BZ2File(stream)
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(stream)
-    return stream
-
-
-class _Prefixed(io.RawIOBase):
-    def __init__(self, prefix: bytes, raw):
-        self._prefix, self._raw = bytes(prefix or b""), raw
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            data, self._prefix = self._prefix + bytes(self._raw.read() or b""), b""
-            return data
-        if self._prefix:
-            data, self._prefix = self._prefix[:size], self._prefix[size:]
-            return data
-        return bytes(self._raw.read(size) or b"")
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-
-def _archive_end(tar: tarfile.TarFile, tail: _Tail) -> tuple[str, str] | None:
-    """None for a clean end-of-archive block; else (reason, detail) for a cut or corrupt end."""
-    start, stop = tar.offset, tar.fileobj.tell()
-    block = tail.bytes_at(start, stop)
-    if block is None:  # cannot happen with KEEP > read-ahead; stay honest if it does
-        return "corrupt_archive", f"cannot verify the end of the archive at byte {start}"
-    if len(block) == _BLOCK and not block.strip(b"\0"):
-        return None
-    if not block:
-        return "truncated_input", f"archive ends at byte {start} without its end-of-archive block"
-    if len(block) < _BLOCK:
-        return "truncated_input", f"archive ends inside a header at byte {start} ({len(block)} of {_BLOCK} bytes)"
-    return "corrupt_archive", f"invalid tar header at byte {start}"
-
-
 def iter_tar_records(fileobj, uri: str, local_file: str | None = None) -> Iterator[RawRecord | tuple[str, str, str]]:
     """Stream a tar: yield one RawRecord per key (consecutive members sharing it), or one
     (source_id, reason, detail) for a key that cannot be read whole: a refused member refuses the record,
@@ -173,48 +90,12 @@ def iter_tar_records(fileobj, uri: str, local_file: str | None = None) -> Iterat
 
     `local_file`: the local file `fileobj` reads byte for byte from its start; given (and the tar is not
     compressed), each record's `spans` say where its members' bytes lie in it."""
-    failure: list[tuple[str, str]] = []  # how the member stream ended, when it did not end cleanly
-    open_key: list[str] = []  # the key of the member being read when the stream failed (the record it cuts)
-
-    def members():  # (name, _Member | _Refused), grouped by schemas.tars.group_members
-        seen_key, seen_exts = None, set()
-        try:
-            stream = _decompressed(fileobj)
-            # Offsets in an uncompressed local file are where a member's bytes can be read again (RawRecord.spans).
-            spans_from = os.path.abspath(local_file) if local_file and isinstance(stream, _Prefixed) else None
-            tail = _Tail(stream)
-            with tarfile.open(fileobj=tail, mode="r|") as tar:
-                for member in tar:
-                    if member.isdir():
-                        continue
-                    name = printable(member.name)
-                    key, ext = split_member_name(name)
-                    if key != seen_key:
-                        seen_key, seen_exts = key, set()
-                    if is_unsafe_member(name) or not member.isfile():
-                        yield name, _Refused("unsafe_member_path", name)
-                    elif member.size > MAX_MEMBER_BYTES:
-                        yield name, _Refused("member_too_large", name)
-                    elif ext in seen_exts:  # a second copy must not overwrite the first: give it its own slot
-                        yield f"{name}~{len(seen_exts)}", _Refused("duplicate_member", name)
-                    else:
-                        data = tar.extractfile(member).read()
-                        yield name, _Member(data, (spans_from, member.offset_data, len(data)) if spans_from else None)
-                    seen_exts.add(ext)
-                end = _archive_end(tar, tail)
-                if end is not None:
-                    failure.append(end)
-        except tarfile.ReadError as exc:
-            failure.append(_read_error_reason(exc, seen_key is None))
-        except EOFError as exc:  # a compressed stream cut short
-            failure.append(("truncated_input", f"{type(exc).__name__}: {exc}"))
-        except Exception as exc:  # noqa: BLE001 - any other decoder/stream failure on input bytes is a rejection
-            failure.append(("read_error", f"{type(exc).__name__}: {exc}"))
-        if failure and seen_key is not None:
-            open_key.append(seen_key)
+    stream = MemberStream(fileobj, local_file=local_file, max_member_bytes=MAX_MEMBER_BYTES,
+                          is_unsafe=is_unsafe_member, name_of=printable)
+    failure, open_key = stream.failure, stream.open_key
 
     def record(key: str, files: dict) -> RawRecord | tuple[str, str, str]:
-        refused = [value for value in files.values() if isinstance(value, _Refused)]
+        refused = [value for value in files.values() if isinstance(value, RefusedMember)]
         if refused:  # the whole record is refused, with the first refused member's reason
             reason = refused[0].reason
             return (key, reason, f"tar {uri}: member(s) {[r.name for r in refused]} " + _REASON_TEXT[reason])
@@ -222,7 +103,7 @@ def iter_tar_records(fileobj, uri: str, local_file: str | None = None) -> Iterat
                          spans={ext: m.span for ext, m in files.items() if m.span})
 
     pending = None  # one group of lookahead: the group open when the stream fails is refused with the failure
-    for key, files in group_members(members()):
+    for key, files in group_members(stream):
         if pending is not None:
             yield record(*pending)
         pending = (key, files)
@@ -241,29 +122,6 @@ def iter_tar_records(fileobj, uri: str, local_file: str | None = None) -> Iterat
         yield cut
     else:
         yield (open_key[0], reason, f"tar {uri}: record {open_key[0]!r}: {detail}")
-
-
-def _read_error_reason(exc: tarfile.ReadError, nothing_read: bool) -> tuple[str, str]:
-    text = str(exc)
-    if "empty file" in text:
-        return "empty_input", "the file is empty"
-    if "unexpected end of data" in text or "truncated" in text:
-        return "truncated_input", f"archive ends inside a member or header ({exc})"
-    if nothing_read:
-        return "not_an_archive", f"{type(exc).__name__}: {exc}"
-    return "corrupt_archive", f"{type(exc).__name__}: {exc}"
-
-
-@dataclass(frozen=True)
-class _Member:
-    data: bytes
-    span: tuple[str, int, int] | None  # (file, offset, length) when the bytes lie as-is in a local file
-
-
-@dataclass(frozen=True)
-class _Refused:
-    reason: str
-    name: str  # the member's name in the tar
 
 
 _REASON_TEXT = {

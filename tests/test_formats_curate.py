@@ -15,6 +15,7 @@ from PIL import Image
 
 from beam_runners import RUNNERS
 from vlmloom.pipelines.curate import curate, load_config
+from vlmloom.pipelines.sources import InputConfig, check_every_input_read
 from vlmloom.schemas.config import ConfigError
 
 # This test is about reading: the judging stages are off (exact dedup too: until it keys a qa record on its turns
@@ -134,15 +135,19 @@ def test_curated_records_keep_what_their_format_said(mix):
 
 
 def test_an_input_with_nothing_to_read_fails_naming_it(tmp_path):
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "a.jsonl").write_text("\n\n")
-    with pytest.raises(ConfigError, match=r"empty.*yielded no records"):
-        curate(load_config({"inputs": [{"path": str(tmp_path / "empty")}], "output": str(tmp_path / "out")}))
+    """Before the job (a listing with nothing the format reads) and after it (no record came out of an input,
+    from its counters; the whole job path is tests/test_curate.py's empty tar)."""
     (tmp_path / "stray").mkdir()
     (tmp_path / "stray" / "x.jpg").write_bytes(jpeg(1))
     with pytest.raises(ConfigError, match=r"stray.*nothing to read"):
         curate(load_config({"inputs": [{"path": str(tmp_path / "stray"), "format": "webdataset"}],
-                            "output": str(tmp_path / "out2")}))
+                            "output": str(tmp_path / "out")}))
+    inputs = [InputConfig(path=str(tmp_path / "a")), InputConfig(path=str(tmp_path / "empty"))]
+    check_every_input_read(inputs[:1], {"inputs/a/records": 3, "inputs/empty/read_file:jsonl": 2})
+    with pytest.raises(ConfigError, match=r"empty.*yielded no records \({'read_file:jsonl': 2}\)"):
+        check_every_input_read(inputs, {"inputs/a/records": 3, "inputs/empty/read_file:jsonl": 2,
+                                        "inputs/empty/records": 0})
+    check_every_input_read(inputs, {})  # a runner without counters: nothing to check against
 
 
 def _digests(out) -> dict[str, str]:
