@@ -144,7 +144,7 @@ def test_an_input_with_nothing_to_read_fails_naming_it(tmp_path):
                             "output": str(tmp_path / "out")}))
     inputs = [InputConfig(path=str(tmp_path / "a")), InputConfig(path=str(tmp_path / "empty"))]
     check_every_input_read(inputs[:1], {"inputs/a/records": 3, "inputs/empty/read_file:jsonl": 2})
-    with pytest.raises(ConfigError, match=r"empty.*yielded no records \({'read_file:jsonl': 2}\)"):
+    with pytest.raises(ConfigError, match=r"empty.*yielded no records \({'read_file:jsonl': 2, 'records': 0}\)"):
         check_every_input_read(inputs, {"inputs/a/records": 3, "inputs/empty/read_file:jsonl": 2,
                                         "inputs/empty/records": 0})
     check_every_input_read(inputs, {})  # a runner without counters: nothing to check against
