@@ -1,18 +1,22 @@
-"""Turn raw input units (webdataset tars, manifest rows, image folders) into Samples or Rejections.
+"""The shared pieces of the input readers (curation/formats/, one module per format): raw webdataset and folder
+records → Samples, manifest rows → Samples, field checks, the key-uniqueness rule.
 
-Pure Python over file objects, no Beam: `pipelines/sources.py` opens the files through Beam's
-FileSystems and calls these. Whatever the bytes, every raw record yields exactly one `Sample` or one
+Pure Python over file objects, no Beam: `pipelines/sources.py` opens the files through Beam's FileSystems and
+calls the registered readers. Whatever the bytes, every raw record yields exactly one `Sample` or one
 `Rejection` with a specific reason, and nothing here raises on input data:
 
   archive      `unsafe_member_path` (absolute/`..`/link member), `duplicate_member`, `member_too_large`,
                `truncated_input` (the archive ends inside a member or header, or without its end marker),
-               `empty_input`,
+               `empty_input`, `corrupt_member` (a `.gz` member that does not decompress),
                `corrupt_archive` (an invalid header after valid members), `not_an_archive`
   text/json    `text_not_utf8`, `invalid_json`, `json_too_deep`, `record_not_object`, `meta_not_object`,
-               `caption_not_text`, `invalid_field` (a field of the wrong type), `unknown_kind`
-  files        `missing_image_file`, `unsafe_image_path` (a manifest path leaving its folder), `read_error`
+               `caption_not_text`, `invalid_field` (a field of the wrong type), `unknown_kind`, `unknown_role`
+  content      `empty_record` (no text, no image, no messages, no segments), `missing_url`, `invalid_url`
+  files        `missing_image_file`, `unsafe_image_path` (a path leaving its folder), `read_error`,
+               `corrupt_parquet`, `unreadable_file`, `not_coco`
 
-`choose_key_winner` decides between samples that share one key (the `duplicate_key` rule).
+`resolve_shared_key` decides between records that share one key (`duplicate_key` for byte-identical copies,
+`renamed_key` for different records).
 """
 from __future__ import annotations
 
@@ -311,7 +315,8 @@ def _gunzipped(data: bytes, where: str) -> bytes:
         with gzip.GzipFile(fileobj=io.BytesIO(data)) as fh:
             out = fh.read(MAX_MEMBER_BYTES + 1)
     except (OSError, EOFError, zlib_error) as exc:
-        raise InvalidRecord("corrupt_member", f"{where}: not a valid gzip stream ({type(exc).__name__}: {exc})") from None
+        raise InvalidRecord("corrupt_member", f"{where}: not a valid gzip stream ({type(exc).__name__}: {exc})") \
+            from None
     if len(out) > MAX_MEMBER_BYTES:
         raise InvalidRecord("member_too_large", f"{where}: decompresses to more than {MAX_MEMBER_BYTES} bytes")
     return out

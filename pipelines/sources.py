@@ -1,8 +1,11 @@
 """Beam sources: every input, through its registered reader (curation/formats) → Samples + read Rejections.
 
 Files are listed when the pipeline is built (Beam FileSystems, so gs:// and s3:// work where their
-extras are installed), distributed as *paths* (a Reshuffle of paths, never of bytes) and read by
-workers with the pure readers in `vlmloom.curation.readers`.
+extras are installed), `auto` picks the format from what the listing holds (`plan_units`: a save_to_disk
+folder, tars, COCO annotation files, row files, an image folder), and units (*paths*, never bytes) are
+spread by a Reshuffle and read by workers with the registered readers in `vlmloom.curation.formats`.
+Per-source counts (`inputs/<source>/<code>`: records, read_file:<ext>, ignored_file:<ext>, ignored_member:<ext>,
+unreadable_file:<ext>, ...) reach report.json's `by_source`; an input that yields no record fails the job.
 """
 from __future__ import annotations
 

@@ -107,7 +107,8 @@ def test_hf_conversation_rows_with_an_image_sequence(tmp_path):
     import datasets
 
     features = datasets.Features({"images": datasets.Sequence(datasets.Image()),
-                                  "messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}]})
+                                  "messages": [{"role": datasets.Value("string"),
+                                                "content": datasets.Value("string")}]})
     datasets.Dataset.from_dict({"images": [[{"bytes": png("red"), "path": None}, {"bytes": png("blue"), "path": None}]],
                                 "messages": [[{"role": "user", "content": "<image><image>Which is red?"},
                                               {"role": "assistant", "content": "The first."}]]},
@@ -147,7 +148,8 @@ def test_llava_json_list_with_three_questions_per_image(tmp_path):
              "conversations": [{"from": "human", "value": f"<image>\nQuestion {n}?"},
                                {"from": "gpt", "value": f"Answer {n}."}]} for n in range(3)]
     rows.append({"id": "text-only", "conversations": [{"from": "system", "value": "Be brief."},
-                                                      {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}],
+                                                      {"from": "human", "value": "Hi"},
+                                                      {"from": "gpt", "value": "Hello"}],
                  "model": "v1"})
     rows.append({"id": "bad", "conversations": [{"from": "robot", "value": "?"}]})
     rows.append({"id": "escape", "image": "../outside.jpg", "conversations": [{"from": "human", "value": "x"}]})
@@ -159,7 +161,8 @@ def test_llava_json_list_with_three_questions_per_image(tmp_path):
                                                                  ("assistant", "Answer 1.")]
     assert samples[0].images[0].bytes == png("red") and samples[0].images[0].span[0].endswith("000000033471.jpg")
     assert len({s.signals["raw_sha256"] for s in samples[:3]}) == 3  # same id, different raw records
-    assert [m.role for m in samples[3].messages] == ["system", "user", "assistant"] and samples[3].meta == {"model": "v1"}
+    assert [m.role for m in samples[3].messages] == ["system", "user", "assistant"]
+    assert samples[3].meta == {"model": "v1"}
     assert {(r.source_id, r.reason) for r in rejections} == {("bad", "unknown_role"), ("escape", "unsafe_image_path")}
 
 
@@ -194,7 +197,8 @@ def test_coco_captions_and_instances(tmp_path):
         {"image_id": 139, "id": 720, "caption": "A room with chairs."},
         {"image_id": 139, "id": 37, "caption": "A living room."}]}
     instances = {"info": info, "licenses": [], "images": images, "categories": [
-        {"supercategory": "furniture", "id": 62, "name": "chair"}, {"supercategory": "animal", "id": 23, "name": "bear"}],
+        {"supercategory": "furniture", "id": 62, "name": "chair"},
+        {"supercategory": "animal", "id": 23, "name": "bear"}],
         "annotations": [
             {"segmentation": [[1, 2, 3]], "area": 531.8, "iscrowd": 0, "image_id": 139, "bbox": [64, 42.6, 320, 213],
              "category_id": 62, "id": 10},
@@ -237,8 +241,8 @@ def test_mmc4_documents_with_local_images_and_urls(tmp_path):
         ("text", "A far one.", None)]
     assert sample.images[0].bytes == png("red") and (sample.images[1].uri, sample.images[1].bytes) == (
         "https://x/2.jpg", None)
-    assert sample.meta == {"url": "https://blog.example/post", "similarity_matrix": [[0.1, 0.27, 0.0], [0.0, 0.1, 0.21]],
-                           "could_have_url_duplicate": 0,
+    assert sample.meta == {"url": "https://blog.example/post",
+                           "similarity_matrix": [[0.1, 0.27, 0.0], [0.0, 0.1, 0.21]], "could_have_url_duplicate": 0,
                            "image_info": [{"matched_sim": 0.27, "face_detections": None},
                                           {"matched_sim": 0.21, "face_detections": None}]}
     assert counts == {"image_url_fallback": 1}

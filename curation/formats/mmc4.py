@@ -8,7 +8,6 @@ other than those three (`matched_sim`, `face_detections`) go to `meta.image_info
 `similarity_matrix`, ...) to `meta`."""
 from __future__ import annotations
 
-import posixpath
 from typing import Any
 
 from vlmloom.curation.formats import ReadContext, RowFormat, carry_rest, carried, new_sample, read_image, register
@@ -65,8 +64,7 @@ class Mmc4(RowFormat):
                 if exc.reason != "missing_image_file" or not info.get("raw_url"):
                     raise
                 ctx.count("image_url_fallback")
-        ref = ImageRef(uri=http_url(info.get("raw_url"), where))
-        return ref
+        return ImageRef(uri=http_url(info.get("raw_url"), where))
 
 
 register(Mmc4())

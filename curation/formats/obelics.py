@@ -5,12 +5,11 @@ when they hold JSON text, as the published dataset does). Positions where both a
 `empty_position`."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from vlmloom.curation.formats import ReadContext, RowFormat, carry_rest, new_sample, register
 from vlmloom.curation.formats.documents import document_image
-from vlmloom.curation.readers import InvalidRecord
+from vlmloom.curation.readers import InvalidRecord, parse_json
 from vlmloom.schemas.records import Sample, Segment
 
 
@@ -43,9 +42,9 @@ class Obelics(RowFormat):
         for name in ("metadata", "general_metadata"):
             if isinstance(meta.get(name), str):
                 try:
-                    meta[name] = json.loads(meta[name])
-                except ValueError:
-                    pass  # not JSON text: carried as the text it is
+                    meta[name] = parse_json(meta[name], f"{where} {name}")
+                except InvalidRecord:
+                    pass  # not JSON text (or too deep): carried as the text it is
         return new_sample(ctx, self.source_id(row, where), kind="interleaved", images=images, segments=segments,
                           meta=meta)
 
