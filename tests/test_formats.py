@@ -172,14 +172,16 @@ def test_sharegpt_jsonl_openai_messages_and_alpaca_rows(tmp_path):
                  {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
                  {"role": "assistant", "content": "Blue."}]},
              {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
-             {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hey"}], "id": "g1"}]
+             {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hey"}], "id": "g1",
+              "image": "https://img.example/g1.png"}]
     (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     samples, rejections, _ = read("sharegpt", str(tmp_path / "chat.jsonl"))
     assert not rejections
     assert [(s.source_id, [(m.role, m.content) for m in s.messages], len(s.images)) for s in samples] == [
         ("1", [("user", "<image>\nColour?"), ("assistant", "Blue.")], 1),
         ("chat.jsonl:2", [("user", "Add the numbers.\n\n2 and 3"), ("assistant", "5")], 0),
-        ("g1", [("user", "Hi"), ("assistant", "Hey")], 0)]
+        ("g1", [("user", "Hi"), ("assistant", "Hey")], 1)]
+    assert (samples[2].images[0].uri, samples[2].images[0].bytes) == ("https://img.example/g1.png", None)
 
 
 # --- COCO -----------------------------------------------------------------------------------------------------------

@@ -4,14 +4,16 @@ Accepted row shapes (a `.json` file holding a list, JSONL, Parquet, or HF `datas
   LLaVA / ShareGPT   `conversations: [{from: human|gpt|system, value}]`, `<image>` placeholders kept in the text
   OpenAI-style       `messages: [{role, content}]` (content a string, or a list of {type: text|image, text})
   Alpaca-style       `instruction`, `input`, `output` → one user turn (instruction, blank line, input) and the answer
-Images: `image` (one path) or `images` (a list), resolved against `inputs[].image_root` (else the file's folder)
-under the manifest path rules; HF `Image()` columns arrive as image structs (formats/hf.py). Other fields → meta.
+Images: `image` (one) or `images` (a list): paths resolved against `inputs[].image_root` (else the file's folder)
+under the manifest path rules, http(s) URLs left to the download stage, image structs ({bytes, path}) as their
+bytes. Other fields → meta.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from vlmloom.curation.formats import ReadContext, RowFormat, carry_rest, image_base, new_sample, read_image, register
+from vlmloom.curation.formats import ReadContext, RowFormat, carry_rest, new_sample, register
+from vlmloom.curation.formats.documents import document_image
 from vlmloom.curation.readers import InvalidRecord
 from vlmloom.schemas.records import ImageRef, Message, Sample
 
@@ -87,8 +89,8 @@ def row_images(row: dict[str, Any], path: str, ctx: ReadContext, where: str) -> 
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(item, ImageRef):
                 images.append(item)
-            elif isinstance(item, str) and item:
-                images.append(read_image(item, image_base(path, ctx), ctx, where))
+            elif (isinstance(item, str) and item) or isinstance(item, dict):  # a path, a URL, an image struct
+                images.append(document_image(item, path, ctx, where))
             elif item is not None and item != "":
                 raise InvalidRecord("invalid_field", f"{where}: field {name!r} holds a {type(item).__name__}, "
                                                      "expected an image path")

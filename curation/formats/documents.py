@@ -1,5 +1,5 @@
-"""What the interleaved-document readers (formats/mmc4.py, formats/obelics.py) share: an image named by a local
-file, a URL for the download stage, or an HF image struct."""
+"""What the readers of rows that name images (formats/obelics.py, formats/conversations.py) share: an image named
+by a local file, a URL for the download stage, or an HF image struct."""
 from __future__ import annotations
 
 from typing import Any
