@@ -21,7 +21,6 @@ import json
 import os
 import pickle
 import re
-import tarfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 from vlmloom.curation.base import Verdict
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.records import Sample
+from vlmloom.schemas.tars import iter_tar_groups
 
 STAGE = "contamination"
 IMAGE_DUPLICATE = "benchmark_image_duplicate"
@@ -138,16 +138,7 @@ def load_benchmark(source: BenchmarkSource) -> Iterator[BenchmarkItem]:
     elif fmt == "webdataset":
         files = sorted(path.glob("*.tar")) if path.is_dir() else [path]
         for file in files:
-            groups: dict[str, dict[str, bytes]] = {}
-            with tarfile.open(file) as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    base = os.path.basename(member.name)
-                    key, _, ext = base.partition(".")
-                    groups.setdefault(os.path.join(os.path.dirname(member.name), key), {})[ext.lower()] = \
-                        tar.extractfile(member).read()
-            for key, parts in groups.items():
+            for key, parts in iter_tar_groups(str(file)):  # a sample's members are consecutive (webdataset)
                 meta = json.loads(parts["json"]) if "json" in parts else {}
                 image = next((parts[e] for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
                 yield BenchmarkItem(source.name, str(meta.get("item_id") or meta.get("id") or key),

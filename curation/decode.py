@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import imagehash
 import numpy as np
@@ -18,6 +18,8 @@ from PIL import Image, ImageOps, ImageStat, UnidentifiedImageError
 
 from vlmloom.curation.base import Verdict
 from vlmloom.curation.hashing import sha256_hex
+from vlmloom.curation.video import VideoConfig, validate_video_sample
+from vlmloom.schemas.kinds import kind_of
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.records import ImageRef, Sample
 
@@ -41,6 +43,7 @@ class DecodeConfig:
     max_bytes: int = 64 * 2**20  # encoded images larger than this many bytes are rejected
     max_aspect_ratio: float = 100.0  # hard limit on long side / short side; the heuristic filter has a stricter one
     phash: bool = True  # compute the 64-bit pHash of image 0 while it is decoded (signals["phash"])
+    video: VideoConfig = field(default_factory=VideoConfig)  # limits for video records (curation/video.py)
 
     def validate(self) -> None:
         if self.max_pixels < 1:
@@ -59,6 +62,7 @@ class DecodeConfig:
                 f"decode.max_aspect_ratio ({self.max_aspect_ratio}) must be >= 1.0 (long side / short side); "
                 "the default is 100.0"
             )
+        self.video.validate()
 
 
 _UTF16_32_BOMS = ((b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe\x00\x00", "utf-32-le"),
@@ -258,6 +262,13 @@ def decode_sample(sample: Sample, config: DecodeConfig) -> Verdict:
     Samples without images are kept unless their kind needs one (caption, ocr, grounding, gui → `no_image`).
     Measured signals (image 0) are returned in the Verdict (`Verdict.merge_into` records them on the sample).
     """
+    video_signals: dict = {}
+    if sample.videos or kind_of(sample).render == "video":  # probe + validate each video (curation/video.py)
+        reason, detail, video_signals = validate_video_sample(sample, config.video)
+        if reason:
+            return Verdict.drop(reason, detail)
+        if not sample.images:
+            return Verdict.ok(**video_signals)
     if not sample.images:
         if sample.kind in KINDS_NEEDING_IMAGE:
             return Verdict.drop("no_image", f"kind {sample.kind!r} needs an image, the sample has none")
@@ -270,4 +281,4 @@ def decode_sample(sample: Sample, config: DecodeConfig) -> Verdict:
             return Verdict.drop(drop.reason, drop.detail)
         if index == 0:
             signals = measured
-    return Verdict.ok(**signals)
+    return Verdict.ok(**{**video_signals, **signals})

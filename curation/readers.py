@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 from zlib import error as zlib_error
 
 from vlmloom.curation.decode import TextDecodeError, decode_text
+from vlmloom.curation import video
 from vlmloom.schemas.records import KINDS, ImageRef, Message, Rejection, Sample, Segment, make_key
 from vlmloom.schemas.signals import ORIGIN_SIGNAL, RAW_DIGEST_SIGNAL, RENAMED_SIGNAL
 from vlmloom.schemas.tars import MemberStream, RefusedMember, group_members, split_member_name
@@ -357,13 +358,24 @@ def _record_to_sample(raw: RawRecord, source: str, source_id: str, default_kind:
     images = [ImageRef(bytes=data, uri=where(ext), span=raw.spans.get(ext) if ext in raw.files else None)
               for _, ext, data in image_files]
     used.update(ext for _, ext, _ in image_files)
+    videos = video.video_members(files, where, raw.spans)  # a record with a video member is kind video
+    used.update(ext for ext in files if _is_video_member(ext))
     for ext in sorted(set(files) - used):
         carried = _carried_member(ext, files[ext])
         if carried is None or ext in meta:
             count(f"ignored_member:{ext}")
         else:
             meta = {**meta, ext: carried[0]}
-    return sample_from_meta(source, source_id, text, meta, images, default_kind, where=printable(raw.uri))
+    sample = sample_from_meta(source, source_id, text, meta, images, "video" if videos else default_kind,
+                              where=printable(raw.uri))
+    sample.videos = videos
+    return sample
+
+
+def _is_video_member(ext: str) -> bool:
+    """The members video.video_members reads (`mp4`, `1.webm`, ...)."""
+    parts = ext.split(".")
+    return parts[-1] in video.VIDEO_EXTENSIONS and (len(parts) == 1 or (len(parts) == 2 and parts[0].isdigit()))
 
 
 def _carried_member(ext: str, data: bytes) -> tuple[Any] | None:
@@ -392,7 +404,7 @@ def group_folder_files(paths: Iterable[str], root: str) -> dict[str, dict[str, s
         key, ext = split_file_name(rel)
         if ext:
             groups.setdefault(key, {})[ext] = path
-    return {k: v for k, v in groups.items() if any(e in IMAGE_EXTENSIONS for e in v)}
+    return {k: v for k, v in groups.items() if any(e in IMAGE_EXTENSIONS or e in video.VIDEO_EXTENSIONS for e in v)}
 
 
 # --- manifests (Parquet rows, JSONL lines) ---------------------------------------------------------------------
@@ -455,7 +467,8 @@ def row_to_sample(row: Any, source: str, row_index: int, open_relative: Callable
     return sample
 
 
-MANIFEST_COLUMNS = ("id", "key", "image_bytes", "image_path", "caption", "text", "kind", "meta")
+MANIFEST_COLUMNS = ("id", "key", "image_bytes", "image_path", "video_bytes", "video_path", "caption", "text", "kind",
+                    "meta")
 
 
 def _carried_columns(extra: dict[str, Any], count: Callable[[str], None]) -> dict[str, Any]:
@@ -514,7 +527,10 @@ def _row_to_sample(row: dict[str, Any], source: str, source_id: str, where: str,
             raise
         except (OSError, ValueError) as exc:
             raise InvalidRecord("missing_image_file", f"{where}: {path}: {type(exc).__name__}: {exc}") from None
-    return sample_from_meta(source, source_id, text, meta, images, default_kind, where=where)
+    videos = video.video_refs_from_row(row, where, open_relative, image_root)  # video_bytes / video_path
+    sample = sample_from_meta(source, source_id, text, meta, images, "video" if videos else default_kind, where=where)
+    sample.videos = videos
+    return sample
 
 
 def read_bytes(fileobj) -> bytes:

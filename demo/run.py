@@ -175,20 +175,17 @@ def next_steps(out: str, trace_lines: int = 14) -> str:
     """What to look at after the demo: the HTML reports, one `vlmloom trace` of a real packed sequence (run
     here, its first lines shown) and the command that opens TensorBoard on the training runs."""
     from vlmloom.pipelines.trace import render, trace
-    from vlmloom.schemas.formats import MANIFEST_FILE, REPORT_HTML_FILE
+    from vlmloom.schemas import curated as curated_layout, packed as packed_layout
 
     curated, packed = os.path.join(out, "curated"), os.path.join(out, "packed")
     lines = ["", "what to look at next"]
-    for name, path in (("curation report", os.path.join(curated, REPORT_HTML_FILE)),
-                       ("pack report", os.path.join(packed, "pack_report.html")),
-                       ("SFT pack report", os.path.join(out, "packed_sft", "pack_report.html"))):
+    for name, path in (("curation report", curated_layout.report_html_path(curated)),
+                       ("pack report", packed_layout.report_html_path(packed)),
+                       ("SFT pack report", packed_layout.report_html_path(os.path.join(out, "packed_sft")))):
         if os.path.exists(path):
             lines.append(f"  {name + ':':<18}{path}")
-    manifest = os.path.join(packed, MANIFEST_FILE)
-    if os.path.exists(manifest):
-        import pyarrow.parquet as pq
-
-        first = min(pq.read_table(manifest, columns=["key", "shard"]).to_pylist(), key=lambda r: r["key"])
+    if os.path.exists(packed_layout.manifest_path(packed)):
+        first = min(packed_layout.read_manifest(packed).select(["key", "shard"]).to_pylist(), key=lambda r: r["key"])
         what = f"{first['shard']}:0"  # the first sequence written is entry 0 of its shard
         shown = render(trace(what, curated, packed)).splitlines()
         lines.append("  a packed sequence, traced back to its raw records (add --json for machines):")

@@ -28,6 +28,8 @@ import numpy as np
 
 from vlmloom.schemas.packed import IGNORE_INDEX
 from vlmloom.schemas.records import Rejection, Sample
+from vlmloom.schemas.kinds import kind_of
+from vlmloom.schemas.video import VideoSampling
 
 from . import tokenizer as T
 from .vision import ImageSizeError, VisionConfig, image_grid_thw, num_image_tokens
@@ -45,6 +47,7 @@ _STRUCTURAL = (T.ENDOFTEXT, T.GMASK, T.SOP, T.SYSTEM, T.USER, T.ASSISTANT, T.OBS
 class BuilderConfig:
     """How samples are rendered and checked."""
     vision: VisionConfig = field(default_factory=VisionConfig)  # image-token arithmetic (processor defaults)
+    video: VideoSampling = field(default_factory=VideoSampling)  # GLM-4.1V video sampling (video processor defaults)
     require_cot: bool = False  # true: every qa sample's last assistant turn must be <think>…</think><answer>…</answer>
     system_prompt: str = ""  # prepended as a <|system|> turn to qa samples without one; "" disables
     kinds: list[str] = field(default_factory=list)  # pack only these kinds (e.g. [qa] for SFT); [] = all; others: kind_not_selected
@@ -65,6 +68,10 @@ class BuiltSample:
     image_grid_thw: np.ndarray  # [m, 3]
     images: list[bytes]
     image_formats: list[str]
+    # videos (packing/video.py): (t, h, w) per video, their sampled frame indices (2t each, concatenated), bytes
+    video_grid_thw: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int32))
+    video_frame_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    videos: list[bytes] = field(default_factory=list)
     truncated_from: int = 0  # original length when the over-long policy cut it
     rendered_as: str = "document"  # "chat" or "document"
     turns_unusable: str = ""  # reason code when the sample's chat turns could not be rendered (document instead)
@@ -120,6 +127,9 @@ class SequenceBuilder:
     def _build(self, sample: Sample) -> BuiltSample:
         if self.config.kinds and sample.kind not in self.config.kinds:
             raise _Reject("kind_not_selected", f"kind {sample.kind!r} not in builder.kinds {self.config.kinds}")
+        if kind_of(sample).render == "video":
+            from .video import build_video_sample
+            return build_video_sample(self, sample)
         if sample.kind == "qa":
             return self._finish(sample, self._render_chat, "chat")
         if sample.kind not in PRETRAIN_KINDS:

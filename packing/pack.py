@@ -24,9 +24,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlmloom.schemas.charts import histogram
 from vlmloom.schemas.config import ConfigError, config_hash, to_dict
-from vlmloom.schemas.formats import MANIFEST_FILE, PACKED_FORMAT_VERSION, SHARDS_DIR, SUCCESS_FILE, shard_name
-from vlmloom.schemas.packed import IGNORE_INDEX, PACKED_MANIFEST_SCHEMA, REJECTED_FILE
+from vlmloom.schemas import packed as layout
+from vlmloom.schemas.formats import PACKED_FORMAT_VERSION
+from vlmloom.schemas.packed import IGNORE_INDEX, PACKED_MANIFEST_SCHEMA, TOKENIZER_DIR
 from vlmloom.schemas.progress import progress_bar, show_progress
 from vlmloom.schemas.publish import discard_staging, publish_directory, staging_directory
 from vlmloom.schemas.records import REJECTION_SCHEMA, Rejection, Sample
@@ -41,9 +43,6 @@ from .report_html import write_pack_html
 from .shards import ShardWriter, assemble, entry_members
 
 log = logging.getLogger("vlmloom.pack")
-REPORT_FILE = "pack_report.json"
-REPORT_HTML_FILE = "pack_report.html"  # charts of pack_report.json (packing/report_html.py)
-TOKENIZER_DIR = "tokenizer"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,10 +87,10 @@ def pack(config: PackConfig, progress: bool | None = None) -> dict:
         curated_shards(s.path)  # refuses unfinished directories up front
 
     tmp = staging_directory(config.output)
-    os.makedirs(os.path.join(tmp, SHARDS_DIR))
+    os.makedirs(layout.shards_dir(tmp))
     try:
         report = _pack_into(config, recipe, tmp, show_progress(progress))
-        with open(os.path.join(tmp, SUCCESS_FILE), "w") as fh:
+        with open(layout.success_path(tmp), "w") as fh:
             fh.write("")
         publish_directory(tmp, config.output, config.overwrite)
     except BaseException:
@@ -102,7 +101,7 @@ def pack(config: PackConfig, progress: bool | None = None) -> dict:
 
 def _pack_into(config: PackConfig, recipe: Recipe, out: str, progress: bool = False) -> dict:
     """The whole step into the staging directory `out`: tokenizer, pass 1, mixture plan, pass 2, tables, report."""
-    tokenizer = _tokenizer(config, recipe, os.path.join(out, TOKENIZER_DIR))
+    tokenizer = _tokenizer(config, recipe, layout.tokenizer_dir(out))
     builder = SequenceBuilder(tokenizer, config.builder)
     measured = _measure(config, recipe, builder, progress)
     mult, order, passes = _plan_mixture(recipe, measured.lengths)
@@ -110,15 +109,15 @@ def _pack_into(config: PackConfig, recipe: Recipe, out: str, progress: bool = Fa
                for s, ps, cache in zip(recipe.sources, passes, measured.caches)]
     measured.caches = []  # pass 2's streams hold them now
     writer, costs_before, costs_after = _pack_sequences(config, builder, streams, order,
-                                                        os.path.join(out, SHARDS_DIR), progress)
+                                                        layout.shards_dir(out), progress)
     _write_tables(out, writer, measured.rejections)
     report = _report(config, recipe, tokenizer, measured.lengths, measured.rejections, measured.truncated, mult,
                      writer, costs_before, costs_after)
     report["rendering"] = measured.rendering
-    with open(os.path.join(out, REPORT_FILE), "w", encoding="utf-8") as fh:
+    with open(layout.report_path(out), "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=2, sort_keys=True)
     try:  # the page is a view of the JSON: failing to draw it must not cost the packed data
-        write_pack_html(out, report, [r["num_tokens"] for r in writer.manifest], REPORT_HTML_FILE)
+        write_pack_html(layout.report_html_path(out), report, [r["num_tokens"] for r in writer.manifest])
     except Exception as exc:  # noqa: BLE001
         log.error("pack_report.html not written (%s: %s); pack_report.json is complete", type(exc).__name__, exc,
                   exc_info=True)
@@ -221,9 +220,9 @@ def _pack_sequences(config: PackConfig, builder: SequenceBuilder, streams: list[
 
 def _write_tables(out: str, writer: "_StreamWriter", rejections: list[Rejection]) -> None:
     pq.write_table(pa.Table.from_pylist(sorted(writer.manifest, key=lambda r: r["key"]),
-                                        schema=PACKED_MANIFEST_SCHEMA), os.path.join(out, MANIFEST_FILE))
+                                        schema=PACKED_MANIFEST_SCHEMA), layout.manifest_path(out))
     pq.write_table(pa.Table.from_pylist([dataclasses.asdict(r) for r in rejections], schema=REJECTION_SCHEMA),
-                   os.path.join(out, REJECTED_FILE))
+                   layout.rejected_path(out))
 
 
 def _flush(window: list[dict], writer: "_StreamWriter", world: int, window_steps: int) -> list[int]:
@@ -254,7 +253,7 @@ class _StreamWriter:
         key = f"{self.written:09d}"
         w = self.open.get(r)
         if w is None:
-            name = shard_name(self.shard_count[r] * self.world + r)
+            name = layout.shard_name(self.shard_count[r] * self.world + r)
             w = self.open[r] = ShardWriter(os.path.join(self.dir, name))
             self.shards.append(name)
         w.write(entry_members(key, seq))
@@ -347,8 +346,9 @@ def sample_texts(sample: Sample) -> Iterator[str]:
 
 
 def _histogram(values, edges) -> dict:
-    counts, _ = np.histogram(np.asarray(values, np.float64), bins=np.asarray(edges, np.float64))
-    return {"edges": [float(e) for e in edges], "counts": counts.tolist()}
+    """schemas/charts.histogram (the curation report's): bins [lo, hi), None opens the last bin (drawn "≥129", not
+    as a made-up upper edge), a value past a closed end in the nearest bin (seq_len itself in the last)."""
+    return histogram([float(v) for v in values], [None if e is None else float(e) for e in edges])
 
 
 def _report(config, recipe, tokenizer, lengths, rejections, truncated, mult, writer, costs_before,
@@ -383,7 +383,7 @@ def _report(config, recipe, tokenizer, lengths, rejections, truncated, mult, wri
         "histograms": {
             "sample_length": _histogram(writer.sample_lengths, edges),
             "sequence_fill": _histogram([r["num_tokens"] / L for r in manifest], np.linspace(0, 1, 11)),
-            "samples_per_sequence": _histogram(samples_per_seq, [1, 2, 3, 5, 9, 17, 33, 65, 129, 1 << 20]),
+            "samples_per_sequence": _histogram(samples_per_seq, [1, 2, 3, 5, 9, 17, 33, 65, 129, None]),
         },
         "sources": sources,
         "recipe": to_dict(recipe), "recipe_hash": recipe_hash(recipe),

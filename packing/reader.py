@@ -20,14 +20,13 @@ with torchdata's `StatefulDataLoader`, which keeps one state per worker.
 """
 from __future__ import annotations
 
-import glob
 import os
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from vlmloom.schemas.formats import SHARDS_DIR, SUCCESS_FILE
+from vlmloom.schemas import packed
 
 from .shards import decode_entry, iter_tar_entries
 
@@ -39,9 +38,10 @@ def resolve_shards(dirs_or_shards) -> list[str]:
     shards: list[str] = []
     for item in map(str, items):
         if os.path.isdir(item):
-            if not os.path.exists(os.path.join(item, SUCCESS_FILE)):
-                raise ValueError(f"{item}: no {SUCCESS_FILE}; the pack job did not finish")
-            shards.extend(sorted(glob.glob(os.path.join(item, SHARDS_DIR, "*.tar"))))
+            if not packed.is_finished(item):
+                marker = os.path.basename(packed.success_path(item))
+                raise ValueError(f"{item}: no {marker}; the pack job did not finish")
+            shards.extend(packed.shard_paths(item))
         elif item.endswith(".tar") and os.path.isfile(item):
             shards.append(item)
         else:

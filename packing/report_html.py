@@ -76,9 +76,9 @@ def render_pack_html(report: dict[str, Any], num_tokens: list[int]) -> str:
     return charts.page("vlmloom pack report", "".join(body))
 
 
-def write_pack_html(directory: str, report: dict[str, Any], num_tokens: list[int], name: str) -> None:
-    """Write DIR/name atomically (a staging directory is renamed into place later; this just avoids half files)."""
-    path = os.path.join(directory, name)
+def write_pack_html(path: str, report: dict[str, Any], num_tokens: list[int]) -> None:
+    """Write the page at `path` (schemas/packed.report_html_path) atomically (a staging directory is renamed into
+    place later; this just avoids half files)."""
     with open(path + ".tmp", "w", encoding="utf-8") as fh:
         fh.write(render_pack_html(report, num_tokens))
     os.replace(path + ".tmp", path)

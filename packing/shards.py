@@ -19,6 +19,7 @@ from vlmloom.schemas.tars import TarWriter, iter_tar_groups
 from .builder import BuiltSample
 
 ARRAY_FIELDS = ("input_ids", "labels", "position_ids", "seq_lens", "image_grid_thw")
+VIDEO_ARRAY_FIELDS = ("video_grid_thw", "video_frame_indices")  # written only for entries that hold videos
 
 
 def assemble(samples: list[BuiltSample], seq_len: int, pad_id: int) -> dict:
@@ -50,13 +51,19 @@ def assemble(samples: list[BuiltSample], seq_len: int, pad_id: int) -> dict:
         seq_lens=np.array([len(s) for s in samples], np.int32),
         image_grid_thw=np.concatenate([s.image_grid_thw for s in samples]).astype(np.int32).reshape(-1, 3),
         images=[b for s in samples for b in s.images], image_formats=[f for s in samples for f in s.image_formats],
-        sample_keys=[s.key for s in samples], sources=[s.source for s in samples]).validate().to_dict()
+        sample_keys=[s.key for s in samples], sources=[s.source for s in samples],
+        video_grid_thw=np.concatenate([s.video_grid_thw for s in samples]).astype(np.int32).reshape(-1, 3),
+        video_frame_indices=np.concatenate([s.video_frame_indices for s in samples]).astype(np.int32),
+        videos=[v for s in samples for v in s.videos]).validate().to_dict()
 
 
 def entry_members(key: str, seq: dict) -> list[tuple[str, bytes]]:
     members = [(f"{key}.{name}.npy", _npy(seq[name])) for name in ARRAY_FIELDS]
     for i, (data, fmt) in enumerate(zip(seq["images"], seq["image_formats"])):
         members.append((f"{key}.img_{i:03d}.{IMAGE_EXTENSIONS.get(fmt, fmt or 'bin')}", data))
+    if seq.get("videos"):  # entries without videos keep the members they always had
+        members += [(f"{key}.{name}.npy", _npy(seq[name])) for name in VIDEO_ARRAY_FIELDS]
+        members += [(f"{key}.vid_{i:03d}.bin", data) for i, data in enumerate(seq["videos"])]
     meta = {"sample_keys": seq["sample_keys"], "sources": seq["sources"],
             "num_tokens": int(seq["seq_lens"].sum())}
     members.append((f"{key}.json", json.dumps(meta, sort_keys=True).encode()))
@@ -67,7 +74,11 @@ def decode_entry(key: str, members: dict[str, bytes]) -> dict:
     """Tar members of one entry ({extension: bytes}) → the reader's dict."""
     arrays = {name: np.load(io.BytesIO(members[f"{name}.npy"]), allow_pickle=False) for name in ARRAY_FIELDS}
     image_names = sorted((ext for ext in members if ext.startswith("img_")), key=lambda e: int(e[4:].split(".")[0]))
-    return PackedRecord(key=key, images=[members[ext] for ext in image_names], **arrays).to_dict()
+    arrays.update({name: np.load(io.BytesIO(members[f"{name}.npy"]), allow_pickle=False)
+                   for name in VIDEO_ARRAY_FIELDS if f"{name}.npy" in members})
+    video_names = sorted((ext for ext in members if ext.startswith("vid_")), key=lambda e: int(e[4:].split(".")[0]))
+    return PackedRecord(key=key, images=[members[ext] for ext in image_names],
+                        videos=[members[ext] for ext in video_names], **arrays).to_dict()
 
 
 def _npy(array: np.ndarray) -> bytes:

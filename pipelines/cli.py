@@ -10,7 +10,7 @@ Each parses its arguments, builds the config and calls one function.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from typing import Any
 
 from vlmloom.schemas.config import add_set_argument, apply_overrides, load_yaml
@@ -60,17 +60,20 @@ def report_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="vlmloom report", description="Print a curated output's report.json.")
     parser.add_argument("directory")
     args = parser.parse_args(argv)
+    from vlmloom.pipelines.files import BEAM_FILES
     from vlmloom.pipelines.report import summary_table
+    from vlmloom.schemas import curated
 
-    with open(f"{args.directory}/report.json", encoding="utf-8") as fh:
-        report: dict[str, Any] = json.load(fh)
+    report: dict[str, Any] | None = curated.read_report(args.directory, BEAM_FILES)
+    if report is None:
+        print(f"vlmloom report: {curated.report_path(args.directory, BEAM_FILES)} does not exist "
+              "(pass the directory `vlmloom curate --output` wrote)", file=sys.stderr)
+        return 2
     print(summary_table(report))
     return 0
 
 
 if __name__ == "__main__":  # `python -m vlmloom.pipelines.cli curate ...` = `vlmloom curate ...` (same logging set-up)
-    import sys
-
     from vlmloom.cli.main import main
 
     sys.exit(main(sys.argv[1:]))

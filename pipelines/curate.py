@@ -27,19 +27,22 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from vlmloom.curation.decode import DecodeConfig, decode_sample
+from vlmloom.curation.download import DownloadConfig
 from vlmloom.curation.filters import HeuristicConfig, LanguageConfig, LanguageIdentifier, judge_heuristics, judge_language
 from vlmloom.curation.readers import READ_STAGE
 from vlmloom.curation.neardup import DedupConfig
 from vlmloom.pipelines import report as report_mod
 from vlmloom.pipelines.dedup import dedup_stages
+from vlmloom.pipelines.download import DownloadStage, download_enabled
 from vlmloom.pipelines.keys import UniqueKeys
 from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled
 from vlmloom.pipelines.progress import LiveProgress
 from vlmloom.pipelines.report_html import render_html
-from vlmloom.pipelines.sink import OutputConfig, WriteCurated, join, write_atomic
+from vlmloom.pipelines.sink import OutputConfig, WriteCurated, write_atomic
 from vlmloom.pipelines.sources import InputConfig, ReadInputs, check_every_input_read, resolve_input
 from vlmloom.pipelines.stages import JudgeStage
-from vlmloom.schemas import console, formats
+from vlmloom.pipelines.files import BEAM_FILES
+from vlmloom.schemas import console, curated
 from vlmloom.schemas.config import ConfigError, build_config, config_hash
 from vlmloom.schemas.progress import show_progress
 from vlmloom.schemas.records import release_bytes
@@ -56,6 +59,7 @@ class CurateConfig:
     overwrite: bool = False  # replace an existing output directory
     disable: list[str] = field(default_factory=list)  # stages to skip, any of OPTIONAL_STAGES
     max_error_ratio: float = 0.05  # a stage whose unexpected errors exceed this fraction fails the job
+    download: DownloadConfig = DownloadConfig()  # fetching URL-only images (URL lists), before decode
     decode: DecodeConfig = DecodeConfig()
     heuristics: HeuristicConfig = HeuristicConfig()
     language: LanguageConfig = LanguageConfig()
@@ -112,8 +116,10 @@ class _LanguageJudge:
 def curate_stages(config: CurateConfig) -> list[tuple[str, beam.PTransform]]:
     """The configured stages in order, each following the pipelines.stages protocol."""
     ratio = config.max_error_ratio
-    stages: list[tuple[str, beam.PTransform]] = [
-        ("decode", JudgeStage("decode", _DecodeJudge(config.decode), config_hash(config.decode), ratio))]
+    stages: list[tuple[str, beam.PTransform]] = []
+    if download_enabled(config.download, config.inputs):
+        stages.append(("download", DownloadStage(config.download, ratio)))
+    stages.append(("decode", JudgeStage("decode", _DecodeJudge(config.decode), config_hash(config.decode), ratio)))
     if config.enabled("heuristics"):
         stages.append(("heuristics", JudgeStage("heuristics", _HeuristicJudge(config.heuristics),
                                                 config_hash(config.heuristics), ratio)))
@@ -168,8 +174,7 @@ def _prepare_output(output: str, overwrite: bool) -> str:
         raise ConfigError(f"output {output!r} already exists: pass --overwrite to replace it, or choose another --output")
     if _is_local(output):
         staging = staging_directory(output)
-        for sub in (formats.SHARDS_DIR, formats.MANIFEST_DIR, formats.REJECTED_DIR):
-            os.makedirs(os.path.join(staging, sub))
+        curated.make_local_dirs(staging)
         return staging
     if exists:
         FileSystems.delete([output])
@@ -219,7 +224,7 @@ def _render_html(work_dir: str, report: dict[str, Any], config: CurateConfig) ->
                   exc_info=True)
         report["report_html_error"] = f"{type(exc).__name__}: {exc}"
         return
-    write_atomic(join(work_dir, formats.REPORT_HTML_FILE), page.encode())
+    write_atomic(curated.report_html_path(work_dir, BEAM_FILES), page.encode())
 
 
 def curate(config: CurateConfig, beam_args: list[str] | None = None, progress: bool | None = None) -> dict[str, Any]:
@@ -246,9 +251,9 @@ def curate(config: CurateConfig, beam_args: list[str] | None = None, progress: b
         report = report_mod.build_report(work_dir, stage_names, counters, config, time.time() - started)
         report["disabled_model_stages"] = describe_disabled(config.models)
         _render_html(work_dir, report, config)
-        write_atomic(join(work_dir, formats.REPORT_FILE), json.dumps(report, indent=2, sort_keys=True).encode())
+        write_atomic(curated.report_path(work_dir, BEAM_FILES), json.dumps(report, indent=2, sort_keys=True).encode())
         report_mod.check_accounting(report)
-        write_atomic(join(work_dir, formats.SUCCESS_FILE), b"")
+        write_atomic(curated.success_path(work_dir, BEAM_FILES), b"")
     except BaseException:
         if pipeline is not None:  # a graph that failed to build never ran: Beam's run() would have removed it
             shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)

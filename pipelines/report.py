@@ -9,77 +9,46 @@ back: at a billion records the report costs a file per bucket, not a pass over e
 """
 from __future__ import annotations
 
-import io
 import json
-import posixpath
 from fractions import Fraction
 from typing import Any, Iterable, Iterator
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from vlmloom.schemas import formats
+from vlmloom.pipelines.files import BEAM_FILES
+from vlmloom.schemas import curated, formats
 from vlmloom.schemas.charts import histogram
 from vlmloom.schemas.config import to_dict
-from vlmloom.schemas.curated import key_bucket
-from vlmloom.schemas.records import REJECTION_SCHEMA
 
 
 class AccountingError(RuntimeError):
     pass
 
 
-def read_table(path: str, columns: list[str] | None = None):
-    with FileSystems.open(path) as fh:
-        return pq.read_table(io.BytesIO(fh.read()), columns=columns)
+def part_paths(out_dir: str, table: str) -> list[str]:
+    """The parts of `table` (curated.MANIFEST or curated.REJECTED) of a curated directory, in bucket order."""
+    return curated.part_paths(out_dir, table, BEAM_FILES)
 
 
-def part_paths(out_dir: str, sub: str) -> list[str]:
-    """The `sub/*.parquet` parts of a curated directory (formats.py), in part (= bucket) order."""
-    match = FileSystems.match([FileSystems.join(out_dir, sub, "*.parquet")])[0].metadata_list
-    return sorted(m.path for m in match if not posixpath.basename(m.path).startswith((".", "_")))
+def iter_parts(out_dir: str, table: str, columns: list[str] | None = None) -> Iterator[list[dict[str, Any]]]:
+    """curated.iter_parts on any filesystem: the rows of each part, one part at a time."""
+    return curated.iter_parts(out_dir, table, columns, BEAM_FILES)
 
 
-def iter_parts(out_dir: str, sub: str, columns: list[str] | None = None) -> Iterator[list[dict[str, Any]]]:
-    """The rows of each part of `sub`, one part at a time (what a reader holds is one bucket, not the
-    corpus); `columns`: only these."""
-    for path in part_paths(out_dir, sub):
-        yield read_table(path, columns).to_pylist()
-
-
-def rows_for_keys(out_dir: str, sub: str, keys: set[str], columns: list[str] | None = None) -> list[dict[str, Any]]:
-    """The rows of `sub` whose key is in `keys`, reading only those keys' buckets' parts (a key's bucket is
-    curated.key_bucket of the key and the part count: every bucket writes its part)."""
-    paths = part_paths(out_dir, sub)
-    names = [posixpath.basename(p) for p in paths]
-    if names == [formats.part_name(b) for b in range(len(paths))]:
-        wanted = sorted({key_bucket(k, len(paths)) for k in keys})
-        paths = [paths[b] for b in wanted]
-    found = []
-    for path in paths:  # a directory with parts missing: every part is searched
-        table = read_table(path, columns)
-        found += [row for row in table.to_pylist() if row["key"] in keys]
-    return found
-
-
-def read_parts(out_dir: str, sub: str, schema) -> list[dict[str, Any]]:
-    """Every row of `sub/*.parquet` at once, in part order. For tools and tests on small outputs; the report
-    and report.html stream (`iter_parts`) or use the job's aggregates (`ReportStats`)."""
-    paths = part_paths(out_dir, sub)
-    return pa.concat_tables([read_table(p) for p in paths] or [schema.empty_table()]).to_pylist()
+def rows_for_keys(out_dir: str, table: str, keys: set[str], columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """curated.rows_for_keys on any filesystem: the rows of `keys`, from their buckets' parts only."""
+    return curated.rows_for_keys(out_dir, table, keys, columns, BEAM_FILES)
 
 
 def read_manifest(out_dir: str) -> list[dict[str, Any]]:
-    """The kept samples' manifest rows of a curated directory (local or object store). Every reader of the
-    curated layout (report, HTML page, inspect, trace) goes through this module, so the layout changes in one
-    place."""
-    return read_parts(out_dir, formats.MANIFEST_DIR, formats.MANIFEST_SCHEMA)
+    """The kept samples' manifest rows of a curated directory (local or object store), all at once: for tools
+    and tests on small outputs (the report streams, or uses the job's aggregates)."""
+    return curated.read_manifest(out_dir, BEAM_FILES)
 
 
 def read_rejections(out_dir: str) -> list[dict[str, Any]]:
-    """Every dropped record's row (records.REJECTION_SCHEMA) of a curated directory."""
-    return read_parts(out_dir, formats.REJECTED_DIR, REJECTION_SCHEMA)
+    """Every dropped record's row (records.REJECTION_SCHEMA) of a curated directory, all at once."""
+    return curated.read_rejections(out_dir, BEAM_FILES)
 
 
 SIDE_EDGES = [0, 128, 256, 512, 1024, 2048, None]
@@ -93,10 +62,13 @@ VALUE_SECTIONS = {  # numeric signal on kept samples → (report section, its co
     "ocr_char_accuracy": ("ocr_char_accuracy", "count", [None, 0.5, 0.8, 0.9, 0.95, 0.99, None]),
     "ocr_lines": ("ocr_lines", "count", [0, 1, 2, 4, 8, 16, None]),
     "grounding_boxes": ("grounding_boxes", "count", [0, 1, 2, 4, 8, 16, None]),
+    "video_duration": ("video_duration", "count", [0, 1, 5, 30, 120, 600, None]),  # seconds
+    "video_fps": ("video_fps", "count", [0, 10, 20, 26, 31, 61, None]),
+    "video_motion": ("video_motion", "count", [0, 1, 2, 5, 10, 20, 40, None]),  # grey levels between frames 1/2 s apart
 }
 STATS_COLUMNS = {  # what ReportStats reads of each part
-    formats.MANIFEST_DIR: ["source", "kind", "shard", "width", "height", "text_chars", "signals"],
-    formats.REJECTED_DIR: ["source", "stage", "reason", "fields"],
+    curated.MANIFEST: ["source", "kind", "shard", "width", "height", "text_chars", "signals"],
+    curated.REJECTED: ["source", "stage", "reason", "fields"],
 }
 
 
@@ -197,9 +169,9 @@ class ReportStats:
     def from_parts(cls, out_dir: str) -> "ReportStats":
         """Stream a finished curated directory's parts (one bucket in memory at a time)."""
         stats = cls()
-        for rows in iter_parts(out_dir, formats.MANIFEST_DIR, STATS_COLUMNS[formats.MANIFEST_DIR]):
+        for rows in iter_parts(out_dir, curated.MANIFEST, STATS_COLUMNS[curated.MANIFEST]):
             stats.add(rows, [])
-        for rows in iter_parts(out_dir, formats.REJECTED_DIR, STATS_COLUMNS[formats.REJECTED_DIR]):
+        for rows in iter_parts(out_dir, curated.REJECTED, STATS_COLUMNS[curated.REJECTED]):
             stats.add([], rows)
         return stats
 
@@ -250,10 +222,10 @@ class ReportStats:
 
 
 def load_stats(out_dir: str) -> ReportStats:
-    """The aggregates the job's buckets left (formats.REPORT_STATS_DIR, merged, then removed: report.json holds
+    """The aggregates the job's buckets left (curated.report_stats_dir, merged, then removed: report.json holds
     them), or, for a directory without them, the same aggregates streamed from its parts. A bucket whose parts
     were lost has no aggregates either, so the accounting check still sees the loss."""
-    stats_dir = FileSystems.join(out_dir, formats.REPORT_STATS_DIR)
+    stats_dir = curated.report_stats_dir(out_dir, BEAM_FILES)
     paths = sorted(m.path for m in FileSystems.match([FileSystems.join(stats_dir, "*.json")])[0].metadata_list)
     if not paths:
         return ReportStats.from_parts(out_dir)

@@ -14,7 +14,7 @@ from typing import Any
 
 from vlmloom.pipelines.report import iter_parts, rows_for_keys
 from vlmloom.pipelines.thumbnails import benchmark_items, kept_records, kept_thumbnails, rejected_records
-from vlmloom.schemas import charts, formats
+from vlmloom.schemas import charts, curated
 from vlmloom.schemas.charts import esc
 
 EXAMPLES_PER_REASON = 3
@@ -23,7 +23,9 @@ DEDUP_STAGES = ("exact_dedup", "near_dup_image", "near_dup_text")
 HISTOGRAM_TITLES = {"width": "Image width (px)", "height": "Image height (px)", "aspect_ratio": "Aspect ratio (w/h)",
                     "text_chars": "Text length (characters)"}
 SECTION_HISTOGRAMS = {"clip": "CLIP score", "ocr_char_accuracy": "OCR character accuracy",
-                      "ocr_lines": "OCR lines per sample", "grounding_boxes": "Boxes per sample"}
+                      "ocr_lines": "OCR lines per sample", "grounding_boxes": "Boxes per sample",
+                      "video_duration": "Video duration (s)", "video_fps": "Video frame rate",
+                      "video_motion": "Video motion (grey levels per 1/2 s)"}
 
 
 def _fields(row: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +79,7 @@ def _selection(out_dir: str, report: dict[str, Any]):
     examples: dict[tuple[str, str], list[dict]] = {}
     pairs: list[tuple[dict, str]] = []
     hits: list[dict] = []
-    for rows in iter_parts(out_dir, formats.REJECTED_DIR):
+    for rows in iter_parts(out_dir, curated.REJECTED):
         for row in rows:
             bucket = examples.setdefault((row["stage"], row["reason"]), [])
             if len(bucket) < EXAMPLES_PER_REASON:
@@ -98,7 +100,7 @@ def _selection(out_dir: str, report: dict[str, Any]):
 def render_html(out_dir: str, report: dict[str, Any], input_paths: dict[str, list[str]] | None = None) -> str:
     examples, pairs, hits = _selection(out_dir, report)
     reps = {rep for _, rep in pairs}
-    rep_rows = rows_for_keys(out_dir, formats.MANIFEST_DIR, reps, ["key", "shard", "signals"]) if reps else []
+    rep_rows = rows_for_keys(out_dir, curated.MANIFEST, reps, ["key", "shard", "signals"]) if reps else []
     signals_by_key = {r["key"]: json.loads(r["signals"]) for r in rep_rows}
     wanted = {(r["source"], r["source_id"]) for rows in examples.values() for r in rows}
     wanted |= {(r["source"], r["source_id"]) for r, _ in pairs} | {(r["source"], r["source_id"]) for r in hits}

@@ -9,7 +9,7 @@ one worker, which orders them by key and cuts shards inside the bucket (schemas.
 one brings the bucket's manifest rows and rejections together for its parts (schemas.curated.bucket_parts).
 What one worker holds is one bucket, about 1/`buckets` of the output, never the corpus' keys; no side input,
 no global combine. Beside its parts, each bucket writes the report's aggregates of exactly those rows
-(report.ReportStats, formats.REPORT_STATS_DIR), which the driver merges: a bucket's figures exist iff its parts do. Every bucket id takes part in the second shuffle, so empty buckets still write their
+(report.ReportStats, curated.report_stats_path), which the driver merges: a bucket's figures exist iff its parts do. Every bucket id takes part in the second shuffle, so empty buckets still write their
 (empty) parts. Every file is written under a hidden temporary name and renamed into
 place: a killed job never leaves a half-written shard or part under a final name, and dataset readers
 (pyarrow, DuckDB, HF `datasets`) skip the hidden temporaries.
@@ -27,9 +27,9 @@ from apache_beam.metrics import Metrics
 
 from vlmloom.pipelines.report import ReportStats
 from vlmloom.pipelines.shuffle import keyed, unpickled
-from vlmloom.schemas import formats
+from vlmloom.pipelines.files import BEAM_FILES
 from vlmloom.schemas.config import ConfigError
-from vlmloom.schemas.curated import MAX_BUCKETS, bucket_parts, bucket_shards, key_bucket
+from vlmloom.schemas.curated import MAX_BUCKETS, bucket_parts, bucket_shards, key_bucket, report_stats_path
 from vlmloom.schemas.records import Rejection, Sample
 
 log = logging.getLogger("vlmloom.curate")
@@ -115,13 +115,13 @@ class _WriteParts(beam.DoFn):
         for relative, data in bucket_parts(bucket, rows, rejections):
             write_atomic(join(self._dir, *relative.split("/")), data)
         stats = ReportStats().add(rows, (dict(r.__dict__) for r in rejections))
-        write_atomic(join(self._dir, formats.REPORT_STATS_DIR, formats.report_stats_name(bucket)), stats.to_json())
+        write_atomic(report_stats_path(self._dir, bucket, BEAM_FILES), stats.to_json())
         yield bucket
 
 
 class WriteCurated(beam.PTransform):
     """{"kept", "rejected"} → shards/, manifest/, rejected/ under `output_dir`, and each bucket's report
-    aggregates (formats.REPORT_STATS_DIR, for the driver's report.json); returns the buckets written."""
+    aggregates (curated.report_stats_path, for the driver's report.json); returns the buckets written."""
 
     def __init__(self, output_dir: str, config: OutputConfig):
         super().__init__()

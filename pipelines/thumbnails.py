@@ -11,15 +11,14 @@ from __future__ import annotations
 import base64
 import functools
 import io
-import os
 from dataclasses import dataclass, field
 
 from apache_beam.io.filesystems import FileSystems
 
-from vlmloom.schemas import formats
-from vlmloom.schemas.tars import iter_tar_groups
-
-IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
+from vlmloom.pipelines.files import BEAM_FILES
+from vlmloom.schemas import curated
+from vlmloom.schemas.tars import TruncatedTarError, group_members, iter_tar_members, scan_tar_headers, \
+    split_member_name
 
 
 @dataclass(frozen=True)
@@ -64,25 +63,24 @@ def _phash(data: bytes) -> str | None:
         return None
 
 
-def _first_image(members: dict[str, bytes]) -> bytes | None:
-    for ext in sorted(members):
-        if ext.split(".")[-1].lower() in IMAGE_MEMBERS:
-            return members[ext]
-    return None
+def _shown_sample(sample) -> Shown:
+    """A kept sample's thumbnail (image 0) and training text, as its shard holds them (its pHash is in its
+    manifest signals: no image kept)."""
+    image = sample.images[0].bytes if sample.images else None
+    return Shown(_thumbnail_url(image) if image else None, sample.training_text() or "")
 
 
 def kept_thumbnails(out_dir: str, limit: int = 12) -> list[tuple[str, str]]:
     """(key, data URL) of the first images in the first shard."""
-    match = FileSystems.match([FileSystems.join(out_dir, formats.SHARDS_DIR, "*.tar")])[0].metadata_list
-    if not match:
+    shards = curated.shard_paths(out_dir, BEAM_FILES)
+    if not shards:
         return []
     out = []
-    with FileSystems.open(sorted(m.path for m in match)[0]) as fh:
-        for key, members in iter_tar_groups(io.BytesIO(fh.read())):
-            image = _first_image(members)
-            url = _thumbnail_url(image) if image else None
+    with FileSystems.open(shards[0]) as fh:
+        for sample in curated.iter_shard_samples(io.BytesIO(fh.read())):
+            url = _shown_sample(sample).url
             if url:
-                out.append((key, url))
+                out.append((sample.key, url))
                 if len(out) >= limit:
                     break
     return out
@@ -93,12 +91,10 @@ def kept_records(out_dir: str, manifest: list[dict], keys: set[str]) -> dict[str
     shards = sorted({row["shard"] for row in manifest if row["key"] in keys})
     found: dict[str, Shown] = {}
     for shard in shards:
-        with FileSystems.open(FileSystems.join(out_dir, formats.SHARDS_DIR, shard)) as fh:
-            for key, members in iter_tar_groups(io.BytesIO(fh.read())):
-                if key in keys:
-                    image = _first_image(members)
-                    found[key] = Shown(_thumbnail_url(image) if image else None,
-                                       members.get("txt", b"").decode("utf-8", "replace"))
+        with FileSystems.open(curated.shard_path(out_dir, shard, BEAM_FILES)) as fh:
+            for sample in curated.iter_shard_samples(io.BytesIO(fh.read())):
+                if sample.key in keys:
+                    found[sample.key] = _shown_sample(sample)
     return found
 
 
@@ -134,7 +130,7 @@ def _records_named(path: str, ids: set[str]):
         try:
             index = _local_tar_index(path, ids)
         except (OSError, ValueError):
-            index = None  # compressed, or a header this quick reader does not know: tarfile reads it below
+            index = None  # compressed, or a header the scanner does not know: streamed below
         if index is not None:
             with open(path, "rb") as fh:
                 for key, members in index.items():
@@ -147,97 +143,41 @@ def _records_named(path: str, ids: set[str]):
     yield from _records_named_streamed(path, ids)
 
 
-_BLOCK = 512
-
-
 def _local_tar_index(path: str, ids: set[str]) -> dict[str, dict[str, tuple[int, int]]]:
     """{key: {ext: (data offset, size)}} of the regular members whose (printable) key is in `ids`, from the
-    headers of an uncompressed local tar alone (each member's data is seeked over, never read): a report
-    looks up a few records among millions. ustar, pax and GNU long names; raises ValueError on anything else
-    (the caller falls back to tarfile), stops at the end-of-archive block or the file's end."""
+    headers of an uncompressed local tar alone (schemas/tars.scan_tar_headers): a report looks up a few records
+    among millions. Raises ValueError where the scanner cannot read the tar (the caller streams it instead)."""
     from vlmloom.curation.readers import printable
-    from vlmloom.schemas.tars import split_member_name
 
     found: dict[str, dict[str, tuple[int, int]]] = {}
-    long_name: bytes | None = None
-    last_key, clean_end = None, False
-    with open(path, "rb") as fh:
-        size_of_file = os.fstat(fh.fileno()).st_size
-        offset = 0
-        while offset + _BLOCK <= size_of_file:
-            fh.seek(offset)
-            block = fh.read(_BLOCK)
-            if block == b"\0" * _BLOCK:
-                clean_end = True
-                break
-            if block[257:262] != b"ustar" and offset == 0:
-                raise ValueError("not a plain ustar/pax/gnu tar")
-            size = _octal(block[124:136])
-            kind = block[156:157]
-            data = offset + _BLOCK
-            offset = data + -(-size // _BLOCK) * _BLOCK
-            if kind in (b"x", b"L"):  # the next member's name: a pax record or a GNU long name
-                fh.seek(data)
-                payload = fh.read(size)
-                long_name = _pax_path(payload) if kind == b"x" else payload.rstrip(b"\0")
-                continue
-            if kind == b"g" or kind == b"K":
-                continue
-            name = long_name
-            long_name = None
-            if name is None:
-                name = block[0:100].split(b"\0", 1)[0]
-                prefix = block[345:500].split(b"\0", 1)[0] if block[257:262] == b"ustar" else b""
-                name = prefix + b"/" + name if prefix else name
-            if kind not in (b"0", b"\0", b"7"):
-                continue  # directories, links, devices: no record data
-            key, ext = split_member_name(printable(name.decode("utf-8", "surrogateescape")))
-            last_key = key = printable(key)
-            if data + size > size_of_file:
-                break  # cut inside this member's data
+    try:
+        for name, offset, size in scan_tar_headers(path):
+            key, ext = split_member_name(printable(name))
+            key = printable(key)
             if key in ids:
-                found.setdefault(key, {})[ext] = (data, size)
-    if not clean_end:  # cut or garbage at the end: the record open there is incomplete, as tarfile would say
-        found.pop(last_key, None)
+                found.setdefault(key, {})[ext] = (offset, size)
+    except TruncatedTarError as cut:  # the record open at the cut is incomplete, as tarfile would say
+        if cut.name is not None:
+            found.pop(printable(split_member_name(printable(cut.name))[0]), None)
     return found
 
 
-def _octal(field: bytes) -> int:
-    if field[:1] and field[0] & 0x80:  # GNU base-256 for sizes over 8 GiB
-        return int.from_bytes(field[1:], "big")
-    text = field.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
-
-
-def _pax_path(payload: bytes) -> bytes | None:
-    """The `path` record of a pax extended header ("LEN path=VALUE\n" records)."""
-    pos = 0
-    while pos < len(payload):
-        space = payload.index(b" ", pos)
-        length = int(payload[pos:space])
-        record = payload[space + 1:pos + length - 1]
-        pos += length
-        if record.startswith(b"path="):
-            return record[5:]
-    return None
-
-
 def _records_named_streamed(path: str, ids: set[str]):
-    import tarfile
-
     from vlmloom.curation.readers import printable
-    from vlmloom.schemas.tars import group_members, split_member_name
 
     failed: list[str] = []  # the key of the record open when the stream failed
+
+    def wanted(tar, info):
+        return tar.extractfile(info).read() if info.isfile() and printable(split_member_name(info.name)[0]) in ids \
+            else None
 
     def members():
         key = None
         try:
-            with FileSystems.open(path) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
-                for info in tar:
-                    key = printable(split_member_name(info.name)[0])
-                    wanted = info.isfile() and key in ids
-                    yield info.name, tar.extractfile(info).read() if wanted else None
+            with FileSystems.open(path) as fh:
+                for name, data in iter_tar_members(fh, read=wanted):
+                    key = printable(split_member_name(name)[0])
+                    yield name, data
         except Exception:  # noqa: BLE001 - a corrupt input tar is why some records were rejected
             failed.append(key)
 

@@ -16,28 +16,27 @@ WHAT + curated DIR (+ packed DIR) → {"what", "matched", "sequence"?, "samples"
 
 Lookups read the tables once and filter them by key or source id; only the one curated shard that holds a kept
 key and the packed shards of its sequences are opened. Every read goes through Beam's FileSystems, so local and
-object-store directories (gs://, s3://, ...) work alike. The curated tables come through
-pipelines/report.py's `read_manifest` / `read_rejections`, the one reader of that layout.
+object-store directories (gs://, s3://, ...) work alike. Both layouts are read through their one reader:
+schemas/curated.py and schemas/packed.py.
 """
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import posixpath
 import re
 import sys
 from typing import Any, Iterator
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
-from vlmloom.pipelines.report import read_manifest, read_rejections
-from vlmloom.schemas import formats
-from vlmloom.schemas.packed import IGNORE_INDEX, REJECTED_FILE as PACK_REJECTED_FILE
+from vlmloom.pipelines.files import BEAM_FILES
+from vlmloom.schemas import curated as curated_layout, packed as packed_layout
+from vlmloom.schemas.packed import IGNORE_INDEX
+from vlmloom.schemas.records import RecordError
 from vlmloom.schemas.signals import ORIGIN_SIGNAL, SIGNALS
-from vlmloom.schemas.tars import iter_tar_groups
 
 _SEQUENCE_REF = re.compile(r"^(?P<shard>[^:/\\]+?):(?P<index>\d+)$")
 
@@ -70,14 +69,11 @@ def _fields(rejection: dict[str, Any]) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    with FileSystems.open(path) as fh:
-        return json.loads(fh.read().decode("utf-8"))
-
-
 def _require_success(directory: str, what: str) -> None:
-    if not FileSystems.exists(FileSystems.join(directory, formats.SUCCESS_FILE)):
-        raise TraceError(f"{directory}: no {formats.SUCCESS_FILE}; not a finished {what} output "
+    layout = curated_layout if what == "curate" else packed_layout
+    if not layout.is_finished(directory, BEAM_FILES):
+        marker = posixpath.basename(layout.success_path(directory, BEAM_FILES))
+        raise TraceError(f"{directory}: no {marker}; not a finished {what} output "
                          f"(pass the directory `vlmloom {what} --output` wrote)")
 
 
@@ -87,40 +83,30 @@ class CuratedIndex:
     def __init__(self, directory: str):
         _require_success(directory, "curate")
         self.dir = directory
-        self.kept: dict[str, dict[str, Any]] = {r["key"]: r for r in read_manifest(directory)}
+        self.kept: dict[str, dict[str, Any]] = {r["key"]: r
+                                                for r in curated_layout.read_manifest(directory, BEAM_FILES)}
         self.rejected: dict[str, list[dict[str, Any]]] = {}
         self.by_source_id: dict[str, set[str]] = {}
         self.duplicated_by: dict[str, list[dict[str, Any]]] = {}
         for row in self.kept.values():
             self.by_source_id.setdefault(row["source_id"], set()).add(row["key"])
-        for row in read_rejections(directory):
+        for row in curated_layout.read_rejections(directory, BEAM_FILES):
             self.rejected.setdefault(row["key"], []).append(row)
             self.by_source_id.setdefault(row["source_id"], set()).add(row["key"])
             rep = representative_key(row)
             if rep:
                 self.duplicated_by.setdefault(rep, []).append(row)
-        report_path = FileSystems.join(directory, formats.REPORT_FILE)
-        report = _read_json(report_path) if FileSystems.exists(report_path) else {}
+        report = curated_layout.read_report(directory, BEAM_FILES) or {}
         self.stage_order = [row["stage"] for row in report.get("funnel", []) if row.get("in") is not None]
         self.input_paths = {i.get("name", ""): i.get("path", "") for i in report.get("config", {}).get("inputs", [])}
 
     def sample_json(self, key: str) -> dict[str, Any] | None:
         """The Sample JSON of a kept key, read from the one shard the manifest names (image bytes skipped)."""
-        path = FileSystems.join(self.dir, formats.SHARDS_DIR, self.kept[key]["shard"])
-        wanted = f"{key}.json"
-
-        def read(tar, info):
-            return tar.extractfile(info).read() if info.name == wanted else None
-
-        with FileSystems.open(path) as fh:
-            for member_key, members in iter_tar_groups(fh, read=read):
-                if member_key == key and members.get("json"):
-                    return json.loads(members["json"].decode("utf-8"))
-        return None
+        return curated_layout.read_sample_json(self.dir, self.kept[key]["shard"], key, BEAM_FILES)
 
     def fate(self, key: str) -> str:
         if key in self.kept:
-            return f"kept in {formats.SHARDS_DIR}/{self.kept[key]['shard']}"
+            return f"kept in {curated_layout.shard_label(self.kept[key]['shard'])}"
         rows = self.rejected.get(key)
         return f"dropped at {rows[0]['stage']}: {rows[0]['reason']}" if rows else "not in this curated output"
 
@@ -131,12 +117,10 @@ class PackedIndex:
     def __init__(self, directory: str):
         _require_success(directory, "pack")
         self.dir = directory
-        self.manifest = _read_parquet(FileSystems.join(directory, formats.MANIFEST_FILE))
-        path = FileSystems.join(directory, PACK_REJECTED_FILE)
+        self.manifest = packed_layout.read_manifest(directory, BEAM_FILES)
         self.rejected: dict[str, list[dict[str, Any]]] = {}
-        if FileSystems.exists(path):
-            for row in _read_parquet(path).to_pylist():
-                self.rejected.setdefault(row["key"], []).append(row)
+        for row in packed_layout.read_rejections(directory, BEAM_FILES):
+            self.rejected.setdefault(row["key"], []).append(row)
         self._entries: dict[str, dict[str, Any]] = {}
 
     def sequence_ref(self, what: str) -> tuple[str, int] | None:
@@ -184,21 +168,11 @@ class PackedIndex:
 
     def _entry_members(self, shard: str, index: int, key: str) -> dict[str, bytes]:
         """The label and length arrays of entry `index` of `shard` (other members are passed over)."""
-        def read(tar, info):
-            return tar.extractfile(info).read() if info.name.endswith((".labels.npy", ".seq_lens.npy")) else None
-
-        with FileSystems.open(FileSystems.join(self.dir, formats.SHARDS_DIR, shard)) as fh:
-            for entry_key, members in iter_tar_groups(fh, skip=index, read=read):
-                if entry_key != key:
-                    raise TraceError(f"{shard}: entry {index} is {entry_key!r}, the manifest says {key!r}; "
-                                     "the packed directory was changed after `vlmloom pack` wrote it")
-                return members
-        raise TraceError(f"{shard}: no entry {index}; the packed directory is incomplete")
-
-
-def _read_parquet(path: str):
-    with FileSystems.open(path) as fh:
-        return pq.read_table(io.BytesIO(fh.read()))
+        try:
+            return packed_layout.entry_members(self.dir, shard, index, key, ("labels.npy", "seq_lens.npy"),
+                                               BEAM_FILES)
+        except RecordError as exc:
+            raise TraceError(str(exc)) from exc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,6 +220,8 @@ def history(key: str, curated: CuratedIndex, packed: PackedIndex | None) -> dict
                              "text": (sample.get("text") or "")[:200]})
         # other raw records read under the same key (`duplicate_key`) lost to this one
         out["same_key_rejected"] = [_rejection(r) for r in rejections]
+        if sample.get("videos"):
+            out["videos"] = [_video_frames(v) for v in sample["videos"]]
     else:
         rejection = rejections[0]
         raw["origin"] = _fields(rejection).get(ORIGIN_SIGNAL, "")
@@ -259,6 +235,21 @@ def history(key: str, curated: CuratedIndex, packed: PackedIndex | None) -> dict
         if key in packed.rejected:
             out["pack_rejected"] = [_rejection(r) for r in packed.rejected[key]]
     return out
+
+
+def _video_frames(video: dict[str, Any]) -> dict[str, Any]:
+    """What decodes of a kept clip and the frames GLM-4.1V sees of it (processor defaults, schemas/video.py)."""
+    from vlmloom.schemas.video import VideoSizeError, plan_video
+
+    out = {k: video.get(k) for k in ("uri", "codec", "width", "height", "fps", "duration", "frame_count",
+                                     "claimed_frames")}
+    try:
+        plan = plan_video(video["frame_count"], video["fps"], video["width"], video["height"])
+    except (VideoSizeError, KeyError) as exc:
+        return out | {"unplannable": str(exc)}
+    return out | {"sampled_frames": list(plan.frame_indices), "timestamps": list(plan.timestamps),
+                  "resized": [plan.resized_height, plan.resized_width], "grid_thw": list(plan.grid_thw),
+                  "image_tokens": plan.num_tokens}
 
 
 def _stages_of_kept(sample: dict[str, Any], signals: dict[str, Any]) -> list[dict[str, Any]]:
@@ -345,7 +336,7 @@ def _render_history(h: dict[str, Any]) -> Iterator[str]:
             (f", input {raw['input']})" if relative and raw.get("input") else ")")
     curation = h.get("curation")
     if curation and curation["kept"]:
-        yield f"  curation    kept → {formats.SHARDS_DIR}/{curation['shard']}  kind {h.get('kind')}"
+        yield f"  curation    kept → {curated_layout.shard_label(curation['shard'])}  kind {h.get('kind')}"
         for stage in curation["stages"]:
             signals = " ".join(f"{k}={_short(v)}" for k, v in stage["signals"].items())
             yield f"    {stage['stage']:<16}{stage['config_hash'][:12]:<14}{stage['decision']:<12}{signals}".rstrip()
@@ -356,6 +347,12 @@ def _render_history(h: dict[str, Any]) -> Iterator[str]:
         yield f"  dropped     {d['stage']}: {d['reason']}  {d['detail']}"
         if d["fields"]:
             yield f"    fields    {json.dumps(d['fields'], sort_keys=True)}"
+    for i, v in enumerate(h.get("videos", [])):
+        yield (f"  video {i}     {v['frame_count']} frames decode (container says {v['claimed_frames']}) at "
+               f"{v['fps']:g} fps, {v['duration']:.2f} s, {v['width']}x{v['height']} {v['codec']}")
+        if "sampled_frames" in v:
+            yield (f"    GLM-4.1V  frames {v['sampled_frames']} at {v['resized'][1]}x{v['resized'][0]}, grid "
+                   f"{tuple(v['grid_thw'])}, {v['image_tokens']} image tokens, timestamps {v['timestamps']} s")
     for r in h.get("same_key_rejected", []):
         yield f"  same key    another record {r['reason']} ({r['stage']}): {r['detail']}"
     dup = h.get("duplicates", {})

@@ -38,15 +38,22 @@ def histogram(values: Sequence[float], edges: Sequence[float | None]) -> dict:
     return {"edges": list(edges), "counts": counts}
 
 
+def edge_label(value: float) -> str:
+    """A bin edge as a reader writes it: whole numbers in full (8192, 1048576, never 1.04858e+06), others short."""
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.3g}"
+
+
 def bin_labels(edges: Sequence[float | None]) -> list[str]:
     labels = []
     for lo, hi in zip(edges, edges[1:]):
         if lo is None:
-            labels.append(f"<{hi:g}")
+            labels.append(f"<{edge_label(hi)}")
         elif hi is None:
-            labels.append(f"≥{lo:g}")
+            labels.append(f"≥{edge_label(lo)}")
         else:
-            labels.append(f"{lo:g}–{hi:g}")
+            labels.append(f"{edge_label(lo)}–{edge_label(hi)}")
     return labels
 
 

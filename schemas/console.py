@@ -12,7 +12,9 @@ dropped by message here. `verbose` (`vlmloom -v ...`, or any of Beam's own log-l
 The DirectRunner's `multi_processing` workers are subprocesses that inherit our stderr file descriptor and log to
 it with Python's default format before Beam's own handler exists, so a logging filter in this process cannot reach
 them: `worker_stderr_filtered` puts a pipe on file descriptor 2 for the run and forwards every line but the known
-noise (their real log lines also reach us through Beam's log channel, where the same filter applies).
+noise, a worker's log line ("INFO:vlmloom.pipelines.sources:read 500 records") rewritten through the console's one
+formatter (`format_worker_line`), so the console reads the same whichever process logged (their real log lines
+also reach us through Beam's log channel, where the same filter applies).
 No Beam import here: the dispatcher needs this before Beam is loaded.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ BEAM_NOISE = re.compile("|".join([
     r"Pipeline has additional dependencies to be installed in SDK worker container",
 ]))
 # A worker subprocess's own stderr line in Python's default logging format: "LEVEL:logger:message".
-_WORKER_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL):([\w.]+):")
+_WORKER_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL):([\w.]+):(.*)$", re.DOTALL)
 # Beam options that choose log levels: passing one means the user wants Beam's own logging back.
 BEAM_LOG_OPTIONS = ("--default_sdk_harness_log_level", "--sdk_harness_log_level_overrides")
 
@@ -92,6 +94,27 @@ def is_worker_noise(line: str) -> bool:
     return bool(match) and match.group(1) in ("DEBUG", "INFO") and not match.group(2).startswith("vlmloom")
 
 
+def _console_formatter() -> logging.Formatter:
+    """The formatter of the console's handler (configure_logging's), so forwarded lines look like our own."""
+    for handler in logging.getLogger().handlers:
+        if handler.formatter is not None:
+            return handler.formatter
+    return logging.Formatter(LOG_FORMAT)
+
+
+def format_worker_line(line: str) -> str:
+    """A worker subprocess's "LEVEL:logger:message" line as the console's formatter writes it (stamped when it
+    arrives); any other line (a traceback's, a progress drawing) as it is."""
+    match = _WORKER_LINE.match(line)
+    if not match:
+        return line
+    level, name, message = match.groups()
+    end = "\n" if message.endswith("\n") else ""
+    record = logging.makeLogRecord({"name": name, "levelname": level, "levelno": logging.getLevelName(level),
+                                    "msg": message[:len(message) - len(end)]})
+    return _console_formatter().format(record) + end
+
+
 @contextlib.contextmanager
 def worker_stderr_filtered(enabled: bool = True) -> Iterator[TextIO]:
     """Filter what subprocesses started inside the block write to file descriptor 2; yields a text stream on the
@@ -108,8 +131,10 @@ def worker_stderr_filtered(enabled: bool = True) -> Iterator[TextIO]:
     def forward() -> None:
         with os.fdopen(read_end, "rb") as pipe:
             for raw in pipe:
-                if not is_worker_noise(raw.decode("utf-8", "replace")):
-                    os.write(real, raw)
+                line = raw.decode("utf-8", "replace")
+                if not is_worker_noise(line):
+                    shown = format_worker_line(line)
+                    os.write(real, raw if shown is line else shown.encode("utf-8"))
 
     thread = threading.Thread(target=forward, name="vlmloom-stderr-filter", daemon=True)
     thread.start()

@@ -7,6 +7,13 @@ from a Beam job.
     key → key_bucket(key, N) → bucket_files(bucket, samples, rejections) → shards/bBBBBB-IIIII.tar ...,
         manifest/part-BBBBB.parquet, rejected/part-BBBBB.parquet
     [Sample] → write_curated_dir(dir, samples) → every bucket's files + dir/_SUCCESS
+
+And the one reader of the layout (every tool goes through it: report, report.html, inspect, trace, pack), on
+any filesystem (files.py: local by default, Beam's FileSystems from pipelines/):
+    shard_paths(dir) / shard_path(dir, shard) → iter_shard_samples(path or file) → Sample (with image bytes)
+    read_sample_json(dir, shard, key)          one sample's JSON, its images left unread
+    part_paths(dir, MANIFEST | REJECTED) → iter_parts / rows_for_keys / read_rows / part_row_counts
+    read_manifest(dir), read_rejections(dir), read_report(dir), is_finished(dir)
 """
 from __future__ import annotations
 
@@ -14,21 +21,28 @@ import hashlib
 import io
 import json
 import os
-from typing import Iterable, Iterator
+import posixpath
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlmloom.schemas import formats
-from vlmloom.schemas.records import REJECTION_SCHEMA, Rejection, Sample
-from vlmloom.schemas.tars import tar_bytes
+from vlmloom.schemas.files import LOCAL_FILES, Files
+from vlmloom.schemas.records import REJECTION_SCHEMA, RecordError, Rejection, Sample
+from vlmloom.schemas.tars import iter_tar_groups, tar_bytes
+
+MANIFEST, REJECTED = formats.MANIFEST_DIR, formats.REJECTED_DIR  # the directory's two tables
+TABLE_SCHEMAS = {MANIFEST: formats.MANIFEST_SCHEMA, REJECTED: REJECTION_SCHEMA}
 
 
 def member_names(sample: Sample) -> list[str]:
     # KEY.txt is always written (empty without text) so that samples of a kind share one member layout.
     names = [f"{sample.key}.json", f"{sample.key}.txt"]
     return names + [formats.image_member_name(sample.key, i, image.format or "jpeg")
-                    for i, image in enumerate(sample.images) if image.has_bytes]
+                    for i, image in enumerate(sample.images) if image.has_bytes] + [
+        formats.video_member_name(sample.key, i, video.format) for i, video in enumerate(sample.videos)
+        if video.has_bytes]
 
 
 def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
@@ -36,6 +50,7 @@ def sample_members(sample: Sample) -> list[tuple[str, bytes]]:
     input file here, checked against the sha256 decode recorded (ImageRef.load_bytes)."""
     data = [sample.to_json().encode("utf-8"), (sample.training_text() or "").encode("utf-8")]
     data += [image.load_bytes() for image in sample.images if image.has_bytes]
+    data += [video.load_bytes() for video in sample.videos if video.has_bytes]
     return list(zip(member_names(sample), data))
 
 
@@ -49,8 +64,8 @@ def manifest_row(sample: Sample, shard: str) -> dict:
     return {
         "key": sample.key, "source": sample.source, "source_id": sample.source_id, "kind": sample.kind,
         "shard": shard, "layout": member_layout(sample), "num_images": len(sample.images),
-        "width": sample.images[0].width if sample.images else 0,
-        "height": sample.images[0].height if sample.images else 0,
+        "width": sample.images[0].width if sample.images else sample.videos[0].width if sample.videos else 0,
+        "height": sample.images[0].height if sample.images else sample.videos[0].height if sample.videos else 0,
         "text_chars": len(sample.training_text() or ""),
         "signals": json.dumps(sample.signals, sort_keys=True, default=str),
     }
@@ -159,8 +174,7 @@ def write_curated_dir(directory: str, samples: list[Sample], per_shard: int = 50
         samples_by_bucket[key_bucket(sample.key, buckets)].append(sample)
     for rejection in rejections:
         rejections_by_bucket[key_bucket(rejection.key, buckets)].append(rejection)
-    for sub in (formats.SHARDS_DIR, formats.MANIFEST_DIR, formats.REJECTED_DIR):
-        os.makedirs(os.path.join(directory, sub), exist_ok=True)
+    make_local_dirs(directory)
     for bucket in range(buckets):
         for relative, data in bucket_files(bucket, samples_by_bucket[bucket], rejections_by_bucket[bucket],
                                            samples_per_shard=per_shard, bytes_per_shard=bytes_per_shard):
@@ -171,3 +185,169 @@ def write_curated_dir(directory: str, samples: list[Sample], per_shard: int = 50
             os.replace(tmp, path)
     open(os.path.join(directory, formats.SUCCESS_FILE), "w").close()
     return directory
+
+
+def make_local_dirs(directory: str) -> None:
+    """The sub-directories a local curated directory's files go into (object stores need none)."""
+    for sub in (formats.SHARDS_DIR, MANIFEST, REJECTED):
+        os.makedirs(os.path.join(directory, sub), exist_ok=True)
+
+
+# --- reading ----------------------------------------------------------------------------------
+def is_finished(directory: str, files: Files = LOCAL_FILES) -> bool:
+    """Has the job that writes `directory` finished (its `_SUCCESS` written last)?"""
+    return files.exists(files.join(directory, formats.SUCCESS_FILE))
+
+
+def success_path(directory: str, files: Files = LOCAL_FILES) -> str:
+    return files.join(directory, formats.SUCCESS_FILE)
+
+
+def report_path(directory: str, files: Files = LOCAL_FILES) -> str:
+    """DIR/report.json."""
+    return files.join(directory, formats.REPORT_FILE)
+
+
+def report_html_path(directory: str, files: Files = LOCAL_FILES) -> str:
+    """DIR/report.html."""
+    return files.join(directory, formats.REPORT_HTML_FILE)
+
+
+def read_report(directory: str, files: Files = LOCAL_FILES) -> dict[str, Any] | None:
+    """report.json of a curated directory, or None when it has none."""
+    path = report_path(directory, files)
+    if not files.exists(path):
+        return None
+    with files.open(path) as fh:
+        return json.loads(fh.read().decode("utf-8"))
+
+
+def report_stats_dir(directory: str, files: Files = LOCAL_FILES) -> str:
+    """Where a running job leaves each bucket's report aggregates (formats.REPORT_STATS_DIR, transient)."""
+    return files.join(directory, formats.REPORT_STATS_DIR)
+
+
+def report_stats_path(directory: str, bucket: int, files: Files = LOCAL_FILES) -> str:
+    return files.join(report_stats_dir(directory, files), formats.report_stats_name(bucket))
+
+
+def shard_path(directory: str, shard: str, files: Files = LOCAL_FILES) -> str:
+    """The path of shard `shard` (a manifest row's `shard`, a file name)."""
+    return files.join(directory, formats.SHARDS_DIR, shard)
+
+
+def shard_paths(directory: str, files: Files = LOCAL_FILES) -> list[str]:
+    """Every shard of the directory, in name (= bucket, then shard) order."""
+    return _visible(files.glob(files.join(directory, formats.SHARDS_DIR, "*.tar")))
+
+
+def shard_label(shard: str) -> str:
+    """How a shard is named to a person: its path relative to the directory."""
+    return f"{formats.SHARDS_DIR}/{shard}"
+
+
+def _visible(paths: list[str]) -> list[str]:
+    # a writer's temporary (".NAME.tmp-...") or a marker ("_SUCCESS") is never part of a table
+    return sorted(p for p in paths if not posixpath.basename(p).startswith((".", "_")))
+
+
+def iter_shard_samples(shard: str | BinaryIO) -> Iterator[Sample]:
+    """The samples of one shard (a path or an open binary file), in member order, with their image bytes:
+    the inverse of `sample_members`. A shard that does not match its JSON raises RecordError naming the key."""
+    name = shard if isinstance(shard, str) else getattr(shard, "name", "shard")
+    for key, members in iter_tar_groups(shard):
+        if "json" not in members:
+            raise RecordError(f"record {key!r}: shard {os.path.basename(str(name))} has no {key}.json")
+        images: dict[int, bytes] = {}
+        videos: dict[int, bytes] = {}
+        for ext, data in members.items():
+            parts = ext.split(".")
+            if ext in ("json", "txt"):
+                continue
+            if len(parts) == 2 and parts[0][:1] == "v" and parts[0][1:].isdigit():  # KEY.v0.mp4 (formats.py)
+                videos[int(parts[0][1:])] = data
+            elif len(parts) == 1:
+                images[0] = data
+            elif len(parts) == 2 and parts[0].isdigit():
+                images[int(parts[0])] = data
+        sample = Sample.from_json(members["json"].decode("utf-8"), [images[i] for i in sorted(images)],
+                                  [videos[i] for i in sorted(videos)])
+        if len(images) != len(sample.images):
+            raise RecordError(f"record {key!r}: field 'images' lists {len(sample.images)}, shard holds {len(images)}")
+        yield sample
+
+
+def read_sample_json(directory: str, shard: str, key: str, files: Files = LOCAL_FILES) -> dict[str, Any] | None:
+    """The Sample JSON of `key` from its shard (the manifest names it), no image bytes read; None if absent."""
+    wanted = f"{key}.json"
+
+    def read(tar, info):
+        return tar.extractfile(info).read() if info.name == wanted else None
+
+    with files.open(shard_path(directory, shard, files)) as fh:
+        for member_key, members in iter_tar_groups(fh, read=read):
+            if member_key == key and members.get("json"):
+                return json.loads(members["json"].decode("utf-8"))
+    return None
+
+
+def part_paths(directory: str, table: str, files: Files = LOCAL_FILES) -> list[str]:
+    """The parts of `table` (MANIFEST or REJECTED), in part (= bucket) order."""
+    if table not in TABLE_SCHEMAS:
+        raise ValueError(f"unknown curated table {table!r}: one of {sorted(TABLE_SCHEMAS)}")
+    return _visible(files.glob(files.join(directory, table, "*.parquet")))
+
+
+def read_part(path: str, columns: list[str] | None = None, files: Files = LOCAL_FILES) -> pa.Table:
+    """One part as an Arrow table (`columns`: only these)."""
+    with files.open(path) as fh:
+        return pq.read_table(io.BytesIO(fh.read()), columns=columns)
+
+
+def part_row_counts(directory: str, table: str, files: Files = LOCAL_FILES) -> tuple[int, int]:
+    """(rows, parts) of `table`, from the Parquet footers alone (no row read)."""
+    paths = part_paths(directory, table, files)
+    rows = 0
+    for path in paths:
+        with files.open(path) as fh:
+            rows += pq.ParquetFile(io.BytesIO(fh.read())).metadata.num_rows
+    return rows, len(paths)
+
+
+def iter_parts(directory: str, table: str, columns: list[str] | None = None,
+               files: Files = LOCAL_FILES) -> Iterator[list[dict[str, Any]]]:
+    """The rows of each part of `table`, one part at a time (a reader holds one bucket, never the corpus)."""
+    for path in part_paths(directory, table, files):
+        yield read_part(path, columns, files).to_pylist()
+
+
+def rows_for_keys(directory: str, table: str, keys: set[str], columns: list[str] | None = None,
+                  files: Files = LOCAL_FILES) -> list[dict[str, Any]]:
+    """The rows of `table` whose key is in `keys`, reading only those keys' buckets' parts (a key's bucket is
+    key_bucket of the key and the part count: every bucket writes its part). A directory with parts missing:
+    every part is searched."""
+    paths = part_paths(directory, table, files)
+    names = [posixpath.basename(p) for p in paths]
+    if names == [formats.part_name(b) for b in range(len(paths))]:
+        paths = [paths[b] for b in sorted({key_bucket(k, len(paths)) for k in keys})]
+    found = []
+    for path in paths:
+        found += [row for row in read_part(path, columns, files).to_pylist() if row["key"] in keys]
+    return found
+
+
+def read_rows(directory: str, table: str, files: Files = LOCAL_FILES) -> list[dict[str, Any]]:
+    """Every row of `table` at once, in part order. For tools and tests on small outputs; the report and
+    report.html stream (`iter_parts`) or use the job's aggregates."""
+    tables = [read_part(p, None, files) for p in part_paths(directory, table, files)]
+    return pa.concat_tables(tables or [TABLE_SCHEMAS[table].empty_table()]).to_pylist()
+
+
+def read_manifest(directory: str, files: Files = LOCAL_FILES) -> list[dict[str, Any]]:
+    """The kept samples' manifest rows (formats.MANIFEST_SCHEMA)."""
+    return read_rows(directory, MANIFEST, files)
+
+
+def read_rejections(directory: str, files: Files = LOCAL_FILES) -> list[dict[str, Any]]:
+    """Every dropped record's row (records.REJECTION_SCHEMA)."""
+    return read_rows(directory, REJECTED, files)

@@ -24,8 +24,13 @@ and cut into shards on count, bytes or a layout change; shard `bBBBBB-IIIII.tar`
 BBBBB. The parts of `manifest/` and of `rejected/` each read as one table:
 
     pyarrow:   pq.read_table("DIR/manifest")                  (or pyarrow.dataset.dataset("DIR/manifest"))
-    datasets:  load_dataset("parquet", data_files="DIR/manifest/*.parquet")
+    datasets:  load_dataset("parquet", data_files="DIR/rejected/*.parquet", split="train", streaming=True)
+               (any row count), or without streaming=True for a table of at least one row: HF's non-streaming
+               loader refuses every split of 0 rows ("Instruction "train" corresponds to no data", its rule
+               whatever the files hold), e.g. rejected/ of a job that dropped nothing
     DuckDB:    SELECT * FROM read_parquet('DIR/manifest/*.parquet')
+A part with no rows holds the schema and no row group (HF `datasets` refuses a row group of 0 rows), so every
+reader above sees the columns of an empty table (tests/test_curate.py loads an all-kept output with each).
 
 Version history:
     1  one manifest.parquet and rejected/rejected.parquet, shards 00000.tar ... planned from all keys at once
@@ -33,6 +38,10 @@ Version history:
        (no step of the writer holds the whole corpus' keys)
 
 Packed output (`vlmloom pack ... --output DIR`): see `packed.py`.
+
+The names below are the layouts' own: only curated.py (the curated directory's one reader and writer) and
+packed.py (the packed directory's) use them; every other module goes through those two
+(tests/test_boundaries.py).
 """
 from __future__ import annotations
 
@@ -87,6 +96,11 @@ def report_stats_name(bucket: int) -> str:
 def image_member_name(key: str, index: int, fmt: str) -> str:
     ext = IMAGE_EXTENSIONS.get(fmt.lower(), fmt.lower() or "bin")
     return f"{key}.{ext}" if index == 0 else f"{key}.{index}.{ext}"
+
+
+def video_member_name(key: str, index: int, fmt: str) -> str:
+    """KEY.v0.mp4, KEY.v1.webm, ...: a video's original bytes (the `v` keeps them apart from image members)."""
+    return f"{key}.v{index}.{fmt.lower() or 'bin'}"
 
 
 def shard_arrow_schema(layout: str) -> pa.Schema:

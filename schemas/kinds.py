@@ -49,6 +49,14 @@ def _first_image_or_text(sample: Sample) -> bytes:
     return b"txt:" + "\n".join(_caption_texts(sample)).encode("utf-8", "surrogateescape")
 
 
+def _first_video_or_text(sample: Sample) -> bytes:
+    """A video record is keyed on video 0's content sha256 (two captions of one clip are duplicates); a video
+    record without a probed video on its text."""
+    if sample.videos and sample.videos[0].sha256:
+        return b"vid:" + sample.videos[0].sha256.encode()
+    return _first_image_or_text(sample)
+
+
 def _chat_content(sample: Sample) -> bytes:
     """A QA/chat record is its images *and* its turns: several questions about one image are different records."""
     parts = ["img:" + i for i in _image_ids(sample)]
@@ -103,7 +111,7 @@ register(Kind("grounding", min_images=1, caption_rules=False, texts=_all_texts,
 register(Kind("gui", min_images=1, caption_rules=False, texts=_all_texts,
               dedup_content=_chat_content, render="pretrain"))
 register(Kind("video", min_images=0, caption_rules=True, texts=_caption_texts,
-              dedup_content=_first_image_or_text, render="video"))
+              dedup_content=_first_video_or_text, render="video"))
 register(Kind("qa", min_images=0, caption_rules=False, texts=_chat_texts,
               dedup_content=_chat_content, render="chat"))
 

@@ -14,6 +14,9 @@ A packed directory::
         KEY.seq_lens.npy       int32 [n]      lengths of the n samples, in order; sum <= L (padding excluded)
         KEY.image_grid_thw.npy int32 [m, 3]   (t, h, w) patch grid per image, in token order
         KEY.img_000.jpg ...                   encoded image bytes, in token order (m members; .png etc. as stored)
+        KEY.video_grid_thw.npy int32 [v, 3]   (t frame pairs, h, w) per video, in token order   } only in entries
+        KEY.video_frame_indices.npy int32 [Σ2t] each video's sampled frame indices, concatenated } with videos
+        KEY.vid_000.bin ...                   the videos' encoded bytes, in token order                }
         KEY.json               {"sample_keys": [...], "sources": [...], "num_tokens": int}
     DIR/manifest.parquet      one row per packed sequence (PACKED_MANIFEST_SCHEMA), sorted by key
     DIR/rejected.parquet      samples that were not packed (records.REJECTION_SCHEMA, stage "pack")
@@ -24,20 +27,36 @@ A packed directory::
 
 Rank layout: with `balance.world_size = W`, sequence p belongs to rank p % W and rank r's shards are the files
 with index % W == r, so a reader with the same W gives every rank its own step-aligned stream.
+
+The paths of this layout are composed here only (`packing/pack.py` writes through them; `PackedDataset`,
+`vlmloom trace` and `vlmloom inspect` read through them), on any filesystem (files.py):
+    shards_dir(dir), shard_path(dir, name), shard_paths(dir), manifest_path(dir), rejected_path(dir),
+    report_path(dir), report_html_path(dir), tokenizer_dir(dir), success_path(dir), is_finished(dir)
+    read_manifest(dir) → Arrow table; read_rejections(dir) → rows; read_report(dir) → dict | None
+    entry_members(dir, shard, index, key, extensions) → the members of one packed entry
 """
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from vlmloom.schemas import formats
+from vlmloom.schemas.files import LOCAL_FILES, Files
 from vlmloom.schemas.records import RecordError
+from vlmloom.schemas.tars import iter_tar_groups
 
 IGNORE_INDEX = -100
 REJECTED_FILE = "rejected.parquet"  # samples pack left out (records.REJECTION_SCHEMA, stage "pack")
+REPORT_FILE = "pack_report.json"
+REPORT_HTML_FILE = "pack_report.html"  # charts of pack_report.json (packing/report_html.py)
+TOKENIZER_DIR = "tokenizer"  # the tokenizer the ids belong to, as the report's "tokenizer.dir" names it
 POSITION_ROWS = 4  # [text, t, h, w]
 
 PACKED_MANIFEST_SCHEMA = pa.schema([
@@ -61,6 +80,10 @@ class PackedRecord:
     image_formats: list[str] = field(default_factory=list)  # their formats, when known (the writer needs them)
     sample_keys: list[str] = field(default_factory=list)  # the packed samples' keys, when known
     sources: list[str] = field(default_factory=list)  # their sources, when known
+    # videos (packing/video.py): grids, sampled frame indices (2t per video, concatenated) and encoded bytes
+    video_grid_thw: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int32))
+    video_frame_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    videos: list[bytes] = field(default_factory=list)
 
     def validate(self) -> "PackedRecord":
         """Shapes agree with each other; errors name the record key and the field."""
@@ -71,6 +94,9 @@ class PackedRecord:
             ("seq_lens", int(self.seq_lens.sum()) <= n, f"a sum <= L = {n}"),
             ("image_grid_thw", self.image_grid_thw.reshape(-1, 3).shape[0] == len(self.images),
              f"one (t, h, w) row per image ({len(self.images)})"),
+            ("video_grid_thw", self.video_grid_thw.reshape(-1, 3).shape[0] == len(self.videos)
+             and len(self.video_frame_indices) == 2 * int(self.video_grid_thw.reshape(-1, 3)[:, 0].sum()),
+             f"one (t, h, w) row per video ({len(self.videos)}) and 2t frame indices each"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -79,3 +105,97 @@ class PackedRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+# --- the directory layout -----------------------------------------------------------------------
+def shards_dir(directory: str, files: Files = LOCAL_FILES) -> str:
+    return files.join(directory, formats.SHARDS_DIR)
+
+
+def shard_name(index: int) -> str:
+    """The file name of packed shard `index`."""
+    return formats.shard_name(index)
+
+
+def shard_path(directory: str, shard: str, files: Files = LOCAL_FILES) -> str:
+    """The path of shard `shard` (a manifest row's `shard`, a file name)."""
+    return files.join(directory, formats.SHARDS_DIR, shard)
+
+
+def shard_paths(directory: str, files: Files = LOCAL_FILES) -> list[str]:
+    """Every shard of the directory, in index order."""
+    return files.glob(files.join(directory, formats.SHARDS_DIR, "*.tar"))
+
+
+def manifest_path(directory: str, files: Files = LOCAL_FILES) -> str:
+    return files.join(directory, formats.MANIFEST_FILE)
+
+
+def rejected_path(directory: str, files: Files = LOCAL_FILES) -> str:
+    return files.join(directory, REJECTED_FILE)
+
+
+def report_path(directory: str, files: Files = LOCAL_FILES) -> str:
+    return files.join(directory, REPORT_FILE)
+
+
+def report_html_path(directory: str, files: Files = LOCAL_FILES) -> str:
+    return files.join(directory, REPORT_HTML_FILE)
+
+
+def tokenizer_dir(directory: str, files: Files = LOCAL_FILES) -> str:
+    return files.join(directory, TOKENIZER_DIR)
+
+
+def success_path(directory: str, files: Files = LOCAL_FILES) -> str:
+    return files.join(directory, formats.SUCCESS_FILE)
+
+
+def is_finished(directory: str, files: Files = LOCAL_FILES) -> bool:
+    """Has `vlmloom pack` finished writing `directory` (its `_SUCCESS` written last)?"""
+    return files.exists(success_path(directory, files))
+
+
+# --- reading ----------------------------------------------------------------------------------
+def _read_parquet(path: str, files: Files) -> pa.Table:
+    with files.open(path) as fh:
+        return pq.read_table(io.BytesIO(fh.read()))
+
+
+def read_manifest(directory: str, files: Files = LOCAL_FILES) -> pa.Table:
+    """manifest.parquet (PACKED_MANIFEST_SCHEMA) as an Arrow table, one row per packed sequence."""
+    return _read_parquet(manifest_path(directory, files), files)
+
+
+def read_rejections(directory: str, files: Files = LOCAL_FILES) -> list[dict[str, Any]]:
+    """The samples pack left out (records.REJECTION_SCHEMA rows); [] for a directory without the table."""
+    path = rejected_path(directory, files)
+    return _read_parquet(path, files).to_pylist() if files.exists(path) else []
+
+
+def read_report(directory: str, files: Files = LOCAL_FILES) -> dict[str, Any] | None:
+    """pack_report.json, or None when the directory has none."""
+    path = report_path(directory, files)
+    if not files.exists(path):
+        return None
+    with files.open(path) as fh:
+        return json.loads(fh.read().decode("utf-8"))
+
+
+def entry_members(directory: str, shard: str, index: int, key: str, extensions: tuple[str, ...],
+                  files: Files = LOCAL_FILES) -> dict[str, bytes]:
+    """The members `extensions` (e.g. ("labels.npy", "seq_lens.npy")) of entry `index` of `shard`, whose key the
+    manifest says is `key`; the other members and entries are passed over unread. Raises RecordError when the
+    shard disagrees with the manifest (the directory was changed after `vlmloom pack` wrote it)."""
+    suffixes = tuple(f".{ext}" for ext in extensions)
+
+    def read(tar, info):
+        return tar.extractfile(info).read() if info.name.endswith(suffixes) else None
+
+    with files.open(shard_path(directory, shard, files)) as fh:
+        for entry_key, members in iter_tar_groups(fh, skip=index, read=read):
+            if entry_key != key:
+                raise RecordError(f"{shard}: entry {index} is {entry_key!r}, the manifest says {key!r}; "
+                                  "the packed directory was changed after `vlmloom pack` wrote it")
+            return {ext: data for ext, data in members.items() if data is not None}
+    raise RecordError(f"{shard}: no entry {index}; the packed directory is incomplete")

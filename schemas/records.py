@@ -97,8 +97,8 @@ def _read_range(path: str, offset: int, length: int) -> bytes:
 
 
 def attach_bytes(sample: "Sample") -> "Sample":
-    """Hold every spanned image's bytes (read from its input file) before a step that reads pixels."""
-    for image in sample.images:
+    """Hold every spanned image's (and video's) bytes (read from its input file) before a step that reads pixels."""
+    for image in [*sample.images, *sample.videos]:
         if image.bytes is None and image.span is not None:
             image.bytes = image.load_bytes()
     return sample
@@ -107,10 +107,33 @@ def attach_bytes(sample: "Sample") -> "Sample":
 def release_bytes(sample: "Sample") -> "Sample":
     """Drop the bytes of images that still lie unchanged in their input file (`span` set): what crosses a shuffle
     is then the record's metadata. Images without a span (embedded in a manifest, re-encoded, remote) keep them."""
-    for image in sample.images:
+    for image in [*sample.images, *sample.videos]:
         if image.span is not None:
             image.bytes = None
     return sample
+
+
+@dataclass
+class VideoRef:
+    """One encoded video and what decodes of it (curation/video.py fills the metadata at decode). Its bytes travel
+    like an image's: held, or as a `span` of a local input file while they cross the shuffles."""
+    sha256: str = ""  # of the encoded bytes: the video's identity for exact dedup
+    uri: str | None = None  # where it came from (path, tar member, URL)
+    bytes: bytes | None = field(default=None, repr=False)  # the encoded file (None: only `uri`, or `span` stands in)
+    format: str = ""  # container, as the shard member's extension: "mp4", "webm", "mkv", "avi", "mov"
+    duration: float = 0.0  # seconds of decodable video: frame_count / fps (as transformers' read_video_pyav)
+    fps: float = 0.0  # the stream's average frame rate
+    width: int = 0
+    height: int = 0
+    codec: str = ""  # FFmpeg decoder name: "h264", "vp9", ...
+    frame_count: int = 0  # frames that decode (GLM-4.1V frame sampling runs on this, not on the container's claim)
+    claimed_frames: int = 0  # the container's frame-count metadata (0 when absent); may differ from frame_count
+    decode_error: str = ""  # what ended decoding before the container's end ("" when it ended cleanly)
+    span: tuple[str, int, int] | None = field(default=None, repr=False, compare=False)  # as ImageRef.span
+
+    has_bytes = ImageRef.has_bytes
+    nbytes = ImageRef.nbytes
+    load_bytes = ImageRef.load_bytes
 
 
 @dataclass
@@ -173,6 +196,7 @@ class Sample:
     signals: dict[str, Any] = field(default_factory=dict)  # measured values: clip_score, phash, lang, ...
     lineage: list[LineageEntry] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # the input's own metadata (its json), verbatim, for lineage
+    videos: list[VideoRef] = field(default_factory=list)  # kind "video": the clip(s); rows written before it had none
 
     def validate(self) -> "Sample":
         if not self.key or "." in self.key or "/" in self.key:
@@ -207,6 +231,9 @@ class Sample:
         for img, image in zip(row["images"], self.images):
             del img["span"]  # transport state, not part of the record (ImageRef.span)
             img["bytes"] = image.load_bytes() if with_bytes else None  # spanned bytes are read, never left out
+        for vid, video in zip(row["videos"], self.videos):
+            del vid["span"]
+            vid["bytes"] = video.load_bytes() if with_bytes else None
         row["signals"] = json.dumps(self.signals, sort_keys=True, default=_json_default)
         row["meta"] = json.dumps(self.meta, sort_keys=True, ensure_ascii=False, default=_json_default)
         return row
@@ -222,6 +249,7 @@ class Sample:
             source_id=row["source_id"],
             kind=row.get("kind") or "caption",
             images=[ImageRef(**i) for i in row.get("images") or []],
+            videos=[VideoRef(**v) for v in row.get("videos") or []],
             segments=[Segment(**s) for s in row.get("segments") or []],
             text=row.get("text"),
             recaption=row.get("recaption"),
@@ -242,10 +270,13 @@ class Sample:
         return json.dumps(self.to_row(with_bytes=False), sort_keys=True, ensure_ascii=False, default=_json_default)
 
     @classmethod
-    def from_json(cls, text: str, image_bytes: list[bytes] | None = None) -> "Sample":
+    def from_json(cls, text: str, image_bytes: list[bytes] | None = None,
+                  video_bytes: list[bytes] | None = None) -> "Sample":
         sample = cls.from_row(json.loads(text))
         for img, data in zip(sample.images, image_bytes or []):
             img.bytes = data
+        for video, data in zip(sample.videos, video_bytes or []):
+            video.bytes = data
         return sample
 
 
@@ -298,6 +329,11 @@ IMAGE_TYPE = pa.struct([
     ("sha256", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("format", pa.string()),
     ("bytes", pa.binary()), ("uri", pa.string()),
 ])
+VIDEO_TYPE = pa.struct([
+    ("sha256", pa.string()), ("uri", pa.string()), ("bytes", pa.binary()), ("format", pa.string()),
+    ("duration", pa.float64()), ("fps", pa.float64()), ("width", pa.int32()), ("height", pa.int32()),
+    ("codec", pa.string()), ("frame_count", pa.int32()), ("claimed_frames", pa.int32()), ("decode_error", pa.string()),
+])
 SEGMENT_TYPE = pa.struct([("type", pa.string()), ("text", pa.string()), ("image_index", pa.int32())])
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
 OCR_TYPE = pa.struct([
@@ -315,6 +351,7 @@ SAMPLE_SCHEMA = pa.schema([
     ("signals", pa.string()),  # JSON object: signal names vary by job, so they are not Arrow columns
     ("lineage", pa.list_(LINEAGE_TYPE)),
     ("meta", pa.string()),  # JSON object: the input's own metadata
+    ("videos", pa.list_(VIDEO_TYPE)),  # last, so older tables and column orders stay readable (from_row: [] if absent)
 ])
 
 REJECTION_SCHEMA = pa.schema([

@@ -40,13 +40,27 @@ SIGNALS: dict[str, Signal] = {
                                            "the key-uniqueness step tells identical copies from different records"),
     RENAMED_SIGNAL: Signal(str, "read", "the key the source gave a record that shared it with different content "
                                         "(pipelines/keys.py renamed it); trace"),
+    "download_images_removed": Signal(numbers.Integral, "download", "images an interleaved document lost to failed "
+                                                                     "downloads (their segments too); report"),
+    "download_failures": Signal(list, "download", "failed images [{image, uri, reason}]: a trimmed document's "
+                                                  "removals, a rejection's fields; trace"),
     "width": Signal(numbers.Integral, "decode", "image 0 width in pixels; heuristics, dedup (pixel count)"),
     "height": Signal(numbers.Integral, "decode", "image 0 height in pixels; heuristics, dedup (pixel count)"),
     "pixel_std": Signal(numbers.Real, "decode", "grey-level standard deviation of image 0; heuristics"),
     "image_sha256": Signal(str, "decode", "sha256 of image 0's bytes"),
+    "video_duration": Signal(numbers.Real, "decode", "seconds of decodable video 0 (frames / fps); report"),
+    "video_fps": Signal(numbers.Real, "decode", "video 0's average frame rate; report"),
+    "video_frames": Signal(numbers.Integral, "decode", "frames of video 0 that decode; report"),
+    "video_codec": Signal(str, "decode", "video 0's FFmpeg decoder name; report"),
+    "video_motion": Signal(numbers.Real, "decode", "mean grey-level change between video 0's frames 1/2 s apart "
+                                                   "(16×16 thumbnails, 0-255); static_video rule, report"),
+    "video_pixel_std": Signal(numbers.Real, "decode", "mean grey-level std of video 0's frames; uniform_video rule"),
     "phash": Signal(str, "decode", "64-bit pHash of image 0, 16 hex digits; near_dup_image, contamination"),
     "duplicate_of": Signal(str, DEDUP_STAGES[0], "the kept representative a dropped duplicate lost to; report, trace",
                            also=DEDUP_STAGES[1:]),
+    "document_images": Signal(numbers.Integral, "documents", "images a document holds after the documents stage"),
+    "document_text_chars": Signal(numbers.Integral, "documents", "text characters of a document's segments"),
+    "document_images_removed": Signal(numbers.Integral, "documents", "repeated images (logos, ads) taken out"),
     "caption_chars": Signal(numbers.Integral, "heuristics", "characters of the caption"),
     "caption_repetition": Signal(numbers.Real, "heuristics", "share of repeated word n-grams in the caption"),
     "lang": Signal(str, "language", "language code of the text; report (languages)"),

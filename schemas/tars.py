@@ -4,6 +4,8 @@ the demo corpus (vlmloom.demo) and input webdatasets (curation/readers.py).
 
     [(member name, bytes), ...] → tar_bytes(...) / TarWriter(fileobj).add(...)   deterministic tar
     tar (path or file object) → iter_tar_groups(...) → (key, {extension: bytes}) per webdataset sample
+    tar (path or file object) → iter_tar_members(...) → (member name, bytes or what `read` makes) per member
+    local uncompressed tar → scan_tar_headers(path) → (member name, data offset, size), headers only
     untrusted input tar → MemberStream(...) → (name, member or refusal), then `failure` (input webdatasets)
 
 Determinism: members are written in the order given (callers sort them), with mtime 0, mode 0644, uid/gid 0
@@ -23,7 +25,6 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator, TypeVar
 
 V = TypeVar("V")
-_BLOCK = 512  # tar block size
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -94,27 +95,108 @@ def iter_tar_groups(source: str | BinaryIO, *, skip: int = 0,
     `skip` groups are passed over without reading their payloads (resuming a reader mid-shard). `read`
     turns a member into its value (default: its bytes; regular files only) while the stream is on it.
     """
-    read = read or _read_file
-
-    def members():
-        opened = tarfile.open(source, "r|*") if isinstance(source, str) else tarfile.open(fileobj=source, mode="r|*")
-        with opened as tar:
-            index, current = -1, None
-            for info in tar:
-                if info.isdir() or (read is _read_file and not info.isfile()):
-                    continue
-                key = split_member_name(info.name)[0]
-                if key != current:
-                    index, current = index + 1, key
-                yield info.name, (read(tar, info) if index >= skip else None)
-
-    for i, group in enumerate(group_members(members())):
+    for i, group in enumerate(group_members(iter_tar_members(source, skip=skip, read=read))):
         if i >= skip:
             yield group
 
 
+def iter_tar_members(source: str | BinaryIO, *, skip: int = 0,
+                     read: Callable[[tarfile.TarFile, tarfile.TarInfo], V] | None = None
+                     ) -> Iterator[tuple[str, V | None]]:
+    """(member name, value) per member of a streamed tar (compressed or not), directories passed over; the value
+    is `read(tar, info)` (default: the bytes of a regular file, other members passed over), None for the members
+    of the first `skip` samples. A stream that fails raises tarfile's error after the members read before it."""
+    read = read or _read_file
+    opened = tarfile.open(source, "r|*") if isinstance(source, str) else tarfile.open(fileobj=source, mode="r|*")
+    with opened as tar:
+        index, current = -1, None
+        for info in tar:
+            if info.isdir() or (read is _read_file and not info.isfile()):
+                continue
+            key = split_member_name(info.name)[0]
+            if key != current:
+                index, current = index + 1, key
+            yield info.name, (read(tar, info) if index >= skip else None)
+
+
 def _read_file(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
     return tar.extractfile(info).read()
+
+
+_BLOCK = 512
+
+
+class TruncatedTarError(Exception):
+    """The tar ends without its end-of-archive block: cut, or garbage where a header should be. `name` is the
+    member open there (its record may be incomplete), or None when no regular member was read."""
+
+    def __init__(self, name: str | None):
+        super().__init__(f"tar ends without an end-of-archive block (last member {name!r})")
+        self.name = name
+
+
+def scan_tar_headers(path: str) -> Iterator[tuple[str, int, int]]:
+    """(member name, data offset, size) of each regular member of an uncompressed local tar, from its headers
+    alone (each member's data is seeked over, never read): finding a few records among millions costs a read
+    per member header. ustar, pax and GNU long names. Raises ValueError on a file that is not a plain tar at its
+    start or on a header this scanner does not know (read such a tar with iter_tar_members), TruncatedTarError
+    after the last complete member when the archive is cut or ends in garbage; names are decoded with
+    surrogateescape, as tarfile does."""
+    long_name: bytes | None = None
+    last: str | None = None
+    with open(path, "rb") as fh:
+        size_of_file = os.fstat(fh.fileno()).st_size
+        offset = 0
+        while offset + _BLOCK <= size_of_file:
+            fh.seek(offset)
+            block = fh.read(_BLOCK)
+            if block == b"\0" * _BLOCK:
+                return
+            if block[257:262] != b"ustar" and offset == 0:
+                raise ValueError(f"{path}: not a plain ustar/pax/gnu tar")
+            size = _octal(block[124:136])
+            kind = block[156:157]
+            data = offset + _BLOCK
+            offset = data + -(-size // _BLOCK) * _BLOCK
+            if kind in (b"x", b"L"):  # the next member's name: a pax record or a GNU long name
+                fh.seek(data)
+                payload = fh.read(size)
+                long_name = _pax_path(payload) if kind == b"x" else payload.rstrip(b"\0")
+                continue
+            if kind in (b"g", b"K"):
+                continue
+            name, long_name = long_name, None
+            if name is None:
+                name = block[0:100].split(b"\0", 1)[0]
+                prefix = block[345:500].split(b"\0", 1)[0] if block[257:262] == b"ustar" else b""
+                name = prefix + b"/" + name if prefix else name
+            if kind not in (b"0", b"\0", b"7"):
+                continue  # directories, links, devices: no record data
+            last = name.decode("utf-8", "surrogateescape")
+            if data + size > size_of_file:
+                break  # cut inside this member's data
+            yield last, data, size
+    raise TruncatedTarError(last)
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # GNU base-256 for sizes over 8 GiB
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _pax_path(payload: bytes) -> bytes | None:
+    """The `path` record of a pax extended header ("LEN path=VALUE\n" records)."""
+    pos = 0
+    while pos < len(payload):
+        space = payload.index(b" ", pos)
+        length = int(payload[pos:space])
+        record = payload[space + 1:pos + length - 1]
+        pos += length
+        if record.startswith(b"path="):
+            return record[5:]
+    return None
 
 
 # --- reading input tars robustly (curation/readers.py interprets the members) -----------------------------------

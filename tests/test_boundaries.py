@@ -2,9 +2,13 @@
 
 - no library folder imports the generated-data package `vlmloom.demo`;
 - only pipelines/ imports apache_beam, only trainer/ imports deepspeed;
-- packing/ does not import curation/ (shared pieces live in schemas/).
+- packing/ does not import curation/ (shared pieces live in schemas/);
+- one reader per on-disk format: only schemas/tars.py imports tarfile; the curated layout's names (formats.py) are
+  used only by schemas/curated.py and the packed layout's only by schemas/packed.py, so every other module reads
+  and writes those directories through them.
 """
 import ast
+import functools
 import pathlib
 
 import pytest
@@ -20,12 +24,18 @@ def imported_modules(source: str, package: str) -> set[str]:
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = f"{package}.{base}" if base else package
+            base = absolute_module(node, package)
             out.add(base)
             out.update(f"{base}.{alias.name}" for alias in node.names)
     return out
+
+
+def absolute_module(node: ast.ImportFrom, package: str) -> str:
+    """The module an ImportFrom names, relative ones resolved against `package` (`..` is its parent)."""
+    if not node.level:
+        return node.module or ""
+    parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+    return f"{parent}.{node.module}" if node.module else parent
 
 
 def files(folder: str) -> list[pathlib.Path]:
@@ -69,3 +79,90 @@ def test_demo_configs_ship_as_package_data():
 
     for name in ("demo_curate.yaml", "demo_train_pretrain.yaml", "demo_train_sft.yaml"):
         assert pathlib.Path(config_path(name)).is_file(), name
+
+
+# Every folder that ships or runs code (tests/ check the formats themselves and may name their files).
+CODE = LIBRARY + ("demo", "cli", "bench")
+TARFILE_EXEMPT = {
+    "schemas/tars.py": "the one tar reader and writer",
+    "demo/hostile.py": "writes deliberately malformed tars (links, devices, odd headers) the one writer refuses",
+    "bench/curate_scale.py": "a benchmark's own corpus writer, not part of the package",
+}
+# Layout names → the one module allowed to use them (formats.py, where they are defined, aside).
+LAYOUT_OWNERS = {
+    ("vlmloom.schemas.formats", name): owners for names, owners in [
+        (("MANIFEST_DIR", "REJECTED_DIR", "REPORT_FILE", "REPORT_HTML_FILE", "REPORT_STATS_DIR",
+          "curated_shard_name", "part_name", "report_stats_name"), {"schemas/curated.py"}),
+        (("MANIFEST_FILE", "shard_name"), {"schemas/packed.py"}),
+        (("SHARDS_DIR", "SUCCESS_FILE"), {"schemas/curated.py", "schemas/packed.py"}),
+    ] for name in names
+} | {("vlmloom.schemas.packed", name): {"schemas/packed.py"}
+     for name in ("REJECTED_FILE", "REPORT_FILE", "REPORT_HTML_FILE")}
+# File names of our outputs that no module outside schemas/ spells out (a path built by hand bypasses the layout).
+LAYOUT_FILE_NAMES = ("report.json", "report.html", "pack_report.json", "pack_report.html", "rejected.parquet",
+                     "_SUCCESS", ".report_stats")
+
+
+def names_used(source: str, package: str) -> set[tuple[str, str]]:
+    """(module, name) of every name this file takes from a module: `from M import N`, and `A.N` where A is M
+    imported (`import M as A`, `from P import m as A`)."""
+    tree = ast.parse(source)
+    aliases: dict[str, str] = {}
+    used = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                aliases[alias.asname or alias.name] = alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = absolute_module(node, package)
+            for alias in node.names:
+                used.add((base, alias.name))
+                aliases[alias.asname or alias.name] = f"{base}.{alias.name}"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            used.add((aliases[node.value.id], node.attr))
+    return used
+
+
+def layout_names_spelled(source: str) -> set[str]:
+    """Our output file names written out as string constants (whole, or as a path's last part)."""
+    return {node.value for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Constant)
+            and isinstance(node.value, str) for name in LAYOUT_FILE_NAMES
+            if node.value == name or node.value.endswith("/" + name)}
+
+
+@functools.lru_cache(maxsize=1)
+def code_files() -> tuple[tuple[str, str, str], ...]:
+    """(path relative to the repository, source, package) of every file of CODE, read once for all tests."""
+    return tuple((str(path.relative_to(ROOT)), path.read_text(encoding="utf-8"), f"vlmloom.{folder}")
+                 for folder in CODE for path in files(folder))
+
+
+def test_only_schemas_tars_imports_tarfile():
+    found = [f"{rel} imports tarfile" for rel, source, package in code_files() if rel not in TARFILE_EXEMPT
+             for m in imported_modules(source, package) if m == "tarfile" or m.startswith("tarfile.")]
+    assert found == [], "parse tars through schemas/tars.py (iter_tar_groups, iter_tar_members, scan_tar_headers)"
+
+
+def test_layouts_are_named_only_by_their_schemas_modules():
+    found = [f"{rel} uses {module.rsplit('.', 1)[1]}.{name}" for rel, source, package in code_files()
+             for module, name in sorted(names_used(source, package))
+             if (module, name) in LAYOUT_OWNERS and rel not in LAYOUT_OWNERS[(module, name)]]
+    assert found == [], "read and write curated/packed directories through schemas/curated.py and schemas/packed.py"
+    spelled = [f"{rel} spells out {sorted(names)}" for rel, source, _ in code_files()
+               if not rel.startswith("schemas/") for names in [layout_names_spelled(source)] if names]
+    assert spelled == [], "build output paths with schemas/curated.py and schemas/packed.py"
+
+
+def test_layout_checkers_see_every_spelling():
+    # each way a module can reach a layout name, or the tests above prove nothing
+    source = ("from vlmloom.schemas import formats, packed as layout\nimport vlmloom.schemas.formats as f\n"
+              "from vlmloom.schemas.formats import part_name\nfrom ..schemas.formats import SHARDS_DIR\n"
+              "def g():\n    return formats.MANIFEST_DIR, layout.REPORT_FILE, f.shard_name, f'{d}/report.json'\n")
+    used = names_used(source, "vlmloom.pipelines")
+    assert {("vlmloom.schemas.formats", "MANIFEST_DIR"), ("vlmloom.schemas.packed", "REPORT_FILE"),
+            ("vlmloom.schemas.formats", "shard_name"), ("vlmloom.schemas.formats", "part_name"),
+            ("vlmloom.schemas.formats", "SHARDS_DIR")} <= used
+    assert layout_names_spelled(source) == {"/report.json"}
+    assert imported_modules("def f():\n    import tarfile\n", "vlmloom.pipelines") == {"tarfile"}
+    assert all((ROOT / rel).is_file() for rel in TARFILE_EXEMPT)

@@ -47,3 +47,21 @@ def test_config_errors_are_reported_with_a_fix(small_corpus, capsys):
     rc = main(["curate", str(root / "nothing-here" / "*.tar"), "--output", str(root / "bad2")])
     assert rc == 2 and "matches no files" in capsys.readouterr().err
     assert main(["no-such-command"]) == 2
+
+
+def test_help_lists_every_command_and_each_entry_point_exists(capsys):
+    import ast
+    import importlib.util
+
+    from vlmloom.cli.main import COMMANDS
+
+    assert main(["--help"]) == 0
+    listed = capsys.readouterr().out
+    commands = [line.split()[0] for line in listed.split("commands:\n", 1)[1].split("\n\n", 1)[0].splitlines()]
+    assert commands == list(COMMANDS) and "trace" in commands
+    assert main(["no-such-command"]) == 2 and "trace" in capsys.readouterr().out
+    for name, (target, about) in COMMANDS.items():  # found on the source: importing trainer/ costs seconds
+        module, function = target.split(":")
+        tree = ast.parse(open(importlib.util.find_spec(module).origin, encoding="utf-8").read())
+        assert function in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, name
+        assert about, name

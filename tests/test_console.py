@@ -13,7 +13,8 @@ from vlmloom.demo.corpus import DemoCorpusConfig, build_demo_corpus
 from vlmloom.schemas import console
 from vlmloom.schemas.progress import PROGRESS_ENV, read_tallies, show_progress
 
-OUR_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ vlmloom[\w.]* |^(INFO|WARNING|ERROR):vlmloom[\w.]*:")
+# one formatter for every log line, whichever process logged it (a worker's raw "INFO:vlmloom...:" is rewritten)
+OUR_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ vlmloom[\w.]* ")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -99,12 +100,35 @@ def test_worker_stderr_is_filtered_line_by_line(capfd):
     script = ("import sys; sys.stderr.write('WARNING:root:apitools not found, and bigquery client libraries are not"
               " available\\nINFO:__main__:Logging handler created.\\nINFO:vlmloom.curate:wrote shard 0\\n"
               "Traceback (most recent call last):\\n')")
-    with console.worker_stderr_filtered(True) as stream:
-        subprocess.run([sys.executable, "-c", script], check=True)
-        stream.write("drawn live\n")
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = [logging.StreamHandler()]  # the console as configure_logging leaves it (not pytest's capture)
+    root.handlers[0].setFormatter(logging.Formatter(console.LOG_FORMAT))
+    try:
+        with console.worker_stderr_filtered(True) as stream:
+            subprocess.run([sys.executable, "-c", script], check=True)
+            stream.write("drawn live\n")
+    finally:
+        root.handlers = saved
     err = capfd.readouterr().err
-    assert "INFO:vlmloom.curate:wrote shard 0" in err and "Traceback" in err and "drawn live" in err
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ vlmloom.curate wrote shard 0$", err, re.MULTILINE), err
+    assert "INFO:vlmloom" not in err and "Traceback (most recent call last):" in err and "drawn live" in err
     assert "apitools" not in err and "Logging handler created" not in err
+
+
+def test_worker_lines_take_the_console_format():
+    formatter = logging.Formatter("%(levelname)s|%(name)s|%(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = [handler]
+    try:
+        assert console.format_worker_line("WARNING:vlmloom.x.y:read: 3 of 4\n") == "WARNING|vlmloom.x.y|read: 3 of 4\n"
+        assert console.format_worker_line("INFO:apache_beam:a:b") == "INFO|apache_beam|a:b"
+        assert console.format_worker_line("  File \"x.py\", line 1\n") == "  File \"x.py\", line 1\n"
+    finally:
+        root.handlers = saved
 
 
 def test_tallies_from_several_processes_add_up(tmp_path):

@@ -192,6 +192,36 @@ def test_empty_buckets_read_as_empty_parts(tmp_path):
     # HF `datasets` answers an all-empty dataset with "corresponds to no data" (its rule, not the parts')
 
 
+def test_an_all_kept_output_reads_with_every_documented_reader(tmp_path):
+    """rejected/ of a job that dropped nothing is parts of 0 rows: each reader formats.py documents loads it (and
+    manifest/) as one table with the schema's columns."""
+    import duckdb
+    import pyarrow.dataset as pads
+    from datasets import load_dataset
+
+    from vlmloom.demo.records import synthetic_samples
+    from vlmloom.schemas import formats
+    from vlmloom.schemas.curated import write_curated_dir
+    from vlmloom.schemas.records import REJECTION_SCHEMA
+
+    samples = synthetic_samples(5, seed=2, image_side=(20, 30))
+    out = write_curated_dir(str(tmp_path / "all_kept"), samples, buckets=3)
+    keys = sorted(s.key for s in samples)
+    for sub, schema, want in (("manifest", formats.MANIFEST_SCHEMA, keys), ("rejected", REJECTION_SCHEMA, [])):
+        parts = os.path.join(out, sub, "*.parquet")
+        assert len(glob.glob(parts)) == 3
+        table = pq.read_table(os.path.join(out, sub))
+        assert table.schema.names == schema.names and sorted(table.column("key").to_pylist()) == want
+        assert sorted(pads.dataset(os.path.join(out, sub)).to_table().column("key").to_pylist()) == want
+        hf = load_dataset("parquet", data_files=parts, split="train", streaming=True)
+        assert list(hf.features) == schema.names and sorted(row["key"] for row in hf) == want
+        if want:  # HF's non-streaming loader refuses any split of 0 rows, whatever the files (formats.py)
+            hf = load_dataset("parquet", data_files=parts, split="train", cache_dir=str(tmp_path / "hf"))
+            assert hf.column_names == schema.names and sorted(hf["key"]) == want
+        db = duckdb.connect().execute(f"SELECT * FROM read_parquet('{parts}') ORDER BY key")
+        assert [d[0] for d in db.description] == schema.names and [r[0] for r in db.fetchall()] == want
+
+
 def test_existing_output_is_refused_unless_overwrite(corpus, tmp_path):
     corpus_dir, _ = corpus
     out = tmp_path / "exists"

@@ -140,7 +140,7 @@ def test_grounding_boxes_rendered(builder, tok):
     (Sample(key="n", source="t", source_id="n", kind="qa", messages=[Message("user", "hi")]), "no_assistant_turn"),
     (Sample(key="e", source="t", source_id="e", kind="caption", images=[make_image(30, 30, 0)]), "empty_text"),
     (Sample(key="s", source="t", source_id="s", kind="caption", text="sneaky <|image|> token"), "special_token_in_text"),
-    (Sample(key="v", source="t", source_id="v", kind="video", text="x"), "unsupported_kind"),
+    (Sample(key="v", source="t", source_id="v", kind="video", text="x"), "missing_video"),
     (Sample(key="a", source="t", source_id="a", kind="caption", text="x",
             images=[make_image(1, 1, 0).__class__(width=1, height=300, bytes=b"x", format="png")]),
      "image_size_unsupported"),

@@ -59,6 +59,10 @@ def test_pack_report_and_files(curated, tmp_path):
     assert report["sequences"] <= report["lower_bound_sequences"] + 1
     assert report["shards"] == -(-len(manifest) // 4) == len(os.listdir(f"{out}/shards"))
     assert sum(report["histograms"]["sample_length"]["counts"]) == 90
+    per_sequence = report["histograms"]["samples_per_sequence"]
+    assert per_sequence["edges"][-1] is None and sum(per_sequence["counts"]) == len(manifest)
+    page = open(f"{out}/pack_report.html", encoding="utf-8").read()
+    assert "≥129" in page and "1024" in page and "e+" not in page  # open last bin; whole edges in full
     tok = load_tokenizer(f"{out}/tokenizer")
     assert report["tokenizer"]["pad_id"] == tok.pad_token_id
     with pytest.raises(ConfigError, match="exists"):

@@ -17,7 +17,7 @@ from vlmloom.pipelines.curate import curate, load_config
 from vlmloom.pipelines.report import ReportStats, read_manifest, read_rejections
 from vlmloom.pipelines.report_html import (DEDUP_STAGES, EXAMPLES_PER_REASON, NEAR_DUPLICATE_PAIRS, render_html,
                                            representative_of)
-from vlmloom.schemas import formats
+from vlmloom.schemas import curated as curated_layout, formats
 from vlmloom.schemas.charts import esc, histogram
 from vlmloom.schemas.curated import key_bucket
 
@@ -168,10 +168,10 @@ def test_report_html_reads_only_what_it_shows(job, monkeypatch):
     out, report, corpus, _ = job
     rejected = read_rejections(out)  # the reference, read before the page may not
     read = []
-    real_read_table = report_mod.read_table
-    monkeypatch.setattr(report_mod, "read_table", lambda path, columns=None: read.append((path, columns))
-                        or real_read_table(path, columns))
-    monkeypatch.setattr(report_mod, "read_parts", lambda *a: pytest.fail("report.html read every row at once"))
+    real_read_part = curated_layout.read_part
+    monkeypatch.setattr(curated_layout, "read_part", lambda path, columns=None, files=None:
+                        read.append((path, columns)) or real_read_part(path, columns, files))
+    monkeypatch.setattr(curated_layout, "read_rows", lambda *a: pytest.fail("report.html read every row at once"))
     page = render_html(out, report, {"wds": sorted(glob.glob(f"{corpus}/tars/*.tar"))})
     manifest_reads = [(path, columns) for path, columns in read if f"/{formats.MANIFEST_DIR}/" in path]
     rejected_reads = [path for path, _ in read if f"/{formats.REJECTED_DIR}/" in path]
@@ -180,7 +180,7 @@ def test_report_html_reads_only_what_it_shows(job, monkeypatch):
     pairs = [(r, representative_of(r)) for r in rejected if r["stage"] in DEDUP_STAGES]
     reps = {rep for _, rep in pairs if rep}
     assert reps  # the demo plants duplicates
-    parts = report_mod.part_paths(out, formats.MANIFEST_DIR)
+    parts = report_mod.part_paths(out, curated_layout.MANIFEST)
     shown_reps = {rep for _, rep in [(r, rep) for r, rep in pairs if rep][:NEAR_DUPLICATE_PAIRS]}
     assert sorted(manifest_reads) == sorted((parts[key_bucket(rep, len(parts))], ["key", "shard", "signals"])
                                             for rep in {key_bucket(k, len(parts)): k for k in shown_reps}.values())

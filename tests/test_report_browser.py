@@ -117,6 +117,8 @@ def test_histogram_handles_negative_and_open_edges():
     h = histogram([-0.7, -0.2, 0.0, 0.05, 0.31, 0.9], [None, 0, 0.1, 0.2, 0.3, None])
     assert h["counts"] == [2, 2, 0, 0, 2] and sum(h["counts"]) == 6
     assert bin_labels(h["edges"]) == ["<0", "0–0.1", "0.1–0.2", "0.2–0.3", "≥0.3"]
+    assert bin_labels([0, 4096, 1 << 20, None]) == ["0–4096", "4096–1048576", "≥1048576"]
+    assert bin_labels([0.0, 0.30000000000000004, 1.33]) == ["0–0.3", "0.3–1.33"]
     closed = histogram([-5, 3, 300], [0, 10, 100])  # out of closed ends: nearest bin, nothing lost
     assert closed["counts"] == [2, 1]
     with pytest.raises(ValueError):

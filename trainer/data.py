@@ -60,6 +60,8 @@ class PackedCollator:
                            model_config.image_end_token_id, model_config.video_token_id,
                            model_config.video_start_token_id, model_config.video_end_token_id}
         self.merge = int(model_config.vision_config.spatial_merge_size) ** 2
+        self.video_start_id = int(model_config.video_start_token_id)
+        self.video_end_id = int(model_config.video_end_token_id)
         self.image_processor = image_processor or default_image_processor()
         self.check_grids = check_grids
         self.derive_labels = derive_labels  # pretrain: records without labels learn every text token
@@ -83,8 +85,9 @@ class PackedCollator:
                 raise ValueError(f"record {r['key']}: position_ids has shape {pos.shape}, expected (4, {ids.shape[0]})")
             check_text_positions(r["key"], pos[0], lens)
             grid = np.asarray(r.get("image_grid_thw", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
-            n_image_tokens = int((ids == self.image_token_id).sum())
-            if n_image_tokens != int(grid.prod(axis=1).sum()) // self.merge:
+            video_grid = np.asarray(r.get("video_grid_thw", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
+            n_image_tokens = int((ids == self.image_token_id).sum())  # video frames use <|image|> too (GLM-4.1V)
+            if n_image_tokens != int(grid.prod(axis=1).sum() + video_grid.prod(axis=1).sum()) // self.merge:
                 raise ValueError(f"record {r['key']}: {n_image_tokens} image tokens but image_grid_thw {grid.tolist()} "
                                  f"needs {int(grid.prod(axis=1).sum()) // self.merge}")
             if len(r.get("images", [])) != len(grid):
@@ -92,7 +95,10 @@ class PackedCollator:
             input_ids.append(ids.astype(np.int64))
             targets.append(shifted_targets(labels, lens))
             positions.append(pos.astype(np.int64))
-            mm_types.append((ids == self.image_token_id).astype(np.int64) + 2 * (ids == self.video_token_id))
+            # as Glm4vProcessor.create_mm_token_type_ids: an <|image|> inside <|begin_of_video|>…<|end_of_video|>
+            # is video (2), elsewhere image (1)
+            in_video = np.cumsum(ids == self.video_start_id) > np.cumsum(ids == self.video_end_id)
+            mm_types.append(np.where(ids == self.image_token_id, np.where(in_video, 2, 1), 0).astype(np.int64))
             images += list(r.get("images", []))
             stored_grids.append(grid)
             seq_lens.append(lens)
@@ -104,7 +110,9 @@ class PackedCollator:
             "pixel_values": None,
             "image_grid_thw": None,
         }
-        if images:
+        if any(len(r.get("videos") or []) for r in records):
+            batch["pixel_values"], batch["image_grid_thw"], batch["video_grid_thw"] = self._visual_blocks(records)
+        elif images:
             pixel_values, grid = self._process_images(images)
             stored = np.concatenate(stored_grids)
             if self.check_grids and not np.array_equal(grid, stored):
@@ -114,8 +122,55 @@ class PackedCollator:
             batch["pixel_values"] = torch.from_numpy(pixel_values)
             batch["image_grid_thw"] = torch.from_numpy(stored)
         batch["stats"] = batch_stats(seq_lens, batch["targets"], int(batch["input_ids"].numel()),
-                                     num_patches=0 if not images else int(batch["image_grid_thw"].prod(-1).sum()))
+                                     num_patches=0 if batch["image_grid_thw"] is None
+                                     else int(batch["image_grid_thw"].prod(-1).sum()))
         return batch
+
+    def _visual_blocks(self, records: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images and videos of a batch as one token-ordered list of vision blocks: (pixel_values, one (t, h, w) row
+        per block, video_grid_thw). A video's frame pair is the block (1, h, w) — exactly the rows and grids
+        `Glm4vModel.get_video_features` hands the vision tower from pixel_values_videos / video_grid_thw — so every
+        block goes through `pixel_values`: Glm4v's forward counts all <|image|> tokens for images and for videos
+        alike, and cannot take both kinds in one batch."""
+        from vlmloom.packing.video import frame_pair_grids, video_pixel_values
+
+        images = [b for r in records for b in r.get("images", [])]
+        image_rows: list[np.ndarray] = []
+        if images:
+            pixel_values, grid = self._process_images(images)
+            stored = np.concatenate([np.asarray(r.get("image_grid_thw", np.zeros((0, 3))), np.int64).reshape(-1, 3)
+                                     for r in records])
+            if self.check_grids and not np.array_equal(grid, stored):
+                raise ValueError(f"records {[r['key'] for r in records]}: image processor grids {grid.tolist()} != "
+                                 f"stored image_grid_thw {stored.tolist()}")
+            image_rows = np.split(pixel_values, np.cumsum(stored.prod(axis=1))[:-1])
+        pairs: list[tuple[np.ndarray, np.ndarray]] = []  # (rows, (1, h, w)) per frame pair, batch/token order
+        video_grids = []
+        for r in records:
+            grids = np.asarray(r.get("video_grid_thw", np.zeros((0, 3))), np.int64).reshape(-1, 3)
+            indices = np.asarray(r.get("video_frame_indices", np.zeros(0)), np.int64)
+            at = 0
+            for data, g in zip(r.get("videos") or [], grids):
+                rows = video_pixel_values(data, indices[at:at + 2 * int(g[0])].tolist(), g)
+                at += 2 * int(g[0])
+                pairs += list(zip(np.split(rows, int(g[0])), frame_pair_grids(g[None])))
+                video_grids.append(g)
+        blocks, block_grids = [], []
+        image_iter, pair_iter = iter(zip(image_rows, np.concatenate(
+            [np.asarray(r.get("image_grid_thw", np.zeros((0, 3))), np.int64).reshape(-1, 3) for r in records]))), \
+            iter(pairs)
+        for r in records:
+            ids = np.asarray(r["input_ids"])
+            is_image = ids == self.image_token_id
+            in_video = np.cumsum(ids == self.video_start_id) > np.cumsum(ids == self.video_end_id)
+            starts = np.flatnonzero(is_image & ~np.r_[False, is_image[:-1]])
+            for start in starts:
+                rows, g = next(pair_iter) if in_video[start] else next(image_iter)
+                blocks.append(rows)
+                block_grids.append(g)
+        return (torch.from_numpy(np.concatenate(blocks).astype(np.float32)),
+                torch.from_numpy(np.asarray(block_grids, np.int64).reshape(-1, 3)),
+                torch.from_numpy(np.asarray(video_grids, np.int64).reshape(-1, 3)))
 
     def _process_images(self, images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
         from PIL import Image

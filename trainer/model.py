@@ -125,8 +125,9 @@ def resolve_model_spec(spec: str | dict[str, Any], data: list[str]) -> str | dic
         spec = {}
     if not isinstance(spec, dict) or "vocab_size" in spec:
         return spec
-    tokenizer_dir = next((os.path.join(d, "tokenizer") for d in data if os.path.isdir(os.path.join(d, "tokenizer"))),
-                         None)
+    from vlmloom.schemas.packed import tokenizer_dir as packed_tokenizer_dir
+
+    tokenizer_dir = next((packed_tokenizer_dir(d) for d in data if os.path.isdir(packed_tokenizer_dir(d))), None)
     if tokenizer_dir is None:
         raise ValueError("model: a tiny model without vocab_size takes its vocabulary from DATA/tokenizer, "
                          f"but none of {data} has one; set model.vocab_size")

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 import torch
 
+from vlmloom.schemas import packed
 from vlmloom.trainer.config import TrainConfig
 from vlmloom.trainer.data import PackedCollator, make_loader, packed_source
 from vlmloom.trainer.loss import CausalLMLoss, model_inputs
@@ -38,8 +39,8 @@ class SupervisedObjective:
                                    world_size=world_size, epochs=config.epochs)
         self.loader = make_loader(source, collator, micro_batch=config.micro_batch, num_workers=config.num_workers)
         self._batches = None
-        self.tokenizer_dir = next((os.path.join(d, "tokenizer") for d in config.data
-                                   if os.path.isdir(os.path.join(d, "tokenizer"))), None)
+        self.tokenizer_dir = next((packed.tokenizer_dir(d) for d in config.data
+                                   if os.path.isdir(packed.tokenizer_dir(d))), None)
 
     def next_step(self) -> list[dict[str, Any]] | None:
         if self._batches is None:

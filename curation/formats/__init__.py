@@ -159,8 +159,8 @@ def mapped(row: Mapping[str, Any], ctx: ReadContext) -> dict[str, Any]:
 
 def finish(sample: Sample, origin: str, digest: str) -> Sample:
     """Checks every reader's Sample passes: not empty (`empty_record`), valid; records origin and raw digest."""
-    if not (sample.text or sample.images or sample.messages or sample.segments):
-        raise InvalidRecord("empty_record", f"{origin}: no text, no image, no messages and no segments")
+    if not (sample.text or sample.images or sample.videos or sample.messages or sample.segments):
+        raise InvalidRecord("empty_record", f"{origin}: no text, no image, no video, no messages and no segments")
     try:
         sample.validate()
     except ValueError as exc:

@@ -1,0 +1,89 @@
+"""The `documents` stage: per-document rules for interleaved documents (curation/documents.py), with images
+that many documents repeat (logos, ads) removed from every document that holds them.
+
+    samples | DocumentRules(DocumentConfig())  → {"kept": ..., "rejected": ...}
+
+Which images are repeated is a corpus-wide count: (image identity, document key) pairs — metadata, no pixels —
+are grouped by identity; an identity held by more than `documents.max_repeated_image_documents` distinct
+documents yields (document key, identity) removals, which meet their documents in one keyed join. Each removed
+image is counted (`documents/repeated_images_removed`) and named in the document's `document_images_removed`
+signal; the rules then judge what is left.
+"""
+from __future__ import annotations
+
+import apache_beam as beam
+
+from vlmloom.curation import documents
+from vlmloom.curation.documents import DocumentConfig, image_identity, remove_images
+from vlmloom.pipelines import progress
+from vlmloom.pipelines.shuffle import keyed, sample_key, unpickled
+from vlmloom.pipelines.stages import KEPT, REJECTED, Fixed, route
+from vlmloom.schemas.records import Sample
+
+STAGE = documents.STAGE
+
+
+def _image_holders(sample: Sample, kinds: tuple[str, ...]):
+    if sample.kind in kinds:
+        for identity in sorted({image_identity(sample, i) for i in range(len(sample.images))} - {""}):
+            yield identity, sample.key
+
+
+def _removals(element, limit: int):
+    identity, keys = element
+    holders = sorted(set(keys))
+    if len(holders) > limit:
+        for key in holders:
+            yield key, identity
+
+
+def _with_removals(element):
+    _, joined = element
+    for sample in unpickled(joined["sample"]):
+        yield sample, sorted(joined["remove"])
+
+
+class _Decide:
+    """Remove the repeated images, then apply the per-document rules (picklable; counters made per worker)."""
+
+    def __init__(self, config: DocumentConfig):
+        self._config = config
+        self._removed = progress.counter(STAGE, "repeated_images_removed")
+
+    def __call__(self, element):
+        sample, repeated = element
+        if sample.kind not in self._config.kinds:
+            return sample, None
+        wanted = set(repeated)
+        indices = {i for i in range(len(sample.images)) if image_identity(sample, i) in wanted}
+        if indices:
+            sample = remove_images(sample, indices)
+            self._removed.inc(len(indices))
+        verdict = documents.judge(sample, self._config)
+        verdict.signals["document_images_removed"] = len(indices)
+        return sample, verdict
+
+
+class DocumentRules(beam.PTransform):
+    def __init__(self, config: DocumentConfig, *, config_hash_: str = "", max_error_ratio: float = 0.05):
+        super().__init__()
+        self._config, self._hash, self._max_error_ratio = config, config_hash_, max_error_ratio
+
+    def expand(self, samples):
+        limit = self._config.max_repeated_image_documents
+        if limit:
+            removals = (samples | "ImageHolders" >> beam.FlatMap(_image_holders, self._config.kinds)
+                        | "GroupByImage" >> beam.GroupByKey()
+                        | "Repeated" >> beam.FlatMap(_removals, limit))
+            joined = ({"sample": samples | "ByKey" >> keyed(sample_key), "remove": removals}
+                      | "JoinRemovals" >> beam.CoGroupByKey() | "WithRemovals" >> beam.FlatMap(_with_removals))
+        else:
+            joined = samples | "NoRemovals" >> beam.Map(lambda sample: (sample, []))
+        kept, rejected = route(joined, "Route", STAGE, Fixed(_Decide(self._config)), self._hash,
+                               max_error_ratio=self._max_error_ratio)
+        return {KEPT: kept, REJECTED: rejected | "MergeRejected" >> beam.Flatten()}
+
+
+def documents_stage(config: DocumentConfig, **route_options) -> DocumentRules:
+    return DocumentRules(config, **route_options)
+
