@@ -19,7 +19,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from vlmloom.curation import formats, readers
+from vlmloom.curation import formats, readers, video
 from vlmloom.curation.formats import folder
 from vlmloom.pipelines import progress
 from vlmloom.schemas.config import ConfigError
@@ -131,11 +131,12 @@ def _format_of_files(files: list[str], path: str) -> str:
         return "webdataset"
     if any(_is_coco(f) for f in files):
         return "coco"
-    stems = {readers.split_file_name(f)[0] for f in files if formats.extension(f) in readers.IMAGE_EXTENSIONS}
+    media = readers.IMAGE_EXTENSIONS + video.VIDEO_EXTENSIONS
+    stems = {readers.split_file_name(f)[0] for f in files if formats.extension(f) in media}
     if any(formats.extension(f) in formats.ROW_EXTENSIONS and not (
             formats.extension(f) == "json" and readers.split_file_name(f)[0] in stems) for f in files):
         return ROWS  # row files (a .json beside an image of its stem is that image's sidecar)
-    if exts & set(readers.IMAGE_EXTENSIONS):
+    if exts & set(readers.IMAGE_EXTENSIONS + video.VIDEO_EXTENSIONS):
         return "folder"
     raise ConfigError(f"input {path!r}: cannot tell its format from {sorted(exts)}; set inputs[].format to one "
                       f"of {formats.format_names()[1:]}")
@@ -172,7 +173,8 @@ def plan_units(fmt: str, files: list[str], root: str) -> tuple[list, list[str]]:
 def _split(files: list[str], read: Callable[[str], bool], keep_images: bool = True) -> tuple[list, list[str]]:
     """(files `read` takes, the others; images are left out of those when records may name them)."""
     units = [f for f in files if read(f)]
-    rest = [f for f in files if not read(f) and not (keep_images and formats.extension(f) in readers.IMAGE_EXTENSIONS)]
+    media = readers.IMAGE_EXTENSIONS + video.VIDEO_EXTENSIONS
+    rest = [f for f in files if not read(f) and not (keep_images and formats.extension(f) in media)]
     return units, rest
 
 
