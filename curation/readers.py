@@ -615,7 +615,7 @@ def resolve_shared_key(samples: Iterable[Sample]) -> tuple[list[Sample], list[Re
         kept.append(winner)
         for other_origin, _, sample in copies[1:]:
             detail = (f"key {original_key} (source id {sample.source_id!r}) also read from {origin or '?'}, kept as "
-                      f"{winner.key}; this record at {other_origin or '?'} is a byte-identical copy of it "
-                      f"(raw sha256 {digest[:12]})")
+                      f"{winner.key}; this record at {other_origin or '?'} is an identical copy of it (the same raw "
+                      f"record: raw sha256 {digest[:12]} of its line bytes, tar members or row values)")
             rejections.append(Rejection.of(sample, READ_STAGE, DUPLICATE_KEY, detail))
     return kept, rejections

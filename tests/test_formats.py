@@ -280,3 +280,26 @@ def test_unknown_format_lists_the_known_ones():
         get_format("tfrecord")
     assert {"webdataset", "hf", "urls", "llava", "coco", "mmc4", "obelics", "folder", "manifest"} <= set(
         formats.format_names())
+
+
+def test_records_sharing_a_key_identical_copies_rejected_different_ones_renamed():
+    from vlmloom.curation.readers import resolve_shared_key
+    from vlmloom.schemas.records import make_key
+
+    def copy(text, origin, digest):
+        s = Sample(key=make_key("s", "7"), source="s", source_id="7", kind="qa", text=text)
+        s.signals.update(origin=origin, raw_sha256=digest)
+        return s
+
+    outcomes = set()
+    for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0]):
+        copies = [copy("q1", "f.json:item0", "aa"), copy("q2", "f.json:item1", "bb"), copy("q1", "g.json:item0", "aa")]
+        kept, rejected = resolve_shared_key([copies[i] for i in order])
+        assert [r.reason for r in rejected] == ["duplicate_key"] and rejected[0].key == make_key("s", "7")
+        assert "g.json:item0 is an identical copy" in rejected[0].detail
+        assert all(s.signals["renamed_from"] == make_key("s", "7") and s.source_id == "7" for s in kept)
+        outcomes.add(tuple((s.key, s.text, s.signals["origin"]) for s in kept))
+    (outcome,) = outcomes  # the same whatever the order
+    assert len({key for key, _, _ in outcome}) == 2 and [t for _, t, _ in outcome] == ["q1", "q2"]
+    (alone,), none = resolve_shared_key([copy("q1", "a", "aa"), copy("q1", "b", "aa")])
+    assert alone.key == make_key("s", "7") and "renamed_from" not in alone.signals and len(none) == 1

@@ -59,7 +59,7 @@ def test_duplicate_key_rejections_name_the_kept_copy(hostile):
     # only byte-identical raw records are duplicates; records sharing a key with different content are all kept
     assert {(r["source"], r["source_id"]) for r in duplicates} == {("tars", "same_copy")}
     for r in duplicates:
-        assert origin[r["key"]] in r["detail"] and "byte-identical copy" in r["detail"]
+        assert origin[r["key"]] in r["detail"] and "an identical copy of it (the same raw record" in r["detail"]
     renamed = collections.Counter((r["source"], r["source_id"]) for r in kept
                                   if "renamed_from" in json.loads(r["signals"]))
     assert renamed == {("tars", "shared_key"): 2, ("rows", "dup"): 2, ("rows", "rows.jsonl:9"): 2, ("table", "prep"): 2}
