@@ -12,9 +12,16 @@ in a child process, on the DirectRunner. The table gives:
 - largest side input: every PCollection consumed as a side input gets a measuring branch that sums the pickled
   sizes of its elements (what a runner materialises and ships to each worker that reads it);
 - largest combine accumulator: every CombineFn of the job is wrapped so that `extract_output` records the size
-  of the final, merged accumulator (its accumulator coder's encoding), per transform.
-Both are measured, not computed; the transforms they come from are listed by label. A size that grows ~4× with N
-means the step holds per-record data of the whole corpus.
+  of the final, merged accumulator (its accumulator coder's encoding), per transform;
+- bytes shuffled per record: every GroupByKey (CoGroupByKey and Reshuffle expand to one) gets a measuring branch
+  on its input that sums the encoded size of each element with the coder the runner uses for that PCollection
+  (`coders.registry.get_coder(element_type)`), per bundle; listed per stage (the label's first part) and for the
+  largest GroupByKeys, in bytes per input record;
+- peak RSS per record: the growth of the peaks between consecutive sizes divided by the growth in records.
+All are measured, not computed; the transforms they come from are listed by label. A size that grows ~4× with N
+means the step holds per-record data of the whole corpus. `--passthrough` runs, over the same records, only the
+read and a step that drops every record: what the DirectRunner and the reader keep by themselves.
+The probes add a measuring branch per GroupByKey (one extra encoding of what it shuffles): times are the probed job's.
 """
 from __future__ import annotations
 
@@ -161,7 +168,53 @@ def _measure_side_inputs(pipeline) -> list[str]:
     return [label for label, _ in found]
 
 
-def child(tars: str, out: str, workers: int) -> None:
+class _ShuffleSize:
+    """A DoFn summing the encoded sizes of its input per bundle, recorded once per bundle (no output)."""
+
+    def __new__(cls, label: str, coder):
+        import apache_beam as beam
+
+        class ShuffleSize(beam.DoFn):
+            def start_bundle(self):
+                self._count, self._bytes = 0, 0
+
+            def process(self, element):
+                self._count += 1
+                self._bytes += len(coder.encode(element))
+                return ()
+
+            def finish_bundle(self):
+                if self._count:
+                    _record({"kind": "shuffle", "label": label, "elements": self._count, "bytes": self._bytes})
+
+        return ShuffleSize()
+
+
+def _measure_shuffles(pipeline) -> list[str]:
+    """Add, for the input of every GroupByKey, a branch recording its elements' encoded sizes (the runner's coder)."""
+    import apache_beam as beam
+    from apache_beam import coders
+    from apache_beam.pipeline import PipelineVisitor
+
+    found: list[tuple[str, object]] = []
+
+    class Visitor(PipelineVisitor):
+        def visit_transform(self, node):
+            if isinstance(node.transform, beam.GroupByKey) and node.inputs:
+                found.append((node.full_label, node.inputs[0]))
+
+        enter_composite_transform = visit_transform
+
+    pipeline.visit(Visitor())
+    for i, (label, pcoll) in enumerate(found):
+        if label.startswith("ScaleProbe"):
+            continue
+        coder = coders.registry.get_coder(pcoll.element_type)
+        _ = pcoll | f"ShuffleProbe{i}" >> beam.ParDo(_ShuffleSize(label, coder))
+    return [label for label, _ in found]
+
+
+def child(tars: str, out: str, workers: int, passthrough: bool = False) -> None:
     """Build the job, instrument it, run it, check every record is accounted for."""
     _instrument_combines()
     import apache_beam as beam
@@ -176,23 +229,35 @@ def child(tars: str, out: str, workers: int) -> None:
     os.makedirs(out)
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=PipelineOptions(args))
-    build_pipeline(pipeline, config, out)
-    _measure_side_inputs(pipeline)
+    if passthrough:
+        from vlmloom.pipelines.sources import ReadInputs
+
+        read = pipeline | "Read" >> ReadInputs(config.inputs)
+        _ = (read["kept"] | "Drop" >> beam.Map(lambda sample: 1)
+                   | "Count" >> beam.CombineGlobally(sum) | "Record" >> beam.Map(lambda n: _record({"kind": "read", "n": n})))
+    else:
+        build_pipeline(pipeline, config, out)
+        _measure_side_inputs(pipeline)
+    _measure_shuffles(pipeline)
     pipeline.run().wait_until_finish()
     seconds = time.perf_counter() - started
-    kept, rejected = len(read_manifest(out)), len(read_rejections(out))
+    if passthrough:
+        read_count = [json.loads(line) for line in open(os.environ[PROBE_ENV], encoding="utf-8")]
+        kept, rejected = next(e["n"] for e in read_count if e["kind"] == "read"), 0
+    else:
+        kept, rejected = len(read_manifest(out)), len(read_rejections(out))
     _record({"kind": "job", "seconds": seconds, "kept": kept, "rejected": rejected})
 
 
 # ------------------------------------------------------------------------------------------ parent
-def run_size(n: int, work: str, workers: int) -> dict:
+def run_size(n: int, work: str, workers: int, passthrough: bool = False) -> dict:
     import psutil
 
     tars = make_corpus(os.path.join(work, f"corpus{n}"), n)
     probe = os.path.join(work, f"probe{n}.jsonl")
     env = {**os.environ, PROBE_ENV: probe}
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", tars,
-                             os.path.join(work, f"out{n}"), str(workers)], env=env)
+                             os.path.join(work, f"out{n}"), str(workers), str(int(passthrough))], env=env)
     peaks: dict[int, int] = {}
     root = psutil.Process(proc.pid)
     stop = threading.Event()
@@ -227,6 +292,11 @@ def run_size(n: int, work: str, workers: int) -> dict:
             if e["kind"] == kind:
                 per_label[e["label"]] = max(per_label.get(e["label"], 0), e["bytes"])
         largest[kind] = per_label
+    shuffled: dict[str, int] = {}
+    for e in entries:
+        if e["kind"] == "shuffle":
+            shuffled[e["label"]] = shuffled.get(e["label"], 0) + e["bytes"]
+    largest["shuffle"] = shuffled
     return {"n": n, "seconds": job["seconds"], "kept": job["kept"], "main_rss": peaks.get(proc.pid, 0),
             "worker_rss": max([v for pid, v in peaks.items() if pid != proc.pid] or [0]), **largest}
 
@@ -238,27 +308,56 @@ def _top(per_label: dict[str, int]) -> tuple[int, str]:
     return per_label[label], label
 
 
+def _print_shuffles(rows: list[dict], top: int = 12) -> None:
+    """Bytes shuffled per input record: per stage (first label part), then the largest GroupByKeys."""
+    if not any(r["shuffle"] for r in rows):
+        return
+    sizes = " | ".join(f"B/record at {r['n']:,}" for r in rows)
+    for title, part in (("stage", lambda label: label.split("/")[0]), ("GroupByKey", lambda label: label)):
+        totals: list[dict[str, int]] = []
+        for r in rows:
+            per: dict[str, int] = {}
+            for label, size in r["shuffle"].items():
+                per[part(label)] = per.get(part(label), 0) + size
+            totals.append(per)
+        names = sorted({n for t in totals for n in t}, key=lambda n: -totals[-1].get(n, 0))
+        print(f"\nbytes shuffled per record, by {title} (encoded, the runner's coders):\n")
+        print(f"| {title} | {sizes} |\n|---|" + "---|" * len(rows))
+        for name in names[:top] if title == "GroupByKey" else names:
+            print(f"| {name} | " + " | ".join(f"{t.get(name, 0) / r['n']:,.0f}" for t, r in zip(totals, rows)) + " |")
+        if title == "stage":
+            print("| all | " + " | ".join(f"{sum(t.values()) / r['n']:,.0f}" for t, r in zip(totals, rows)) + " |")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        child(sys.argv[2], sys.argv[3], int(sys.argv[4]), bool(int(sys.argv[5])))
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 80000])
     parser.add_argument("--workers", type=int, default=1, help="DirectRunner workers (2 = multi_processing)")
+    parser.add_argument("--passthrough", action="store_true", help="only read the records and drop them")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="vlmloom-scale-")
     try:
-        rows = [run_size(n, work, args.workers) for n in args.sizes]
+        rows = [run_size(n, work, args.workers, args.passthrough) for n in args.sizes]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     mb = 2**20
-    print(f"\nDirectRunner, {args.workers} worker(s), CPU cores: {os.cpu_count()}\n")
+    print(f"\nDirectRunner, {args.workers} worker(s){', pass-through' if args.passthrough else ''}, "
+          f"CPU cores: {os.cpu_count()}\n")
     print("| records | kept | time s | peak RSS job MB | peak RSS worker MB | largest side input KB | "
           "largest combine accumulator KB |\n|---|---|---|---|---|---|---|")
     for r in rows:
         side, acc = _top(r["side_input"])[0], _top(r["accumulator"])[0]
         print(f"| {r['n']:,} | {r['kept']:,} | {r['seconds']:.1f} | {r['main_rss'] / mb:,.0f} | "
               f"{r['worker_rss'] / mb:,.0f} | {side / 1024:,.1f} | {acc / 1024:,.1f} |")
+    for previous, r in zip(rows, rows[1:]):
+        grown = r["n"] - previous["n"]
+        print(f"\npeak RSS per record, {previous['n']:,} → {r['n']:,}: job "
+              f"{(r['main_rss'] - previous['main_rss']) / grown / 1024:,.1f} KB, worker "
+              f"{(r['worker_rss'] - previous['worker_rss']) / grown / 1024:,.1f} KB")
+    _print_shuffles(rows)
     labels = sorted({label for r in rows for kind in ("side_input", "accumulator") for label in r[kind]})
     print("\nper transform (KB at each size):\n")
     for label in labels:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Generic, Hashable, Iterable, Iterator, TypeVar
+from typing import Callable, Generic, Hashable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
@@ -546,3 +546,174 @@ def minhash_bucket_edges(members: list[TextMember], threshold: float, max_pairs:
         text_groups[smallest].extend(groups[node][0])
     edges = [edge for _, items in sorted(text_groups.items()) for edge in _pair_aware_edges(items, image_max_distance)]
     return BucketEdges(edges, capped)
+
+
+# --- what crosses the dedup shuffles: one small row per record -------------------------------------------------
+@dataclass(frozen=True)
+class DedupRow:
+    """A record as the dedup stages see it: its key, what each stage compares, and what the representative rule
+    reads. No image bytes, no texts, no signature (MinHash signatures meet candidate pairs by key)."""
+    key: str
+    content: str  # hex digest of the record's exact-dedup content, per kind (schemas.kinds); "" = nothing to compare
+    image_sha: str  # sha256 of image 0, "" without one
+    phash: str  # pHash of image 0 as 16 hex digits, "" without one
+    pixels: int  # of image 0 (representative rule)
+    image_bytes: int  # encoded bytes of image 0 (representative rule)
+    text_chars: int  # characters of the text (representative rule)
+
+    def member(self) -> Member:
+        return self.key, self.pixels, self.image_bytes, self.text_chars
+
+    def image(self) -> tuple[str, str] | None:
+        """(sha256 prefix, pHash hex) of image 0, or None for a record without an image (the pair-aware rule). 16 hex
+        digits of the sha256 (64 bits) name an image as surely for this purpose, at a quarter of what each MinHash
+        band element carries."""
+        return (self.image_sha[:16], self.phash) if self.image_sha or self.phash else None
+
+    def __reduce__(self):
+        # Pickled as its values alone (no field names): rows cross several shuffles.
+        return DedupRow, (self.key, self.content, self.image_sha, self.phash, self.pixels, self.image_bytes,
+                          self.text_chars)
+
+
+def dedup_row(sample: Sample) -> DedupRow:
+    from vlmloom.schemas.kinds import dedup_content_digest, sample_texts
+
+    key, pixels, image_bytes, text_chars = sample_member(sample)
+    image_sha = ""
+    if sample.images:
+        image_sha = sample.images[0].sha256 or str(sample.signals.get("image_sha256") or "")
+    elif sample.videos:
+        # A video record's visual side is its clip: the pair-aware MinHash rule then drops a near-duplicate
+        # caption only when the clips are identical, never a distinct clip that shares a caption.
+        image_sha = sample.videos[0].sha256
+    # A record with no image and no text has no content to compare: two empty records are not one record.
+    has_content = (any(i.sha256 or i.uri for i in sample.images) or any(v.sha256 or v.uri for v in sample.videos)
+                   or bool(sample_texts(sample)))
+    return DedupRow(key, dedup_content_digest(sample) if has_content else "", image_sha,
+                    str(sample.signals.get("phash") or "") if sample.images else "", pixels, image_bytes, text_chars)
+
+
+def minhash_text(sample: Sample) -> str:
+    """The text MinHash compares: the record's texts as its kind declares them (schemas.kinds), in order."""
+    from vlmloom.schemas.kinds import sample_texts
+
+    return "\n".join(sample_texts(sample))
+
+
+# --- decisions that never chain past the threshold -------------------------------------------------------------
+def phash_distance(a: str, b: str) -> int:
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+def within_threshold_decisions(members: Iterable[tuple[Member, object]],
+                               near: Callable[[Member, object, Member, object], bool]
+                               ) -> tuple[list[tuple[str, str]], list[str]]:
+    """One cluster [(member, payload)] → ([(dropped key, representative)], [chain members kept]).
+
+    Clusters may chain (A~B, B~C), decisions may not: the representative is chosen by `representative_rank` over
+    the whole cluster, and a member is dropped only when `near(member, payload, representative, its payload)`,
+    i.e. it lies within the threshold of the record that is kept. The others are kept (and counted by the caller).
+    """
+    by_key = {}
+    for member, payload in members:
+        by_key.setdefault(member[0], (tuple(member), payload))
+    if len(by_key) < 2:
+        return [], []
+    rep = choose_representative([m for m, _ in by_key.values()])
+    rep_member, rep_payload = by_key[rep]
+    dropped, kept = [], []
+    for key in sorted(by_key):
+        if key == rep:
+            continue
+        member, payload = by_key[key]
+        if near(member, payload, rep_member, rep_payload):
+            dropped.append((key, rep))
+        else:
+            kept.append(key)
+    return dropped, kept
+
+
+def phash_near(max_distance: int):
+    """`near` for pHash clusters: payload = the member's pHash hex; Hamming distance <= max_distance."""
+    def near(_member, phash, _rep, rep_phash) -> bool:
+        return phash_distance(phash, rep_phash) <= max_distance
+
+    return near
+
+
+def edge_near(_member, neighbours, rep_member, _rep_payload) -> bool:
+    """`near` for MinHash clusters: payload = the member's verified neighbours (pair-aware edges): dropped only when
+    its own text (and image) was verified against the representative's."""
+    return rep_member[0] in neighbours
+
+
+def minhash_bucket_candidates(members: Iterable[tuple[str, str, tuple[str, str] | None]], max_pairs: int,
+                              image_max_distance: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]], bool]:
+    """One MinHash bucket of (key, signature digest, image) → (edges, candidate pairs, capped).
+
+    The bucket carries keys and digests, never signatures. Members with the same signature digest have the same
+    text shingles: they link at once, pair-aware (`_pair_aware_edges`). Distinct digests are candidate pairs whose
+    signatures are compared later, by key: all pairs of digests while n(n-1)/2 <= max_pairs, otherwise the first
+    (anchor) digests with every later one while the pairs stay within max_pairs (`capped`). Between two digests,
+    the pairs named are the ones the pair-aware rule allows: text-only records (their smallest keys), and image
+    records whose images are near (`images_near`)."""
+    by_digest: dict[str, list[tuple[str, tuple[str, str] | None]]] = defaultdict(list)
+    for key, digest, image in members:
+        by_digest[digest].append((key, None if image is None else tuple(image)))
+    groups = sorted(sorted(set(items)) for items in by_digest.values())
+    edges = [edge for items in groups for edge in _pair_aware_edges(items, image_max_distance)]
+    n = len(groups)
+    capped = n * (n - 1) // 2 > max_pairs
+    candidates: list[tuple[str, str]] = []
+    compared = 0
+    for i in range(n - 1):
+        later = n - 1 - i
+        if i > 0 and compared + later > max_pairs:
+            break
+        compared += later
+        for j in range(i + 1, n):
+            candidates.extend(_pair_aware_candidates(groups[i], groups[j], image_max_distance))
+    return edges, sorted(set(candidates)), capped
+
+
+def _pair_aware_candidates(left, right, max_distance: int) -> Iterator[tuple[str, str]]:
+    """Pairs between two groups of (key, image) that may drop each other if their texts are near: the smallest
+    text-only keys of each side, and image records of either side whose images are near (same sha256, or pHashes
+    within max_distance by the pigeonhole search of `verified_pairs`, not all pairs)."""
+    text_left = [k for k, image in left if image is None]
+    text_right = [k for k, image in right if image is None]
+    if text_left and text_right:
+        a, b = min(text_left), min(text_right)
+        yield min(a, b), max(a, b)
+    sides = []
+    for group in (left, right):
+        by_sha: dict[str, list[str]] = defaultdict(list)
+        by_phash: dict[int, list[str]] = defaultdict(list)
+        for key, image in group:
+            if image is None:
+                continue
+            if image[0]:
+                by_sha[image[0]].append(key)
+            if image[1]:
+                by_phash[int(image[1], 16)].append(key)
+        sides.append((by_sha, by_phash))
+    (left_sha, left_phash), (right_sha, right_phash) = sides
+    for sha in sorted(left_sha.keys() & right_sha.keys()):
+        for a in left_sha[sha]:
+            for b in right_sha[sha]:
+                yield min(a, b), max(a, b)
+    near = [(h, h) for h in left_phash.keys() & right_phash.keys()]
+    for p, q in verified_pairs(sorted(left_phash.keys() | right_phash.keys()), max_distance):
+        near += [(p, q), (q, p)]
+    for p, q in sorted(near):
+        for a in left_phash.get(p, ()):
+            for b in right_phash.get(q, ()):
+                yield min(a, b), max(a, b)
+
+
+def signature_digest(signature) -> str:
+    """16 hex digits naming a MinHash signature: equal digests, equal signatures (what a bucket groups on)."""
+    import hashlib
+
+    return hashlib.blake2b(np.asarray(signature, dtype="<u8").tobytes(), digest_size=8).hexdigest()

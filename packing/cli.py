@@ -61,6 +61,9 @@ def summary(report: dict, output: str) -> str:
         f"  dropped {report['dropped']}: " + (", ".join(f"{k}={v}" for k, v in report["dropped_by_reason"].items())
                                                or "none"),
     ]
+    split = report.get("split")
+    if split and split["documents"]:
+        lines.append(f"  long documents split: {split['documents']} into {split['parts']} parts (KEY#p0, KEY#p1, …)")
     r = report.get("rendering")
     if r:
         lines.append(f"  rendered as chat: {_counts(r['chat'])}; as documents: {_counts(r['document'])}")

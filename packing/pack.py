@@ -1,6 +1,7 @@
 """The pack step: curated directories (+ a mixture recipe) → fixed-length packed shards + manifest + report.
 
-    pass 1  read every source, render each sample (builder.py), keep its length or its rejection
+    pass 1  read every source, render each sample (builder.py), keep its length or its rejection; an interleaved
+            document longer than seq_len becomes parts (split.py) that travel together as the one input sample
     plan    per-source multipliers from the recipe (mixture.py), a smooth interleave of the sources
     pass 2  re-read and render the selected samples in mixed order → bin packing over a bounded window
             (packers.py) → assemble each bin into one row of seq_len tokens → compute-balanced order
@@ -41,6 +42,7 @@ from .mixture import Recipe, default_recipe, interleave, multipliers, recipe_has
 from .packers import PACKERS, plan_bins
 from .report_html import write_pack_html
 from .shards import ShardWriter, assemble, entry_members
+from .split import split_document, splittable
 
 log = logging.getLogger("vlmloom.pack")
 
@@ -57,6 +59,9 @@ class PackConfig:
     window: int = 4096  # samples per packing window (held in memory with their image bytes); 0 = whole set
     carry_bins: int = 64  # partly filled sequences kept open from one window to the next
     overlong: Literal["drop", "truncate"] = "drop"  # samples longer than seq_len: drop, or cut (text-only pre-training)
+    # interleaved documents longer than seq_len are split into parts KEY#p0, KEY#p1, … at segment boundaries
+    # (packing/split.py) before the overlong policy; false: they follow `overlong` like any other sample
+    split_documents: bool = True
     sequences_per_shard: int = 256  # packed sequences per tar
     cache_mb: int = 512  # keep rendered samples (with image bytes) from pass 1 up to this size; 0 re-reads always
     overwrite: bool = False  # replace an existing output directory
@@ -105,7 +110,7 @@ def _pack_into(config: PackConfig, recipe: Recipe, out: str, progress: bool = Fa
     builder = SequenceBuilder(tokenizer, config.builder)
     measured = _measure(config, recipe, builder, progress)
     mult, order, passes = _plan_mixture(recipe, measured.lengths)
-    streams = [_source_stream(builder, s.path, ps, config.seq_len, config.overlong, s.name, cache)
+    streams = [_source_stream(builder, s.path, ps, config, s.name, cache)
                for s, ps, cache in zip(recipe.sources, passes, measured.caches)]
     measured.caches = []  # pass 2's streams hold them now
     writer, costs_before, costs_after = _pack_sequences(config, builder, streams, order,
@@ -114,6 +119,7 @@ def _pack_into(config: PackConfig, recipe: Recipe, out: str, progress: bool = Fa
     report = _report(config, recipe, tokenizer, measured.lengths, measured.rejections, measured.truncated, mult,
                      writer, costs_before, costs_after)
     report["rendering"] = measured.rendering
+    report["split"] = measured.split
     with open(layout.report_path(out), "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=2, sort_keys=True)
     try:  # the page is a view of the JSON: failing to draw it must not cost the packed data
@@ -136,11 +142,13 @@ def _tokenizer(config: PackConfig, recipe: Recipe, tok_dir: str):
 
 @dataclass
 class _Measured:
-    """Pass 1's result: per source, every sample's length (-1: rejected) and, within cache_mb, its rendering."""
+    """Pass 1's result: per source, every sample's length (-1: rejected; a split document: its parts' sum) and,
+    within cache_mb, its rendering (a list: the sample, or its parts)."""
     lengths: list[np.ndarray] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     truncated: int = 0
-    caches: list[list[BuiltSample | None] | None] = field(default_factory=list)
+    caches: list[list[list[BuiltSample] | None] | None] = field(default_factory=list)
+    split: dict = field(default_factory=lambda: {"documents": 0, "parts": 0})  # documents split, parts they made
     rendering: dict = field(default_factory=lambda: new_rendering_counts())  # how samples were rendered (chat/document)
 
 
@@ -151,19 +159,22 @@ def _measure(config: PackConfig, recipe: Recipe, builder: SequenceBuilder, progr
     budget = config.cache_mb << 20
     for s in recipe.sources:
         source_lengths = []
-        cache: list[BuiltSample | None] | None = []
+        cache: list[list[BuiltSample] | None] | None = []
         for sample in iter_curated_samples(s.path):
-            built = _fit(builder.build(sample), sample, builder, config.seq_len, config.overlong)
+            built = _render(builder, sample, config)
             bar.update(1)
             if isinstance(built, Rejection):
                 measured.rejections.append(built)
                 source_lengths.append(-1)
                 built = None
             else:
-                measured.truncated += int(built.truncated_from > 0)
-                count_rendering(measured.rendering, built)
-                source_lengths.append(len(built))
-                budget -= 12 * len(built) * 4 + sum(len(b) for b in built.images)
+                measured.truncated += sum(int(part.truncated_from > 0) for part in built)
+                count_rendering(measured.rendering, built[0])
+                if len(built) > 1:
+                    measured.split["documents"] += 1
+                    measured.split["parts"] += len(built)
+                source_lengths.append(sum(len(part) for part in built))
+                budget -= sum(12 * len(part) * 4 + sum(len(b) for b in part.images) for part in built)
             if cache is not None:
                 cache.append(built)
                 if budget < 0:
@@ -184,7 +195,7 @@ def _plan_mixture(recipe: Recipe, lengths: list[np.ndarray]) -> tuple[list[float
     return mult, order, passes
 
 
-def _pack_sequences(config: PackConfig, builder: SequenceBuilder, streams: list[Iterator[BuiltSample]],
+def _pack_sequences(config: PackConfig, builder: SequenceBuilder, streams: list[Iterator[list[BuiltSample]]],
                     order: np.ndarray, shard_dir: str, progress: bool = False
                     ) -> tuple["_StreamWriter", list[int], list[int]]:
     """Pass 2: samples in mixed order → bins over a bounded window → rows of seq_len → balanced, written."""
@@ -192,11 +203,13 @@ def _pack_sequences(config: PackConfig, builder: SequenceBuilder, streams: list[
     bar = progress_bar("pack: write", len(order), enabled=progress, unit="sample")
 
     def feed() -> Iterator[int]:
-        for i, source_id in enumerate(order.tolist()):
-            built = next(streams[source_id])
-            pending[i] = built
+        i = 0  # packing items: a sample, or each part of a split document (in document order)
+        for source_id in order.tolist():
+            for built in next(streams[source_id]):
+                pending[i] = built
+                i += 1
+                yield len(built)
             bar.update(1)
-            yield len(built)
 
     world, steps = config.balance.world_size, config.balance.window_steps
     writer = _StreamWriter(shard_dir, world, config.sequences_per_shard)
@@ -280,22 +293,34 @@ class _StreamWriter:
         self.open.clear()
 
 
-def _source_stream(builder: SequenceBuilder, path: str, passes: list[np.ndarray], L: int, overlong: str,
-                   name: str, cache: list[BuiltSample | None] | None) -> Iterator[BuiltSample]:
+def _source_stream(builder: SequenceBuilder, path: str, passes: list[np.ndarray], config: PackConfig,
+                   name: str, cache: list[list[BuiltSample] | None] | None) -> Iterator[list[BuiltSample]]:
+    """Pass 2's samples of one source in selected order, each as a list: the sample, or its parts."""
     if cache is not None:
         for selected in passes:
             for i in selected.tolist():
-                yield dataclasses.replace(cache[i], source=name)
+                yield [dataclasses.replace(part, source=name) for part in cache[i]]
         return
     for selected in passes:
         wanted = set(selected.tolist())
         for i, sample in enumerate(iter_curated_samples(path)):
             if i in wanted:
-                built = _fit(builder.build(sample), sample, builder, L, overlong)
+                built = _render(builder, sample, config)
                 if isinstance(built, Rejection):  # pass 1 accepted it: the inputs changed under us
                     raise RuntimeError(f"record {sample.key!r}: rendered differently in pass 2 ({built.reason})")
-                built.source = name
+                for part in built:
+                    part.source = name
                 yield built
+
+
+def _render(builder: SequenceBuilder, sample: Sample, config: PackConfig) -> list[BuiltSample] | Rejection:
+    """One input sample → what pack places: [the sample] (over-long policy applied), or a long document's parts."""
+    built = builder.build(sample)
+    if (config.split_documents and not isinstance(built, Rejection) and len(built) > config.seq_len
+            and splittable(builder, sample, built)):
+        return split_document(builder, sample, built, config.seq_len)
+    built = _fit(built, sample, builder, config.seq_len, config.overlong)
+    return built if isinstance(built, Rejection) else [built]
 
 
 def _fit(built: BuiltSample | Rejection, sample: Sample, builder: SequenceBuilder, L: int,

@@ -32,7 +32,7 @@ from vlmloom.curation.filters import HeuristicConfig, LanguageConfig, LanguageId
 from vlmloom.curation.readers import READ_STAGE
 from vlmloom.curation.neardup import DedupConfig
 from vlmloom.pipelines import report as report_mod
-from vlmloom.pipelines.dedup import dedup_stages
+from vlmloom.pipelines.dedup import ApplyDecisions, dedup_stages
 from vlmloom.pipelines.download import DownloadStage, download_enabled
 from vlmloom.pipelines.keys import UniqueKeys
 from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled
@@ -146,13 +146,20 @@ def build_pipeline(pipeline: beam.Pipeline, config: CurateConfig, output_dir: st
     unique = read["kept"] | "UniqueKeys" >> UniqueKeys()
     samples, rejected = unique["kept"], [read["rejected"], unique["rejected"]]
     names = [READ_STAGE]
+    pending = None  # dedup decisions, made on metadata: applied once, where the samples are next grouped
     for name, stage in curate_stages(config):
+        if pending is not None:
+            applied = samples | "ApplyDedup" >> ApplyDecisions(pending)
+            samples, pending = applied["kept"], None
+            rejected.append(applied["rejected"])
         out = samples | name >> stage
         samples = out["kept"]
         rejected.append(out["rejected"])
-        names.append(name)
+        pending = out.get("pending")
+        names.extend(getattr(stage, "stage_names", [name]))
     all_rejected = rejected | "AllRejected" >> beam.Flatten()
-    _ = {"kept": samples, "rejected": all_rejected} | "Write" >> WriteCurated(output_dir, config.output_format)
+    _ = {"kept": samples, "rejected": all_rejected} | "Write" >> WriteCurated(output_dir, config.output_format,
+                                                                              pending)
     return names
 
 

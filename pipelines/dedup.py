@@ -1,47 +1,65 @@
-"""Deduplication stages: exact content hash, near-duplicate images (pHash) and texts (MinHash).
+"""Deduplication stages: exact content, near-duplicate images (pHash) and texts (MinHash), decided on metadata.
 
-PCollection[Sample] → {"kept": samples, "rejected": Rejections (`exact_duplicate`, `near_duplicate_image`,
-`near_duplicate_text`, detail "duplicate of <representative key>")}.
+    samples | DedupDecisions(config) → (key, Decision) for every record a stage drops   (metadata shuffles only)
+    samples + decisions → one keyed grouping where the sample is next grouped anyway (the sink's per-bucket
+    group, or `ApplyDecisions` when model stages follow) → kept samples + Rejections (`exact_duplicate`,
+    `near_duplicate_image`, `near_duplicate_text`, detail "duplicate of <representative key>")
 
-The decisions are computed from small metadata (keys, hashes, sizes), never image bytes:
-  1. candidate edges: records sharing an LSH band bucket (pHash: pigeonhole bands over *distinct*
-     hash values, so a bucket of 100k identical hashes is a single node; MinHash: b bands of r rows),
-     verified by Hamming distance / estimated Jaccard, at most `max_bucket_pairs` per bucket (counted);
-  2. connected components of the edge graph by large-star/small-star rounds (`ConnectedComponents`,
+What crosses the dedup shuffles is one `neardup.DedupRow` per record (key, content digest, image sha256 and pHash,
+the sizes the representative rule reads: ~200 bytes), never a sample or an image:
+  1. exact: rows grouped by their content digest (per kind: `schemas.kinds.dedup_content_digest`; a `qa` record is
+     its images *and* its turns, an interleaved document all of its segments);
+  2. candidate edges: records sharing an LSH band bucket (pHash: pigeonhole bands over *distinct* hash values, so
+     a bucket of 100k identical hashes is a single node; MinHash: b bands of r rows), verified by Hamming
+     distance / estimated Jaccard, at most `max_bucket_pairs` per bucket (counted). MinHash bands carry keys and
+     signature digests only; the candidate pairs meet their signatures by key (two keyed joins) to be verified;
+  3. connected components of the edge graph by large-star/small-star rounds (`ConnectedComponents`,
      the per-round logic in curation/components.py): a worker holds one node's neighbourhood, never the corpus;
-  3. per component, one representative by the rule shared by all three stages
+  4. per component, one representative by the rule shared by all three stages
      (`neardup.representative_rank`: most pixels, then most image bytes, then longest text, then smallest key);
-  4. the decisions {key: representative} meet their records in a keyed join (CoGroupByKey on the key) and are
-     routed by the one RouteDoFn of pipelines/stages.py (counters, lineage, dead letters).
-No side input and no global combine carries per-record data (tests/test_pipeline_structure.py checks it).
+     clusters may chain (A~B, B~C) but decisions may not: a member is dropped only when it lies within the
+     threshold of the representative that is kept; the chain's farther members are kept and counted
+     (`dedup/phash_chain_kept`, `dedup/minhash_chain_kept`);
+  5. the survivors of one stage (a keyed join of rows with decisions) are the rows of the next.
+No side input and no global combine carries per-record data (tests/test_pipeline_structure.py checks it, and that
+no dedup shuffle carries a sample or bytes).
 
 Which records may drop which (the pair-aware rule):
-  * exact: identical image-0 bytes; image-less records: identical text;
-  * image: pHash Hamming distance <= phash_max_distance, transitively;
-  * text: MinHash estimated Jaccard >= minhash_threshold, transitively; for records with an image, a text
-    edge counts only when the images are near as well (same sha256 or pHash within phash_max_distance):
+  * exact: identical content digest;
+  * image: pHash Hamming distance <= phash_max_distance from the representative;
+  * text: MinHash estimated Jaccard >= minhash_threshold with the representative; for records with an image, a text
+    pair counts only when the images are near as well (same sha256 or pHash within phash_max_distance):
     templated alt-text ("Click to enlarge") never removes a distinct image. Text-only records dedup by text
     alone, and only against other text-only records.
 """
 from __future__ import annotations
 
-from functools import partial
-from typing import Any
+import pickle
+from dataclasses import dataclass
+from typing import Any, FrozenSet, Iterable, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
+from apache_beam.typehints.native_type_compatibility import convert_to_beam_type
 
 from vlmloom.curation import components, hashing, neardup
-from vlmloom.curation.base import Verdict
-from vlmloom.curation.neardup import DedupConfig
+from vlmloom.curation.neardup import DedupConfig, DedupRow
+from vlmloom.pipelines import progress
 from vlmloom.pipelines.shuffle import keyed, sample_key, unpickled
-from vlmloom.pipelines.stages import KEPT, REJECTED, Fixed, route
+from vlmloom.pipelines.stages import KEPT, REJECTED
 from vlmloom.schemas.config import config_hash
-from vlmloom.schemas.records import Sample
+from vlmloom.schemas.records import Rejection, Sample
 from vlmloom.schemas.signals import DEDUP_STAGES
 
 EXACT_STAGE, PHASH_STAGE, MINHASH_STAGE = DEDUP_STAGES
 COUNTER_NAMESPACE = "dedup"  # dedup/minhash_bucket_capped, dedup/phash_bucket_capped, dedup/<stage>_components_unconverged
+REASONS = {EXACT_STAGE: "exact_duplicate", PHASH_STAGE: "near_duplicate_image", MINHASH_STAGE: "near_duplicate_text"}
+# A decision: (stage, representative). Typed so that Beam codes it as plain strings.
+Decision = Tuple[str, str]
+Edge = Tuple[str, str]
+QualityMember = Tuple[str, int, int, int]  # neardup.DedupRow.member(): what the representative rule reads
+Image = Optional[Tuple[str, str]]  # neardup.DedupRow.image(): (sha256, pHash hex) of image 0, None without one
 
 
 class ConnectedComponents(beam.PTransform):
@@ -51,23 +69,26 @@ class ConnectedComponents(beam.PTransform):
     not converged after them keeps the smallest node it sees (its component may split: more records kept,
     none lost) and is counted as `dedup/<name>_components_unconverged`."""
 
-    def __init__(self, name: str, max_rounds: int):
+    def __init__(self, name: str, max_rounds: int, node_type: Any = Any):
         super().__init__()
         self._name, self._rounds = name, max_rounds
+        self._edge = Tuple[node_type, node_type]  # the dedup stages' nodes are str: their shuffles are typed
 
     def expand(self, edges):
-        current = edges | "Normalise" >> beam.FlatMap(lambda e: [n] if (n := components.normalised(*e)) else [])
+        Edge = self._edge  # noqa: N806 - the element type of every step below
+        current = edges | "Normalise" >> beam.FlatMap(
+            lambda e: [n] if (n := components.normalised(*e)) else []).with_output_types(Edge)
         for r in range(self._rounds):
             current = (current
-                       | f"Both{r}" >> beam.FlatMap(components.both_directions)
+                       | f"Both{r}" >> beam.FlatMap(components.both_directions).with_output_types(Edge)
                        | f"ByNode{r}" >> beam.GroupByKey()
-                       | f"LargeStar{r}" >> beam.FlatMapTuple(components.large_star)
+                       | f"LargeStar{r}" >> beam.FlatMapTuple(components.large_star).with_output_types(Edge)
                        | f"BySmaller{r}" >> beam.GroupByKey()
-                       | f"SmallStar{r}" >> beam.FlatMapTuple(components.small_star))
+                       | f"SmallStar{r}" >> beam.FlatMapTuple(components.small_star).with_output_types(Edge))
         return (current
-                | "BothFinal" >> beam.FlatMap(components.both_directions)
+                | "BothFinal" >> beam.FlatMap(components.both_directions).with_output_types(Edge)
                 | "ByNodeFinal" >> beam.GroupByKey()
-                | "Label" >> beam.ParDo(_LabelDoFn(f"{self._name}_components_unconverged")))
+                | "Label" >> beam.ParDo(_LabelDoFn(f"{self._name}_components_unconverged")).with_output_types(Edge))
 
 
 class _LabelDoFn(beam.DoFn):
@@ -82,6 +103,13 @@ class _LabelDoFn(beam.DoFn):
         yield node, label
 
 
+def _typed(pcoll, hint):
+    """A tagged output typed like `with_output_types` types a main output: the type its shuffles are coded by (and
+    what tests/test_pipeline_structure.py checks)."""
+    pcoll.element_type = convert_to_beam_type(hint)
+    return pcoll
+
+
 def _counted(counter_name: str):
     """BucketEdges → its edges, counting capped buckets."""
     counter = Metrics.counter(COUNTER_NAMESPACE, counter_name)
@@ -94,150 +122,414 @@ def _counted(counter_name: str):
     return edges
 
 
-def _members_by_group(label: str, grouped_members, labels):
-    """(node, [member]) joined with (node, label) → (label, member); a node without an edge is its own group."""
+def _members_by_group(label: str, grouped_members, labels, element_type, extra=None):
+    """(node, [member]) joined with (node, label) → (label, member); a node without an edge is its own group.
+    `extra`: (node, value) items (one node's verified neighbours) added to each of its members as (member, extra)."""
     def regroup(element):
         node, joined = element
         label_of = min(joined["label"], default=node)
         for members in joined["members"]:
             for member in members:
-                yield label_of, member
+                if extra is None:
+                    yield label_of, member
+                else:  # member = (quality member, payload) → (quality member, (payload, near))
+                    yield label_of, (member[0], (member[1], frozenset(joined["extra"])))
 
-    return ({"members": grouped_members, "label": labels} | f"{label}Join" >> beam.CoGroupByKey()
-            | f"{label}ToCluster" >> beam.FlatMap(regroup))
-
-
-def _duplicate_verdict(reason: str, joined: tuple[Sample, list[str]]) -> tuple[Sample, Verdict]:
-    sample, representatives = joined
-    if not representatives:
-        return sample, Verdict.ok()
-    return sample, Verdict.drop(reason, f"duplicate of {min(representatives)}",
-                                       duplicate_of=min(representatives))
+    inputs = {"members": grouped_members, "label": labels}
+    if extra is not None:
+        inputs["extra"] = extra
+    return (inputs | f"{label}Join" >> beam.CoGroupByKey()
+            | f"{label}ToCluster" >> beam.FlatMap(regroup).with_output_types(Tuple[str, element_type]))
 
 
-def _with_decisions(element):
-    _, joined = element
-    for sample in unpickled(joined["sample"]):
-        yield sample, sorted(joined["representative"])
+class _ChainCountingDecisions(beam.DoFn):
+    """A cluster → (key, representative) for each member within the threshold of the representative; the others
+    are kept and counted (`dedup/<stage>_chain_kept`)."""
+
+    def __init__(self, counter: str, near_of_cluster):
+        self._counter_name, self._near_of_cluster = counter, near_of_cluster
+
+    def setup(self):
+        self._chain_kept = Metrics.counter(COUNTER_NAMESPACE, self._counter_name)
+
+    def process(self, element):
+        _, members = element
+        members = list(members)
+        dropped, kept = neardup.within_threshold_decisions(members, self._near_of_cluster(members))
+        if kept:
+            self._chain_kept.inc(len(kept))
+        yield from dropped
 
 
-class _DedupTransform(beam.PTransform):
-    """Base of the dedup stages: decisions (key, representative) meet their records in a keyed join and are
-    routed through the one RouteDoFn (pipelines/stages.py), with a dead-letter output like every other stage."""
+def _survivors(label: str, rows, decisions):
+    """Rows without a decision: what the next stage reads (a keyed join of ~200-byte rows)."""
+    def keep(element):
+        _, joined = element
+        if not joined["decision"]:
+            yield from joined["row"]
 
-    def __init__(self, *, config_hash_: str = "", max_error_ratio: float = 0.05):
+    return ({"row": rows | f"{label}RowByKey" >> beam.Map(lambda r: (r.key, r)).with_output_types(Tuple[str, DedupRow]),
+             "decision": decisions}
+            | f"{label}Survivors" >> beam.CoGroupByKey()
+            | f"{label}Rows" >> beam.FlatMap(keep).with_output_types(DedupRow))
+
+
+class ExactDecisions(beam.PTransform):
+    """Rows → (key, representative) for every row whose content digest another, better row shares."""
+
+    def expand(self, rows):
+        return (rows
+                | "ContentKey" >> beam.FlatMap(lambda r: [(r.content, r.member())] if r.content else [])
+                .with_output_types(Tuple[str, QualityMember])
+                | "GroupByContent" >> beam.GroupByKey()
+                | "Decide" >> beam.FlatMap(neardup.duplicate_decisions).with_output_types(Decision))
+
+
+def _phash_near_of_cluster(max_distance: int):
+    near = neardup.phash_near(max_distance)
+    return lambda members: near
+
+
+class PhashDecisions(beam.PTransform):
+    """Rows → (key, representative): pHash clusters (Hamming <= k, chained), members within k of the representative."""
+
+    def __init__(self, max_distance: int, max_bucket_pairs: int, max_rounds: int = 12):
         super().__init__()
-        self._hash, self._max_error_ratio = config_hash_, max_error_ratio
+        self._k, self._max_pairs, self._rounds = max_distance, max_bucket_pairs, max_rounds
 
-    def _route(self, samples, decisions, stage: str, reason: str):
-        by_key = samples | "ByKey" >> keyed(sample_key)
-        joined = ({"sample": by_key, "representative": decisions} | "JoinDecisions" >> beam.CoGroupByKey()
-                  | "WithDecisions" >> beam.FlatMap(_with_decisions))
-        kept, rejected = route(joined, "Route", stage, Fixed(partial(_duplicate_verdict, reason)), self._hash,
-                               max_error_ratio=self._max_error_ratio)
-        return {KEPT: kept, REJECTED: rejected | "MergeRejected" >> beam.Flatten()}
-
-
-class ExactDedup(_DedupTransform):
-    """Identical image bytes (sha256 of image 0) or, for image-less records, identical text."""
-
-    def expand(self, samples):
-        def content_key(sample: Sample):
-            if sample.images and sample.images[0].sha256:
-                yield "img:" + sample.images[0].sha256, neardup.sample_member(sample)
-            elif sample.text:
-                yield "txt:" + hashing.sha256_hex(sample.text.encode("utf-8")), neardup.sample_member(sample)
-
-        decisions = (samples | "ContentKey" >> beam.FlatMap(content_key)
-                     | "GroupByContent" >> beam.GroupByKey()
-                     | "Decide" >> beam.FlatMap(neardup.duplicate_decisions))
-        return self._route(samples, decisions, EXACT_STAGE, "exact_duplicate")
-
-
-class PhashNearDedup(_DedupTransform):
-    """pHash Hamming <= k, transitively; the representative by `neardup.representative_rank`."""
-
-    def __init__(self, max_distance: int, max_bucket_pairs: int, max_rounds: int = 12, **route_options):
-        super().__init__(**route_options)
-        self._k = max_distance
-        self._max_pairs = max_bucket_pairs
-        self._rounds = max_rounds
-
-    def expand(self, samples):
+    def expand(self, rows):
         k, max_pairs = self._k, self._max_pairs
         # Hashes travel as 16-digit hex strings: unsigned 64-bit ints overflow Beam's VarInt coder.
-        by_hash = (samples
-                   | "Hash" >> beam.FlatMap(lambda s: [(s.signals["phash"], neardup.sample_member(s))]
-                                            if s.signals.get("phash") else [])
+        by_hash = (rows
+                   | "Hash" >> beam.FlatMap(lambda r: [(r.phash, r.member())] if r.phash else [])
+                   .with_output_types(Tuple[str, QualityMember])
                    | "GroupByHash" >> beam.GroupByKey())
         labels = (by_hash
                   | "Distinct" >> beam.Keys()
                   | "Bands" >> beam.FlatMap(lambda h: [(band, h) for band in neardup.phash_band_keys(int(h, 16), k)])
+                  .with_output_types(Tuple[Tuple[int, int], str])
                   | "GroupByBand" >> beam.GroupByKey()
                   | "VerifyPairs" >> beam.MapTuple(lambda _, bucket: neardup.verified_hex_pairs(bucket, k, max_pairs))
-                  | "CountCapped" >> beam.FlatMap(_counted("phash_bucket_capped"))
-                  | "Components" >> ConnectedComponents(PHASH_STAGE, self._rounds))
-        decisions = (_members_by_group("Hash", by_hash | "MembersList" >> beam.MapTuple(lambda h, ms: (h, list(ms))),
-                                       labels)
-                     | "GroupByCluster" >> beam.GroupByKey()
-                     | "Decide" >> beam.FlatMap(neardup.duplicate_decisions))
-        return self._route(samples, decisions, PHASH_STAGE, "near_duplicate_image")
+                  | "CountCapped" >> beam.FlatMap(_counted("phash_bucket_capped")).with_output_types(Edge)
+                  | "Components" >> ConnectedComponents(PHASH_STAGE, self._rounds, str))
+        members = by_hash | "MembersList" >> beam.MapTuple(lambda h, ms: (h, [(m, h) for m in ms])).with_output_types(
+            Tuple[str, List[Tuple[QualityMember, str]]])
+        return (_members_by_group("Hash", members, labels, Tuple[QualityMember, str])
+                | "GroupByCluster" >> beam.GroupByKey()
+                | "Decide" >> beam.ParDo(_ChainCountingDecisions("phash_chain_kept", _phash_near_of_cluster(k)))
+                .with_output_types(Decision))
 
 
-def _image_fingerprint(sample: Sample) -> tuple[str, str] | None:
-    if not sample.images:
-        return None
-    return (sample.images[0].sha256 or str(sample.signals.get("image_sha256") or ""),
-            str(sample.signals.get("phash") or ""))
+def _signature(min_words: int, num_perm: int):
+    def signature(sample: Sample):
+        text = neardup.minhash_text(sample)
+        if len(text.split()) < min_words and len(text) < 4 * min_words:
+            return
+        # The low 32 bits of each slot: two different slots agree there by chance once in 4e9, so bands and the
+        # estimated Jaccard are as good, and what the signature joins carry is halved.
+        yield sample.key, hashing.minhash_signature(text, num_perm=num_perm).astype(np.uint32)
+
+    return signature
 
 
-class MinhashNearDedup(_DedupTransform):
-    """Near-duplicate texts by MinHash LSH, pair-aware (see the module docstring); the representative by
-    `neardup.representative_rank`."""
+def _band_keys(signature, bands: int, rows: int) -> list[tuple[int, str]]:
+    """(band, 16 hex digits of its rows' digest): 64 bits name a band's values as surely, at half the bytes."""
+    return [(band, digest[:16]) for band, digest in hashing.minhash_band_keys(signature, bands, rows)]
 
-    def __init__(self, config: DedupConfig, **route_options):
-        super().__init__(**route_options)
+
+@dataclass(frozen=True)
+class _TextNear:
+    """The MinHash cluster rule: a member is near the representative when their texts are (the same signature
+    digest, or a digest pair verified in this cluster) and their images are (`neardup.images_near`)."""
+    image_max_distance: int
+
+    def __call__(self, members):
+        verified = {(payload[0][0], d) for _, payload in members for d in payload[1]}
+
+        def near(member, payload, rep_member, rep_payload) -> bool:
+            (digest, image), _ = payload
+            (rep_digest, rep_image), _ = rep_payload
+            texts = digest == rep_digest or (digest, rep_digest) in verified or (rep_digest, digest) in verified
+            return texts and neardup.images_near(image, rep_image, self.image_max_distance)
+
+        return near
+
+
+class MinhashDecisions(beam.PTransform):
+    """(rows, samples) → (key, representative): MinHash text clusters, pair-aware (see the module docstring)."""
+
+    def __init__(self, config: DedupConfig):
+        super().__init__()
         self._cfg = config
+
+    def expand(self, inputs):
+        rows, samples = inputs
+        cfg = self._cfg
+        band_rows = cfg.minhash_num_perm // cfg.minhash_bands
+        sigs = samples | "Signature" >> beam.FlatMap(_signature(cfg.minhash_min_words, cfg.minhash_num_perm)
+                                                      ).with_output_types(Tuple[str, np.ndarray])
+
+        def with_signature(element):
+            key, joined = element
+            signatures, found = list(joined["sig"]), list(joined["row"])
+            if not signatures or not found:
+                return
+            sig, row = signatures[0], found[0]
+            digest = neardup.signature_digest(sig)
+            yield beam.pvalue.TaggedOutput("store", (key, sig))
+            yield beam.pvalue.TaggedOutput("members", (key, [(row.member(), (digest, row.image()))]))
+            for band in _band_keys(sig, cfg.minhash_bands, band_rows):
+                yield band, (key, digest, row.image())
+
+        joined = ({"row": rows | "RowByKey" >> beam.Map(lambda r: (r.key, r)).with_output_types(Tuple[str, DedupRow]),
+                   "sig": sigs}
+                  | "JoinSignatures" >> beam.CoGroupByKey()
+                  | "Bands" >> beam.FlatMap(with_signature).with_outputs("store", "members", main="bands"))
+        store = _typed(joined["store"], Tuple[str, np.ndarray])
+        members = _typed(joined["members"], Tuple[str, List[Tuple[QualityMember, Tuple[str, Image]]]])
+        bands = _typed(joined["bands"], Tuple[Tuple[int, str], Tuple[str, str, Image]])
+
+        capped = Metrics.counter(COUNTER_NAMESPACE, "minhash_bucket_capped")
+
+        def candidates(_, bucket):
+            edges, pairs, was_capped = neardup.minhash_bucket_candidates(list(bucket), cfg.max_bucket_pairs,
+                                                                         cfg.phash_max_distance)
+            if was_capped:
+                capped.inc()
+            for edge in edges:
+                yield edge
+            for pair in pairs:
+                yield beam.pvalue.TaggedOutput("candidates", pair)
+
+        found = (bands
+                 | "GroupByBand" >> beam.GroupByKey()
+                 | "Candidates" >> beam.FlatMapTuple(candidates).with_outputs("candidates", main="edges"))
+        verified = (_typed(found["candidates"], Edge)
+                    | "DistinctPairs" >> beam.Distinct().with_output_types(Edge)
+                    | "Verify" >> _VerifyPairs(store, cfg.minhash_threshold))
+        edges = ((_typed(found["edges"], Edge), verified | "VerifiedEdges" >> beam.Map(lambda v: (v[0], v[1])).with_output_types(Edge))
+                 | "AllEdges" >> beam.Flatten().with_output_types(Edge))
+        labels = edges | "Components" >> ConnectedComponents(MINHASH_STAGE, cfg.components_max_rounds, str)
+        # Each verified pair tells both of its members that their two digests are near (the cluster rule).
+        near_digests = verified | "NearDigests" >> beam.FlatMap(
+            lambda v: [(v[0], v[3]), (v[1], v[2])]).with_output_types(Tuple[str, str])
+        return (_members_by_group("Key", members, labels,
+                                  Tuple[QualityMember, Tuple[Tuple[str, Image], FrozenSet[str]]], extra=near_digests)
+                | "GroupByCluster" >> beam.GroupByKey()
+                | "Decide" >> beam.ParDo(_ChainCountingDecisions("minhash_chain_kept",
+                                                                 _TextNear(cfg.phash_max_distance)))
+                .with_output_types(Decision))
+
+
+class _VerifyPairs(beam.PTransform):
+    """Candidate pairs (a, b) + signatures by key → (a, b, digest a, digest b) for pairs whose estimated Jaccard
+    is >= threshold. Two keyed joins: the pair meets a's signature, then b's."""
+
+    def __init__(self, store, threshold: float):
+        super().__init__()
+        self._store, self._threshold = store, threshold
+
+    def expand(self, pairs):
+        threshold = self._threshold
+
+        def with_left(element):
+            a, joined = element
+            for sig in joined["sig"]:
+                for b in sorted(set(joined["pair"])):
+                    yield b, (a, sig)
+
+        def verify(element):
+            b, joined = element
+            for sig_b in joined["sig"]:
+                for a, sig_a in joined["left"]:
+                    if float(np.mean(np.asarray(sig_a) == np.asarray(sig_b))) >= threshold:
+                        yield a, b, neardup.signature_digest(sig_a), neardup.signature_digest(sig_b)
+
+        left = ({"pair": pairs, "sig": self._store} | "ByFirst" >> beam.CoGroupByKey()
+                | "WithFirst" >> beam.FlatMap(with_left).with_output_types(Tuple[str, Tuple[str, np.ndarray]]))
+        return ({"left": left, "sig": self._store} | "BySecond" >> beam.CoGroupByKey()
+                | "Verified" >> beam.FlatMap(verify).with_output_types(Tuple[str, str, str, str]))
+
+
+class DedupDecisions(beam.PTransform):
+    """PCollection[Sample] → PCollection[(key, (stage, representative))]: every record a dedup stage drops, the
+    stages chained on metadata (each reads the rows the previous one kept)."""
+
+    def __init__(self, config: DedupConfig):
+        super().__init__()
+        self._cfg = config
+
+    def stages(self) -> list[str]:
+        cfg = self._cfg
+        return [s for s, on in ((EXACT_STAGE, cfg.exact), (PHASH_STAGE, cfg.phash), (MINHASH_STAGE, cfg.minhash)) if on]
 
     def expand(self, samples):
         cfg = self._cfg
-        rows = cfg.minhash_num_perm // cfg.minhash_bands
+        rows = samples | "Rows" >> beam.Map(neardup.dedup_row).with_output_types(DedupRow)
+        decided = []
+        for stage in self.stages():
+            if stage == EXACT_STAGE:
+                found = rows | EXACT_STAGE >> ExactDecisions()
+            elif stage == PHASH_STAGE:
+                found = rows | PHASH_STAGE >> PhashDecisions(cfg.phash_max_distance, cfg.max_bucket_pairs,
+                                                             cfg.components_max_rounds)
+            else:
+                found = (rows, samples) | MINHASH_STAGE >> MinhashDecisions(cfg)
+            decided.append(found | f"{stage}Tag" >> beam.MapTuple(
+                lambda key, rep, stage=stage: (key, (stage, rep))).with_output_types(Tuple[str, Decision]))
+            if stage != self.stages()[-1]:
+                rows = _survivors(stage, rows, found)
+        if not decided:
+            return samples.pipeline | "NoDecisions" >> beam.Create([]).with_output_types(Tuple[str, Decision])
+        return decided[0] if len(decided) == 1 else decided | "AllDecisions" >> beam.Flatten()
 
-        def signature(sample: Sample):
-            text = sample.text or ""
-            if len(text.split()) < cfg.minhash_min_words and len(text) < 4 * cfg.minhash_min_words:
-                return
-            yield (sample.key, hashing.minhash_signature(text, num_perm=cfg.minhash_num_perm),
-                   _image_fingerprint(sample), neardup.sample_member(sample))
 
-        def verify(_, bucket):
-            return neardup.minhash_bucket_edges(list(bucket), cfg.minhash_threshold, cfg.max_bucket_pairs,
-                                                cfg.phash_max_distance)
+# --- decisions meet their samples once -------------------------------------------------------------------------
+DECISION_MARK = b"D"  # a grouped value that is a pickled decision, not a pickled sample (which starts b"\x80")
 
-        sigs = samples | "Signature" >> beam.FlatMap(signature)
-        labels = (sigs
-                  | "Bands" >> beam.FlatMap(lambda item: [(band, item[:3]) for band in
-                                                          hashing.minhash_band_keys(item[1], cfg.minhash_bands, rows)])
-                  | "GroupByBand" >> beam.GroupByKey()
-                  | "VerifyPairs" >> beam.MapTuple(verify)
-                  | "CountCapped" >> beam.FlatMap(_counted("minhash_bucket_capped"))
-                  | "Components" >> ConnectedComponents(MINHASH_STAGE, cfg.components_max_rounds))
-        # Only records with an edge can be duplicates: the join drops the others (no label, own group of one).
-        members = sigs | "Members" >> beam.Map(lambda item: (item[0], [item[3]]))
-        decisions = (_members_by_group("Key", members, labels)
-                     | "GroupByCluster" >> beam.GroupByKey()
-                     | "Decide" >> beam.FlatMap(neardup.duplicate_decisions))
-        return self._route(samples, decisions, MINHASH_STAGE, "near_duplicate_text")
+
+def _decision_value(element) -> tuple[str, bytes]:
+    key, decision = element
+    return key, DECISION_MARK + pickle.dumps((key, *decision), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+@dataclass(frozen=True)
+class PendingDecisions:
+    """Dedup decisions not yet applied to their samples: applied where the samples are next grouped (the sink's
+    per-bucket group, or `ApplyDecisions`)."""
+    decisions: Any  # PCollection[(key, (stage, representative))]
+    lineage: tuple[tuple[str, str], ...]  # (stage, config hash) of the stages every kept sample passed, in order
+
+    def values(self, key_fn, label: str):
+        """The decisions as (key_fn(key), marked bytes), to be grouped beside `keyed(...)` samples."""
+        return (self.decisions
+                | f"{label}Mark" >> beam.Map(_decision_value)
+                | f"{label}Key" >> beam.MapTuple(lambda key, value: (key_fn(key), value)))
+
+
+class DecisionApplier:
+    """Grouped values (pickled samples and marked decisions, any order) → kept samples (lineage added) and
+    Rejections; counts `<stage>/kept` and `<stage>/dropped_<reason>` as the RouteDoFn of every other stage does."""
+
+    def __init__(self, lineage: tuple[tuple[str, str], ...]):
+        self._lineage = lineage
+        self._counters: dict[str, Any] = {}
+
+    def _count(self, stage: str, name: str) -> None:
+        if (stage, name) not in self._counters:
+            self._counters[(stage, name)] = progress.counter(stage, name)
+        self._counters[(stage, name)].inc()
+
+    def apply(self, values: Iterable[bytes], rejections: list[Rejection]) -> Iterator[Sample]:
+        decided = {}
+        for value in values:
+            if value[:1] == DECISION_MARK:
+                key, stage, rep = pickle.loads(value[1:])
+                decided[key] = (stage, rep)
+        stages = [stage for stage, _ in self._lineage]
+        for sample in unpickled(v for v in values if v[:1] != DECISION_MARK):
+            stage, rep = decided.get(sample.key, (None, ""))
+            for passed, hash_ in self._lineage:
+                if passed == stage:
+                    break
+                self._count(passed, "kept")
+                sample.with_lineage(passed, hash_, "kept")
+            if stage is None:
+                yield sample
+                continue
+            if stage not in stages:
+                raise ValueError(f"dedup decision for {sample.key!r} names stage {stage!r}, not one of {stages}")
+            reason = REASONS[stage]
+            self._count(stage, f"dropped_{reason}")
+            sample.signals["duplicate_of"] = rep
+            rejections.append(Rejection.of(sample, stage, reason, f"duplicate of {rep}", {"duplicate_of": rep}))
+
+
+class _ApplyDoFn(progress.CountingDoFn):
+    def __init__(self, lineage):
+        self._lineage = lineage
+
+    def setup(self):
+        super().setup()
+        self._applier = DecisionApplier(self._lineage)
+
+    def process(self, element):
+        _, values = element
+        rejections: list[Rejection] = []
+        yield from self._applier.apply(values, rejections)
+        for rejection in rejections:
+            yield beam.pvalue.TaggedOutput(REJECTED, rejection)
+
+
+class ApplyDecisions(beam.PTransform):
+    """(samples, PendingDecisions) → {"kept", "rejected"}: one keyed grouping of the samples with their decisions
+    (for when a stage that needs the deduplicated samples follows; the sink applies them itself otherwise)."""
+
+    def __init__(self, pending: PendingDecisions):
+        super().__init__()
+        self._pending = pending
+
+    def expand(self, samples):
+        marked = self._pending.values(lambda key: key, "Decisions")
+        out = ((samples | "ByKey" >> keyed(sample_key), marked)
+               | "Merge" >> beam.Flatten().with_output_types(Tuple[str, bytes])
+               | "GroupByKey" >> beam.GroupByKey()
+               | "Apply" >> beam.ParDo(_ApplyDoFn(self._pending.lineage)).with_outputs(REJECTED, main=KEPT))
+        return {KEPT: out[KEPT], REJECTED: out[REJECTED]}
+
+
+class Dedup(beam.PTransform):
+    """The enabled dedup stages as one step of `curate`: PCollection[Sample] → {"kept": the same samples (not yet
+    deduplicated), "rejected": none yet, "pending": PendingDecisions}; the caller applies the decisions where
+    the samples are next grouped. `stage_names` are the stages it stands for, in order."""
+
+    def __init__(self, config: DedupConfig):
+        super().__init__()
+        self._decisions = DedupDecisions(config)
+        self.stage_names = self._decisions.stages()
+        self._lineage = tuple((stage, config_hash(config)) for stage in self.stage_names)
+
+    def expand(self, samples):
+        decisions = samples | "Decisions" >> self._decisions
+        rejected = samples.pipeline | "NoneYet" >> beam.Create([]).with_output_types(Rejection)
+        return {KEPT: samples, REJECTED: rejected, "pending": PendingDecisions(decisions, self._lineage)}
+
+
+class _StandaloneDedup(beam.PTransform):
+    """One dedup stage on its own (tests, tools): decisions, then applied at once → {"kept", "rejected"}."""
+
+    def __init__(self, config: DedupConfig):
+        super().__init__()
+        self._dedup = Dedup(config)
+
+    def expand(self, samples):
+        out = samples | "Decide" >> self._dedup
+        return samples | "Apply" >> ApplyDecisions(out["pending"])
+
+
+class ExactDedup(_StandaloneDedup):
+    """Identical content per kind (`schemas.kinds.dedup_content_digest`)."""
+
+    def __init__(self, **_route_options):
+        super().__init__(DedupConfig(exact=True, phash=False, minhash=False))
+
+
+class PhashNearDedup(_StandaloneDedup):
+    """pHash Hamming <= k from the representative (clusters chain, decisions do not)."""
+
+    def __init__(self, max_distance: int, max_bucket_pairs: int, max_rounds: int = 12, **_route_options):
+        super().__init__(DedupConfig(exact=False, phash=True, minhash=False, phash_max_distance=max_distance,
+                                     max_bucket_pairs=max_bucket_pairs, components_max_rounds=max_rounds))
+
+
+class MinhashNearDedup(_StandaloneDedup):
+    """Near-duplicate texts by MinHash LSH, pair-aware (see the module docstring)."""
+
+    def __init__(self, config: DedupConfig, **_route_options):
+        super().__init__(DedupConfig(**{**config.__dict__, "exact": False, "phash": False, "minhash": True}))
 
 
 def dedup_stages(config: DedupConfig, max_error_ratio: float = 0.05) -> list[tuple[str, Any]]:
-    options = {"config_hash_": config_hash(config), "max_error_ratio": max_error_ratio}
-    stages: list[tuple[str, Any]] = []
-    if config.exact:
-        stages.append((EXACT_STAGE, ExactDedup(**options)))
-    if config.phash:
-        stages.append((PHASH_STAGE, PhashNearDedup(config.phash_max_distance, config.max_bucket_pairs,
-                                                   config.components_max_rounds, **options)))
-    if config.minhash:
-        stages.append((MINHASH_STAGE, MinhashNearDedup(config, **options)))
-    return stages
+    """The dedup step of `curate`: [("dedup", Dedup)] when any stage is on (its `stage_names` say which)."""
+    dedup = Dedup(config)
+    return [("dedup", dedup)] if dedup.stage_names else []

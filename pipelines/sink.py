@@ -20,11 +20,13 @@ import logging
 import uuid
 from dataclasses import dataclass
 from functools import partial
+from typing import Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from vlmloom.pipelines import progress
 from vlmloom.pipelines.report import ReportStats
 from vlmloom.pipelines.shuffle import keyed, unpickled
 from vlmloom.pipelines.files import BEAM_FILES
@@ -67,22 +69,36 @@ def write_atomic(path: str, data: bytes) -> None:
     FileSystems.rename([tmp], [path])
 
 
+def _key_bucket(buckets: int, key: str) -> int:
+    return key_bucket(key, buckets)
+
+
 def _sample_bucket(buckets: int, sample: Sample) -> int:
     return key_bucket(sample.key, buckets)
 
 
-class _WriteShards(beam.DoFn):
-    """(bucket, [pickled Sample]) → the bucket's shards under the output directory; yields (bucket, manifest rows)."""
+class _WriteShards(progress.CountingDoFn):
+    """(bucket, [pickled Sample | pending dedup decision]) → the bucket's shards under the output directory; yields
+    (bucket, manifest rows) and (bucket, Rejection) for the samples the decisions drop (pipelines/dedup.py: the
+    decisions, made on metadata, meet their samples here, in the grouping the samples need anyway)."""
 
-    def __init__(self, out_dir: str, config: OutputConfig):
+    def __init__(self, out_dir: str, config: OutputConfig, lineage=None):
         self._dir = out_dir
         self._cfg = config
+        self._lineage = lineage
         self._shards = Metrics.counter("write", "shards")
         self._samples = Metrics.counter("write", "samples")
 
+    def setup(self):
+        super().setup()
+        from vlmloom.pipelines.dedup import DecisionApplier
+
+        self._applier = DecisionApplier(self._lineage) if self._lineage is not None else None
+
     def process(self, item):
         bucket, values = item
-        samples = unpickled(values)
+        rejections: list[Rejection] = []
+        samples = self._applier.apply(values, rejections) if self._applier else unpickled(values)
         rows: list[dict] = []
         nshards = 0
         for relative, data in bucket_shards(bucket, samples, rows, samples_per_shard=self._cfg.samples_per_shard,
@@ -93,6 +109,8 @@ class _WriteShards(beam.DoFn):
         self._samples.inc(len(rows))
         log.debug("wrote bucket %d: %d samples in %d shards", bucket, len(rows), nshards)
         yield bucket, rows
+        for rejection in rejections:
+            yield bucket, rejection
 
 
 class _WriteParts(beam.DoFn):
@@ -121,12 +139,14 @@ class _WriteParts(beam.DoFn):
 
 class WriteCurated(beam.PTransform):
     """{"kept", "rejected"} → shards/, manifest/, rejected/ under `output_dir`, and each bucket's report
-    aggregates (curated.report_stats_path, for the driver's report.json); returns the buckets written."""
+    aggregates (curated.report_stats_path, for the driver's report.json); returns the buckets written.
+    `pending`: dedup decisions (pipelines.dedup.PendingDecisions) to apply to the kept samples in their bucket."""
 
-    def __init__(self, output_dir: str, config: OutputConfig):
+    def __init__(self, output_dir: str, config: OutputConfig, pending=None):
         super().__init__()
         self._dir = output_dir
         self._cfg = config
+        self._pending = pending
 
     def expand(self, outputs):
         samples, rejected = outputs["kept"], outputs["rejected"]
@@ -134,10 +154,15 @@ class WriteCurated(beam.PTransform):
         # The samples reach their bucket's writer through a GroupByKey of their own: a Flatten with the other
         # inputs would be materialised by the local runner (every sample encoded and decoded once more). The
         # light rest (manifest rows, rejections, bucket ids) meets in a second grouping that writes the parts.
-        rows = (samples
-                | "KeptByBucket" >> keyed(partial(_sample_bucket, buckets), int)
+        kept = samples | "KeptByBucket" >> keyed(partial(_sample_bucket, buckets), int)
+        lineage = None
+        if self._pending is not None:  # the dedup decisions join their samples here, once
+            lineage = self._pending.lineage
+            decisions = self._pending.values(partial(_key_bucket, buckets), "DecisionsByBucket")
+            kept = (kept, decisions) | "KeptAndDecisions" >> beam.Flatten().with_output_types(Tuple[int, bytes])
+        rows = (kept
                 | "GroupByBucket" >> beam.GroupByKey()
-                | "WriteShards" >> beam.ParDo(_WriteShards(self._dir, self._cfg)))
+                | "WriteShards" >> beam.ParDo(_WriteShards(self._dir, self._cfg, lineage)))
         ids = samples.pipeline | "BucketIds" >> beam.Create([(b, None) for b in range(buckets)], reshuffle=False)
         dropped = rejected | "RejectedByBucket" >> beam.Map(lambda r: (key_bucket(r.key, buckets), r))
         return ((ids, rows, dropped)

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from vlmloom.pipelines.files import BEAM_FILES
 from vlmloom.schemas import curated as curated_layout, packed as packed_layout
-from vlmloom.schemas.packed import IGNORE_INDEX
+from vlmloom.schemas.packed import IGNORE_INDEX, PART_SEPARATOR, document_key
 from vlmloom.schemas.records import RecordError
 from vlmloom.schemas.signals import ORIGIN_SIGNAL, SIGNALS
 
@@ -138,11 +138,13 @@ class PackedIndex:
         return sorted(rows, key=lambda r: r["key"])
 
     def sequences_with(self, key: str) -> list[dict[str, Any]]:
-        """Manifest rows of the sequences that hold `key` (several when a mixture upsampled its source)."""
+        """Manifest rows of the sequences that hold `key` or its parts (several when a mixture upsampled its source
+        or pack split the document)."""
         column = self.manifest.column("sample_keys")
         flat = pc.list_flatten(column)
         parents = pc.list_parent_indices(column)
-        rows = sorted(set(pc.filter(parents, pc.equal(flat, key)).to_pylist()))
+        hit = pc.or_(pc.equal(flat, key), pc.starts_with(flat, key + PART_SEPARATOR))
+        rows = sorted(set(pc.filter(parents, hit).to_pylist()))
         return [self.manifest.slice(i, 1).to_pylist()[0] for i in rows]
 
     def sequence(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +190,7 @@ def trace(what: str, curated_dir: str, packed_dir: str | None = None) -> dict[st
             raise TraceError(f"{what}: shard {shard} holds {len(rows)} sequences (entries 0..{len(rows) - 1})")
         sequence = packed.sequence(rows[index])
         return {"what": what, "matched": "packed_sequence", "sequence": sequence,
-                "samples": [history(s["key"], curated, packed) for s in sequence["samples"]]}
+                "samples": [history(document_key(s["key"]), curated, packed) for s in sequence["samples"]]}
     if what in curated.kept or what in curated.rejected:
         matched, keys = "key", [what]
     elif what in curated.by_source_id:
@@ -300,9 +302,10 @@ def _placements(key: str, packed: PackedIndex | None) -> list[dict[str, Any]]:
     for row in packed.sequences_with(key):
         sequence = packed.sequence(row)
         for sample in sequence["samples"]:
-            if sample["key"] == key:
+            if sample["key"] == key or document_key(sample["key"]) == key:  # the sample, or a part of it
                 placements.append({k: sequence[k] for k in ("shard", "index", "sequence_key", "seq_len")}
-                                  | {k: v for k, v in sample.items() if k != "key"})
+                                  | {k: v for k, v in sample.items() if k != "key"}
+                                  | ({"part_key": sample["key"]} if sample["key"] != key else {}))
     return placements
 
 
@@ -368,7 +371,8 @@ def _render_history(h: dict[str, Any]) -> Iterator[str]:
     for d in dup.get("duplicated_by", []):
         yield f"  duplicated  by {d['key']} (source id {d['source_id']!r}; dropped at {d['stage']}: {d['reason']})"
     for p in h.get("packed", []):
-        yield (f"  packed      {p['shard']}:{p['index']} (sequence {p['sequence_key']}) sample {p['position']}, "
+        part = f" as part {p['part_key']}" if p.get("part_key") else ""
+        yield (f"  packed      {p['shard']}:{p['index']} (sequence {p['sequence_key']}) sample {p['position']}{part}, "
                f"tokens {p['token_start']}-{p['token_end']} of {p['seq_len']}, {p['labelled_tokens']} labelled")
     for r in h.get("pack_rejected", []):
         yield f"  not packed  {r['stage']}: {r['reason']}  {r['detail']}"

@@ -18,6 +18,7 @@ A packed directory::
         KEY.video_frame_indices.npy int32 [Σ2t] each video's sampled frame indices, concatenated } with videos
         KEY.vid_000.bin ...                   the videos' encoded bytes, in token order                }
         KEY.json               {"sample_keys": [...], "sources": [...], "num_tokens": int}
+                              (a long document split into parts, packing/split.py: DOC#p0, DOC#p1, … = part_key)
     DIR/manifest.parquet      one row per packed sequence (PACKED_MANIFEST_SCHEMA), sorted by key
     DIR/rejected.parquet      samples that were not packed (records.REJECTION_SCHEMA, stage "pack")
     DIR/pack_report.json      fill efficiency, dropped by reason, histograms, recipe + hash, realised shares
@@ -58,6 +59,20 @@ REPORT_FILE = "pack_report.json"
 REPORT_HTML_FILE = "pack_report.html"  # charts of pack_report.json (packing/report_html.py)
 TOKENIZER_DIR = "tokenizer"  # the tokenizer the ids belong to, as the report's "tokenizer.dir" names it
 POSITION_ROWS = 4  # [text, t, h, w]
+
+PART_SEPARATOR = "#p"  # a split document's part i is packed as f"{key}#p{i}"; curated keys hold no "#" (make_key)
+
+
+def part_key(key: str, index: int) -> str:
+    """The packed sample key of part `index` of the document `key` (packing/split.py)."""
+    return f"{key}{PART_SEPARATOR}{index}"
+
+
+def document_key(key: str) -> str:
+    """The curated key a packed sample key belongs to: a part's document, else the key itself."""
+    head, sep, tail = key.rpartition(PART_SEPARATOR)
+    return head if sep and head and tail.isdigit() else key
+
 
 PACKED_MANIFEST_SCHEMA = pa.schema([
     ("key", pa.string()), ("shard", pa.string()), ("num_samples", pa.int32()), ("num_tokens", pa.int32()),

@@ -41,11 +41,79 @@ def test_phash_clusters_are_transitive_and_distinct_images_survive():
     samples += [_img(f"same{i:03d}", phash=0x1111, w=10) for i in range(300)]
     with TestPipeline() as p:
         out = p | beam.Create(samples) | PhashNearDedup(max_distance=4, max_bucket_pairs=10_000)
-        assert_that(out["kept"] | "K" >> beam.Map(lambda s: s.key), equal_to(["b", "far", "nohash", "same000"]),
+        # d is in b's cluster (through c) but 6 bits from b, the representative: clusters chain, decisions do not.
+        assert_that(out["kept"] | "K" >> beam.Map(lambda s: s.key), equal_to(["b", "d", "far", "nohash", "same000"]),
                     label="kept")
         assert_that(out["rejected"] | "R" >> beam.Map(lambda r: (r.key, r.detail)),
-                    equal_to([("a", "duplicate of b"), ("c", "duplicate of b"), ("d", "duplicate of b")]
+                    equal_to([("a", "duplicate of b"), ("c", "duplicate of b")]
                              + [(f"same{i:03d}", "duplicate of same000") for i in range(1, 300)]), label="rejected")
+
+
+def _counter(result, name: str) -> int:
+    from apache_beam.metrics.metric import MetricsFilter
+
+    return sum(c.committed for c in result.metrics().query(MetricsFilter().with_name(name))["counters"])
+
+
+def test_phash_never_drops_past_the_threshold_from_the_kept_representative():
+    """The MNIST case (issue 20): A–B 4 bits, B–C 6 bits, A–C 10 bits, threshold 6, C the best image. One cluster
+    through B, but A is 10 bits from C, the record kept: A is kept too, and counted."""
+    c = 0x0F0F_0F0F_0F0F_0F0F
+    b = c ^ 0b111111  # 6 bits from c
+    a = b ^ (0b1111 << 32)  # 4 bits from b, 10 from c
+    assert bin(a ^ c).count("1") == 10
+    samples = [_img("a_one", phash=a, w=28), _img("b", phash=b, w=28), _img("c_nine", phash=c, w=56)]
+    p = TestPipeline()
+    out = p | beam.Create(samples) | PhashNearDedup(max_distance=6, max_bucket_pairs=100)
+    assert_that(out["kept"] | "K" >> beam.Map(lambda s: s.key), equal_to(["a_one", "c_nine"]), label="kept")
+    assert_that(out["rejected"] | "R" >> beam.Map(lambda r: (r.key, r.reason, r.detail)),
+                equal_to([("b", "near_duplicate_image", "duplicate of c_nine")]), label="rejected")
+    result = p.run()
+    result.wait_until_finish()
+    assert _counter(result, "phash_chain_kept") == 1
+
+
+def test_minhash_never_drops_past_the_threshold_from_the_kept_representative():
+    """Texts x–y and y–z near (Jaccard >= 0.6), x–z not; z the longest, so the representative: x is kept."""
+    words = [f"w{i}" for i in range(60)]
+    x = " ".join(words)
+    y = " ".join(words[10:] + [f"x{i}" for i in range(10)])
+    z = " ".join(words[20:] + [f"x{i}" for i in range(10)] + [f"ylonger{i}" for i in range(12)])
+    sig = {k: hashing.minhash_signature(t, num_perm=256, ngram=1) for k, t in {"x": x, "y": y, "z": z}.items()}
+    jaccard = lambda a, b: float(np.mean(sig[a] == sig[b]))
+    assert jaccard("x", "y") >= 0.6 and jaccard("y", "z") >= 0.6 and jaccard("x", "z") < 0.6
+    samples = [Sample(key=k, source="s", source_id=k, kind="qa", text=t) for k, t in {"x": x, "y": y, "z": z}.items()]
+    config = DedupConfig(minhash_threshold=0.6, minhash_num_perm=256, minhash_bands=64)
+    p = TestPipeline()
+    out = p | beam.Create(samples) | MinhashNearDedup(config)
+    assert_that(out["kept"] | "K" >> beam.Map(lambda s: s.key), equal_to(["x", "z"]), label="kept")
+    assert_that(out["rejected"] | "R" >> beam.Map(lambda r: (r.key, r.detail)),
+                equal_to([("y", "duplicate of z")]), label="rejected")
+    result = p.run()
+    result.wait_until_finish()
+    assert _counter(result, "minhash_chain_kept") == 1
+
+
+def test_exact_dedup_reads_each_kind_whole():
+    """Several questions about one image are different records, so are two rows that differ only in their image;
+    two captions of one image are one image's duplicates (schemas.kinds)."""
+    from vlmloom.schemas.records import Message
+
+    def qa(key, sha, question):
+        s = _img(key, sha)
+        s.kind = "qa"
+        s.messages = [Message("user", question), Message("assistant", "yes")]
+        return s
+
+    samples = [qa("q1", "img1", "is it red?"), qa("q2", "img1", "is it round?"), qa("q3", "img2", "is it red?"),
+               qa("q4", "img1", "is it red?"),
+               _img("cap1", "img3", text="a red ball"), _img("cap2", "img3", text="a ball, red")]
+    with TestPipeline() as p:
+        out = p | beam.Create(samples) | ExactDedup()
+        assert_that(out["kept"] | "K" >> beam.Map(lambda s: s.key), equal_to(["q1", "q2", "q3", "cap2"]),
+                    label="kept")
+        assert_that(out["rejected"] | "R" >> beam.Map(lambda r: (r.key, r.detail)),
+                    equal_to([("q4", "duplicate of q1"), ("cap1", "duplicate of cap2")]), label="rejected")
 
 
 def test_minhash_text_near_duplicates():

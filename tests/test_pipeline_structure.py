@@ -115,3 +115,41 @@ def test_the_walk_detects_a_broadcast(tmp_path):
     offending = {(label, kind) for label, kind, _ in _walk(pipeline) if _allowed(label, kind) is None}
     assert ("near_dup_text/Route", "side_input") in offending
     assert any(kind == "global_combine" and label.startswith("Everything") for label, kind in offending)
+
+
+# Stages that only decide: what crosses their shuffles must be metadata (issue 22). Their decisions meet the samples
+# once, where the samples are grouped anyway (the sink's per-bucket group, or ApplyDedup before the model stages).
+DECIDING_STAGES = ("dedup/",)
+
+
+class _Shuffles(PipelineVisitor):
+    """(full label, element type) of what every GroupByKey and CoGroupByKey under DECIDING_STAGES reads."""
+
+    def __init__(self):
+        self.found: list[tuple[str, object]] = []
+
+    def visit_transform(self, applied):
+        label = applied.full_label
+        if not label.startswith(DECIDING_STAGES) or "CoGroupByKeyImpl" in label:
+            return  # a CoGroupByKey's own grouping reads a union of its inputs: the inputs are checked instead
+        if isinstance(applied.transform, (beam.GroupByKey, beam.CoGroupByKey)):
+            for pcoll in applied.inputs:
+                self.found.append((label, pcoll.element_type))
+
+    enter_composite_transform = visit_transform
+
+
+def test_no_deciding_stage_shuffles_samples_or_bytes(tmp_path):
+    config = load_config(_every_stage_config(tmp_path))
+    pipeline = beam.Pipeline()
+    build_pipeline(pipeline, config, str(tmp_path / "out"))
+    visitor = _Shuffles()
+    pipeline.visit(visitor)
+    shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
+    labels = {label for label, _ in visitor.found}
+    for stage in ("exact_dedup", "near_dup_image", "near_dup_text"):  # the walk sees every dedup stage's shuffles
+        assert any(f"/{stage}/" in label for label in labels), stage
+    untyped = [(label, str(hint)) for label, hint in visitor.found if "Any" in str(hint)]
+    assert not untyped, f"shuffles of undeclared element types (declare them so that this check can read them): {untyped}"
+    carrying = [(label, str(hint)) for label, hint in visitor.found if "Sample" in str(hint) or "bytes" in str(hint)]
+    assert not carrying, f"a deciding stage shuffles samples or bytes: {carrying}"

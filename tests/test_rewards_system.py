@@ -25,7 +25,7 @@ def respond(answer: str) -> str:
 MIXED = [
     RewardItem("m1", "math", respond("\\frac{1}{2}"), "0.5"),
     RewardItem("m2", "math", respond("3"), "4"),
-    RewardItem("c1", "chart", respond("2019.4"), "2019"),
+    RewardItem("c1", "chart", respond("2020"), "2019"),
     RewardItem("q1", "choice", respond("Paris"), "B", options=["London", "Paris"]),
     RewardItem("o1", "ocr", respond("helo"), "hello"),
     RewardItem("g1", "grounding", respond("[0,0,100,100]"), [[0, 0, 100, 100]]),
@@ -65,10 +65,10 @@ def test_hanging_expression_is_killed_scored_minimum_and_counted(workers):
         hang, after, ocr = system.score_batch(items)
         stats = system.stats()
     assert (hang.score, hang.reason) == (0.0, "timeout")
-    assert hang.elapsed_s < timeout + 5  # a hang guard, not a benchmark
+    assert hang.elapsed_s < 2 * timeout + 5  # late, retried once on a fresh worker, late again: a hang guard
     assert (after.score, after.reason) == (1.0, "correct")  # the killed worker was replaced
     assert (ocr.score, ocr.reason) == (1.0, "correct")
-    assert stats["math"]["timeouts"] == 1 and stats["math"]["errors"] == 0
+    assert stats["math"]["timeouts"] == 1 and stats["math"]["retried"] == 1 and stats["math"]["errors"] == 0
 
 
 def test_timeout_rate_threshold_raises():

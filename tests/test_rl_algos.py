@@ -72,10 +72,10 @@ def test_clip_higher_matches_reference():
     lp = [rng.uniform(-3, 0) for _ in range(n)]
     old = [x + rng.uniform(-0.6, 0.6) for x in lp]
     adv = [rng.uniform(-2, 2) for _ in range(n)]
-    loss, clipped = A.POLICY_LOSSES.get("clip_higher")(torch.tensor(lp, dtype=torch.float64),
-                                                     torch.tensor(old, dtype=torch.float64),
-                                                     torch.tensor(adv, dtype=torch.float64),
-                                                     clip_low=0.2, clip_high=0.28)
+    out = A.POLICY_LOSSES.get("clip_higher")(torch.tensor(lp, dtype=torch.float64),
+                                             torch.tensor(old, dtype=torch.float64),
+                                             torch.tensor(adv, dtype=torch.float64), clip_low=0.2, clip_high=0.28)
+    loss, clipped = out.loss, out.clipped_high | out.clipped_low
     ref_loss, ref_clipped = ref_policy_loss(lp, old, adv, 0.2, 0.28)
     torch.testing.assert_close(loss, torch.tensor(ref_loss, dtype=torch.float64))
     assert clipped.tolist() == ref_clipped
@@ -85,8 +85,8 @@ def test_clip_higher_matches_reference():
 def test_clip_is_asymmetric():
     """ratio 1.25 with A > 0 is inside clip-higher's upper bound (1.28) but outside a symmetric 0.2 clip."""
     lp, old, adv = torch.tensor([math.log(1.25)]), torch.tensor([0.0]), torch.tensor([1.0])
-    higher, clipped = A.clip_higher_policy_loss(lp, old, adv, clip_low=0.2, clip_high=0.28)
-    symmetric, clipped_sym = A.clip_higher_policy_loss(lp, old, adv, clip_low=0.2, clip_high=0.2)
+    higher, clipped, *_ = A.clip_higher_policy_loss(lp, old, adv, clip_low=0.2, clip_high=0.28)
+    symmetric, clipped_sym, *_ = A.clip_higher_policy_loss(lp, old, adv, clip_low=0.2, clip_high=0.2)
     assert not clipped.item() and clipped_sym.item()
     torch.testing.assert_close(higher, torch.tensor([-1.25]))
     torch.testing.assert_close(symmetric, torch.tensor([-1.2]))
@@ -154,23 +154,18 @@ def test_curriculum_weight_moves_away_from_zero_and_one(name):
 
 
 def test_expansion_bounds_and_ema():
+    """Invariants only; the formula itself is checked against hand-computed sequences in test_rl_paper_formulas."""
     rng = random.Random(4)
-    ema = 1.0
+    ema = 0.0
     for _ in range(300):
         ratio = rng.choice([0.0, 1.0, rng.random()])
-        factor = A.expansion_factor(ratio, 4.0)
+        ema = A.update_ratio_ema(ema, ratio, decay=0.8)
+        assert 0.0 <= ema <= 1.0
+        factor = A.expansion_factor(ema, 4.0)
         assert 1.0 <= factor <= 4.0
-        expected = min(max(0.8 * ema + 0.2 * min(1 / (1 - ratio), 4.0) if ratio < 1 else 0.8 * ema + 0.2 * 4.0, 1), 4)
-        ema = A.update_expansion_ema(ema, ratio, decay=0.8, cap=4.0)
-        assert ema == pytest.approx(expected) and 1.0 <= ema <= 4.0
-        n = A.prompts_to_roll_out(8, ema, 4.0)
-        assert 8 <= n <= 32
+        assert 8 <= A.prompts_to_roll_out(8, factor, 4.0) <= 32
     assert A.expansion_factor(0.5, 4.0) == 2.0
-    assert A.expansion_factor(1.0, 3.0) == 3.0  # all groups uninformative: widen to the cap, never abort
-    ema = 1.0
-    for _ in range(200):
-        ema = A.update_expansion_ema(ema, 1.0, decay=0.5, cap=3.0)
-    assert ema == pytest.approx(3.0)
+    assert A.expansion_factor(1.0, 3.0) == 3.0  # every group uninformative so far: widen to the cap, never abort
     assert A.prompts_to_roll_out(8, 3.0, 3.0) == 24
 
 

@@ -26,9 +26,10 @@ def test_online_updates_move_sampling_away_from_solved_and_unsolved():
     assert probs[20:].min() > 2 * probs[:20].max()  # 0.94 (8.5 of 9 with the prior) still gets 1/2.7
     draws = np.bincount([x for _ in range(300) for x in sampler.sample(5)], minlength=30)
     assert draws[20:].sum() > draws[:20].sum()  # 10 balanced prompts outdraw the 20 others
-    # decay: one fresh all-correct group after an all-wrong history moves the rate past the midpoint of the two
+    # decay: one fresh all-correct group after an all-wrong history moves the rate past the midpoint of the two;
+    # the unknown prior (½ at one pseudo-trial) has halved once per group: 0.25 after two
     sampler.update(10, [True] * 8)
-    assert sampler.pass_rates()[10] == pytest.approx((0.5 * 1 + 0.5 * 0 + 8) / (1 + 0.5 * 8 + 8))
+    assert sampler.pass_rates()[10] == pytest.approx((0.25 * 0.5 + 0.5 * 0 + 8) / (0.25 + 0.5 * 8 + 8))
 
 
 def test_offline_pass_rates_are_a_prior(tmp_path):
@@ -39,8 +40,8 @@ def test_offline_pass_rates_are_a_prior(tmp_path):
     sampler = CurriculumSampler(["a", "b", "c"], CurriculumConfig(offline_weight=4.0), group_size=4, seed=0,
                                 offline=offline)
     assert sampler.pass_rates().tolist() == [1.0, 0.25, 0.5]
-    sampler.update(0, [False] * 4)  # the model forgot: 4 pseudo-trials at 1.0 vs 4 fresh failures
-    assert sampler.pass_rates()[0] == pytest.approx(0.5)
+    sampler.update(0, [False] * 4)  # the model forgot: the prior fades to 2 pseudo-trials at 1.0 vs 4 failures
+    assert sampler.pass_rates()[0] == pytest.approx(2 / 6)
     (tmp_path / "bad.jsonl").write_text('{"id": "a", "pass_rate": 1.5}\n')
     with pytest.raises(ValueError, match="outside"):
         read_pass_rates(str(tmp_path / "bad.jsonl"))

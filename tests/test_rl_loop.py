@@ -140,16 +140,20 @@ def test_packed_policy_loss_equals_unpacked(task):
     torch.testing.assert_close(packed, unpacked, rtol=1e-4, atol=1e-5)
 
 
-def test_all_uninformative_iterations_never_abort(task, tmp_path, monkeypatch):
+def test_all_uninformative_iterations_never_abort_and_the_budget_ends_the_run(task, tmp_path, monkeypatch):
+    """Every group uninformative: empty steps, expansion grows. EMA(r): 0 → 0.5·0 + 0.5·1 = 0.5 → 0.75; the
+    factor 1/(1 − EMA(r)) capped at 2 is 1 (2 prompts, 8 rollouts), then 2 (4 prompts asked), but the rollout
+    budget of 12 leaves ⌈4 / 4⌉ = 1 prompt; then the run ends although `steps` is 10."""
     monkeypatch.setattr(rlcs_module, "LocalRewards", ZeroRewards)
     items, model_dir = task
-    summary = train(rl_config(model_dir, tmp_path / "zero", expansion_decay=0.5),
-                    source=rlcs_task.rl_prompts(items))
+    config = rl_config(model_dir, tmp_path / "zero", expansion_decay=0.5, rollout_budget=12)
+    summary = train(config.__class__(**{**config.__dict__, "steps": 10}), source=rlcs_task.rl_prompts(items))
     its = summary["iterations"]
-    assert summary["steps"] == 2 and len(its) == 2
+    assert summary["steps"] == 2 and len(its) == 2 and summary["stop_reason"] == "data_exhausted"
     assert all(it["uninformative_ratio"] == 1.0 and it["groups_kept"] == 0 for it in its)
-    assert its[0]["prompts_rolled_out"] == 2 and its[1]["prompts_rolled_out"] == 3  # ⌈2 · 1.5⌉: expansion grew
-    assert its[1]["expansion_ema"] == pytest.approx(1.75)  # 0.5·1.5 + 0.5·2 (the cap)
+    assert [it["ratio_ema"] for it in its] == [0.5, 0.75]
+    assert [it["expansion_factor"] for it in its] == [1.0, 2.0]
+    assert [it["prompts_rolled_out"] for it in its] == [2, 1] and [it["rollouts"] for it in its] == [8, 4]
     assert summary["losses"] == [0.0, 0.0]
 
 
@@ -168,7 +172,7 @@ def test_resume_is_exact_two_plus_two_equals_four(task, tmp_path, monkeypatch):
     assert first["steps"] == 2 and second["resumed_from"].endswith("step_000000002")
 
     def key(it):
-        return (it["mean_reward"], it["prompts_rolled_out"], it["groups_kept"], it["expansion_ema"],
+        return (it["mean_reward"], it["prompts_rolled_out"], it["groups_kept"], it["ratio_ema"],
                 it["mean_pass_rate"])
 
     assert [key(it) for it in second["iterations"]] == [key(it) for it in straight["iterations"]]
@@ -189,3 +193,44 @@ def test_rlcs_demo_on_a_curated_directory(task, tmp_path, capsys):
     assert set(result["reward_by_domain"]) == {"text", "numeric"}
     assert result["iterations"][0]["prompts_rolled_out"] == 4
     assert "reward per domain: numeric 0.000, text 0.000" in capsys.readouterr().out
+
+
+ITERATION_METRICS = ("policy_loss", "clip_fraction_high", "clip_fraction_low", "dual_clip_fraction", "ratio_mean",
+                     "ratio_max", "entropy", "response_length", "format_pass_rate", "force_answer_rate",
+                     "informative_group_share", "expansion_factor", "reward_text", "reward_numeric",
+                     "verifier_timeouts", "verifier_errors", "mean_reward")
+
+
+def test_one_iteration_logs_its_metrics_to_json_and_tensorboard(task, tmp_path, monkeypatch):
+    """Issue 21 item 4: the first step of an RLCS iteration carries the iteration's figures and the policy
+    figures; both reach metrics.jsonl and TensorBoard (scalars under train/)."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setattr(rlcs_module, "LocalRewards", HashRewards)
+    items, model_dir = task
+    config = rl_config(model_dir, tmp_path / "metrics", prompts_per_iteration=4, updates_per_iteration=2,
+                       clip_ratio_c=3.0)
+    config = config.__class__(**{**config.__dict__, "tensorboard": True})
+    summary = train(config, source=rlcs_task.rl_prompts(items))
+    records = [json.loads(line) for line in open(summary["metrics"], encoding="utf-8")]
+    first = records[0]
+    missing = [k for k in ITERATION_METRICS if k not in first]
+    assert not missing, missing
+    it = summary["iterations"][0]
+    assert first["format_pass_rate"] == 0.0  # HashRewards marks every response as failing the format gate
+    assert 0.0 <= first["force_answer_rate"] <= 1.0 and first["response_length"] > 0
+    assert first["informative_group_share"] == pytest.approx(1.0 - it["uninformative_ratio"])
+    assert first["expansion_factor"] == 1.0  # EMA(r) starts at 0
+    assert first["verifier_timeouts"] == 0
+    if it["groups_kept"]:
+        assert first["ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # first update: π = π_old
+        assert first["clip_fraction_high"] == 0.0 and first["entropy"] > 0
+        assert first["loss_tokens"] > 0
+    assert all(k in records[-1] for k in ("policy_loss", "ratio_max", "clip_fraction_low", "entropy"))
+    events = EventAccumulator(str(tmp_path / "metrics" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {f"train/{k}" for k in ITERATION_METRICS} <= tags
+

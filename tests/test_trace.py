@@ -11,10 +11,12 @@ import pytest
 from vlmloom.cli.main import main as vlmloom_main
 from vlmloom.demo.corpus import DemoCorpusConfig, build_demo_corpus
 from vlmloom.demo.run import next_steps
+from vlmloom.packing.builder import BuilderConfig
 from vlmloom.packing.pack import PackConfig, pack
 from vlmloom.pipelines.curate import curate, load_config
 from vlmloom.pipelines.report import read_manifest, read_rejections
-from vlmloom.pipelines.trace import representative_key, trace
+from vlmloom.pipelines.trace import render, representative_key, trace
+from vlmloom.schemas.packed import document_key
 
 SEQ_LEN = 1024  # the demo's long qa/interleaved samples exceed it: the pack step drops some as too_long
 
@@ -104,13 +106,35 @@ def test_near_duplicate_traces_to_its_kept_representative(dirs):
 
 def test_sample_dropped_by_pack_traces_to_too_long(dirs):
     curated, packed, _ = dirs
-    packed_keys = {k for r in _packed_manifest(packed) for k in r["sample_keys"]}
+    packed_keys = {document_key(k) for r in _packed_manifest(packed) for k in r["sample_keys"]}
     kept = read_manifest(curated)
     key = next(r["key"] for r in kept if r["key"] not in packed_keys)
     history = trace(key, curated, packed)["samples"][0]
     assert history["curation"]["kept"] and history["packed"] == []
     assert history["pack_rejected"][0]["reason"] == "too_long"
     assert f"> seq_len {SEQ_LEN}" in history["pack_rejected"][0]["detail"]
+
+
+def test_split_document_traces_to_each_of_its_parts(dirs, tmp_path):
+    """A document longer than seq_len is packed as parts KEY#p0, KEY#p1, …: its history lists every part's
+    placement, and a sequence holding a part traces back to the document."""
+    curated, _, _ = dirs
+    packed = str(tmp_path / "short")  # short sequences: the demo's interleaved documents are split
+    pack(PackConfig(inputs=[curated], output=packed, seq_len=400, tokenizer_vocab_size=300,
+                    builder=BuilderConfig(kinds=["interleaved"])))
+    rows = _packed_manifest(packed)
+    parts = sorted({k for r in rows for k in r["sample_keys"] if document_key(k) != k})
+    assert parts
+    doc = document_key(parts[0])
+    mine = [k for k in parts if document_key(k) == doc]
+    assert len(mine) >= 2
+    history = trace(doc, curated, packed)["samples"][0]
+    assert history["curation"]["kept"] and sorted(p["part_key"] for p in history["packed"]) == mine
+    assert f"as part {mine[0]}" in render(trace(doc, curated, packed))
+    row = next(r for r in rows if mine[0] in r["sample_keys"])
+    shard_rows = [r for r in rows if r["shard"] == row["shard"]]
+    result = trace(f"{row['shard']}:{shard_rows.index(row)}", curated, packed)
+    assert doc in [s["key"] for s in result["samples"]]
 
 
 def test_source_id_lookup_finds_every_record_read_under_it(dirs):

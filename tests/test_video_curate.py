@@ -47,18 +47,20 @@ def test_reader_hooks_make_video_samples(tmp_path):
 
 def test_curate_and_pack_video_inputs(tmp_path):
     # 64 px sides: the heuristics' resolution rule (min_side 64) reads the video's width/height signals too.
-    # Captions differ in words: exact and MinHash dedup in main do not read the kinds table yet (a clip is keyed on
-    # its text there), so this test does not lean on them; test_video_pack checks the table's video digest.
+    # Dedup by the kinds table: the tar's distinct clip shares the folder clip's caption and is kept (pair-aware
+    # MinHash: same caption, other clip); the folder's copy.mp4 holds the folder clip's bytes: exact duplicate.
     clip, other, third = make_video(20, 64, 64, fps=10), make_video(15, 64, 64, fps=5), make_video(12, 64, 64, fps=8)
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "clip.mp4").write_bytes(clip)
     (folder / "clip.txt").write_text("a grey square slowly turns lighter over two seconds")
+    (folder / "copy.mp4").write_bytes(clip)
+    (folder / "copy.txt").write_text("the same clip again")
     (folder / "broken.mp4").write_bytes(clip[:200])
     (folder / "broken.txt").write_text("this file was cut in the middle of its header")
     (folder / "short.webm").write_bytes(make_video(2, 64, 64, fps=10, codec="libvpx", fmt="webm"))
     (folder / "short.txt").write_text("two frames are far too short for any training use")
-    _tar(tmp_path / "clips.tar", [("t1.mp4", other), ("t1.txt", b"three seconds of flat colour from a tar member")])
+    _tar(tmp_path / "clips.tar", [("t1.mp4", other), ("t1.txt", b"a grey square slowly turns lighter over two seconds")])
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "v.mp4").write_bytes(third)
     (tmp_path / "m" / "rows.jsonl").write_text(json.dumps({"id": "row1", "video_path": "v.mp4",
@@ -74,7 +76,7 @@ def test_curate_and_pack_video_inputs(tmp_path):
     assert report["sections"]["video_fps"]["histogram"]["counts"] == [2, 1, 0, 0, 0, 0]
     assert report["histograms"]["width"]["counts"] == [3, 0, 0, 0, 0, 0]
     rejected = {(r["source_id"], r["reason"]) for r in pq.read_table(f"{out}/rejected").to_pylist()}
-    assert rejected == {("broken", "corrupt_video"), ("short", "too_short")}
+    assert rejected == {("broken", "corrupt_video"), ("short", "too_short"), ("copy", "exact_duplicate")}
     kept = {s.source_id: s for s in iter_curated_samples(out)}
     assert sorted(kept) == ["clip", "row1", "t1"]
     assert [kept[k].videos[0].bytes for k in ("clip", "t1", "row1")] == [clip, other, third]

@@ -5,7 +5,8 @@ tokens of its own sample. Sample boundaries come from the text position ids (row
 starts a sample), which transformers hands to every attention call; no L×L mask is ever built (the name is not
 in transformers' mask registry, so `create_causal_mask` returns None). On CUDA it calls
 `torch.nn.attention.varlen.varlen_attn` (torch ≥ 2.9); elsewhere a per-sample sdpa loop with the same
-semantics runs (slow; it exists so the plumbing can be tested on CPU).
+semantics runs (slow; it exists so the plumbing can be tested on CPU). Decoding steps with a KV cache (queries
+shorter than keys, as in RLCS rollouts) run plain sdpa: generated rows are never packed.
 
     from vlmloom.trainer.attention import register_varlen_attention
     register_varlen_attention()
@@ -79,11 +80,13 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
         raise ValueError(f"{NAME} does not implement attention dropout")
     batch, heads, length, dim = query.shape
     kv_heads = key.shape[1]
+    scale = scaling if scaling is not None else dim**-0.5
+    if key.shape[2] != length:
+        return _cached_attention(query, key, value, scale), None
     cu, max_len = _cached_boundaries(position_ids if position_ids.dim() == 2 else position_ids.view(batch, length))
     q = query.transpose(1, 2).reshape(batch * length, heads, dim)
     k = key.transpose(1, 2).reshape(batch * length, kv_heads, dim)
     v = value.transpose(1, 2).reshape(batch * length, kv_heads, dim)
-    scale = scaling if scaling is not None else dim**-0.5
     if query.is_cuda and varlen_available():
         out = _torch_varlen(q, k, v, cu, max_len, scale)
     else:
@@ -114,6 +117,20 @@ def _torch_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.T
             repeat = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
     return varlen_attn(q, k, v, cu, cu, max_len, max_len, **kwargs)
+
+
+def _cached_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """Decoding with a KV cache (`generate`, e.g. RLCS rollouts): q (B, H, Lq, D) are the last Lq positions of
+    each row, k/v (B, Hkv, Lk, D) all of them → (B, Lq, H, D). Rows that generate are single unpacked
+    sequences (the rollout batches prompts of equal length, no padding), so plain sdpa with the causal mask
+    aligned to the end of the keys is exact; the packed boundaries matter only when queries and keys coincide."""
+    q_len, k_len = query.shape[2], key.shape[2]
+    mask = None
+    if q_len > 1:  # a multi-token step after a prefix: bottom-right causal (sdpa's is_causal aligns top-left)
+        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale,
+                                         enable_gqa=key.shape[1] != query.shape[1])
+    return out.transpose(1, 2)
 
 
 def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, scale: float) -> torch.Tensor:

@@ -24,6 +24,7 @@ class CurriculumConfig:
     weight_params: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. {center: 0.5, width: 0.25}
     min_weight: float = 0.05  # floor of a tier's weight: solved/unsolved prompts are still revisited
     online_decay: float = 0.5  # a prompt's earlier online counts are multiplied by this when it is rolled out again
+    offline_decay: float = 0.5  # the offline estimate's weight is multiplied by this per online group (1 = never fades)
     offline_pass_rates: str = ""  # JSONL {id, pass_rate, k} from `vlmloom rlcs-passk`; "" = none
     offline_weight: float = 4.0  # pseudo-trials an offline pass rate counts for against online rollouts
     unknown_pass_rate: float = 0.5  # prior pass rate of prompts without an offline rate (one pseudo-trial)
@@ -35,8 +36,9 @@ class CurriculumConfig:
 
         if self.weight_fn not in CURRICULUM_WEIGHTS:
             raise ConfigError(f"rlcs.curriculum.weight_fn {self.weight_fn!r}: use one of {CURRICULUM_WEIGHTS.names()}")
-        if not 0.0 <= self.online_decay <= 1.0 or not 0.0 <= self.unknown_pass_rate <= 1.0:
-            raise ConfigError("rlcs.curriculum.online_decay and unknown_pass_rate must be within [0, 1]")
+        if not 0.0 <= self.online_decay <= 1.0 or not 0.0 <= self.unknown_pass_rate <= 1.0 \
+                or not 0.0 <= self.offline_decay <= 1.0:
+            raise ConfigError("rlcs.curriculum.online_decay, offline_decay and unknown_pass_rate must be within [0, 1]")
         if self.min_weight <= 0 or self.offline_weight <= 0:
             raise ConfigError("rlcs.curriculum.min_weight and offline_weight must be > 0 (a zero weight would "
                               "starve a tier forever)")
@@ -56,13 +58,18 @@ class RLCSConfig:
     prompts_per_iteration: int = 8  # B: groups kept for the update of one iteration
     dynamic_sampling: bool = True  # false: roll out exactly B prompts and keep every informative group
     expansion_max: float = 4.0  # cap of the expansion factor: at most ceil(B * expansion_max) prompts per iteration
-    expansion_decay: float = 0.9  # EMA decay of the expansion factor 1 / (1 - r)
+    expansion_decay: float = 0.9  # EMA decay of r (uninformative-group share); factor = min(1 / (1 - EMA(r)), max)
     advantage: str = "grpo"  # grpo | grpo_no_std (rl_algos.ADVANTAGE_ESTIMATORS)
+    advantage_std: str = "population"  # grpo's group std: population (÷k, default) | unbiased (÷(k−1), as verl)
     policy_loss: str = "clip_higher"  # rl_algos.POLICY_LOSSES
     clip_low: float = 0.2
     clip_high: float = 0.28
+    clip_ratio_c: float = 0.0  # dual-clip bound for tokens with A < 0 (verl's default is 3.0); 0 = off, else > 1
     loss_agg: str = "seq-mean-token-mean"  # per response (paper default) | token-mean
     updates_per_iteration: int = 1  # optimizer steps per iteration (mini-batches of the kept groups)
+    # stop once this many rollouts (responses) were generated, the last iteration drawing only what is left
+    # (⌈left / k⌉ prompts), so arms with and without dynamic sampling compare at equal budgets; 0 = no budget
+    rollout_budget: int = 0
     max_new_tokens: int = 1024  # response budget (thinking + answer)
     max_think_tokens: int = 768  # no </think> within this many tokens: force answering
     force_answer_tokens: int = 64  # tokens generated after the appended </think><answer>
@@ -92,6 +99,12 @@ class RLCSConfig:
             raise ConfigError(f"rlcs.expansion_decay ({self.expansion_decay}) must be within [0, 1)")
         if not 0 <= self.clip_low < 1 or self.clip_high < 0:
             raise ConfigError(f"rlcs.clip_low ({self.clip_low}) must be in [0, 1) and clip_high ({self.clip_high}) >= 0")
+        if self.rollout_budget < 0:
+            raise ConfigError(f"rlcs.rollout_budget ({self.rollout_budget}) must be >= 0 (0 = no budget)")
+        if self.advantage_std not in ("population", "unbiased"):
+            raise ConfigError(f"rlcs.advantage_std {self.advantage_std!r}: use population or unbiased")
+        if self.clip_ratio_c and self.clip_ratio_c <= 1.0:
+            raise ConfigError(f"rlcs.clip_ratio_c ({self.clip_ratio_c}) must be > 1 (dual-clip) or 0 (off)")
         if self.loss_agg not in LOSS_AGGREGATIONS:
             raise ConfigError(f"rlcs.loss_agg {self.loss_agg!r}: use one of {list(LOSS_AGGREGATIONS)}")
         if not 0 < self.max_think_tokens <= self.max_new_tokens or self.force_answer_tokens < 1:

@@ -7,13 +7,18 @@ tiers → tier weights → which prompts the next iteration rolls out.
         → `CurriculumSampler.sample(n)`: n prompt indices
 
 Choices (all `CurriculumConfig` fields):
-- merged pass rate = (w_off·offline + s) / (w_off + n), where s, n are the prompt's online successes and trials.
-  The offline pass@k is treated as `offline_weight` pseudo-trials: a Beta prior that a few fresh rollouts can
-  override, because the model moves away from the one that computed the offline rates. Prompts with no offline
-  rate start at `unknown_pass_rate` (default ½: unknown prompts look informative and get tried early) with a
-  weight of one pseudo-trial.
-- online counts decay by `online_decay` each time the prompt is rolled out again, so the rate tracks the current
-  policy rather than its whole history (0.5: the previous rollouts weigh half as much as the newest group).
+- merged pass rate = (w·offline + s) / (w + n), where s, n are the prompt's online successes and trials and w
+  the weight of the offline estimate. The offline pass@k starts as `offline_weight` pseudo-trials (a Beta prior);
+  prompts with no offline rate start at `unknown_pass_rate` (default ½: unknown prompts look informative and get
+  tried early) with a weight of one pseudo-trial.
+- each rollout group of the prompt (k responses, c of them passing) updates, in this order:
+      w ← offline_decay · w        the offline estimate fades as online evidence arrives (it was measured on an
+                                   older model); after g groups it weighs offline_weight · offline_decay^g
+      s ← online_decay · s + c     older online groups weigh less, so the rate tracks the current policy
+      n ← online_decay · n + k
+  With the defaults (offline_weight 4, both decays 0.5, k = 8) a prompt that passed offline (1.0) and fails every
+  online group reads 2/10 = 0.2, then 1/13 ≈ 0.077, then 0.5/14.5 ≈ 0.034: it sinks to the all-fail tier
+  instead of staying at 0.20 for ever (the earlier rule kept w fixed, and n saturates at k/(1 − online_decay)).
 - tiers: `num_tiers` equal-width bins of pass rate; each tier's weight is `weight_fn` at the tier's mean pass rate,
   floored at `min_weight`. The default `informative` (1 − p^k − (1 − p)^k) is the probability that a group of k
   responses carries a non-zero GRPO advantage, so it directly targets what dynamic sampling otherwise filters out.
@@ -45,6 +50,7 @@ class CurriculumSampler:
         self.group_size = group_size
         offline = offline or {}
         self.prior = np.array([offline.get(i, config.unknown_pass_rate) for i in self.ids], np.float64)
+        # the offline (or unknown) prior's weight in pseudo-trials; it decays with every online group (update)
         self.prior_weight = np.array([config.offline_weight if i in offline else 1.0 for i in self.ids], np.float64)
         self.successes = np.zeros(len(self.ids), np.float64)
         self.trials = np.zeros(len(self.ids), np.float64)
@@ -76,6 +82,7 @@ class CurriculumSampler:
     def update(self, index: int, passed: Iterable[bool]) -> None:
         """Fold one rollout group of prompt `index` into its online counts (older counts decay first)."""
         passed = [bool(p) for p in passed]
+        self.prior_weight[index] *= self.config.offline_decay
         self.successes[index] = self.config.online_decay * self.successes[index] + sum(passed)
         self.trials[index] = self.config.online_decay * self.trials[index] + len(passed)
 
@@ -91,13 +98,15 @@ class CurriculumSampler:
 
     def state_dict(self) -> dict[str, Any]:
         return {"ids_hash": _ids_hash(self.ids), "successes": self.successes.tolist(), "trials": self.trials.tolist(),
-                "rng": self.rng.bit_generator.state}
+                "prior_weight": self.prior_weight.tolist(), "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["ids_hash"] != _ids_hash(self.ids):
             raise ValueError("curriculum state was saved for a different prompt set; resume with the same prompts")
         self.successes = np.asarray(state["successes"], np.float64)
         self.trials = np.asarray(state["trials"], np.float64)
+        if "prior_weight" in state:  # absent in checkpoints written before the offline decay
+            self.prior_weight = np.asarray(state["prior_weight"], np.float64)
         self.rng.bit_generator.state = state["rng"]
 
 

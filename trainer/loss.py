@@ -92,10 +92,18 @@ class PolicyGradientLoss(CausalLMLoss):
     Log-probs use logits / temperature, the distribution the rollouts were sampled from.
     """
 
-    def __init__(self, model: Any, *, policy_loss: str, clip_low: float, clip_high: float, temperature: float):
+    def __init__(self, model: Any, *, policy_loss: str, clip_low: float, clip_high: float, temperature: float,
+                 clip_ratio_c: float = 0.0):
         super().__init__(model)
         self.policy_loss, self.clip_low, self.clip_high, self.temperature = policy_loss, clip_low, clip_high, temperature
+        self.clip_ratio_c = clip_ratio_c
         self.clipped_tokens = 0  # side channel for metrics, reset by the objective each step
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        """Sums over the loss tokens of a step (side channel for metrics; the objective resets it every step)."""
+        self.stats = {"tokens": 0, "clipped_high": 0, "clipped_low": 0, "dual_clipped": 0, "ratio_sum": 0.0,
+                      "ratio_max": 0.0, "entropy_sum": 0.0, "weighted_loss": 0.0, "weight": 0.0}
 
     def token_log_probs(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
                         mm_token_type_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
@@ -103,7 +111,35 @@ class PolicyGradientLoss(CausalLMLoss):
         """log π(target) at every target position, in mask order: (N,) fp32, plus the hidden states (B, L, H)."""
         logits, hidden, mask = self.target_logits(input_ids, position_ids, targets, mm_token_type_ids, pixel_values,
                                                   image_grid_thw)
-        return -F.cross_entropy(logits.float() / self.temperature, targets[mask], reduction="none"), hidden
+        scaled = logits.float() / self.temperature
+        if torch.is_grad_enabled() and scaled.shape[0]:
+            with torch.no_grad():  # entropy is a metric only: no entropy term in the loss (the paper's choice)
+                log_p = torch.log_softmax(scaled, dim=-1)
+                self.stats["entropy_sum"] += float(-(log_p.exp() * log_p).sum(-1).sum())
+        return -F.cross_entropy(scaled, targets[mask], reduction="none"), hidden
+
+    def _record(self, out: Any, weights: torch.Tensor, loss_sum: torch.Tensor) -> None:
+        s = self.stats
+        n = int(out.loss.shape[0])
+        s["tokens"] += n
+        s["clipped_high"] += int(out.clipped_high.sum())
+        s["clipped_low"] += int(out.clipped_low.sum())
+        s["dual_clipped"] += int(out.dual_clipped.sum())
+        self.clipped_tokens += int(out.clipped_high.sum() + out.clipped_low.sum())
+        if n:
+            s["ratio_sum"] += float(out.ratio.double().sum())
+            s["ratio_max"] = max(s["ratio_max"], float(out.ratio.max()))
+        s["weighted_loss"] += float(loss_sum.detach())
+        s["weight"] += float(weights.double().sum())
+
+    def step_metrics(self) -> dict[str, float]:
+        """Per-step policy metrics from the summed stats: clip fractions over loss tokens, ratio mean/max,
+        mean token entropy, and the policy loss per aggregation weight (on this rank)."""
+        s, n = self.stats, max(self.stats["tokens"], 1)
+        return {"policy_loss": s["weighted_loss"] / s["weight"] if s["weight"] else 0.0,
+                "clip_fraction_high": s["clipped_high"] / n, "clip_fraction_low": s["clipped_low"] / n,
+                "dual_clip_fraction": s["dual_clipped"] / n, "ratio_mean": s["ratio_sum"] / n,
+                "ratio_max": s["ratio_max"], "entropy": s["entropy_sum"] / n, "loss_tokens": s["tokens"]}
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
                 mm_token_type_ids: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
@@ -114,11 +150,11 @@ class PolicyGradientLoss(CausalLMLoss):
         log_probs, hidden = self.token_log_probs(input_ids, position_ids, targets, mm_token_type_ids, pixel_values,
                                                  image_grid_thw)
         mask = targets != IGNORE_INDEX
-        loss, clipped = POLICY_LOSSES.get(self.policy_loss)(log_probs, old_log_probs[mask].float(),
-                                                             advantages[mask].float(), clip_low=self.clip_low,
-                                                             clip_high=self.clip_high)
-        self.clipped_tokens += int(clipped.sum())
-        loss_sum = (loss * loss_weights[mask].float()).sum()
+        out = POLICY_LOSSES.get(self.policy_loss)(log_probs, old_log_probs[mask].float(), advantages[mask].float(),
+                                                  clip_low=self.clip_low, clip_high=self.clip_high,
+                                                  clip_ratio_c=self.clip_ratio_c)
+        loss_sum = (out.loss * loss_weights[mask].float()).sum()
+        self._record(out, loss_weights[mask].float(), loss_sum)
         if pixel_values is None and self._vision_trains():
             loss_sum = loss_sum + 0.0 * self._dummy_vision(hidden).sum()
         return loss_sum, mask.sum()

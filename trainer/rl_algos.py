@@ -2,10 +2,10 @@
 dynamic-sampling expansion and group selection.
 
     rewards (G, k) ──advantage estimator──▶ advantages (G, k)            ADVANTAGE_ESTIMATORS: grpo, grpo_no_std
-    log-probs, old log-probs, advantages (N,) ──policy loss──▶ (N,)      POLICY_LOSSES: clip_higher
+    log-probs, old log-probs, advantages (N,) ──policy loss──▶ (N,)      POLICY_LOSSES: clip_higher (+ dual-clip)
     sample index (N,) ──aggregation──▶ per-token weights (N,)            LOSS_AGGREGATIONS: seq-mean-token-mean, token-mean
     pass rates (P,) ──tiers + weight function──▶ sampling probs (P,)     CURRICULUM_WEIGHTS: informative, gaussian, variance
-    uninformative ratio r ──1/(1−r), EMA, cap──▶ expansion ≥ 1           expansion_factor / update_expansion_ema
+    uninformative ratio r ──EMA──▶ 1/(1 − EMA(r)), cap──▶ expansion ≥ 1  update_ratio_ema / expansion_factor
 
 Everything here is plain tensor/number code without state, so each piece is tested against a slow Python
 reference (tests/test_rl_algos.py). What GLM-4.1V-Thinking fixes (and so what the defaults are): GRPO
@@ -16,7 +16,7 @@ The registries follow verl's `core_algos` (register by name, look up from the co
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -31,26 +31,34 @@ CURRICULUM_WEIGHTS: Registry[Callable[..., torch.Tensor]] = Registry("curriculum
 # ------------------------------------------------------------------------------------------------
 # advantages
 # ------------------------------------------------------------------------------------------------
+GRPO_STD = ("population", "unbiased")  # the choices of `rlcs.advantage_std`
+
+
 @ADVANTAGE_ESTIMATORS.register("grpo")
-def grpo_advantages(rewards: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
+def grpo_advantages(rewards: torch.Tensor, *, eps: float = 1e-6, std: str = "population") -> torch.Tensor:
     """Group-normalised advantages: (r − mean_group) / (std_group + eps).
 
     rewards: float (G, k), one row per prompt group of k responses. Returns float32 (G, k).
-    std is the population std (correction 0), so a group of one response is defined (advantage 0). A group whose
-    rewards are all equal gets exactly 0 (not a rounding residue over eps): it carries no learning signal.
+    std "population" (the default; divides by k, correction 0: the group is every response drawn for the prompt,
+    and a group of one is defined) or "unbiased" (divides by k − 1, as torch.std and verl's GRPO do; for 0/1
+    rewards it shrinks advantages by √((k−1)/k)). A group whose rewards are all equal gets exactly 0 (not a
+    rounding residue over eps): it carries no learning signal.
     """
+    if std not in GRPO_STD:
+        raise ValueError(f"grpo std {std!r}: use one of {list(GRPO_STD)}")
     rewards = rewards.double()
     mean = rewards.mean(dim=1, keepdim=True)
-    std = rewards.std(dim=1, keepdim=True, correction=0)
-    adv = (rewards - mean) / (std + eps)
+    correction = 0 if std == "population" or rewards.shape[1] < 2 else 1
+    std_group = rewards.std(dim=1, keepdim=True, correction=correction)
+    adv = (rewards - mean) / (std_group + eps)
     return torch.where(_uniform_groups(rewards)[:, None], torch.zeros_like(adv), adv).float()
 
 
 @ADVANTAGE_ESTIMATORS.register("grpo_no_std")
-def grpo_mean_advantages(rewards: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
+def grpo_mean_advantages(rewards: torch.Tensor, *, eps: float = 1e-6, std: str = "population") -> torch.Tensor:
     """Group-centred advantages without the std division (Dr. GRPO): r − mean_group. rewards (G, k) → (G, k).
-    Groups with equal rewards get exactly 0. `eps` is accepted for a common signature and unused."""
-    del eps
+    Groups with equal rewards get exactly 0. `eps` and `std` are accepted for a common signature and unused."""
+    del eps, std
     rewards = rewards.double()
     adv = rewards - rewards.mean(dim=1, keepdim=True)
     return torch.where(_uniform_groups(rewards)[:, None], torch.zeros_like(adv), adv).float()
@@ -72,21 +80,48 @@ def uninformative_ratio(rewards: torch.Tensor) -> float:
 # ------------------------------------------------------------------------------------------------
 # policy loss and its aggregation
 # ------------------------------------------------------------------------------------------------
+LOG_RATIO_CLAMP = 20.0  # |log π − log π_old| is clamped here before exp (verl's bound): exp(20) ≈ 4.9e8, finite
+
+
+class PolicyLossOutput(NamedTuple):
+    """Per-token policy loss and what the clips did, all (N,): the metrics are means of these over loss tokens."""
+
+    loss: torch.Tensor  # float: the per-token loss to aggregate
+    clipped_high: torch.Tensor  # bool: A > 0 and ρ > 1 + clip_high (the gradient is cut)
+    clipped_low: torch.Tensor  # bool: A < 0 and ρ < 1 − clip_low
+    dual_clipped: torch.Tensor  # bool: A < 0 and ρ > clip_ratio_c (the dual clip bounded the loss)
+    ratio: torch.Tensor  # float: ρ = exp(clamped log-ratio), detached
+
+
 @POLICY_LOSSES.register("clip_higher")
 def clip_higher_policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor, *,
-                            clip_low: float = 0.2, clip_high: float = 0.28) -> tuple[torch.Tensor, torch.Tensor]:
+                            clip_low: float = 0.2, clip_high: float = 0.28,
+                            clip_ratio_c: float = 0.0) -> PolicyLossOutput:
     """PPO clipped surrogate with separate low/high clip (DAPO's clip-higher); no KL, no entropy term.
 
-    log_probs, old_log_probs, advantages: float (N,) over response tokens. Returns (loss (N,), clipped bool (N,)):
-    loss = −min(ρ·A, clip(ρ, 1 − clip_low, 1 + clip_high)·A) with ρ = exp(log_probs − old_log_probs); `clipped`
-    marks tokens whose gradient the clip removed. A higher upper clip lets rare tokens with positive advantage grow
-    faster, which keeps exploration alive without an entropy bonus.
+    log_probs, old_log_probs, advantages: float (N,) over response tokens. ρ = exp(clamp(log_probs −
+    old_log_probs, ±LOG_RATIO_CLAMP)) — the clamp keeps ρ finite when a later update of the same iteration has
+    moved far (a log-ratio of 100 gave inf/nan before). loss = −min(ρ·A, clip(ρ, 1 − clip_low, 1 + clip_high)·A);
+    with `clip_ratio_c` > 1 (dual-clip, Ye et al. 2020, as verl's `compute_policy_loss`), tokens with A < 0 take
+    min(that, −A·clip_ratio_c), so a huge ratio on a bad token cannot blow the loss up; 0 disables it.
+    A higher upper clip lets rare tokens with positive advantage grow faster, which keeps exploration alive
+    without an entropy bonus.
     """
-    ratio = torch.exp(log_probs - old_log_probs)
+    if clip_ratio_c and clip_ratio_c <= 1.0:
+        raise ValueError(f"clip_ratio_c ({clip_ratio_c}) must be > 1 (or 0 to disable the dual clip)")
+    log_ratio = torch.clamp(log_probs - old_log_probs, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     loss = torch.maximum(unclipped, clipped)
-    return loss, clipped > unclipped
+    cut = clipped > unclipped
+    negative = advantages < 0
+    dual = torch.zeros_like(cut)
+    if clip_ratio_c:
+        bound = -advantages * clip_ratio_c
+        dual = negative & (loss > bound)
+        loss = torch.where(negative, torch.minimum(loss, bound), loss)
+    return PolicyLossOutput(loss, cut & (advantages > 0), cut & negative, dual, ratio.detach())
 
 
 @LOSS_AGGREGATIONS.register("seq-mean-token-mean")
@@ -163,22 +198,27 @@ def prompt_sampling_probs(pass_rates: torch.Tensor, num_tiers: int, weight_fn: s
 # ------------------------------------------------------------------------------------------------
 # dynamic sampling expansion and group selection
 # ------------------------------------------------------------------------------------------------
-def expansion_factor(ratio: float, cap: float) -> float:
-    """1 / (1 − r), within [1, cap]; r = 1 (every group uninformative) gives the cap instead of infinity, so hard
-    data widens sampling as far as allowed and never aborts the run."""
-    if ratio >= 1.0:
+def expansion_factor(ratio_ema: float, cap: float) -> float:
+    """The paper's dynamic sampling expansion: 1 / (1 − EMA(r)), within [1, cap], where r is the share of
+    uninformative groups (all responses scored the same) and EMA(r) its exponential moving average. EMA(r) = 1
+    (every group uninformative so far) gives the cap instead of infinity, so hard data widens sampling as far as
+    allowed and never aborts the run."""
+    if ratio_ema >= 1.0:
         return float(cap)
-    return float(min(max(1.0 / (1.0 - ratio), 1.0), cap))
+    return float(min(max(1.0 / (1.0 - ratio_ema), 1.0), cap))
 
 
-def update_expansion_ema(ema: float, ratio: float, *, decay: float, cap: float) -> float:
-    """EMA of the expansion factor: decay·ema + (1 − decay)·expansion_factor(r); stays within [1, cap]."""
-    return float(min(max(decay * ema + (1.0 - decay) * expansion_factor(ratio, cap), 1.0), cap))
+def update_ratio_ema(ema: float, ratio: float, *, decay: float) -> float:
+    """EMA of the uninformative-group ratio r: decay·ema + (1 − decay)·r, in [0, 1]. Averaging r (not the factor)
+    is the paper's rule. The two differ whenever r varies: with r alternating 0 / 0.9 (decay 0.9, cap 4) the factor
+    1/(1 − EMA(r)) settles near 1.9, an EMA of the capped factors min(1/(1 − r), 4) (the earlier code) near 2.6."""
+    return float(min(max(decay * ema + (1.0 - decay) * ratio, 0.0), 1.0))
 
 
-def prompts_to_roll_out(batch_prompts: int, ema: float, cap: float) -> int:
-    """How many prompts to roll out: ⌈B·ema⌉, at least B, at most ⌈B·cap⌉."""
-    return int(min(max(math.ceil(batch_prompts * ema - 1e-9), batch_prompts), math.ceil(batch_prompts * cap - 1e-9)))
+def prompts_to_roll_out(batch_prompts: int, factor: float, cap: float) -> int:
+    """How many prompts to roll out: ⌈B·factor⌉ (factor = expansion_factor(EMA(r))), at least B, at most ⌈B·cap⌉."""
+    return int(min(max(math.ceil(batch_prompts * factor - 1e-9), batch_prompts),
+                   math.ceil(batch_prompts * cap - 1e-9)))
 
 
 def select_balanced_groups(rewards: torch.Tensor, keep: int) -> torch.Tensor:

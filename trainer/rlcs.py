@@ -1,14 +1,16 @@
 """The RLCS objective: one iteration = curriculum draw → rollouts → rewards → GRPO advantages → packed updates.
 
-    prompts ──CurriculumSampler.sample(⌈B·EMA⌉)──▶ k rollouts each (rollout.py, force answering)
-      ──RewardSystem──▶ rewards (G, k) ──▶ online pass rates, uninformative ratio r, expansion EMA
+    prompts ──CurriculumSampler.sample(⌈B·f⌉), f = min(1/(1 − EMA(r)), cap)──▶ k rollouts each (rollout.py)
+      ──RewardSystem──▶ rewards (G, k) ──▶ online pass rates, uninformative ratio r, EMA(r) for the next draw
       ──select the B most balanced informative groups──▶ advantages (ADVANTAGE_ESTIMATORS)
       ──packing builder + packer (per-sample isolation, 4-row positions)──▶ packed rows
       ──old log-probs (no grad, before any update)──▶ `updates_per_iteration` optimizer steps
 
 The loop (loop.py) calls `next_step()` for each optimizer step; an iteration runs when the previous one's steps
 are used up. An iteration in which every group is uninformative yields an empty step (no update, metrics logged,
-the expansion EMA grows): hard data never aborts the run. Sampler RNG, online pass rates, the EMA and any
+EMA(r) and so the expansion grow): hard data never aborts the run. Each iteration's metrics (policy loss, clip
+fractions, ratio mean/max, entropy, response length, format pass and force-answer rates, informative-group share,
+expansion factor, reward per domain, reward timeouts) reach metrics.jsonl and TensorBoard through the loop. Sampler RNG, online pass rates, the EMA and any
 not-yet-used steps of the current iteration go into the checkpoint, so a resumed run continues exactly.
 """
 from __future__ import annotations
@@ -63,7 +65,8 @@ class RLCSObjective:
                                          seed=config.seed + 1000 * rank, offline=offline)
         self.collator = PackedCollator(model.config, image_processor=image_processor, derive_labels=False)
         self.wrapper = PolicyGradientLoss(model, policy_loss=rc.policy_loss, clip_low=rc.clip_low,
-                                          clip_high=rc.clip_high, temperature=rc.temperature)
+                                          clip_high=rc.clip_high, temperature=rc.temperature,
+                                          clip_ratio_c=rc.clip_ratio_c)
         settings = GenerationSettings(max_new_tokens=rc.max_new_tokens, max_think_tokens=rc.max_think_tokens,
                                       force_answer_tokens=rc.force_answer_tokens, temperature=rc.temperature,
                                       top_p=rc.top_p, generation_batch=rc.generation_batch)
@@ -76,19 +79,25 @@ class RLCSObjective:
         self.image_token_id = int(model.config.image_token_id)
         self.merge_size = int(model.config.vision_config.spatial_merge_size)
         self.pad_id = self.renderer.builder.pad_id
-        self.expansion_ema = 1.0
+        self.ratio_ema = 0.0  # EMA of the uninformative-group share r; the expansion factor is 1 / (1 − ratio_ema)
         self.iteration = 0
         self.pending: list[list[dict[str, Any]]] = []  # optimizer steps left from the current iteration
         self.history: list[dict[str, Any]] = []  # per-iteration metrics (also in the run's summary)
         self._metrics: dict[str, Any] = {}
 
     # --- the objective protocol (see objectives.py) ------------------------------------------------------------
-    def next_step(self) -> list[dict[str, Any]]:
+    def next_step(self) -> list[dict[str, Any]] | None:
         self._metrics = {}
+        if not self.pending and self.rc.rollout_budget and self.rollouts_done() >= self.rc.rollout_budget:
+            return None  # the budget is spent: the loop ends the run (checkpointed, resumable with a larger one)
         if not self.pending:
             self._metrics = self.run_iteration()
         self.wrapper.clipped_tokens = 0
+        self.wrapper.reset_stats()
         return self.pending.pop(0) if self.pending else []
+
+    def rollouts_done(self) -> int:
+        return sum(int(it["rollouts"]) for it in self.history)
 
     @staticmethod
     def denominator(batch: dict[str, Any]) -> float:
@@ -101,17 +110,21 @@ class RLCSObjective:
         return out
 
     def step_metrics(self) -> dict[str, Any]:
-        return {**self._metrics, "clipped_tokens": self.wrapper.clipped_tokens}
+        # the iteration's figures on its first step, the policy figures of every step (this rank's tokens)
+        return {**self._metrics, **self.wrapper.step_metrics(), "clipped_tokens": self.wrapper.clipped_tokens}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sampler": self.sampler.state_dict(), "expansion_ema": self.expansion_ema,
+        return {"sampler": self.sampler.state_dict(), "ratio_ema": self.ratio_ema,
                 "iteration": self.iteration, "pending": self.pending, "history": self.history}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if state is None:
             return
         self.sampler.load_state_dict(state["sampler"])
-        self.expansion_ema = float(state["expansion_ema"])
+        if "ratio_ema" in state:
+            self.ratio_ema = float(state["ratio_ema"])
+        else:  # a checkpoint of the earlier rule kept an EMA of the factor: invert 1/(1 − r) once
+            self.ratio_ema = 1.0 - 1.0 / max(float(state["expansion_ema"]), 1.0)
         self.iteration = int(state["iteration"])
         self.pending = state["pending"]
         self.history = list(state["history"])
@@ -128,7 +141,10 @@ class RLCSObjective:
     def run_iteration(self) -> dict[str, Any]:
         rc = self.rc
         B = rc.prompts_per_iteration
-        n = rl_algos.prompts_to_roll_out(B, self.expansion_ema, rc.expansion_max) if rc.dynamic_sampling else B
+        factor = rl_algos.expansion_factor(self.ratio_ema, rc.expansion_max) if rc.dynamic_sampling else 1.0
+        n = rl_algos.prompts_to_roll_out(B, factor, rc.expansion_max)
+        if rc.rollout_budget:  # the last iteration draws only what the budget has left
+            n = min(n, max(1, -(-(rc.rollout_budget - self.rollouts_done()) // rc.group_size)))
         chosen = self.sampler.sample(n)
         rendered = [self._render(i) for i in chosen]
 
@@ -146,12 +162,11 @@ class RLCSObjective:
             self.sampler.update(i, (rewards[g] >= rc.pass_threshold).tolist())
         ratio = rl_algos.uninformative_ratio(rewards)
         if rc.dynamic_sampling:
-            self.expansion_ema = rl_algos.update_expansion_ema(self.expansion_ema, ratio, decay=rc.expansion_decay,
-                                                               cap=rc.expansion_max)
+            self.ratio_ema = rl_algos.update_ratio_ema(self.ratio_ema, ratio, decay=rc.expansion_decay)
             keep = rl_algos.select_balanced_groups(rewards, B)
         else:
             keep = rl_algos.select_balanced_groups(rewards, len(chosen))  # every informative group
-        advantages = rl_algos.ADVANTAGE_ESTIMATORS.get(rc.advantage)(rewards)
+        advantages = rl_algos.ADVANTAGE_ESTIMATORS.get(rc.advantage)(rewards, std=rc.advantage_std)
 
         t0 = time.perf_counter()
         samples, sample_advantages = [], []
@@ -169,16 +184,27 @@ class RLCSObjective:
         domains: dict[str, list[float]] = {}
         for g, i in enumerate(chosen):
             domains.setdefault(self.prompts[i].domain, []).extend(rewards[g].tolist())
+        responses = [r for g in groups for r in g]
         metrics = {
             "iteration": self.iteration, "mean_reward": float(rewards.mean()),
             **{f"reward_{d}": float(np.mean(v)) for d, v in sorted(domains.items())},
             "uninformative_ratio": ratio, "informative_groups": int(round((1 - ratio) * len(chosen))),
-            "expansion_ema": self.expansion_ema, "prompts_rolled_out": len(chosen),
+            "informative_group_share": 1.0 - ratio,
+            "expansion_factor": factor,  # the factor this iteration's draw used: min(1 / (1 − EMA(r)), cap)
+            "ratio_ema": self.ratio_ema,  # EMA(r) after this iteration (the next draw's factor comes from it)
+            "expansion_factor_next": rl_algos.expansion_factor(self.ratio_ema, rc.expansion_max)
+            if rc.dynamic_sampling else 1.0,
+            "prompts_rolled_out": len(chosen),
             "rollouts": len(chosen) * rc.group_size, "groups_kept": int(len(keep)),
             "responses_trained": len(samples),
             "force_answered": sum(r.forced for g in groups for r in g),
             "unfinished": sum(not r.finished for g in groups for r in g),
             "format_ok": float(np.mean([r.format_ok for r in results])),
+            "format_pass_rate": float(np.mean([r.format_ok for r in results])),
+            "force_answer_rate": float(np.mean([r.forced for r in responses])) if responses else 0.0,
+            "response_length": float(np.mean([len(r.response_ids) for r in responses])) if responses else 0.0,
+            "verifier_timeouts": sum(r.reason == "timeout" for r in results),
+            "verifier_errors": sum(r.reason == "verifier_error" for r in results),
             "rollout_tokens": rollout_tokens, "rollout_tokens_per_s": rollout_tokens / max(rollout_s, 1e-9),
             "reward_scores_per_s": len(results) / max(reward_s, 1e-9),
             "rollout_seconds": rollout_s, "scoring_seconds": reward_s,
@@ -186,8 +212,9 @@ class RLCSObjective:
             "mean_pass_rate": float(self.sampler.pass_rates().mean()), **self.sampler.tier_summary(),
         }
         self.history.append(metrics)
-        log.info("rlcs iteration %d: reward %.3f, r %.2f, ema %.2f, kept %d/%d, forced %d", self.iteration,
-                 metrics["mean_reward"], ratio, self.expansion_ema, len(keep), len(chosen), metrics["force_answered"])
+        log.info("rlcs iteration %d: reward %.3f, r %.2f, EMA(r) %.2f, expansion %.2f, kept %d/%d, forced %d",
+                 self.iteration, metrics["mean_reward"], ratio, self.ratio_ema, factor, len(keep), len(chosen),
+                 metrics["force_answered"])
         return metrics
 
     def _render(self, index: int) -> Any:

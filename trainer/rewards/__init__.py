@@ -6,8 +6,8 @@
     system.py    RewardSystem(config).score_batch(items) -> results; stats(); RewardErrorRateExceeded
     pool.py      KillablePool: worker processes killed on a per-task deadline
     text.py      text / choice / ocr verifiers (bit-parallel edit distance and LCS)
-    numbers.py   number parsing and the numeric (chart) verifier
-    symbolic.py  the math verifier (math-verify, sandboxed)
+    numbers.py   number parsing (exact Fractions) and the numeric (chart) and counting verifiers
+    symbolic.py  the math verifier (a guard against hedges and undeclared variables, math-verify, sandboxed)
     boxes.py     grounding verifier (IoU, one-to-one matching, 0–1000 coordinates)
     gui.py       GUI action syntax, safe parser and verifier
     judge.py     llm_judge verifier (OpenAI-compatible server)

@@ -86,7 +86,8 @@ class VerifierStats:
     calls: int = 0  # items routed to this verifier
     invocations: int = 0  # items that passed the format gate and reached the verifier (error-rate denominator)
     errors: int = 0
-    timeouts: int = 0
+    timeouts: int = 0  # items scored `timeout` (late twice)
+    retried: int = 0  # items that were late (or whose worker died) once and were tried again on a fresh worker
     score_sum: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
     pending_errors: int = 0  # errors seen in the batch being scored (for log throttling only)
@@ -101,7 +102,7 @@ class VerifierStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {"calls": self.calls, "invocations": self.invocations, "errors": self.errors,
-                "timeouts": self.timeouts,
+                "timeouts": self.timeouts, "retried": self.retried,
                 "error_rate": self.errors / self.invocations if self.invocations else 0.0,
                 "timeout_rate": self.timeouts / self.invocations if self.invocations else 0.0,
                 "mean_score": self.score_sum / self.calls if self.calls else 0.0,

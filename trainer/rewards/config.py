@@ -10,7 +10,9 @@ YAML (standalone for `vlmloom reward --config`, or the `rewards:` section of an 
       physics_numeric: {type: numeric, rel_tol: 0.05}
       llm_judge: {base_url: http://localhost:8000/v1}
     timeout_s: 10            # symbolic (math) check limit per item: the worker process is killed past it
-    workers: 2               # process pool size; 0 = rule verifiers in-process (math still in a killable worker)
+    rule_timeout_s: 5        # the same for every other rule verifier (they all run in killable workers)
+    workers: 2               # process pool size; 0 = a pool of one (no verifier runs in the calling process)
+    max_timeout_rate: 0.01   # per verifier: more items late twice than this share fails the run
     max_error_rate: 0.02
     min_calls_for_error_rate: 50
 
@@ -37,6 +39,7 @@ DEFAULT_DOMAINS: dict[str, str] = {
     "grounding": "grounding",
     "gui": "gui",
     "text": "text",
+    "counting": "counting",
 }
 
 
@@ -59,11 +62,14 @@ class RewardConfig:
     default_verifier: str = ""  # instance for domains not routed; "" = an unrouted domain is an error
     format: FormatConfig = field(default_factory=FormatConfig)
     timeout_s: float = 10.0  # per-item limit of sandboxed (symbolic maths) checks; the worker is killed past it
-    rule_timeout_s: float = 30.0  # per-item guard for every other verifier running in a worker process
-    workers: int = 2  # process-pool size for rule verifiers; 0 = in-process (sandboxed ones still get a worker)
+    # per-item limit of every other rule verifier (all parsers are linear-time: a real item takes milliseconds)
+    rule_timeout_s: float = 5.0
+    workers: int = 2  # process-pool size; 0 = a pool of one (every rule verifier runs in a killable worker)
     max_error_rate: float = 0.02  # per verifier: verifier_error share above this raises RewardErrorRateExceeded
     min_calls_for_error_rate: int = 50  # the error rate is checked only after this many calls of a verifier
-    max_timeout_rate: float = 1.0  # per verifier: timeout share above this raises too; 1 disables
+    # per verifier: share of items late twice (timeout) above this raises too, after min_calls_for_error_rate
+    # items; 1 disables. Timeouts make rewards depend on machine load, so more than ~1% is a fault to fix.
+    max_timeout_rate: float = 0.01
     plugins: tuple[str, ...] = ()  # modules imported (here and in workers) that register extra verifiers
 
     @property

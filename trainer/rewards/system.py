@@ -2,10 +2,14 @@
 
 Per item: route the domain to a verifier instance (RewardConfig.routes), run the format gate on the response,
 read the ground truth through the same box extractor, then run the verifier:
-- sandboxed verifiers (symbolic maths) always run in a `KillablePool` worker with a `timeout_s` deadline;
-- rule verifiers run in that pool too (deadline `rule_timeout_s`), or in this process when `workers: 0`;
-- I/O-bound verifiers (the LLM judge) run on threads here, bounded by their own HTTP timeouts and retries.
-A late worker is killed: the item scores 0 with reason `timeout`. A verifier that raises (or returns a score
+- every rule verifier runs in a `KillablePool` worker with a deadline (`timeout_s` for sandboxed symbolic maths,
+  `rule_timeout_s` for the others), in every mode: `workers: 0` is a pool of one, never an in-process call,
+  because a Python thread or signal cannot stop a regular expression or a C parser that does not return;
+- I/O-bound verifiers (the LLM judge) run on threads here, bounded by their own HTTP timeouts and retries,
+  and the batch waits for them no longer than those allow (`timeout` past it).
+A late worker is killed and the item is tried once more on a fresh worker (a load spike or an unlucky neighbour
+must not decide a reward); late again, it scores 0 with reason `timeout`. Per verifier the stats count first
+timeouts (`retried`), final timeouts and errors. A verifier that raises (or returns a score
 outside [0, 1]) scores 0 with reason `verifier_error`, is logged and counted; once a verifier has been invoked
 `min_calls_for_error_rate` times, an error share above `max_error_rate` raises `RewardErrorRateExceeded`
 (likewise timeouts above `max_timeout_rate`). Nothing is silently 0.
@@ -20,6 +24,7 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable, Sequence
 
 from vlmloom.trainer.rewards.base import (BAD_GROUND_TRUTH, TIMEOUT, VERIFIER_ERROR, VERIFIERS, RewardItem,
@@ -59,6 +64,16 @@ def _worker_setup(config: RewardConfig) -> Callable[[Any], tuple[float, str]]:
         return float(score), str(reason)
 
     return handle
+
+
+def _thread_bound(verifier: Verifier, items: int) -> float:
+    """Seconds an I/O-bound verifier may take for `items` calls: every attempt's timeout and backoff (its params'
+    `timeout_seconds`, `max_retries`, `backoff_seconds`), per wave of `concurrency` calls, plus slack."""
+    p = verifier.params
+    timeout, retries = float(getattr(p, "timeout_seconds", 30.0)), int(getattr(p, "max_retries", 0))
+    backoff = float(getattr(p, "backoff_seconds", 0.0)) * (2 ** (retries + 1))
+    waves = -(-items // max(1, int(getattr(p, "concurrency", 1))))
+    return waves * (timeout * (retries + 1) + backoff) + 10.0
 
 
 def _checked(value: Any) -> Score:
@@ -101,7 +116,6 @@ class RewardSystem:
         started = [0.0] * len(items)
         in_pool: list[tuple[int, Any, float]] = []
         in_threads: list[tuple[int, str, Any]] = []
-        in_process: list[tuple[int, str, Any]] = []
         fmt = self.config.format
         for i, (item, instance) in enumerate(zip(items, instances)):
             started[i] = time.monotonic()
@@ -123,21 +137,23 @@ class RewardSystem:
             job = (i, instance, (gate.answer, truth))
             if verifier.in_thread:
                 in_threads.append(job)
-            elif verifier.sandboxed or self.config.workers > 0:
+            else:
                 timeout = self.config.timeout_s if verifier.sandboxed else self.config.rule_timeout_s
                 in_pool.append((i, (instance, gate.answer, truth, item), timeout))
-            else:
-                in_process.append(job)
 
-        for i, instance, (prediction, truth) in in_process:
-            results[i] = self._result(items[i], instance, self._call(instance, prediction, truth, items[i]), True,
-                                      started[i])
         if in_threads:
             pool = self._thread_pool()
             futures = [(i, instance, pool.submit(self._call, instance, prediction, truth, items[i]))
                        for i, instance, (prediction, truth) in in_threads]
         if in_pool:
-            for i, kind, value, elapsed in self._process_pool().run(in_pool):
+            outcomes = self._process_pool().run(in_pool)
+            late = {key for key, kind, _, _ in outcomes if kind in ("timeout", "crash")}
+            if late:  # once more, each on a fresh worker (the pool replaced every killed or dead one)
+                for i in sorted(late):
+                    self._stats[instances[i]].retried += 1
+                retry = [task for task in in_pool if task[0] in late]
+                outcomes = [o for o in outcomes if o[0] not in late] + self._process_pool().run(retry)
+            for i, kind, value, elapsed in outcomes:
                 instance = instances[i]
                 if kind == "ok":
                     try:
@@ -148,11 +164,20 @@ class RewardSystem:
                     score = Score(0.0, TIMEOUT)
                 else:
                     score = self._error(instance, items[i], str(value))
-                # time in the worker, not the wait for the rest of the batch
-                results[i] = self._result(items[i], instance, score, True, time.monotonic() - elapsed)
+                results[i] = self._result(items[i], instance, score, True, started[i])
         if in_threads:
+            submitted = time.monotonic()
+            per_instance: dict[str, int] = {}
+            for _, instance, _ in futures:
+                per_instance[instance] = per_instance.get(instance, 0) + 1
             for i, instance, future in futures:
-                results[i] = self._result(items[i], instance, future.result(), True, started[i])
+                bound = _thread_bound(self.verifiers[instance], per_instance[instance])
+                try:
+                    score = future.result(timeout=max(0.0, submitted + bound - time.monotonic()))
+                except FutureTimeout:  # past every HTTP timeout and retry it was given: never wait for ever
+                    future.cancel()
+                    score = Score(0.0, TIMEOUT)
+                results[i] = self._result(items[i], instance, score, True, started[i])
 
         done = [r for r in results if r is not None]
         assert len(done) == len(items), "every item gets a result"

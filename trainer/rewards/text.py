@@ -4,7 +4,8 @@
             quotes and a \\text{…} wrapper stripped); `normalize: false` compares the stripped strings
     choice  the option letter (`B`, `(B)`, `B.`, `Option B`, `B. Paris`) or the option text; several letters
             (`A, C` / `AC`) for multi-answer items compare as sets. Options are lettered A, B, C… in order.
-            A letter followed by the text of a *different* option is `ambiguous_choice` (0).
+            A letter followed by any text other than its own option's (`B. Berlin`, `B) or C`) is
+            `ambiguous_choice` (0). Read by hand in one pass: no backtracking regular expression.
     ocr     1 − Levenshtein(prediction, truth) / max(len): partial reads earn partial credit. Bit-parallel
             edit distance (Myers/Hyyrö on Python ints): two 20k-character pages take ~0.4 s, not minutes.
 """
@@ -15,7 +16,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from vlmloom.trainer.rewards.base import CORRECT, WRONG, RewardItem, Score, Verifier, VERIFIERS
+from vlmloom.trainer.rewards.base import BAD_GROUND_TRUTH, CORRECT, WRONG, RewardItem, Score, Verifier, VERIFIERS
 
 _WS = re.compile(r"\s+")
 _TEXT_WRAPPER = re.compile(r"^\\(?:text|mathrm|textbf|mbox)\{(.*)\}$", re.S)
@@ -46,6 +47,8 @@ class TextVerifier(Verifier):
     def verify(self, prediction: str, truth: Any, item: RewardItem) -> Score:
         truth = str(truth)
         if self.params.normalize:
+            if not normalize_text(truth):  # a truth of only punctuation would equal any punctuation
+                return Score(0.0, BAD_GROUND_TRUTH)
             same = normalize_text(prediction) == normalize_text(truth)
         else:
             same = prediction.strip() == truth.strip()
@@ -113,6 +116,7 @@ def lcs_ratio(a: str, b: str) -> float:
 class OcrParams:
     case_sensitive: bool = True  # false: compare case-folded text
     collapse_whitespace: bool = True  # runs of whitespace (incl. newlines) count as one space
+    max_chars: int = 20_000  # longer predictions: answer_too_long (the edit distance is O(n·m/64))
 
 
 @VERIFIERS.register("ocr")
@@ -126,52 +130,130 @@ class OcrVerifier(Verifier):
         return text if self.params.case_sensitive else text.casefold()
 
     def verify(self, prediction: str, truth: Any, item: RewardItem) -> Score:
+        if len(prediction) > self.params.max_chars:
+            return Score(0.0, "answer_too_long")
         got, want = self._prepare(prediction), self._prepare(str(truth))
         longest = max(len(got), len(want))
-        if longest == 0:
-            return Score(1.0, CORRECT)
+        if not want:  # nothing to read (a truth of only whitespace): never a free 1 for an empty prediction
+            return Score(0.0, BAD_GROUND_TRUTH)
         score = 1.0 - levenshtein(got, want) / longest
         return Score(score, CORRECT if score == 1.0 else ("partial_match" if score > 0 else WRONG))
 
 
 # --- multiple choice ---------------------------------------------------------------------------------------------
-_ONE_LETTER = re.compile(r"^(?:(?:the\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:：]?\s*)?[(\[]?([A-Za-z])[)\]]?[.:：)]?$",
-                         re.I)
-_LETTER_THEN_TEXT = re.compile(r"^[(\[]?([A-Z])[)\]]?\s*[.:：)]\s*(.+)$", re.S)
-_SEVERAL = re.compile(r"^[A-Z](?:\s*(?:,|、|;|&|and|\s)\s*[A-Z])+$|^[A-Z]{2,}$")
+# Read by hand (str methods and one-character classes), never by a regular expression with nested or adjacent
+# quantifiers: the earlier `[A-Z](?:\s*(?:…|\s)\s*[A-Z])+` took exponential time on "A A A … A!" (a letter
+# answer is model output, so it must be linear-time).
+_PREFIXES = ("the correct answer is", "the answer is", "answer is", "correct answer:", "answer:", "answer",
+             "option", "choice")
+_SEPARATORS = frozenset(",、;&")
+_LETTER_ENDS = ".:：)"
 
 
 def letter(index: int) -> str:
     return chr(ord("A") + index)
 
 
+def _is_letter(ch: str) -> bool:
+    return len(ch) == 1 and "A" <= ch.upper() <= "Z" and ch.isascii()
+
+
+def _single_letter(text: str) -> str | None:
+    """`B`, `(b)`, `[B]`, `B.`, `B)`, `Option B`, `The answer is (B).` → "B"; anything else → None."""
+    low = text.casefold()
+    for prefix in _PREFIXES:
+        if low.startswith(prefix):
+            text = text[len(prefix):].lstrip()
+            if text[:1] in (":", "："):
+                text = text[1:].lstrip()
+            break
+    if text[-1:] in ".:：":
+        text = text[:-1]
+    if len(text) == 3 and text[0] in "([" and text[2] == {"(": ")", "[": "]"}[text[0]]:
+        text = text[1]
+    elif len(text) == 2 and text[1] == ")":
+        text = text[0]
+    return text.upper() if len(text) == 1 and _is_letter(text) else None
+
+
+def _several_letters(text: str) -> list[str] | None:
+    """`A, C`, `A and C`, `A C`, `A、C` or `AC` (capitals only) → ["A", "C"]; None otherwise. One pass."""
+    if len(text) >= 2 and text.isascii() and text.isalpha() and text.isupper():
+        return list(text)
+    tokens, current = [], []
+    for ch in text:
+        if ch.isspace() or ch in _SEPARATORS:
+            if current:
+                tokens.append("".join(current))
+                current = []
+        else:
+            current.append(ch)
+    if current:
+        tokens.append("".join(current))
+    tokens = [t for t in tokens if t != "and"]
+    if len(tokens) < 2 or not all(len(t) == 1 and "A" <= t <= "Z" for t in tokens):
+        return None
+    return tokens
+
+
 def _letters(text: str, count: int) -> frozenset[str] | None:
     """Letters written as letters (`B`, `(b)`, `Option B`, `A, C`, `AC`), or None."""
     text = text.strip()
-    one = _ONE_LETTER.match(text)
+    one = _single_letter(text) if text else None
     if one:
-        return frozenset(one.group(1).upper())
-    if _SEVERAL.match(text):
-        found = re.findall(r"[A-Z]", re.sub(r"\band\b", " ", text))
-        if len(set(found)) == len(found) and (count == 0 or all(ord(c) - 65 < count for c in found)):
-            return frozenset(found)
+        return frozenset(one)
+    found = _several_letters(text)
+    if found and len(set(found)) == len(found) and (count == 0 or all(ord(c) - 65 < count for c in found)):
+        return frozenset(found)
     return None
+
+
+def _letter_then_text(text: str) -> tuple[str, str] | None:
+    """`B. Paris`, `(B) Paris`, `B: Paris`, `B) Paris` → ("B", "Paris"); None otherwise."""
+    text = text.strip()
+    i = 1 if text[:1] in "([" else 0
+    if i >= len(text) or not ("A" <= text[i] <= "Z"):
+        return None
+    chosen, i = text[i], i + 1
+    if text[:1] in "([":
+        if text[i:i + 1] not in (")", "]"):
+            return None
+        i += 1
+        rest = text[i:].lstrip()
+        if rest[:1] in _LETTER_ENDS:
+            rest = rest[1:]
+    else:
+        rest = text[i:].lstrip()
+        if rest[:1] not in _LETTER_ENDS:
+            return None
+        rest = rest[1:]
+    rest = rest.strip()
+    return (chosen, rest) if rest else None
 
 
 @dataclass(frozen=True, kw_only=True)
 class ChoiceParams:
-    pass
+    max_chars: int = 2000  # a longer prediction is not a choice: answer_too_long, before any reading
 
 
 @VERIFIERS.register("choice")
 class ChoiceVerifier(Verifier):
+    """A letter with text after it counts only when the text is that letter's option (`B. Paris`); a letter with
+    any other text (`B. Berlin`, `B) or C`, `A. maybe`) is `ambiguous_choice`: hedged answers never earn reward."""
+
     Params = ChoiceParams
 
     def verify(self, prediction: str, truth: Any, item: RewardItem) -> Score:
+        if len(prediction) > self.params.max_chars:
+            return Score(0.0, "answer_too_long")
         options = [normalize_text(str(o)) for o in (item.options or [])]
         want = self._read(str(truth), options)
         if want is None:  # no options and not a letter: the truth is a plain text answer
+            if not normalize_text(str(truth)):
+                return Score(0.0, BAD_GROUND_TRUTH)
             return Score(1.0, CORRECT) if normalize_text(prediction) == normalize_text(str(truth)) else Score(0.0, WRONG)
+        if want == "ambiguous":
+            return Score(0.0, BAD_GROUND_TRUTH)
         got = self._read(prediction, options)
         if got is None:
             return Score(0.0, "unparseable_choice")
@@ -187,12 +269,15 @@ class ChoiceVerifier(Verifier):
         if letters is not None:
             return letters
         normal = normalize_text(text)
-        if normal in options:
+        if normal and normal in options:
+            if options.count(normal) > 1:
+                return "ambiguous"  # two options with the same text: the text names neither
             return frozenset(letter(options.index(normal)))
-        both = _LETTER_THEN_TEXT.match(text.strip())
+        both = _letter_then_text(text)
         if both:
-            chosen, rest = both.group(1), normalize_text(both.group(2))
-            if rest in options and letter(options.index(rest)) != chosen:
-                return "ambiguous"  # "B. <text of option C>": which one did it mean?
-            return frozenset(chosen)
+            chosen, rest = both[0], normalize_text(both[1])
+            index = ord(chosen) - 65
+            if options and index < len(options) and rest == options[index]:
+                return frozenset(chosen)
+            return "ambiguous"  # "B. <text of option C>", "B) or C", "A. maybe": not one clear choice
         return None

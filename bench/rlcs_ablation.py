@@ -1,0 +1,291 @@
+"""RLCS ablation on CPU: from one shared SFT checkpoint, arms that add one thing at a time, compared on a held-out
+split at equal rollout budgets, several seeds each, with bootstrap 95% intervals.
+
+    DS_ACCELERATOR=cpu .venv/bin/python bench/rlcs_ablation.py --quick --workdir /tmp/ablation   # ≤ 10 min, 2 cores
+    DS_ACCELERATOR=cpu .venv/bin/python bench/rlcs_ablation.py --workdir /tmp/ablation           # full: ≤ 60 min
+
+Task (graded difficulty, generated images, tiny GLM-4.1V): `color` (easy: which of 4 colours fills the image),
+`position` (medium: which quadrant holds the one square, 4 answers), `count` (hard: how many squares, 1–4,
+scored by the exact `counting` verifier). SFT demonstrations are partly wrong (--sft-noise), so SFT teaches the
+format and leaves the answers uncertain. Train and held-out prompts are disjoint draws.
+Arms (each adds one thing; no arm has a KL term, this trainer has none):
+    grpo      symmetric clip 0.2/0.2, token-mean loss, unbiased group std, B prompts per iteration, uniform draw
+    paper     + the paper's settings: clip-higher 0.2/0.28, per-response (seq-mean-token-mean) loss, population std
+    paper+ds  + dynamic sampling expansion (⌈B/(1 − EMA(r))⌉ prompts, the B most balanced informative groups kept)
+    rlcs      + curriculum sampling (pass-rate tiers, online evidence) = RLCS
+Every arm stops at the same rollout budget (`rlcs.rollout_budget`: the last iteration draws only what is left) and
+is evaluated at the same milestones: held-out reward = mean over held-out prompts of the mean score of
+--eval-k sampled responses (temperature 1, the RL sampling), the same evaluation seed for every policy.
+Prints a table (reward, bootstrap 95% interval over prompts and seeds, rollouts, format-pass, force-answer and
+informative-group rates), writes WORKDIR/rlcs_ablation.svg (held-out reward against rollouts) and
+WORKDIR/rlcs_ablation.json, and ends with exactly one line
+`rlcs_ablation: sft=S grpo=G rlcs=R rlcs_minus_grpo=D ci=[lo,hi]` (D paired over prompts and seeds).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+REWARDS = {"domains": {"text": "text", "counting": "counting"}, "workers": 1}
+
+ARMS: dict[str, dict] = {
+    "grpo": {"clip_low": 0.2, "clip_high": 0.2, "loss_agg": "token-mean", "advantage_std": "unbiased",
+             "dynamic_sampling": False, "curriculum": {"enabled": False}},
+    "paper": {"clip_low": 0.2, "clip_high": 0.28, "loss_agg": "seq-mean-token-mean", "advantage_std": "population",
+              "dynamic_sampling": False, "curriculum": {"enabled": False}},
+    "paper+ds": {"clip_low": 0.2, "clip_high": 0.28, "loss_agg": "seq-mean-token-mean",
+                 "advantage_std": "population", "dynamic_sampling": True, "curriculum": {"enabled": False}},
+    "rlcs": {"clip_low": 0.2, "clip_high": 0.28, "loss_agg": "seq-mean-token-mean", "advantage_std": "population",
+             "dynamic_sampling": True, "curriculum": {"enabled": True}},
+}
+
+QUICK = {"train_prompts": 96, "heldout": 48, "eval_k": 4, "seeds": 2, "sft_steps": 150, "batch_prompts": 4,
+         "group_size": 8, "budget": 256, "milestones": 2}
+FULL = {"train_prompts": 384, "heldout": 200, "eval_k": 8, "seeds": 3, "sft_steps": 300, "batch_prompts": 8,
+        "group_size": 8, "budget": 1536, "milestones": 3}
+
+
+def make_items(n: int, *, seed: int, split: str):
+    """n items, kinds alternating color / position / count; ids `{split}-{kind}-{i}`."""
+    from PIL import Image, ImageDraw
+
+    from vlmloom.demo import rlcs_task
+
+    @dataclasses.dataclass(frozen=True)
+    class Item(rlcs_task.TaskItem):
+        def response_with(self, answer: str) -> str:
+            reasoning = {"color": f"The image is {answer}.", "position": f"The square is at the {answer}.",
+                         "count": f"I see {COUNT_WORDS.get(int(answer) if answer.isdigit() else 0, answer)} "
+                                  "squares."}[self.kind]
+            return (f"<think>{reasoning}</think><answer>The answer is "
+                    f"<|begin_of_box|>{answer}<|end_of_box|></answer>")
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        kind = ("color", "position", "count")[i % 3]
+        if kind == "color":
+            base = rlcs_task.make_task(1, seed=rng.randrange(10**9), kinds=("color",))[0]
+            fields = dict(domain="text", question=base.question, answer=base.answer, image=base.image)
+        elif kind == "count":
+            base = rlcs_task.make_task(1, seed=rng.randrange(10**9), kinds=("count",), max_count=4)[0]
+            fields = dict(domain="counting", question=base.question, answer=base.answer, image=base.image)
+        else:
+            quadrant = rng.randrange(4)
+            image = Image.new("RGB", (rlcs_task.IMAGE_SIZE, rlcs_task.IMAGE_SIZE), (20, 20, 30))
+            x = (quadrant % 2) * 28 + rng.randint(3, 9)
+            y = (quadrant // 2) * 28 + rng.randint(3, 9)
+            ImageDraw.Draw(image).rectangle([x, y, x + 14, y + 14], fill=(240, 240, 240))
+            fields = dict(domain="text", question="Where is the square?", answer=POSITIONS[quadrant],
+                          image=rlcs_task._png(image))
+        out.append(Item(id=f"{split}-{kind}-{i:05d}", kind=kind, reasoning="", **fields))
+    return out
+
+
+def bootstrap(scores, *, resamples: int = 2000, seed: int = 0):
+    """Mean and 95% interval of a (seeds, prompts) array, resampling seeds and prompts with replacement."""
+    import numpy as np
+
+    scores = np.asarray(scores, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    s, p = scores.shape
+    means = [scores[rng.integers(0, s, s)][:, rng.integers(0, p, p)].mean() for _ in range(resamples)]
+    return float(scores.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def paired_difference(a, b, *, resamples: int = 2000, seed: int = 1):
+    """Mean of a − b and its 95% interval; seeds paired by index, prompts paired (the same held-out prompts)."""
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    s, p = a.shape
+    diffs = []
+    for _ in range(resamples):
+        si, pi = rng.integers(0, s, s), rng.integers(0, p, p)
+        diffs.append(a[si][:, pi].mean() - b[si][:, pi].mean())
+    return float(a.mean() - b.mean()), float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
+
+
+def write_svg(path: str, curves: dict[str, list[tuple[float, float]]]) -> None:
+    """Held-out reward against rollouts, one polyline per arm (means over seeds), plain SVG."""
+    width, height, pad = 640, 400, 50
+    xs = [x for c in curves.values() for x, _ in c] or [1]
+    ys = [y for c in curves.values() for _, y in c] or [0]
+    x_max, y_lo, y_hi = max(xs) or 1, min(ys + [0.0]), max(ys + [0.05])
+
+    def sx(x: float) -> float:
+        return pad + (width - 2 * pad) * x / x_max
+
+    def sy(y: float) -> float:
+        return height - pad - (height - 2 * pad) * (y - y_lo) / max(y_hi - y_lo, 1e-9)
+
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+             f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
+             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="black"/>',
+             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>',
+             f'<text x="{width / 2}" y="{height - 12}" text-anchor="middle">rollouts</text>',
+             f'<text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" text-anchor="middle">'
+             'held-out reward</text>',
+             f'<text x="{pad}" y="{height - pad + 16}" text-anchor="middle">0</text>',
+             f'<text x="{width - pad}" y="{height - pad + 16}" text-anchor="middle">{x_max:.0f}</text>',
+             f'<text x="{pad - 6}" y="{sy(y_lo) + 4}" text-anchor="end">{y_lo:.2f}</text>',
+             f'<text x="{pad - 6}" y="{sy(y_hi) + 4}" text-anchor="end">{y_hi:.2f}</text>']
+    for i, (name, points) in enumerate(curves.items()):
+        colour = colours[i % len(colours)]
+        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>')
+        parts += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}"/>' for x, y in points]
+        parts.append(f'<text x="{width - pad + 4 - 90}" y="{pad + 16 * i}" fill="{colour}">{name}</text>')
+    parts.append("</svg>")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(parts))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the small setting (≤ 10 min on 2 cores)")
+    for key, value in FULL.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None,
+                            help=f"default {value} (quick: {QUICK[key]})")
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ", ".join(ARMS))
+    parser.add_argument("--lr", type=float, default=1e-3, help="RL learning rate (Adam, constant)")
+    parser.add_argument("--sft-lr", type=float, default=5e-3)
+    parser.add_argument("--sft-noise", type=float, default=0.5)
+    parser.add_argument("--workdir", default="")
+    args = parser.parse_args(argv)
+    p = {k: (getattr(args, k) if getattr(args, k) is not None else (QUICK if args.quick else FULL)[k])
+         for k in FULL}
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        parser.error(f"unknown arms {unknown}; known: {', '.join(ARMS)}")
+
+    import logging
+
+    import numpy as np
+
+    logging.disable(logging.WARNING)
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    from vlmloom.demo import rlcs_task
+    from vlmloom.demo.packed import ListSource
+    from vlmloom.schemas.config import build_config
+    from vlmloom.trainer.config import TrainConfig
+    from vlmloom.trainer.loop import train
+    from vlmloom.trainer.rlcs import compute_pass_rates
+
+    started = time.perf_counter()
+    work = args.workdir or tempfile.mkdtemp(prefix="rlcs_ablation_")
+    train_items = make_items(p["train_prompts"], seed=1, split="train")
+    heldout_items = make_items(p["heldout"], seed=2, split="heldout")
+    model_dir = rlcs_task.build_tokenizer_and_model(work, train_items + heldout_items, seed=0)
+    records = rlcs_task.sft_records(train_items, model_dir, seq_len=256, noise=args.sft_noise, seed=0)
+    sft = train(build_config(TrainConfig, {
+        "mode": "sft", "model": model_dir, "output": os.path.join(work, "sft"), "steps": p["sft_steps"],
+        "lr": args.sft_lr, "min_lr_ratio": 0.2, "warmup_steps": 5, "micro_batch": 1, "progress": False,
+        "tensorboard": False, "resume": "never", "seed": 0}), source=ListSource(records, epochs=0))
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(sft["export_dir"])
+    print(f"SFT: {p['sft_steps']} steps, loss {sft['first_loss']:.3f} → {sft['final_loss']:.3f} "
+          f"({time.perf_counter() - started:.0f} s)", flush=True)
+
+    heldout = rlcs_task.rl_prompts(heldout_items)
+    heldout_ids = [h.id for h in heldout]
+
+    def rl_config(arm: str, seed: int, budget: int, model: str):
+        return build_config(TrainConfig, {
+            "mode": "rlcs", "model": model, "output": os.path.join(work, f"{arm}-seed{seed}"), "steps": 10**6,
+            "lr": args.lr, "min_lr_ratio": 1.0, "micro_batch": 2, "progress": False, "tensorboard": False,
+            "export": True, "resume": "auto", "seed": seed,
+            "rlcs": {"group_size": p["group_size"], "prompts_per_iteration": p["batch_prompts"],
+                     "expansion_max": 3.0, "expansion_decay": 0.5, "rollout_budget": budget,
+                     "max_new_tokens": 24, "max_think_tokens": 16, "force_answer_tokens": 10, "seq_len": 256,
+                     "generation_batch": 32, "rewards": REWARDS, **ARMS[arm]}})
+
+    def evaluate(config, export_dir: str, name: str) -> list[float]:
+        """Mean score of eval_k responses per held-out prompt, in held-out order (same evaluation seed)."""
+        AutoTokenizer.from_pretrained(model_dir).save_pretrained(export_dir)
+        cfg = config.__class__(**{**config.__dict__, "model": export_dir, "seed": 12345})
+        out = os.path.join(work, f"eval_{name}.jsonl")
+        compute_pass_rates(cfg, out, k=p["eval_k"], prompts=heldout, batch_prompts=32)
+        rows = {r["id"]: r["mean_score"] for r in map(json.loads, open(out, encoding="utf-8"))}
+        return [rows[i] for i in heldout_ids]
+
+    sft_scores = evaluate(rl_config("grpo", 0, 0, sft["export_dir"]), sft["export_dir"], "sft")
+    print(f"SFT held-out reward {np.mean(sft_scores):.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
+    milestones = [round(p["budget"] * (m + 1) / p["milestones"]) for m in range(p["milestones"])]
+    curves: dict[str, list[list[tuple[int, float]]]] = {a: [] for a in arms}
+    final: dict[str, list[list[float]]] = {a: [] for a in arms}
+    rates: dict[str, dict[str, list[float]]] = {a: {} for a in arms}
+    for seed in range(p["seeds"]):
+        for arm in arms:
+            points = [(0, float(np.mean(sft_scores)))]
+            summary = {}
+            for budget in milestones:
+                config = rl_config(arm, seed, budget, sft["export_dir"])
+                summary = train(config, source=rlcs_task.rl_prompts(train_items))
+                scores = evaluate(config, summary["export_dir"], f"{arm}-seed{seed}-{budget}")
+                spent = sum(it["rollouts"] for it in summary["iterations"])
+                points.append((spent, float(np.mean(scores))))
+            final[arm].append(scores)
+            curves[arm].append(points)
+            its = summary["iterations"]
+            for key in ("format_pass_rate", "force_answer_rate", "informative_group_share"):
+                rates[arm].setdefault(key, []).extend(it[key] for it in its)
+            rates[arm].setdefault("iterations", []).append(len(its))
+            rates[arm].setdefault("rollouts", []).append(points[-1][0])
+            print(f"  {arm} seed {seed}: held-out {points[-1][1]:.3f} after {points[-1][0]} rollouts, "
+                  f"{len(its)} iterations ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    print()
+    print(f"held-out: {len(heldout)} prompts × {p['eval_k']} responses; {p['seeds']} seeds per arm; budget "
+          f"{p['budget']} rollouts; milestones {milestones}")
+    header = (f"{'arm':<10}{'reward':>8}{'95% CI':>17}{'rollouts':>10}{'iters':>7}{'format':>8}{'forced':>8}"
+              f"{'informative':>13}")
+    print(header)
+    print("-" * len(header))
+    mean, lo, hi = bootstrap([sft_scores])
+    print(f"{'sft':<10}{mean:>8.3f}{f'[{lo:.3f}, {hi:.3f}]':>17}{0:>10}{0:>7}{'':>8}{'':>8}{'':>13}")
+    table = {"sft": {"reward": mean, "ci": [lo, hi]}}
+    for arm in arms:
+        mean, lo, hi = bootstrap(final[arm])
+        r = rates[arm]
+        print(f"{arm:<10}{mean:>8.3f}{f'[{lo:.3f}, {hi:.3f}]':>17}{np.mean(r['rollouts']):>10.0f}"
+              f"{np.mean(r['iterations']):>7.1f}{np.mean(r['format_pass_rate']):>8.3f}"
+              f"{np.mean(r['force_answer_rate']):>8.3f}{np.mean(r['informative_group_share']):>13.3f}")
+        table[arm] = {"reward": mean, "ci": [lo, hi], "rollouts": float(np.mean(r["rollouts"])),
+                      **{k: float(np.mean(v)) for k, v in r.items() if k != "rollouts"}}
+    mean_curves = {a: [(float(np.mean([c[i][0] for c in curves[a]])), float(np.mean([c[i][1] for c in curves[a]])))
+                       for i in range(len(curves[a][0]))] for a in arms}
+    svg = os.path.join(work, "rlcs_ablation.svg")
+    write_svg(svg, mean_curves)
+    result = {"settings": p, "arms": ARMS, "table": table, "curves": mean_curves, "per_seed_final": final,
+              "sft_scores": sft_scores, "seconds": time.perf_counter() - started}
+    if "rlcs" in arms and "grpo" in arms:
+        diff, dlo, dhi = paired_difference(final["rlcs"], final["grpo"])
+        result["rlcs_minus_grpo"] = [diff, dlo, dhi]
+    with open(os.path.join(work, "rlcs_ablation.json"), "w", encoding="utf-8") as fh:
+        json.dump(result, fh, indent=1)
+    print(f"curve: {svg}; {time.perf_counter() - started:.0f} s in all")
+    if "rlcs_minus_grpo" in result:
+        print(f"rlcs_ablation: sft={table['sft']['reward']:.3f} grpo={table['grpo']['reward']:.3f} "
+              f"rlcs={table['rlcs']['reward']:.3f} rlcs_minus_grpo={diff:+.3f} ci=[{dlo:+.3f},{dhi:+.3f}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
