@@ -43,7 +43,7 @@ from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled
 from vlmloom.pipelines.progress import LiveProgress
 from vlmloom.pipelines.report_html import render_html
 from vlmloom.pipelines.sink import OutputConfig, WriteCurated, write_atomic
-from vlmloom.pipelines.sources import InputConfig, ReadInputs, resolve_input
+from vlmloom.pipelines.sources import InputConfig, ReadInputs, check_every_input_read, resolve_input
 from vlmloom.pipelines.stage_registry import CurateStage, judge_stage, optional_stages, register_stage, stages_in_order
 from vlmloom.pipelines.files import BEAM_FILES
 from vlmloom.schemas import console, curated
@@ -293,6 +293,7 @@ def curate(config: CurateConfig, beam_args: list[str] | None = None, progress: b
             result.wait_until_finish()
             counters = _counters(result)
             live.finish(counters)
+        check_every_input_read(config.inputs, counters)  # an input that yielded nothing fails the job, named
         report = report_mod.build_report(work_dir, stage_names, counters, config, time.time() - started)
         report["disabled_model_stages"] = describe_disabled(config.models)
         _render_html(work_dir, report, config)
