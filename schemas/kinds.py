@@ -113,6 +113,9 @@ class Kind:
     render: str  # how pack renders it (RENDERINGS): "pretrain" (images + text + boxes), "chat" (turns), "video"
     annotated_by: frozenset[str] = frozenset()  # model stages that apply to it unless their `kinds` config overrides
     text_is_transcript: bool = False  # its text is the image's transcript (grounding's transcription turn answers it)
+    # The record *is* its image: a near-duplicate image (pHash stage) makes a duplicate record. Not so for records
+    # that are an image plus turns, boxes or other images: ten questions about one photo are ten records.
+    image_is_content: bool = False
 
     def __post_init__(self) -> None:
         problems = [f"needs {self.needs!r} not in {list(NEEDS)}"] if self.needs not in NEEDS else []
@@ -136,12 +139,12 @@ def register(kind: Kind) -> Kind:
 
 register(Kind("caption", min_images=1, needs="text", text_rules="caption", texts=_caption_texts,
               dedup_content=_first_image_or_text, render="pretrain",
-              annotated_by=frozenset({"clip", "concepts", "recaption"})))
+              annotated_by=frozenset({"clip", "concepts", "recaption"}), image_is_content=True))
 register(Kind("interleaved", min_images=0, needs="text", text_rules="document", texts=_segment_texts,
               dedup_content=_document_content, render="pretrain", annotated_by=frozenset({"concepts"})))
 register(Kind("ocr", min_images=1, needs="text", text_rules="document", texts=_annotated_texts,
               dedup_content=_first_image_or_text, render="pretrain", annotated_by=frozenset({"ocr", "grounding"}),
-              text_is_transcript=True))
+              text_is_transcript=True, image_is_content=True))
 register(Kind("grounding", min_images=1, needs="text", text_rules="document", texts=_annotated_texts,
               dedup_content=_chat_content, render="pretrain", annotated_by=frozenset({"grounding"})))
 register(Kind("gui", min_images=1, needs="text", text_rules="document", texts=_annotated_texts,

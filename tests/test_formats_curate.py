@@ -18,10 +18,10 @@ from vlmloom.pipelines.curate import curate, load_config
 from vlmloom.pipelines.sources import InputConfig, check_every_input_read
 from vlmloom.schemas.config import ConfigError
 
-# This test is about reading: the text judges are off (short made-up captions). Exact dedup stays on and keeps the
-# three LLaVA questions about one image (a qa record's exact-dedup content is its image and its turns); the pHash
-# stage is off because it still drops all but one record per image, whatever their turns (pipelines/dedup.py).
-DISABLED = ["heuristics", "language", "near_dup_image"]
+# This test is about reading: the text judges are off (short made-up captions). Dedup stays on and keeps the three
+# LLaVA questions about one image: a qa record's exact-dedup content is its image and its turns, and the pHash
+# stage compares only kinds whose record is their image (schemas.kinds `image_is_content`).
+DISABLED = ["heuristics", "language"]
 
 
 def jpeg(seed: int, size=(64, 48)) -> bytes:
@@ -71,7 +71,7 @@ def build_mix(root) -> list[dict]:
     os.makedirs(root / "rows")
     for n in range(2):
         (root / "rows" / f"part-{n}.jsonl").write_text(
-            json.dumps({"id": f"r{n}", "caption": f"text only row {n}", "kind": "qa"}) + "\n")
+            json.dumps({"id": f"r{n}", "caption": f"text only question {n}?", "answer": str(n), "kind": "qa"}) + "\n")
     os.makedirs(root / "pics")
     (root / "pics" / "p.jpg").write_bytes(jpeg(7))
     (root / "pics" / "p.txt").write_text("a picture with a sidecar")
