@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from vlmloom.curation import formats, readers, video
 from vlmloom.curation.formats import folder
+from vlmloom.curation.formats.pdf import pdf_unit
 from vlmloom.pipelines import progress
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.records import KINDS, Rejection, Sample, release_bytes
@@ -136,8 +137,8 @@ def _format_of_files(files: list[str], path: str) -> str:
     if any(formats.extension(f) in formats.ROW_EXTENSIONS and not (
             formats.extension(f) == "json" and readers.split_file_name(f)[0] in stems) for f in files):
         return ROWS  # row files (a .json beside an image of its stem is that image's sidecar)
-    if exts & set(readers.IMAGE_EXTENSIONS + video.VIDEO_EXTENSIONS):
-        return "folder"
+    if exts & set(readers.IMAGE_EXTENSIONS + video.VIDEO_EXTENSIONS + ("pdf",)):
+        return "folder"  # images, videos, PDFs (each page an ocr record) and their sidecars
     raise ConfigError(f"input {path!r}: cannot tell its format from {sorted(exts)}; set inputs[].format to one "
                       f"of {formats.format_names()[1:]}")
 
@@ -157,6 +158,9 @@ def plan_units(fmt: str, files: list[str], root: str) -> tuple[list, list[str]]:
     pair with an image, and files beside a webdataset's tars or a dataset's data, are counted, not read."""
     if fmt == "folder":
         return folder.folder_units(files, root), []
+    if fmt == "pdf":
+        units, rest = _split(files, lambda f: formats.extension(f) == "pdf")
+        return [pdf_unit(f, root) for f in units], rest
     if fmt == "webdataset":
         return _split(files, lambda f: formats.extension(f) in TAR_EXTENSIONS, keep_images=False)
     if fmt == "coco":

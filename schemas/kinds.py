@@ -114,7 +114,9 @@ class Kind:
     annotated_by: frozenset[str] = frozenset()  # model stages that apply to it unless their `kinds` config overrides
     text_is_transcript: bool = False  # its text is the image's transcript (grounding's transcription turn answers it)
     # The record *is* its image: a near-duplicate image (pHash stage) makes a duplicate record. Not so for records
-    # that are an image plus turns, boxes or other images: ten questions about one photo are ten records.
+    # that are an image plus turns, boxes or other images (ten questions about one photo are ten records), nor for
+    # document pages (pages of one book share a pHash at 8×8; their transcripts differ): those meet their
+    # near-duplicates through MinHash's pair-aware rule, near text *and* near image.
     image_is_content: bool = False
 
     def __post_init__(self) -> None:
@@ -144,7 +146,7 @@ register(Kind("interleaved", min_images=0, needs="text", text_rules="document", 
               dedup_content=_document_content, render="pretrain", annotated_by=frozenset({"concepts"})))
 register(Kind("ocr", min_images=1, needs="text", text_rules="document", texts=_annotated_texts,
               dedup_content=_first_image_or_text, render="pretrain", annotated_by=frozenset({"ocr", "grounding"}),
-              text_is_transcript=True, image_is_content=True))
+              text_is_transcript=True))
 register(Kind("grounding", min_images=1, needs="text", text_rules="document", texts=_annotated_texts,
               dedup_content=_chat_content, render="pretrain", annotated_by=frozenset({"grounding"})))
 register(Kind("gui", min_images=1, needs="text", text_rules="document", texts=_annotated_texts,

@@ -82,8 +82,8 @@ def format_names() -> list[str]:
 
 def _load_all() -> None:
     # One import per module registers its format; imported lazily because they import this package.
-    from vlmloom.curation.formats import (coco, conversations, folder, hf, manifest, mmc4, obelics, urls,  # noqa: F401
-                                          webdataset)
+    from vlmloom.curation.formats import (coco, conversations, folder, hf, manifest, mmc4, obelics, pdf,  # noqa: F401
+                                          urls, webdataset)
 
 
 # --- shared helpers -----------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`folder`: an image folder, one record per image with its sidecars (`a.jpg` + `a.txt` / `a.json` / `a.cls`),
 grouped by the full file stem (`holiday.2020.01.jpg` + `holiday.2020.01.txt`). Sidecars are read as the
 webdataset reader reads members; files that belong to no image are counted `ignored_file:<ext>` (a `.mov`, a
-`README.md`), never read silently past."""
+`README.md`), never read silently past. A `.pdf` file is its own unit: its pages are `ocr` records
+(curation/formats/pdf.py)."""
 from __future__ import annotations
 
 import os
@@ -9,10 +10,12 @@ from typing import Any, Iterator
 
 from vlmloom.curation import readers
 from vlmloom.curation.formats import Format, ReadContext, extension, inside, register, rejection
+from vlmloom.curation.formats.pdf import PDF_EXTENSION, Pdf, pdf_unit
 from vlmloom.curation.formats.webdataset import record
 from vlmloom.schemas.records import Rejection, Sample
 
 IGNORED = "\0ignored"  # a unit that only says: this file is here, and no record uses it
+PDF = "\0pdf"  # a unit that is one PDF file: (PDF, (source id, path, root), root)
 
 
 class Folder(Format):
@@ -24,6 +27,9 @@ class Folder(Format):
         if source_id == IGNORED:
             for path in files:
                 ctx.count(f"ignored_file:{extension(path) or 'none'}")
+            return
+        if source_id == PDF:
+            yield from Pdf().read(files, ctx)
             return
         data = {}
         for ext, path in files.items():
@@ -52,7 +58,9 @@ def folder_units(files: list[str], root: str) -> list[Any]:
     groups = readers.group_folder_files(files, root)
     used = {path for group in groups.values() for path in group.values()}
     units: list[Any] = [(source_id, group, root) for source_id, group in sorted(groups.items())]
-    rest = sorted(set(files) - used)
+    pdfs = sorted(f for f in set(files) - used if extension(f) == PDF_EXTENSION)
+    units += [(PDF, pdf_unit(path, root), root) for path in pdfs]
+    rest = sorted(set(files) - used - set(pdfs))
     if rest:
         units.append((IGNORED, rest, root))
     return units
