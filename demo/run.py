@@ -18,6 +18,7 @@ import sys
 import time
 
 from vlmloom.demo.corpus import DemoCorpusConfig, build_demo_corpus
+from vlmloom.demo.media import MEDIA_DIR, write_media_folder
 from vlmloom.schemas.config import apply_overrides, load_yaml
 
 
@@ -68,8 +69,10 @@ def build_corpus(out: str, num_samples: int) -> str:
     t0 = time.time()
     corpus = os.path.join(out, "corpus")
     expected = build_demo_corpus(corpus, DemoCorpusConfig(num_samples=num_samples))
+    media = write_media_folder(corpus, seed=0)  # videos (one broken, one exact copy) and a PDF: corpus/media
     print(f"[1/5] demo corpus: {expected['total_records']} tar records + {expected.get('manifest_records', 0)} "
-          f"manifest rows in {time.time() - t0:.1f} s → {corpus}")
+          f"manifest rows + {media['videos']} videos and a {media['pdf_pages']}-page PDF in "
+          f"{time.time() - t0:.1f} s → {corpus}")
     return corpus
 
 
@@ -81,7 +84,8 @@ def curate_corpus(out: str, corpus: str, beam_args: list[str]) -> str:
 
     data = load_yaml(config_path("demo_curate.yaml"))
     data["inputs"] = [{"path": os.path.join(corpus, "tars", "*.tar"), "name": "demo_wds"},
-                      {"path": os.path.join(corpus, "manifest.parquet"), "name": "demo_manifest"}]
+                      {"path": os.path.join(corpus, "manifest.parquet"), "name": "demo_manifest"},
+                      {"path": os.path.join(corpus, MEDIA_DIR), "name": "demo_media"}]
     data["output"] = os.path.join(out, "curated")
     data = apply_overrides(data, demo_model_overrides(corpus))
     config = load_config(data)
