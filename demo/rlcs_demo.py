@@ -95,14 +95,18 @@ def run_rlcs_task_demo(output: str, *, settings: dict[str, Any] | None = None,
               "generation_batch": 32, "rewards": TASK_REWARDS}}
     heldout = rlcs_task.rl_prompts(heldout_items)
 
-    def heldout_reward(model: str, name: str) -> float:
-        """Mean over held-out prompts of the mean score of eval_k sampled responses (one evaluation seed)."""
+    def heldout_reward(model: str, name: str) -> dict[str, float]:
+        """Mean over held-out prompts of the mean score of eval_k sampled responses (one evaluation seed), in all
+        ("all") and per kind (color / position / count)."""
         config = build_config(TrainConfig, {**rl, "model": model, "seed": 12345})
         path = os.path.join(output, f"heldout_{name}.jsonl")
         compute_pass_rates(config, path, k=p["eval_k"], prompts=heldout, batch_prompts=48)
+        by_kind: dict[str, list[float]] = {"all": []}
         with open(path, encoding="utf-8") as fh:
-            scores = [json.loads(line)["mean_score"] for line in fh]
-        return sum(scores) / len(scores)
+            for row in map(json.loads, fh):
+                by_kind["all"].append(row["mean_score"])
+                by_kind.setdefault(row["id"].split("-")[1], []).append(row["mean_score"])
+        return {kind: sum(v) / len(v) for kind, v in by_kind.items()}
 
     before = heldout_reward(sft["export_dir"], "sft")
     summary = train(build_config(TrainConfig, rl), source=rlcs_task.rl_prompts(train_items))
@@ -118,7 +122,9 @@ def run_rlcs_task_demo(output: str, *, settings: dict[str, Any] | None = None,
                   f"  informative {it['informative_group_share']:.2f}  expansion {it['expansion_factor']:.2f}  "
                   f"format {it['format_pass_rate']:.2f}  forced {it['force_answer_rate']:.2f}  "
                   f"length {it['response_length']:.1f}")
-        print(f"      held-out reward ({len(heldout)} prompts × {p['eval_k']} samples): SFT {before:.3f} → "
-              f"RLCS {after:.3f} after {sum(it['rollouts'] for it in summary['iterations'])} rollouts")
-    return {"sft_heldout": before, "rlcs_heldout": after, "iterations": summary["iterations"],
-            "sft_summary": sft, "summary": summary}
+        kinds = "  ".join(f"{k} {before[k]:.3f} → {after[k]:.3f}" for k in before if k != "all")
+        print(f"      held-out reward ({len(heldout)} prompts × {p['eval_k']} samples): SFT {before['all']:.3f} → "
+              f"RLCS {after['all']:.3f} after {sum(it['rollouts'] for it in summary['iterations'])} rollouts "
+              f"({kinds})")
+    return {"sft_heldout": before["all"], "rlcs_heldout": after["all"], "heldout_by_kind": {"sft": before,
+            "rlcs": after}, "iterations": summary["iterations"], "sft_summary": sft, "summary": summary}

@@ -249,4 +249,5 @@ def test_demo_rl_stage_on_the_graded_task(tmp_path, capsys):
     assert 0.0 <= result["sft_heldout"] <= 1.0 and 0.0 <= result["rlcs_heldout"] <= 1.0
     out = capsys.readouterr().out
     assert out.count("informative") == 2 and "held-out reward (3 prompts × 2 samples): SFT" in out
-    assert "after 16 rollouts" in out
+    assert "after 16 rollouts (color " in out
+    assert set(result["heldout_by_kind"]["sft"]) == {"all", "color", "position", "count"}
