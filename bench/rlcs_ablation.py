@@ -24,10 +24,8 @@ WORKDIR/rlcs_ablation.json, and ends with exactly one line
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import random
 import sys
 import tempfile
 import time
@@ -35,8 +33,6 @@ import time
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-POSITIONS = ("top left", "top right", "bottom left", "bottom right")
-COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 REWARDS = {"domains": {"text": "text", "counting": "counting"}, "workers": 1}
 
 ARMS: dict[str, dict] = {
@@ -57,40 +53,10 @@ FULL = {"train_prompts": 384, "heldout": 200, "eval_k": 8, "seeds": 3, "sft_step
 
 
 def make_items(n: int, *, seed: int, split: str):
-    """n items, kinds alternating color / position / count; ids `{split}-{kind}-{i}`."""
-    from PIL import Image, ImageDraw
-
+    """n items, kinds alternating color / position / count; ids `{split}-{kind}-{i}` (demo/rlcs_task.py)."""
     from vlmloom.demo import rlcs_task
 
-    @dataclasses.dataclass(frozen=True)
-    class Item(rlcs_task.TaskItem):
-        def response_with(self, answer: str) -> str:
-            reasoning = {"color": f"The image is {answer}.", "position": f"The square is at the {answer}.",
-                         "count": f"I see {COUNT_WORDS.get(int(answer) if answer.isdigit() else 0, answer)} "
-                                  "squares."}[self.kind]
-            return (f"<think>{reasoning}</think><answer>The answer is "
-                    f"<|begin_of_box|>{answer}<|end_of_box|></answer>")
-
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        kind = ("color", "position", "count")[i % 3]
-        if kind == "color":
-            base = rlcs_task.make_task(1, seed=rng.randrange(10**9), kinds=("color",))[0]
-            fields = dict(domain="text", question=base.question, answer=base.answer, image=base.image)
-        elif kind == "count":
-            base = rlcs_task.make_task(1, seed=rng.randrange(10**9), kinds=("count",), max_count=4)[0]
-            fields = dict(domain="counting", question=base.question, answer=base.answer, image=base.image)
-        else:
-            quadrant = rng.randrange(4)
-            image = Image.new("RGB", (rlcs_task.IMAGE_SIZE, rlcs_task.IMAGE_SIZE), (20, 20, 30))
-            x = (quadrant % 2) * 28 + rng.randint(3, 9)
-            y = (quadrant // 2) * 28 + rng.randint(3, 9)
-            ImageDraw.Draw(image).rectangle([x, y, x + 14, y + 14], fill=(240, 240, 240))
-            fields = dict(domain="text", question="Where is the square?", answer=POSITIONS[quadrant],
-                          image=rlcs_task._png(image))
-        out.append(Item(id=f"{split}-{kind}-{i:05d}", kind=kind, reasoning="", **fields))
-    return out
+    return rlcs_task.make_graded_task(n, seed=seed, split=split)
 
 
 def bootstrap(scores, *, resamples: int = 2000, seed: int = 0):

@@ -95,6 +95,49 @@ def make_task(n: int, *, seed: int = 0, kinds: tuple[str, ...] = ("color", "coun
     return [makers[kinds[i % len(kinds)]](rng, i, colors, max_count) for i in range(n)]
 
 
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+
+
+@dataclass(frozen=True)
+class GradedItem(TaskItem):
+    """An item of the graded task (`make_graded_task`): its demonstration's reasoning matches its kind."""
+
+    def response_with(self, answer: str) -> str:
+        reasoning = {"color": f"The image is {answer}.", "position": f"The square is at the {answer}.",
+                     "count": f"I see {COUNT_WORDS.get(int(answer) if answer.isdigit() else 0, answer)} "
+                              "squares."}[self.kind]
+        return (f"<think>{reasoning}</think><answer>The answer is "
+                f"<|begin_of_box|>{answer}<|end_of_box|></answer>")
+
+
+def make_graded_task(n: int, *, seed: int, split: str) -> list[GradedItem]:
+    """The graded task of bench/rlcs_ablation.py and the demo's RL stage: n items, kinds alternating `color`
+    (easy, 4 colours, `text`), `position` (medium: the one square's quadrant, `text`) and `count` (hard: 1–4
+    squares, `counting`); ids `{split}-{kind}-{i}`; deterministic for a seed."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        kind = ("color", "position", "count")[i % 3]
+        if kind == "color":
+            base = make_task(1, seed=rng.randrange(10**9), kinds=("color",))[0]
+            fields = dict(domain="text", question=base.question, answer=base.answer, image=base.image)
+        elif kind == "count":
+            base = make_task(1, seed=rng.randrange(10**9), kinds=("count",), max_count=4)[0]
+            fields = dict(domain="counting", question=base.question, answer=base.answer, image=base.image)
+        else:
+            quadrant = rng.randrange(4)
+            image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (20, 20, 30))
+            x = (quadrant % 2) * 28 + rng.randint(3, 9)
+            y = (quadrant // 2) * 28 + rng.randint(3, 9)
+            ImageDraw.Draw(image).rectangle([x, y, x + 14, y + 14], fill=(240, 240, 240))
+            fields = dict(domain="text", question="Where is the square?", answer=POSITIONS[quadrant],
+                          image=_png(image))
+        out.append(GradedItem(id=f"{split}-{kind}-{i:05d}", kind=kind, reasoning="", **fields))
+    return out
+
+
 def rl_prompts(items: list[TaskItem]):
     """TaskItems → `vlmloom.trainer.rollout.RLPrompt`s (one image, one user turn)."""
     from vlmloom.trainer.rollout import RLPrompt

@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
     if rc:
         return rc
     if not args.skip_rl:
-        rlcs_on_qa(out, curated)
+        rlcs_stage(out)
     print(f"demo done in {time.time() - t0:.1f} s")
     print(next_steps(out))
     return 0
@@ -140,13 +140,14 @@ def train_tiny_models(out: str, steps: int) -> int:
     return 0
 
 
-def rlcs_on_qa(out: str, curated: str) -> dict:
-    """Step 5: a short RLCS run from the SFT model on the curated QA items; prints reward per domain."""
-    from vlmloom.demo.rlcs_demo import run_rlcs_demo
+def rlcs_stage(out: str) -> dict:
+    """Step 5: RLCS where a tiny model can learn: the graded task of bench/rlcs_ablation.py (color / position /
+    count), a short SFT, then RLCS; prints held-out reward before and after and the per-iteration metrics."""
+    from vlmloom.demo.rlcs_demo import run_rlcs_task_demo
 
     t4 = time.time()
-    result = run_rlcs_demo(curated, os.path.join(out, "train_sft", "hf_model"), os.path.join(out, "train_rlcs"))
-    print(f"[5/5] RLCS in {time.time() - t4:.1f} s → {out}/train_rlcs")
+    result = run_rlcs_task_demo(os.path.join(out, "train_rlcs"))
+    print(f"[5/5] RLCS in {time.time() - t4:.1f} s → {out}/train_rlcs (metrics.jsonl, tensorboard/ under rlcs/)")
     return result
 
 

@@ -234,3 +234,20 @@ def test_one_iteration_logs_its_metrics_to_json_and_tensorboard(task, tmp_path, 
     tags = set(events.Tags()["scalars"])
     assert {f"train/{k}" for k in ITERATION_METRICS} <= tags
 
+
+
+def test_demo_rl_stage_on_the_graded_task(tmp_path, capsys):
+    """`make demo`'s RL stage at toy size: SFT, held-out reward before and after RLCS, one printed line per
+    iteration; the rollout budget sets the iterations (16 rollouts = 2 iterations of 2 prompts × 4)."""
+    from vlmloom.demo.rlcs_demo import run_rlcs_task_demo
+
+    result = run_rlcs_task_demo(str(tmp_path), settings={
+        "train_prompts": 6, "heldout": 3, "eval_k": 2, "sft_steps": 2, "group_size": 4, "prompts_per_iteration": 2,
+        "rollout_budget": 16, "expansion_max": 1.0})
+    its = result["iterations"]
+    assert [it["rollouts"] for it in its] == [8, 8] and result["sft_summary"]["steps"] == 2
+    assert 0.0 <= result["sft_heldout"] <= 1.0 and 0.0 <= result["rlcs_heldout"] <= 1.0
+    out = capsys.readouterr().out
+    assert out.count("informative") == 2 and "held-out reward (3 prompts × 2 samples): SFT" in out
+    assert "after 16 rollouts (color " in out
+    assert set(result["heldout_by_kind"]["sft"]) == {"all", "color", "position", "count"}

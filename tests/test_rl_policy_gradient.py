@@ -79,7 +79,7 @@ def test_packed_log_probs_equal_hf_forward(setup):
     objective = setup
     model, groups = objective.model, rollouts(objective)
     for g, group in enumerate(groups):
-        prompt = objective._render(g)
+        prompt = objective.renderer.render(objective.prompts[g])
         for j, rollout in enumerate(group):
             sample = training_sample(f"s{g}{j}", prompt, rollout, image_token_id=objective.image_token_id,
                                      merge_size=objective.merge_size)
@@ -111,7 +111,7 @@ def test_update_plumbing_and_sign(setup):
     sign = {(0, 0): 1.0, (0, 1): -1.0, (1, 0): -1.0, (1, 1): 1.0}
     for g, group in enumerate(groups):
         for j, rollout in enumerate(group):
-            samples.append(training_sample(f"s{g}{j}", objective._render(g), rollout,
+            samples.append(training_sample(f"s{g}{j}", objective.renderer.render(objective.prompts[g]), rollout,
                                            image_token_id=objective.image_token_id, merge_size=objective.merge_size))
             advantages.append(sign[g, j])
             trained.append(sum(rollout.trained))

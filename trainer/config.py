@@ -11,7 +11,6 @@ from typing import Any, Literal
 from vlmloom.schemas.config import ConfigError
 
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2", "vlmloom_varlen")
-LOSS_AGGREGATIONS = ("seq-mean-token-mean", "token-mean")  # names in trainer/rl_algos.py LOSS_AGGREGATIONS
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -78,7 +77,7 @@ class RLCSConfig:
     pass_threshold: float = 1.0  # a response "passes" (curriculum pass rate) when its score >= this
     seq_len: int = 4096  # packed row length of the update batches
     packer: str = "best_fit_decreasing"  # packing.packers.PACKERS
-    rollout_backend: str = "transformers"  # transformers | vllm (trainer/rollout.py ROLLOUT_BACKENDS)
+    rollout_backend: str = "transformers"  # transformers | vllm (trainer/rl_backends.py ROLLOUT_BACKENDS)
     generation_batch: int = 16  # prompts per generate call (prompts of equal length share a call)
     system_prompt: str = ""  # prepended as a system turn to every prompt; "" = none
     rewards: str | dict[str, Any] = dataclasses.field(default_factory=dict)  # rewards YAML path or its mapping
@@ -105,14 +104,27 @@ class RLCSConfig:
             raise ConfigError(f"rlcs.advantage_std {self.advantage_std!r}: use population or unbiased")
         if self.clip_ratio_c and self.clip_ratio_c <= 1.0:
             raise ConfigError(f"rlcs.clip_ratio_c ({self.clip_ratio_c}) must be > 1 (dual-clip) or 0 (off)")
-        if self.loss_agg not in LOSS_AGGREGATIONS:
-            raise ConfigError(f"rlcs.loss_agg {self.loss_agg!r}: use one of {list(LOSS_AGGREGATIONS)}")
         if not 0 < self.max_think_tokens <= self.max_new_tokens or self.force_answer_tokens < 1:
             raise ConfigError(f"rlcs: need 0 < max_think_tokens ({self.max_think_tokens}) <= max_new_tokens "
                               f"({self.max_new_tokens}) and force_answer_tokens >= 1")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ConfigError("rlcs.temperature must be > 0 and rlcs.top_p within (0, 1]")
+        for key, registry in rlcs_registries().items():
+            if getattr(self, key) not in registry:
+                raise ConfigError(f"rlcs.{key} {getattr(self, key)!r}: unknown {registry.what}; "
+                                  f"known: {', '.join(registry.names())}")
         self.curriculum.validate()
+
+
+def rlcs_registries() -> dict[str, Any]:
+    """The `rlcs:` keys that name a registry entry → that registry (checked by RLCSConfig.validate, so a typo fails
+    at load time with the known names rather than at the first iteration)."""
+    from vlmloom.packing.packers import PACKERS
+    from vlmloom.trainer import rl_algos
+    from vlmloom.trainer.rl_backends import ROLLOUT_BACKENDS
+
+    return {"advantage": rl_algos.ADVANTAGE_ESTIMATORS, "policy_loss": rl_algos.POLICY_LOSSES,
+            "loss_agg": rl_algos.LOSS_AGGREGATIONS, "rollout_backend": ROLLOUT_BACKENDS, "packer": PACKERS}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -1,12 +1,16 @@
 """The training loop: config → model → DeepSpeed engine → data → steps → checkpoints → metrics → export.
 
-`train(config)` runs one job and returns a summary dict. Pre-training, SFT and RLCS are objectives
-(objectives.py, rlcs.py) plugged into the same loop: an objective says what a step's micro-batches are and
-which module turns one into a loss; the loop normalises over the whole step, steps, logs and checkpoints.
+`train(config)` runs one job and returns a summary dict: `setup` (process group, model, objective, engine,
+resume) → `train_step` until the steps are done or the data runs out (checkpoints on the way) → `finish` (last
+checkpoint, export, summary). Pre-training, SFT and RLCS are objectives (objectives.py `Objective`, rlcs.py)
+plugged into the same loop: an objective says what a step's micro-batches are and which module turns one into a
+loss; the loop normalises over the whole step, steps, logs and checkpoints, and reads no objective's batch keys
+beyond the collator's `stats`.
 Only this package imports deepspeed.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,7 +26,7 @@ from vlmloom.trainer import checkpoint as ckpt
 from vlmloom.trainer.config import TrainConfig
 from vlmloom.trainer.data import load_image_processor
 from vlmloom.trainer.loss import step_loss_scale
-from vlmloom.trainer.objectives import build_objective
+from vlmloom.trainer.objectives import Objective, build_objective
 from vlmloom.trainer.metrics import MetricsLogger, peak_tflops, step_flops, sum_stats
 from vlmloom.trainer.model import (describe, freeze_parts, load_model, resolve_attn_implementation,
                                    resolve_model_spec)
@@ -34,6 +38,51 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
     """Run the job described by `config`; `source` replaces the packed-shard reader (any iterable of records;
     resume is exact when it has state_dict/load_state_dict), or for `mode: rlcs` the prompt list (RLPrompt).
     Returns a summary (losses, throughput, paths; RLCS adds per-iteration metrics)."""
+    run = setup(config, source)
+    end = min(config.steps, config.stop_after) if config.stop_after else config.steps
+    run.engine.train()
+    while run.step < end:
+        if not train_step(run):
+            run.stop_reason = "data_exhausted"
+            break
+        if config.checkpoint_every and run.step % config.checkpoint_every == 0:
+            save_checkpoint(run)
+    run.progress.close()
+    if run.stop_reason == "steps_done" and run.step < config.steps:
+        run.stop_reason = "stop_after"
+    return finish(run)
+
+
+@dataclasses.dataclass
+class Run:
+    """One job between `setup` and `finish`: what was built, and the counters the steps advance."""
+    config: TrainConfig
+    device: torch.device
+    rank: int
+    world_size: int
+    precision: str
+    attn: str
+    model: Any
+    image_processor: Any
+    objective: Objective
+    engine: Any
+    scheduler: Any
+    logger: MetricsLogger
+    progress: Any
+    peak: float | None  # per-device peak TFLOPS for MFU; None when unknown
+    own_grad_norm: bool  # DeepSpeed reports the gradient norm for ZeRO and bf16 only; fp32 ZeRO-0 clips without it
+    checkpoints_dir: str
+    zero3_init: Any  # keeps HfDeepSpeedConfig alive while the model is in use (ZeRO-3 partitioned loading)
+    step: int = 0
+    resumed_from: str | None = None
+    last_saved: int = -1
+    stop_reason: str = "steps_done"
+    losses: list[float] = dataclasses.field(default_factory=list)
+    tokens_per_s: list[float] = dataclasses.field(default_factory=list)
+
+
+def setup(config: TrainConfig, source: Iterable[Any] | None) -> Run:
+    """Process group, model, objective, DeepSpeed engine, resume, metrics: everything before the first step."""
     device, rank, world_size = init_distributed(config.dist_backend)
     seed_everything(config.seed + rank)
     precision = ("bf16" if device.type == "cuda" else "fp32") if config.precision == "auto" else config.precision
@@ -76,90 +125,96 @@ def train(config: TrainConfig, *, source: Iterable[dict[str, Any]] | None = None
     logger = MetricsLogger(config.output, tensorboard=config.tensorboard, enabled=is_main)
     if is_main:
         write_run_info(config, model, trainable, attn, precision, world_size)
-    peak = peak_tflops(device, precision, config.peak_tflops)
-    progress = make_progress(config, step, enabled=is_main)
-    losses: list[float] = []
-    tokens_per_s: list[float] = []
-    stop_reason = "steps_done"
-    last_saved = step if resumed_from else -1
-    # DeepSpeed reports the gradient norm for ZeRO and bf16 only; fp32 ZeRO-0 clips without keeping it.
-    own_grad_norm = config.zero_stage == 0 and precision == "fp32"
-    end = min(config.steps, config.stop_after) if config.stop_after else config.steps
-    engine.train()
-    while step < end:
-        t0 = time.perf_counter()
-        micro_batches = objective.next_step()
-        # every rank stops together when any one runs dry; otherwise the others would wait in a collective forever
-        if all_reduce_sum(float(micro_batches is None), device) > 0:
-            stop_reason = "data_exhausted"
-            break
-        micro_batches = pad_to_common_count(micro_batches, device)
-        # normalise by the step's denominator over all ranks (label tokens for SFT; responses or tokens for RLCS)
-        step_denominator = all_reduce_sum(sum(objective.denominator(b) for b in micro_batches), device)
-        scale = step_loss_scale(step_denominator, world_size)
-        lr = scheduler.get_last_lr()[0]  # the rate this step's update uses
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        grad_norm = None
-        for i, batch in enumerate(micro_batches):
-            # the step's last micro-batch is the accumulation boundary, however many the objective produced
-            engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
-            micro_loss, _ = engine(**objective.inputs(batch, device))
-            engine.backward(micro_loss * scale, scale_wrt_gas=False)
-            if i == len(micro_batches) - 1 and own_grad_norm:
-                grad_norm = total_grad_norm(objective.wrapper)  # reduced over ranks by now; before clipping
-            engine.step()  # DeepSpeed steps optimizer and scheduler at the accumulation boundary only
-            loss_sum += micro_loss.detach().double()
-        if not own_grad_norm and micro_batches:
-            grad_norm = engine.get_global_grad_norm()
-        step += 1
-        loss = float(all_reduce_sum(loss_sum, device)) / max(step_denominator, 1e-12)
-        step_time = time.perf_counter() - t0
-        losses.append(loss)
-        stats = sum_stats([dict.fromkeys(EMPTY_STATS, 0)] + [b["stats"] for b in micro_batches])
-        tokens = all_reduce_sum(stats["tokens"], device)
-        tokens_per_s.append(tokens / step_time)
-        if step % config.log_every == 0 or step == config.steps:
-            flops = all_reduce_sum(step_flops(model.config, stats), device)
-            record = {
-                "loss": loss, "lr": lr,
-                "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "tokens": int(tokens), "loss_denominator": step_denominator,
-                "samples": int(all_reduce_sum(stats["samples"], device)),
-                "tokens_per_s": tokens / step_time, "step_time_s": step_time,
-                "padding_fraction": 1.0 - stats["tokens"] / max(stats["capacity"], 1),
-                "tflops_per_device": flops / step_time / world_size / 1e12,
-                "mfu": (flops / step_time / world_size / 1e12 / peak) if peak else None,
-                **objective.step_metrics(),
-            }
-            logger.log(step, record)
-            progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / step_time:.0f}")
-        progress.update(1)
-        if config.checkpoint_every and step % config.checkpoint_every == 0:
-            ckpt.save(engine, checkpoints_dir, step, loader_state=objective.state_dict(), rank=rank,
-                      keep=config.keep_checkpoints)
-            last_saved = step
-    progress.close()
-    if stop_reason == "steps_done" and step < config.steps:
-        stop_reason = "stop_after"
-    if step != last_saved and step > 0:
-        ckpt.save(engine, checkpoints_dir, step, loader_state=objective.state_dict(), rank=rank,
-                  keep=config.keep_checkpoints)
+    return Run(config=config, device=device, rank=rank, world_size=world_size, precision=precision, attn=attn,
+               model=model, image_processor=image_processor, objective=objective, engine=engine,
+               scheduler=scheduler, logger=logger, progress=make_progress(config, step, enabled=is_main),
+               peak=peak_tflops(device, precision, config.peak_tflops),
+               own_grad_norm=config.zero_stage == 0 and precision == "fp32", checkpoints_dir=checkpoints_dir,
+               zero3_init=zero3_init, step=step, resumed_from=resumed_from,
+               last_saved=step if resumed_from else -1)
+
+
+def train_step(run: Run) -> bool:
+    """One optimizer step over the objective's micro-batches, logged; False when the data ran out (no step)."""
+    config, objective, engine, device, world_size = run.config, run.objective, run.engine, run.device, run.world_size
+    t0 = time.perf_counter()
+    micro_batches = objective.next_step()
+    # every rank stops together when any one runs dry; otherwise the others would wait in a collective forever
+    if all_reduce_sum(float(micro_batches is None), device) > 0:
+        return False
+    micro_batches = pad_to_common_count(micro_batches, objective, device)
+    # normalise by the step's denominator over all ranks (label tokens for SFT; responses or tokens for RLCS)
+    step_denominator = all_reduce_sum(sum(objective.denominator(b) for b in micro_batches), device)
+    scale = step_loss_scale(step_denominator, world_size)
+    lr = run.scheduler.get_last_lr()[0]  # the rate this step's update uses
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    grad_norm = None
+    for i, batch in enumerate(micro_batches):
+        # the step's last micro-batch is the accumulation boundary, however many the objective produced
+        engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
+        micro_loss, _ = engine(**objective.inputs(batch, device))
+        engine.backward(micro_loss * scale, scale_wrt_gas=False)
+        if i == len(micro_batches) - 1 and run.own_grad_norm:
+            grad_norm = total_grad_norm(objective.wrapper)  # reduced over ranks by now; before clipping
+        engine.step()  # DeepSpeed steps optimizer and scheduler at the accumulation boundary only
+        loss_sum += micro_loss.detach().double()
+    if not run.own_grad_norm and micro_batches:
+        grad_norm = engine.get_global_grad_norm()
+    run.step += 1
+    loss = float(all_reduce_sum(loss_sum, device)) / max(step_denominator, 1e-12)
+    step_time = time.perf_counter() - t0
+    run.losses.append(loss)
+    stats = sum_stats([dict.fromkeys(EMPTY_STATS, 0)] + [b["stats"] for b in micro_batches])
+    tokens = all_reduce_sum(stats["tokens"], device)
+    run.tokens_per_s.append(tokens / step_time)
+    if run.step % config.log_every == 0 or run.step == config.steps:
+        flops = all_reduce_sum(step_flops(run.model.config, stats), device)
+        record = {
+            "loss": loss, "lr": lr,
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "tokens": int(tokens), "loss_denominator": step_denominator,
+            "samples": int(all_reduce_sum(stats["samples"], device)),
+            "tokens_per_s": tokens / step_time, "step_time_s": step_time,
+            "padding_fraction": 1.0 - stats["tokens"] / max(stats["capacity"], 1),
+            "tflops_per_device": flops / step_time / world_size / 1e12,
+            "mfu": (flops / step_time / world_size / 1e12 / run.peak) if run.peak else None,
+            **objective.step_metrics(),
+        }
+        run.logger.log(run.step, record)
+        run.progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / step_time:.0f}")
+    run.progress.update(1)
+    return True
+
+
+def save_checkpoint(run: Run) -> None:
+    ckpt.save(run.engine, run.checkpoints_dir, run.step, loader_state=run.objective.state_dict(), rank=run.rank,
+              keep=run.config.keep_checkpoints)
+    run.last_saved = run.step
+
+
+def finish(run: Run) -> dict[str, Any]:
+    """Last checkpoint, Hugging Face export, summary.json; returns the summary."""
+    config = run.config
+    if run.step != run.last_saved and run.step > 0:
+        save_checkpoint(run)
     export_dir = None
     if config.export:
-        export_dir = ckpt.export_hf(engine, model, os.path.join(config.output, "hf_model"),
-                                    zero_stage=config.zero_stage, rank=rank, tokenizer_dir=objective.tokenizer_dir,
-                                    image_processor=image_processor)
-    logger.close()
-    objective_summary = objective.summary()
-    objective.close()
-    del zero3_init
+        export_dir = ckpt.export_hf(run.engine, run.model, os.path.join(config.output, "hf_model"),
+                                    zero_stage=config.zero_stage, rank=run.rank,
+                                    tokenizer_dir=run.objective.tokenizer_dir, image_processor=run.image_processor)
+    run.logger.close()
+    objective_summary = run.objective.summary()
+    run.objective.close()
+    run.zero3_init = None
+    is_main = run.rank == 0
+    losses = run.losses
     summary = {
-        "steps": step, "stop_reason": stop_reason, "resumed_from": resumed_from, "losses": losses,
+        "steps": run.step, "stop_reason": run.stop_reason, "resumed_from": run.resumed_from, "losses": losses,
         "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
-        "tokens_per_s": float(np.median(tokens_per_s)) if tokens_per_s else None,
-        "attn_implementation": attn, "precision": precision, "world_size": world_size,
+        "tokens_per_s": float(np.median(run.tokens_per_s)) if run.tokens_per_s else None,
+        "attn_implementation": run.attn, "precision": run.precision, "world_size": run.world_size,
         "zero_stage": config.zero_stage, "output": config.output, "export_dir": export_dir,
-        "metrics": logger.path if is_main else None, **objective_summary,
+        "metrics": run.logger.path if is_main else None, **objective_summary,
     }
     if is_main:
         with open(os.path.join(config.output, "summary.json"), "w", encoding="utf-8") as fh:
@@ -254,9 +309,11 @@ def all_reduce_sum(value: float | torch.Tensor, device: torch.device) -> float:
     return float(tensor)
 
 
-def pad_to_common_count(micro_batches: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+def pad_to_common_count(micro_batches: list[dict[str, Any]], objective: Objective,
+                        device: torch.device) -> list[dict[str, Any]]:
     """Every rank must run as many forward/backward passes as the others (ZeRO reduces gradients in them):
-    a rank with fewer micro-batches repeats its last one with zero loss weight. RLCS steps vary in length."""
+    a rank with fewer micro-batches repeats its last one with zero loss weight (`objective.null_batch`). RLCS
+    steps vary in length."""
     import torch.distributed as dist
 
     if not (dist.is_initialized() and dist.get_world_size() > 1):
@@ -267,10 +324,7 @@ def pad_to_common_count(micro_batches: list[dict[str, Any]], device: torch.devic
         if not micro_batches:
             raise RuntimeError("a rank has no micro-batch while others do: give every rank enough prompts "
                                "(rlcs.prompts_per_iteration) so each keeps at least one informative group")
-        filler = dict(micro_batches[-1])
-        for key in ("loss_weights", "targets"):
-            if key in filler:
-                filler[key] = filler[key].clone().fill_(0 if key == "loss_weights" else -100)
+        filler = objective.null_batch(micro_batches[-1])
         micro_batches = micro_batches + [filler] * (int(count) - len(micro_batches))
     return micro_batches
 
@@ -289,8 +343,6 @@ def make_progress(config: TrainConfig, initial: int, *, enabled: bool) -> Any:
 
 def write_run_info(config: TrainConfig, model: Any, trainable: dict[str, int], attn: str, precision: str,
                    world_size: int) -> None:
-    import dataclasses
-
     os.makedirs(config.output, exist_ok=True)
     info = {"config": dataclasses.asdict(config), "model": describe(model), "trainable_by_part": trainable,
             "attn_implementation": attn, "precision": precision, "world_size": world_size,

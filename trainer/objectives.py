@@ -1,13 +1,9 @@
 """Training objectives: what one optimizer step's micro-batches are, and the module that turns one into a loss.
 
-The loop (loop.py) is the same for every mode; it asks its objective for
-    wrapper                      the nn.Module DeepSpeed wraps: forward(**inputs(batch)) → (loss sum, tokens)
-    next_step() → [batch] | None  the micro-batches of the next optimizer step (None: data exhausted)
-    denominator(batch)           this batch's share of the step's normaliser (Σ over the step, all ranks)
-    inputs(batch, device)        the forward keyword arguments
-    step_metrics()               extra metrics of the step just taken
-    state_dict() / load_state_dict(state)   exact resume
-    tokenizer_dir, close()
+The loop (loop.py) is the same for every mode; it talks to its objective only through `Objective` below
+(a typed Protocol): wrapper, next_step, denominator, inputs, null_batch, step_metrics, state_dict /
+load_state_dict, summary, tokenizer_dir, close. Batches are the objective's own dicts; the loop reads only their
+`stats` (the collator's token counts).
 
 pretrain / sft: `SupervisedObjective` (packed shards through the stateful loader; token-level loss normalised by
 the step's label tokens). rlcs: `vlmloom.trainer.rlcs.RLCSObjective` (rollouts, rewards, GRPO, curriculum).
@@ -15,7 +11,7 @@ the step's label tokens). rlcs: `vlmloom.trainer.rlcs.RLCSObjective` (rollouts, 
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 import torch
 
@@ -23,6 +19,41 @@ from vlmloom.schemas import packed
 from vlmloom.trainer.config import TrainConfig
 from vlmloom.trainer.data import PackedCollator, make_loader, packed_source
 from vlmloom.trainer.loss import CausalLMLoss, model_inputs
+
+
+Batch = dict[str, Any]  # a collated micro-batch (PackedCollator's keys, plus the objective's own)
+
+
+class Objective(Protocol):
+    """What the training loop asks of an objective."""
+
+    wrapper: torch.nn.Module  # what DeepSpeed wraps: forward(**inputs(batch)) → (loss sum, tokens)
+    tokenizer_dir: str | None  # copied into the exported model directory
+
+    def next_step(self) -> list[Batch] | None:
+        """The micro-batches of the next optimizer step ([] = a step without update); None: data exhausted."""
+
+    def denominator(self, batch: Batch) -> float:
+        """This batch's share of the step's normaliser (summed over the step and all ranks)."""
+
+    def inputs(self, batch: Batch, device: torch.device) -> dict[str, Any]:
+        """The forward keyword arguments of `wrapper`."""
+
+    def null_batch(self, batch: Batch) -> Batch:
+        """A copy of `batch` that contributes zero loss (a rank with fewer micro-batches repeats one)."""
+
+    def step_metrics(self) -> dict[str, Any]:
+        """Extra metrics of the step just taken."""
+
+    def state_dict(self) -> Any:
+        """Everything exact resume needs (stored with the checkpoint)."""
+
+    def load_state_dict(self, state: Any) -> None: ...
+
+    def summary(self) -> dict[str, Any]:
+        """Added to the run's summary."""
+
+    def close(self) -> None: ...
 
 
 class SupervisedObjective:
@@ -61,6 +92,10 @@ class SupervisedObjective:
     def inputs(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         return model_inputs(batch, device)
 
+    @staticmethod
+    def null_batch(batch: dict[str, Any]) -> dict[str, Any]:
+        return {**batch, "targets": batch["targets"].clone().fill_(-100)}  # no label token: zero loss
+
     def step_metrics(self) -> dict[str, Any]:
         return {}
 
@@ -79,7 +114,7 @@ class SupervisedObjective:
 
 
 def build_objective(config: TrainConfig, model: Any, image_processor: Any, *, source: Iterable[Any] | None,
-                    rank: int, world_size: int, device: torch.device) -> Any:
+                    rank: int, world_size: int, device: torch.device) -> Objective:
     """The objective of `config.mode`. For rlcs, `source` may be a list of `rollout.RLPrompt` (tests, demos)."""
     if config.mode == "rlcs":
         from vlmloom.trainer.rlcs import RLCSObjective

@@ -58,8 +58,7 @@ class RLCSObjective:
         if not self.prompts:
             raise ValueError("rlcs: no prompts (set rlcs.prompts to JSONL files or curated directories with qa "
                              "samples that carry an answer and a domain)")
-        self.renderer = PromptRenderer(tokenizer, system_prompt=rc.system_prompt)
-        self._rendered: dict[int, Any] = {}
+        self.renderer = PromptRenderer(tokenizer, system_prompt=rc.system_prompt)  # renders each prompt once
         offline = read_pass_rates(rc.curriculum.offline_pass_rates) if rc.curriculum.offline_pass_rates else None
         self.sampler = CurriculumSampler([p.id for p in self.prompts], rc.curriculum, group_size=rc.group_size,
                                          seed=config.seed + 1000 * rank, offline=offline)
@@ -70,8 +69,9 @@ class RLCSObjective:
         settings = GenerationSettings(max_new_tokens=rc.max_new_tokens, max_think_tokens=rc.max_think_tokens,
                                       force_answer_tokens=rc.force_answer_tokens, temperature=rc.temperature,
                                       top_p=rc.top_p, generation_batch=rc.generation_batch)
-        if rc.ray:
-            self.backend = RayRollout(model, self.tokenizer_dir, settings, num_cpus=rc.ray_num_cpus)
+        if rc.ray:  # the same backend, by name, inside a Ray actor
+            self.backend = RayRollout(model, self.tokenizer_dir, settings, num_cpus=rc.ray_num_cpus,
+                                      backend=rc.rollout_backend)
             self.rewards = RayRewards(rc.rewards, num_cpus=rc.ray_num_cpus)
         else:
             self.backend = make_rollout_backend(rc.rollout_backend, model, tokenizer, image_processor, settings)
@@ -85,7 +85,7 @@ class RLCSObjective:
         self.history: list[dict[str, Any]] = []  # per-iteration metrics (also in the run's summary)
         self._metrics: dict[str, Any] = {}
 
-    # --- the objective protocol (see objectives.py) ------------------------------------------------------------
+    # --- the Objective protocol (objectives.py) ---------------------------------------------------------------
     def next_step(self) -> list[dict[str, Any]] | None:
         self._metrics = {}
         if not self.pending and self.rc.rollout_budget and self.rollouts_done() >= self.rc.rollout_budget:
@@ -108,6 +108,11 @@ class RLCSObjective:
         out = model_inputs(batch, device)
         out.update({k: batch[k].to(device) for k in RL_KEYS})
         return out
+
+    @staticmethod
+    def null_batch(batch: dict[str, Any]) -> dict[str, Any]:
+        return {**batch, "loss_weights": batch["loss_weights"].clone().fill_(0),
+                "targets": batch["targets"].clone().fill_(-100)}
 
     def step_metrics(self) -> dict[str, Any]:
         # the iteration's figures on its first step, the policy figures of every step (this rank's tokens)
@@ -146,7 +151,7 @@ class RLCSObjective:
         if rc.rollout_budget:  # the last iteration draws only what the budget has left
             n = min(n, max(1, -(-(rc.rollout_budget - self.rollouts_done()) // rc.group_size)))
         chosen = self.sampler.sample(n)
-        rendered = [self._render(i) for i in chosen]
+        rendered = [self.renderer.render(self.prompts[i]) for i in chosen]
 
         t0 = time.perf_counter()
         groups = self.backend.generate(rendered, rc.group_size)
@@ -216,11 +221,6 @@ class RLCSObjective:
                  self.iteration, metrics["mean_reward"], ratio, self.ratio_ema, factor, len(keep), len(chosen),
                  metrics["force_answered"])
         return metrics
-
-    def _render(self, index: int) -> Any:
-        if index not in self._rendered:
-            self._rendered[index] = self.renderer.render(self.prompts[index])
-        return self._rendered[index]
 
     def _update_steps(self, samples: list[Any], sample_advantages: list[float]) -> list[list[dict[str, Any]]]:
         """Pack the kept responses into rows, split them into optimizer steps and micro-batches, attach
