@@ -49,7 +49,8 @@ from vlmloom.schemas.records import release_bytes
 from vlmloom.schemas.publish import discard_staging, publish_directory, staging_directory
 
 log = logging.getLogger("vlmloom.curate")
-OPTIONAL_STAGES = ("heuristics", "language", "exact_dedup", "near_dup_image", "near_dup_text")
+OPTIONAL_STAGES = ("heuristics", "language", "exact_dedup", "near_dup_image", "near_dup_text", "near_dup_embedding",
+                   "near_dup_semantic_text")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,6 +132,10 @@ def curate_stages(config: CurateConfig) -> list[tuple[str, beam.PTransform]]:
         exact=config.dedup.exact and config.enabled("exact_dedup"),
         phash=config.dedup.phash and config.enabled("near_dup_image"),
         minhash=config.dedup.minhash and config.enabled("near_dup_text"),
+        embedding=dataclasses.replace(config.dedup.embedding, enabled=config.dedup.embedding.enabled
+                                      and config.enabled("near_dup_embedding")),
+        semantic_text=dataclasses.replace(config.dedup.semantic_text, enabled=config.dedup.semantic_text.enabled
+                                          and config.enabled("near_dup_semantic_text")),
     )
     stages.extend(dedup_stages(dedup, ratio))
     if config.models.any_enabled():

@@ -29,7 +29,7 @@ class Signal:
 
 
 ORIGIN_SIGNAL = "origin"
-DEDUP_STAGES = ("exact_dedup", "near_dup_image", "near_dup_text")
+DEDUP_STAGES = ("exact_dedup", "near_dup_image", "near_dup_text", "near_dup_embedding", "near_dup_semantic_text")
 
 SIGNALS: dict[str, Signal] = {
     ORIGIN_SIGNAL: Signal(str, "read", "where the raw record was read (file#member, FILE:LINE, file:rowN); "
