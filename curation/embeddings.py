@@ -223,14 +223,17 @@ def _check_common(where: str, bits: int, tables: int, batch_size: int, threshold
                           f"batch_size ({batch_size}) ≥ 1")
 
 
-def vector_bytes(vector: np.ndarray | None) -> bytes:
-    """A unit vector as float32 bytes for the shuffles (b"" = none). float32, not float16: a tiny CLIP's cosines sit
-    within 1e-3 of each other and float16 rounding would move them across a threshold."""
-    return b"" if vector is None else np.asarray(vector, dtype="<f4").tobytes()
+NO_VECTOR = np.zeros(0, dtype=np.float32)  # a record without this side (no text): what crosses instead of None
 
 
-def bytes_vector(blob: bytes) -> np.ndarray | None:
-    return np.frombuffer(blob, dtype="<f4") if blob else None
+def shuffle_vector(vector: np.ndarray | None) -> np.ndarray:
+    """A unit vector as it crosses the shuffles: float32 (NO_VECTOR for none). float32, not float16: a tiny CLIP's
+    cosines sit within 1e-3 of each other and float16 rounding would move them across a threshold."""
+    return NO_VECTOR if vector is None else np.ascontiguousarray(vector, dtype=np.float32)
+
+
+def vector_or_none(vector: np.ndarray) -> np.ndarray | None:
+    return vector if len(vector) else None
 
 
 @dataclass(frozen=True)
@@ -241,22 +244,22 @@ class NearRule:
     primary: float
     secondary: float | None = None
 
-    def __call__(self, a: tuple[bytes, bytes], b: tuple[bytes, bytes]) -> bool:
-        pa, pb = bytes_vector(a[0]), bytes_vector(b[0])
+    def __call__(self, a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
+        pa, pb = vector_or_none(a[0]), vector_or_none(b[0])
         if pa is None or pb is None or float(pa @ pb) < self.primary:
             return False
         return self.secondary_near(a[1], b[1])
 
-    def secondary_near(self, a: bytes, b: bytes) -> bool:
-        if self.secondary is None or (not a and not b):
+    def secondary_near(self, a: np.ndarray, b: np.ndarray) -> bool:
+        if self.secondary is None or (not len(a) and not len(b)):
             return True
-        if not a or not b:
+        if not len(a) or not len(b):
             return False
-        return float(bytes_vector(a) @ bytes_vector(b)) >= self.secondary
+        return float(a @ b) >= self.secondary
 
 
-def embedding_bucket_edges(members: Sequence[tuple[str, bytes, bytes]], rule: NearRule, max_pairs: int):
-    """One LSH bucket of (key, primary bytes, secondary bytes) → BucketEdges: pairs within the primary threshold
+def embedding_bucket_edges(members: Sequence[tuple[str, np.ndarray, np.ndarray]], rule: NearRule, max_pairs: int):
+    """One LSH bucket of (key, primary vector, secondary vector or NO_VECTOR) → BucketEdges: pairs within the primary threshold
     (`cosine_pairs`, at most `max_pairs` compared; `capped`) whose secondary vectors are near too (`NearRule`)."""
     from vlmloom.curation.neardup import BucketEdges
 
@@ -264,7 +267,7 @@ def embedding_bucket_edges(members: Sequence[tuple[str, bytes, bytes]], rule: Ne
     keys = sorted(by_key)
     if len(keys) < 2:
         return BucketEdges([], False)
-    matrix = np.stack([bytes_vector(by_key[k][0]) for k in keys])
+    matrix = np.stack([by_key[k][0] for k in keys])
     pairs, capped = cosine_pairs(keys, matrix, rule.primary, max_pairs)
     edges = [(a, b) for a, b, _ in pairs if rule.secondary_near(by_key[a][1], by_key[b][1])]
     return BucketEdges(edges, capped)
@@ -280,10 +283,10 @@ def evenly_spaced(frame_count: int, frames: int) -> list[int]:
 
 
 class RecordEmbedder:
-    """Samples → (key, primary bytes, secondary bytes) for those that take part. Built from either config; models
+    """Samples → (key, primary vector, secondary vector or NO_VECTOR) for those that take part. Built from either config; models
     load in `load()` (a DoFn's setup). Embedding stage: primary = visual (mean of the CLIP image embeddings of
     `frames` evenly spaced frames of video 0, re-normalised; image 0 for an image record), secondary = the text
-    (`schemas.kinds.sample_texts`, joined; b"" without text). Semantic text stage: primary = the text, no secondary."""
+    (`schemas.kinds.sample_texts`, joined; NO_VECTOR without text). Semantic text stage: primary = the text, no secondary."""
 
     def __init__(self, config: EmbeddingDedupConfig | SemanticTextDedupConfig):
         self.config = config
@@ -336,7 +339,7 @@ class RecordEmbedder:
         except Exception:  # noqa: BLE001 - as above: counted by the caller, not fatal
             return []
 
-    def embed(self, samples: Sequence) -> list[tuple[str, bytes, bytes]]:
+    def embed(self, samples: Sequence) -> list[tuple[str, np.ndarray, np.ndarray]]:
         from vlmloom.schemas.kinds import sample_texts
 
         texts = ["\n".join(sample_texts(s)) for s in samples]
@@ -346,7 +349,8 @@ class RecordEmbedder:
             for i, v in zip(with_text, self._text.embed([texts[i] for i in with_text])):
                 text_vectors[i] = v
         if not self.visual:
-            return [(s.key, vector_bytes(text_vectors[i]), b"") for i, s in enumerate(samples) if i in text_vectors]
+            return [(s.key, shuffle_vector(text_vectors[i]), NO_VECTOR) for i, s in enumerate(samples)
+                    if i in text_vectors]
         frames = [self._frames(s) for s in samples]
         every = [f for fs in frames for f in fs]
         flat = self._image.embed_images(every) if every else np.zeros((0, 1), np.float32)
@@ -357,5 +361,5 @@ class RecordEmbedder:
             mean = flat[at:at + len(fs)].astype(np.float64).mean(axis=0)
             at += len(fs)
             visual = (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
-            out.append((sample.key, vector_bytes(visual), vector_bytes(text_vectors.get(i))))
+            out.append((sample.key, shuffle_vector(visual), shuffle_vector(text_vectors.get(i))))
         return out

@@ -33,7 +33,7 @@ with the surviving rows; random-hyperplane LSH buckets on the primary vector, `c
     backend: dropped only when both cosines reach their thresholds with the representative's; records without
     text are judged on the visual side alone, and only against other records without text;
   * near_dup_semantic_text (`dedup.semantic_text`): primary = the kind's texts, no secondary.
-Vectors cross the shuffles as float32 bytes (~2 KB a record and LSH table), never a sample or a frame.
+Vectors cross the shuffles as float32 arrays (~2 KB a record and LSH table), never a sample or a frame.
 
 Which records may drop which (the pair-aware rule):
   * exact: identical content digest;
@@ -73,6 +73,7 @@ Decision = Tuple[str, str]
 Edge = Tuple[str, str]
 QualityMember = Tuple[str, int, int, int]  # neardup.DedupRow.member(): what the representative rule reads
 Image = Optional[Tuple[str, str]]  # neardup.DedupRow.image(): (sha256, pHash hex) of image 0, None without one
+Vectors = Tuple[np.ndarray, np.ndarray]  # an embedding stage's (primary, secondary) float32 unit vectors
 
 
 class ConnectedComponents(beam.PTransform):
@@ -365,7 +366,7 @@ class _VerifyPairs(beam.PTransform):
 
 
 class _EmbedDoFn(beam.DoFn):
-    """Batches of samples → (key, (primary bytes, secondary bytes)); the models load once per worker in setup()."""
+    """Batches of samples → (key, (primary vector, secondary vector)); the models load once per worker in setup()."""
 
     def __init__(self, stage: str, config):
         self._stage, self._config = stage, config
@@ -427,7 +428,7 @@ class EmbeddingDecisions(beam.PTransform):
         vectors = (samples
                    | "Applies" >> beam.Filter(RecordEmbedder(cfg).applies)
                    | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=cfg.batch_size)
-                   | "Embed" >> beam.ParDo(_EmbedDoFn(stage, cfg)).with_output_types(Tuple[str, Tuple[bytes, bytes]]))
+                   | "Embed" >> beam.ParDo(_EmbedDoFn(stage, cfg)).with_output_types(Tuple[str, Vectors]))
         buckets_of = _LshBuckets(cfg.lsh_bits, cfg.lsh_tables, cfg.lsh_seed)
 
         def with_vectors(element):
@@ -437,21 +438,21 @@ class EmbeddingDecisions(beam.PTransform):
                 return
             row, (primary, secondary) = found[0], vecs[0]
             yield beam.pvalue.TaggedOutput("members", (key, [(row.member(), (primary, secondary))]))
-            for bucket in buckets_of(np.frombuffer(primary, dtype="<f4")):
+            for bucket in buckets_of(primary):
                 yield bucket, (key, primary, secondary)
 
         joined = ({"row": rows | "RowByKey" >> beam.Map(lambda r: (r.key, r)).with_output_types(Tuple[str, DedupRow]),
                    "vec": vectors}
                   | "JoinVectors" >> beam.CoGroupByKey()
                   | "Buckets" >> beam.FlatMap(with_vectors).with_outputs("members", main="buckets"))
-        members = _typed(joined["members"], Tuple[str, List[Tuple[QualityMember, Tuple[bytes, bytes]]]])
-        buckets = _typed(joined["buckets"], Tuple[str, Tuple[str, bytes, bytes]])
+        members = _typed(joined["members"], Tuple[str, List[Tuple[QualityMember, Vectors]]])
+        buckets = _typed(joined["buckets"], Tuple[str, Tuple[str, np.ndarray, np.ndarray]])
         labels = (buckets
                   | "GroupByBucket" >> beam.GroupByKey()
                   | "Pairs" >> beam.MapTuple(lambda _, bucket: embedding_bucket_edges(list(bucket), rule, max_pairs))
                   | "CountCapped" >> beam.FlatMap(_counted(f"{stage}_bucket_capped")).with_output_types(Edge)
                   | "Components" >> ConnectedComponents(stage, self._rounds, str))
-        return (_members_by_group("Key", members, labels, Tuple[QualityMember, Tuple[bytes, bytes]])
+        return (_members_by_group("Key", members, labels, Tuple[QualityMember, Vectors])
                 | "GroupByCluster" >> beam.GroupByKey()
                 | "Decide" >> beam.ParDo(_ChainCountingDecisions(f"{stage}_chain_kept", _near_rule(rule)))
                 .with_output_types(Decision))

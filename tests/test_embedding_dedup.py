@@ -9,7 +9,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_runners import RUNNERS
 from vlmloom.curation.embeddings import (TEXT_EMBEDDERS, EmbeddingDedupConfig, NearRule, SemanticTextDedupConfig,
-                                         embedding_bucket_edges, evenly_spaced, vector_bytes)
+                                         embedding_bucket_edges, evenly_spaced)
 from vlmloom.curation.neardup import DedupConfig
 from vlmloom.curation.video import validate_video_sample, video_sample_from_bytes
 from vlmloom.demo.media import moving_shape_video
@@ -18,6 +18,7 @@ from vlmloom.pipelines.dedup import _StandaloneDedup
 from vlmloom.schemas.config import ConfigError, build_config
 from vlmloom.schemas.records import Sample
 
+NO = np.zeros(0, np.float32)  # no text
 OFF = dict(exact=False, phash=False, minhash=False)
 # A tiny random CLIP maps every frame near one direction: clips differ at the 4th decimal (different clips
 # 0.998–0.9993, the same clip at two sizes > 0.99995), so the tests' visual threshold sits between.
@@ -36,7 +37,7 @@ def _caption(key, text):
 
 def _v(*xs):
     v = np.asarray(xs, dtype=np.float32)
-    return vector_bytes(v / np.linalg.norm(v))
+    return v / np.linalg.norm(v)
 
 
 def test_near_rule_needs_both_sides_and_text_presence_to_match():
@@ -46,9 +47,9 @@ def test_near_rule_needs_both_sides_and_text_presence_to_match():
     assert rule((same, text), (tilted, para))  # 0.95 ≥ 0.9 and 0.85 ≥ 0.8
     assert not rule((same, text), (tilted, other))  # same clip, different meaning
     assert not rule((same, text), (_v(0, 1), text))  # same caption, different clip
-    assert rule((same, b""), (tilted, b""))  # neither has text: visual alone
-    assert not rule((same, text), (tilted, b""))  # a caption the other lacks
-    assert NearRule(0.9)((same, b""), (tilted, b""))
+    assert rule((same, NO), (tilted, NO))  # neither has text: visual alone
+    assert not rule((same, text), (tilted, NO))  # a caption the other lacks
+    assert NearRule(0.9)((same, NO), (tilted, NO))
 
 
 def test_bucket_edges_are_capped_and_filtered_by_text():
@@ -118,7 +119,7 @@ def _videos(captions: dict[str, tuple[str, str]]):
     return samples
 
 
-@pytest.mark.parametrize("runner", ["in_process", "multi_processing"])
+@pytest.mark.parametrize("runner", ["in_process", pytest.param("multi_processing", marks=pytest.mark.slow)])
 def test_video_dedup_needs_both_sides_same_under_both_runners(clip_dir, runner):
     """Hashing text backend (lexical, set by hand): v2 = v1's clip at 48 px with a near caption → dropped (v1 is the
     larger copy: the representative rule's pixels, though v2's caption is longer); v3 = the
