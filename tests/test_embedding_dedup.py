@@ -80,6 +80,20 @@ def test_config_section_and_validation():
     assert not DedupConfig().embedding.enabled and not DedupConfig().semantic_text.enabled
 
 
+def test_curate_registers_the_stages_and_disable_turns_them_off():
+    from vlmloom.pipelines.curate import CurateConfig, curate_stages
+
+    on = {"dedup": {"semantic_text": {"enabled": True},
+                    "embedding": {"enabled": True, "visual_model_path": "/m", "text_backend": "hashing"}}}
+    names = lambda cfg: [n for _, stage in curate_stages(build_config(CurateConfig, cfg))  # noqa: E731
+                         for n in getattr(stage, "stage_names", [])]
+    assert names(on) == ["exact_dedup", "near_dup_image", "near_dup_text", "near_dup_embedding",
+                         "near_dup_semantic_text"]
+    assert names({**on, "disable": ["near_dup_embedding"]})[-1] == "near_dup_semantic_text"
+    assert "near_dup_semantic_text" not in names({**on, "disable": ["near_dup_semantic_text"]})
+    assert names({}) == ["exact_dedup", "near_dup_image", "near_dup_text"]  # off by default
+
+
 def test_semantic_text_chain_never_drops_past_the_threshold():
     """A~B (0.9), B~C (0.9), A–C 0.8 < 0.85: one cluster, A (longest text) kept, B dropped, C kept and counted."""
     words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
@@ -124,18 +138,21 @@ def test_video_dedup_needs_both_sides_same_under_both_runners(clip_dir, runner):
     """Hashing text backend (lexical, set by hand): v2 = v1's clip at 48 px with a near caption → dropped (v1 is the
     larger copy: the representative rule's pixels, though v2's caption is longer); v3 = the
     clip at 40 px, a different caption → kept; v4 = another clip with v1's caption → kept; n1/n2 = the clip without
-    text → visual alone, n2 dropped; c1 = a caption record (kind not listed) → untouched."""
+    text → visual alone, n2 dropped; c1 = a caption record (kind not listed) → untouched; bad = a video whose frames
+    do not decode → takes no part, kept (the decode stage is where videos are judged)."""
     line = "a red disc moves from the left to the right side"
     samples = _videos({"v1": ("red64", line), "v2": ("red48", line + " slowly"),
                        "v3": ("red40", "a blue square falls down from top to bottom"),
                        "v4": ("blue64", line), "n1": ("red64", None), "n2": ("red48", None)})
     samples = [s.__class__(**{**s.__dict__, "key": s.source_id}) for s in samples] + [_caption("c1", line)]
+    bad = video_sample_from_bytes("t", "bad", b"\x00\x00\x00\x18ftypmp42" + bytes(64), uri="bad.mp4", text=line)
+    samples.append(bad.__class__(**{**bad.__dict__, "key": "bad"}))
     config = DedupConfig(**OFF, embedding=EmbeddingDedupConfig(
         enabled=True, visual_model_path=clip_dir, text_backend="hashing", frame_size=64, visual_threshold=VISUAL,
         text_threshold=0.8, lsh_bits=4, lsh_tables=8, batch_size=3))
     with TestPipeline(options=PipelineOptions(RUNNERS[runner])) as p:
         out = p | beam.Create(samples) | _StandaloneDedup(config)
-        assert_that(out["kept"] | "K" >> beam.Map(lambda s: s.key), equal_to(["v1", "v3", "v4", "n1", "c1"]),
+        assert_that(out["kept"] | "K" >> beam.Map(lambda s: s.key), equal_to(["v1", "v3", "v4", "n1", "c1", "bad"]),
                     label="kept")
         assert_that(out["rejected"] | "R" >> beam.Map(lambda r: (r.key, r.reason, r.detail)),
                     equal_to([("v2", "near_duplicate_embedding", "duplicate of v1"),
