@@ -25,6 +25,7 @@ import numpy as np
 from vlmloom.curation.base import Verdict
 from vlmloom.schemas.registry import Registry
 from vlmloom.schemas.config import ConfigError
+from vlmloom.schemas.kinds import check_kind_selection, kinds_annotated_by, sample_texts
 from vlmloom.schemas.records import Sample
 
 STAGE = "clip"
@@ -40,13 +41,14 @@ class ClipConfig:
     model_path: str = ""  # local model dir (or hub id where the library can fetch); "" = stage off
     threshold: float = 0.3  # keep cosine >= this (GLM-4.1V recipe uses 0.3 with CLIP); -1 disables
     top_fraction: float = 0.0  # keep this top share of scored samples (DataComp-style, global pass); 0 disables
-    kinds: tuple[str, ...] = ("caption",)  # sample kinds scored; others pass through without a score
+    kinds: tuple[str, ...] = ()  # kinds scored (others pass through without a score); () = those the kinds table marks "clip"
     batch_size: int = 32  # samples per RunInference batch
     max_text_tokens: int = 77  # captions are truncated to this many tokens (CLIP's context)
     device: str = "cpu"  # torch device, e.g. "cuda"
     threads: int = 0  # torch intra-op threads per worker; 0 = torch's default
 
     def validate(self) -> None:
+        check_kind_selection("clip.kinds", self.kinds)
         if self.backend not in ENCODER_BACKENDS:
             raise ConfigError(f"clip.backend {self.backend!r} is unknown: use one of {ENCODER_BACKENDS.names()}")
         if self.enabled and not self.model_path:
@@ -175,7 +177,7 @@ class ClipScorer:
         self._encoder = encoder
 
     def applies(self, sample: Sample) -> bool:
-        return sample.kind in self.config.kinds
+        return sample.kind in (self.config.kinds or kinds_annotated_by(STAGE))
 
     @property
     def encoder(self) -> ImageTextEncoder:
@@ -189,13 +191,14 @@ class ClipScorer:
         from PIL import Image
         import io
 
-        usable = [i for i, s in enumerate(samples) if s.images and s.images[0].bytes and (s.text or "").strip()]
+        texts = [(sample_texts(s) or [""])[0] for s in samples]  # the kind's first text: a caption's own
+        usable = [i for i, s in enumerate(samples) if s.images and s.images[0].bytes and texts[i]]
         scores: list[float | None] = [None] * len(samples)
         if not usable:
             return scores
         images = [Image.open(io.BytesIO(samples[i].images[0].bytes)).convert("RGB") for i in usable]
         image_emb = self.encoder.embed_images(images)
-        text_emb = self.encoder.embed_texts([samples[i].text for i in usable])
+        text_emb = self.encoder.embed_texts([texts[i] for i in usable])
         for i, score in zip(usable, np.sum(image_emb * text_emb, axis=1)):
             scores[i] = round(float(score), 6)
         return scores

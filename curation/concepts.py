@@ -22,6 +22,7 @@ from typing import Iterable, Mapping
 
 from vlmloom.curation.base import Verdict
 from vlmloom.schemas.config import ConfigError
+from vlmloom.schemas.kinds import check_kind_selection, kinds_annotated_by
 from vlmloom.schemas.records import Sample
 
 STAGE = "concepts"
@@ -37,9 +38,10 @@ class ConceptConfig:
     cap: int = 20000  # t: matches per concept kept in expectation (MetaCLIP uses 20k at 400M pairs)
     seed: int = 0  # salt of the per-key random draw; change it for a different (still reproducible) subset
     drop_unmatched: bool = False  # MetaCLIP drops captions that match no concept; true does the same (concept_no_match)
-    kinds: tuple[str, ...] = ("caption", "interleaved")  # sample kinds to balance; others pass through
+    kinds: tuple[str, ...] = ()  # kinds to balance (others pass through); () = those the kinds table marks "concepts"
 
     def validate(self) -> None:
+        check_kind_selection("concepts.kinds", self.kinds)
         if self.cap < 1:
             raise ConfigError(f"concepts.cap ({self.cap}) must be >= 1; MetaCLIP uses 20000 for 400M pairs")
         if self.vocabulary_path and not os.path.isfile(self.vocabulary_path):
@@ -49,6 +51,9 @@ class ConceptConfig:
     @property
     def vocabulary_file(self) -> str:
         return self.vocabulary_path or DEFAULT_VOCABULARY
+
+    def applies(self, sample: Sample) -> bool:
+        return sample.kind in (self.kinds or kinds_annotated_by(STAGE))
 
 
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
@@ -97,12 +102,6 @@ class ConceptMatcher:
         if not text or self._empty:
             return []
         return sorted({concept_id for _, concept_id in self._automaton.iter(normalize(text))})
-
-
-def sample_text(sample: Sample) -> str:
-    if sample.text:
-        return sample.text
-    return " ".join(m.content for m in sample.messages if m.role != "system")
 
 
 def key_uniform(salt: str, key: str) -> float:

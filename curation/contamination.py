@@ -30,6 +30,7 @@ import numpy as np
 
 from vlmloom.curation.base import Verdict
 from vlmloom.schemas.config import ConfigError
+from vlmloom.schemas.kinds import sample_texts
 from vlmloom.schemas.records import Sample
 from vlmloom.schemas.tars import iter_tar_groups
 
@@ -214,13 +215,6 @@ def sample_phash(sample: Sample) -> int | None:
     if sample.images and sample.images[0].bytes:
         return image_phash(sample.images[0].bytes)
     return None
-
-
-def sample_texts(sample: Sample) -> list[str]:
-    texts = [sample.text, sample.recaption, sample.answer]
-    texts += [m.content for m in sample.messages]
-    texts += [s.text for s in sample.segments if s.type == "text"]
-    return [t for t in texts if t]
 
 
 # --- the index --------------------------------------------------------------------------------

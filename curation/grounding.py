@@ -23,6 +23,7 @@ from vlmloom.curation.base import Verdict
 from vlmloom.schemas.registry import Registry
 from vlmloom.curation.ocr import normalize_box, open_image, reading_order, transcript
 from vlmloom.schemas.config import ConfigError
+from vlmloom.schemas.kinds import check_kind_selection, kind_of, kinds_annotated_by
 from vlmloom.schemas.records import Grounding, Message, Sample
 
 STAGE = "grounding"
@@ -36,7 +37,7 @@ TRANSCRIBE_PROMPT = "Read all the text in the image."
 class GroundingConfig:
     enabled: bool = False  # off by default; ocr/gui sources need no model
     sources: tuple[str, ...] = ("ocr", "gui")  # where boxes come from: "ocr", "gui", "detector"
-    kinds: tuple[str, ...] = ("ocr", "gui", "grounding")  # sample kinds to annotate; others pass through
+    kinds: tuple[str, ...] = ()  # kinds to annotate (others pass through); () = those the kinds table marks "grounding"
     min_boxes: int = 2  # fewer boxes than this → grounding_too_few_boxes
     max_boxes: int = 0  # keep at most this many (largest first); 0 = no cap
     add_messages: bool = True  # write grounding Q/A turns when the sample has no messages yet
@@ -51,6 +52,7 @@ class GroundingConfig:
     batch_size: int = 8  # images per RunInference batch for the detector
 
     def validate(self) -> None:
+        check_kind_selection("grounding.kinds", self.kinds)
         bad = [s for s in self.sources if s not in SOURCES]
         if bad:
             raise ConfigError(f"grounding.sources has {bad}: use a subset of {list(SOURCES)}")
@@ -129,13 +131,14 @@ def sample_transcript(sample: Sample, max_chars: int) -> str:
     """The text a transcription turn answers with, "" when there is none or `max_chars` is 0.
 
     An OCR sample's document text is its transcript (sources and the OCR stage's `fill_text` put it there);
-    otherwise the OCR lines in reading order. Other kinds' text (a GUI caption) is no transcript. Longer
+    otherwise the OCR lines in reading order. Other kinds' text (a GUI caption) is no transcript: the kinds table
+    says which kinds' text is (`Kind.text_is_transcript`). Longer
     transcripts are cut at the last line break within `max_chars` (mid-line only when the first line is
     longer), so the answer never ends in half a line when it can be helped.
     """
     if not max_chars:
         return ""
-    text = (sample.training_text() or "").strip() if sample.kind == "ocr" else ""
+    text = (sample.training_text() or "").strip() if kind_of(sample).text_is_transcript else ""
     if not text:
         text = transcript(reading_order(l for l in sample.annotations.ocr if l.text.strip())).strip()
     if len(text) <= max_chars:
@@ -175,7 +178,7 @@ class GroundingAnnotator:
         self._detector = detector
 
     def applies(self, sample: Sample) -> bool:
-        return sample.kind in self.config.kinds
+        return sample.kind in (self.config.kinds or kinds_annotated_by(STAGE))
 
     def labels_for(self, sample: Sample) -> list[str]:
         names = list(self.config.detector_labels)

@@ -568,6 +568,7 @@ class DedupRow:
     pixels: int  # of image 0 (representative rule)
     image_bytes: int  # encoded bytes of image 0 (representative rule)
     text_chars: int  # characters of the text (representative rule)
+    image_is_content: bool = True  # the kind's record is its image (schemas.kinds): the pHash stage compares it
 
     def member(self) -> Member:
         return self.key, self.pixels, self.image_bytes, self.text_chars
@@ -581,11 +582,11 @@ class DedupRow:
     def __reduce__(self):
         # Pickled as its values alone (no field names): rows cross several shuffles.
         return DedupRow, (self.key, self.content, self.image_sha, self.phash, self.pixels, self.image_bytes,
-                          self.text_chars)
+                          self.text_chars, self.image_is_content)
 
 
 def dedup_row(sample: Sample) -> DedupRow:
-    from vlmloom.schemas.kinds import dedup_content_digest, sample_texts
+    from vlmloom.schemas.kinds import dedup_content_digest, kind_of, sample_texts
 
     key, pixels, image_bytes, text_chars = sample_member(sample)
     image_sha = ""
@@ -599,7 +600,8 @@ def dedup_row(sample: Sample) -> DedupRow:
     has_content = (any(i.sha256 or i.uri for i in sample.images) or any(v.sha256 or v.uri for v in sample.videos)
                    or bool(sample_texts(sample)))
     return DedupRow(key, dedup_content_digest(sample) if has_content else "", image_sha,
-                    str(sample.signals.get("phash") or "") if sample.images else "", pixels, image_bytes, text_chars)
+                    str(sample.signals.get("phash") or "") if sample.images else "", pixels, image_bytes, text_chars,
+                    kind_of(sample).image_is_content)
 
 
 def minhash_text(sample: Sample) -> str:

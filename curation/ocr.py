@@ -20,6 +20,7 @@ import numpy as np
 from vlmloom.curation.base import Verdict
 from vlmloom.schemas.registry import Registry
 from vlmloom.schemas.config import ConfigError
+from vlmloom.schemas.kinds import check_kind_selection, kinds_annotated_by
 from vlmloom.schemas.records import OcrLine, Sample
 
 STAGE = "ocr"
@@ -30,7 +31,7 @@ NO_TEXT = "ocr_no_text_detected"
 class OcrConfig:
     enabled: bool = False  # off by default; the rapidocr backend needs no external weights
     backend: str = "rapidocr"  # "rapidocr" | "paddleocr" (optional extra; needs det/rec model dirs)
-    kinds: tuple[str, ...] = ("ocr",)  # sample kinds to annotate; other kinds pass through untouched
+    kinds: tuple[str, ...] = ()  # kinds to annotate (others pass through untouched); () = those the kinds table marks "ocr"
     min_score: float = 0.5  # recognition score below which a line is discarded; 0 keeps all
     min_lines: int = 1  # fewer valid lines than this → ocr_no_text_detected
     skip_annotated: bool = True  # samples that already carry annotations.ocr (e.g. ground truth) skip the model
@@ -43,6 +44,7 @@ class OcrConfig:
     batch_size: int = 4  # images per RunInference batch (rapidocr reads them one by one)
 
     def validate(self) -> None:
+        check_kind_selection("ocr.kinds", self.kinds)
         if self.backend not in OCR_BACKENDS:
             raise ConfigError(f"ocr.backend {self.backend!r} is unknown: use one of {OCR_BACKENDS.names()}")
         if self.backend == "paddleocr" and self.enabled and not (self.det_model_path and self.rec_model_path):
@@ -221,7 +223,7 @@ class OcrAnnotator:
         self._reader = reader
 
     def applies(self, sample: Sample) -> bool:
-        return sample.kind in self.config.kinds
+        return sample.kind in (self.config.kinds or kinds_annotated_by(STAGE))
 
     def needs_model(self, sample: Sample) -> bool:
         return not (self.config.skip_annotated and sample.annotations.ocr)

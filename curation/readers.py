@@ -1,38 +1,39 @@
-"""Turn raw input units (webdataset tars, manifest rows, image folders) into Samples or Rejections.
+"""The shared pieces of the input readers (curation/formats/, one module per format): raw webdataset and folder
+records → Samples, manifest rows → Samples, field checks, the key-uniqueness rule.
 
-Pure Python over file objects, no Beam: `pipelines/sources.py` opens the files through Beam's
-FileSystems and calls these. Whatever the bytes, every raw record yields exactly one `Sample` or one
+Pure Python over file objects, no Beam: `pipelines/sources.py` opens the files through Beam's FileSystems and
+calls the registered readers. Whatever the bytes, every raw record yields exactly one `Sample` or one
 `Rejection` with a specific reason, and nothing here raises on input data:
 
   archive      `unsafe_member_path` (absolute/`..`/link member), `duplicate_member`, `member_too_large`,
                `truncated_input` (the archive ends inside a member or header, or without its end marker),
-               `empty_input`,
+               `empty_input`, `corrupt_member` (a `.gz` member that does not decompress),
                `corrupt_archive` (an invalid header after valid members), `not_an_archive`
   text/json    `text_not_utf8`, `invalid_json`, `json_too_deep`, `record_not_object`, `meta_not_object`,
-               `caption_not_text`, `invalid_field` (a field of the wrong type), `unknown_kind`
-  files        `missing_image_file`, `unsafe_image_path` (a manifest path leaving its folder), `read_error`
+               `caption_not_text`, `invalid_field` (a field of the wrong type), `unknown_kind`, `unknown_role`
+  content      `empty_record` (no text, no image, no messages, no segments), `missing_url`, `invalid_url`
+  files        `missing_image_file`, `unsafe_image_path` (a path leaving its folder), `read_error`,
+               `corrupt_parquet`, `unreadable_file`, `not_coco`
 
-`choose_key_winner` decides between samples that share one key (the `duplicate_key` rule).
+`resolve_shared_key` decides between records that share one key (`duplicate_key` for byte-identical copies,
+`renamed_key` for different records).
 """
 from __future__ import annotations
 
-import bz2
 import gzip
 import hashlib
 import io
 import json
-import lzma
-import os
 import posixpath
-import tarfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
+from zlib import error as zlib_error
 
 from vlmloom.curation.decode import TextDecodeError, decode_text
 from vlmloom.curation import video
 from vlmloom.schemas.records import KINDS, ImageRef, Message, Rejection, Sample, Segment, make_key
-from vlmloom.schemas.signals import ORIGIN_SIGNAL
-from vlmloom.schemas.tars import group_members, split_member_name
+from vlmloom.schemas.signals import ORIGIN_SIGNAL, RAW_DIGEST_SIGNAL, RENAMED_SIGNAL
+from vlmloom.schemas.tars import MemberStream, RefusedMember, group_members, split_member_name
 
 READ_STAGE = "read"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
@@ -40,7 +41,6 @@ TEXT_EXTENSIONS = ("txt", "caption")
 MAX_MEMBER_BYTES = 256 * 2**20  # a single tar member larger than this is refused (member_too_large)
 MAX_JSON_DEPTH = 64  # metadata nested deeper than this is refused (json_too_deep): no real corpus needs more
 DUPLICATE_KEY = "duplicate_key"
-_BLOCK = 512  # tar block size
 
 
 class InvalidRecord(ValueError):
@@ -87,84 +87,6 @@ class RawRecord:
 
 # --- tars -------------------------------------------------------------------------------------------------
 
-class _Tail(io.RawIOBase):
-    """A read-only stream that counts the bytes read and keeps the last ones: after tarfile stops, they tell
-    a clean end-of-archive block from a cut or garbage header (tarfile's stream mode ends silently on both)."""
-
-    KEEP = 1 << 16  # > tarfile's read-ahead (RECORDSIZE, 10 KiB)
-
-    def __init__(self, raw):
-        self._raw = raw
-        self.count = 0
-        self.tail = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size) if size is not None and size >= 0 else self._raw.read()
-        data = bytes(data or b"")
-        self.count += len(data)
-        self.tail = (self.tail + data)[-self.KEEP:]
-        return data
-
-    def bytes_at(self, start: int, end: int) -> bytes | None:
-        first = self.count - len(self.tail)
-        if start < first:
-            return None
-        return self.tail[start - first:end - first]
-
-
-def _decompressed(fileobj):
-    """Plain tar bytes from a plain, gzip, bz2 or xz stream (sniffed from the magic bytes)."""
-    head = fileobj.read(6)
-    stream = _Prefixed(head, fileobj)
-    if head.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=stream, mode="rb")
-    if head.startswith(b"BZh"):
-        return bz2.BZ2File(stream)
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(stream)
-    return stream
-
-
-class _Prefixed(io.RawIOBase):
-    def __init__(self, prefix: bytes, raw):
-        self._prefix, self._raw = bytes(prefix or b""), raw
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            data, self._prefix = self._prefix + bytes(self._raw.read() or b""), b""
-            return data
-        if self._prefix:
-            data, self._prefix = self._prefix[:size], self._prefix[size:]
-            return data
-        return bytes(self._raw.read(size) or b"")
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-
-def _archive_end(tar: tarfile.TarFile, tail: _Tail) -> tuple[str, str] | None:
-    """None for a clean end-of-archive block; else (reason, detail) for a cut or corrupt end."""
-    start, stop = tar.offset, tar.fileobj.tell()
-    block = tail.bytes_at(start, stop)
-    if block is None:  # cannot happen with KEEP > read-ahead; stay honest if it does
-        return "corrupt_archive", f"cannot verify the end of the archive at byte {start}"
-    if len(block) == _BLOCK and not block.strip(b"\0"):
-        return None
-    if not block:
-        return "truncated_input", f"archive ends at byte {start} without its end-of-archive block"
-    if len(block) < _BLOCK:
-        return "truncated_input", f"archive ends inside a header at byte {start} ({len(block)} of {_BLOCK} bytes)"
-    return "corrupt_archive", f"invalid tar header at byte {start}"
-
-
 def iter_tar_records(fileobj, uri: str, local_file: str | None = None) -> Iterator[RawRecord | tuple[str, str, str]]:
     """Stream a tar: yield one RawRecord per key (consecutive members sharing it), or one
     (source_id, reason, detail) for a key that cannot be read whole: a refused member refuses the record,
@@ -173,48 +95,12 @@ def iter_tar_records(fileobj, uri: str, local_file: str | None = None) -> Iterat
 
     `local_file`: the local file `fileobj` reads byte for byte from its start; given (and the tar is not
     compressed), each record's `spans` say where its members' bytes lie in it."""
-    failure: list[tuple[str, str]] = []  # how the member stream ended, when it did not end cleanly
-    open_key: list[str] = []  # the key of the member being read when the stream failed (the record it cuts)
-
-    def members():  # (name, _Member | _Refused), grouped by schemas.tars.group_members
-        seen_key, seen_exts = None, set()
-        try:
-            stream = _decompressed(fileobj)
-            # Offsets in an uncompressed local file are where a member's bytes can be read again (RawRecord.spans).
-            spans_from = os.path.abspath(local_file) if local_file and isinstance(stream, _Prefixed) else None
-            tail = _Tail(stream)
-            with tarfile.open(fileobj=tail, mode="r|") as tar:
-                for member in tar:
-                    if member.isdir():
-                        continue
-                    name = printable(member.name)
-                    key, ext = split_member_name(name)
-                    if key != seen_key:
-                        seen_key, seen_exts = key, set()
-                    if is_unsafe_member(name) or not member.isfile():
-                        yield name, _Refused("unsafe_member_path", name)
-                    elif member.size > MAX_MEMBER_BYTES:
-                        yield name, _Refused("member_too_large", name)
-                    elif ext in seen_exts:  # a second copy must not overwrite the first: give it its own slot
-                        yield f"{name}~{len(seen_exts)}", _Refused("duplicate_member", name)
-                    else:
-                        data = tar.extractfile(member).read()
-                        yield name, _Member(data, (spans_from, member.offset_data, len(data)) if spans_from else None)
-                    seen_exts.add(ext)
-                end = _archive_end(tar, tail)
-                if end is not None:
-                    failure.append(end)
-        except tarfile.ReadError as exc:
-            failure.append(_read_error_reason(exc, seen_key is None))
-        except EOFError as exc:  # a compressed stream cut short
-            failure.append(("truncated_input", f"{type(exc).__name__}: {exc}"))
-        except Exception as exc:  # noqa: BLE001 - any other decoder/stream failure on input bytes is a rejection
-            failure.append(("read_error", f"{type(exc).__name__}: {exc}"))
-        if failure and seen_key is not None:
-            open_key.append(seen_key)
+    stream = MemberStream(fileobj, local_file=local_file, max_member_bytes=MAX_MEMBER_BYTES,
+                          is_unsafe=is_unsafe_member, name_of=printable)
+    failure, open_key = stream.failure, stream.open_key
 
     def record(key: str, files: dict) -> RawRecord | tuple[str, str, str]:
-        refused = [value for value in files.values() if isinstance(value, _Refused)]
+        refused = [value for value in files.values() if isinstance(value, RefusedMember)]
         if refused:  # the whole record is refused, with the first refused member's reason
             reason = refused[0].reason
             return (key, reason, f"tar {uri}: member(s) {[r.name for r in refused]} " + _REASON_TEXT[reason])
@@ -222,7 +108,7 @@ def iter_tar_records(fileobj, uri: str, local_file: str | None = None) -> Iterat
                          spans={ext: m.span for ext, m in files.items() if m.span})
 
     pending = None  # one group of lookahead: the group open when the stream fails is refused with the failure
-    for key, files in group_members(members()):
+    for key, files in group_members(stream):
         if pending is not None:
             yield record(*pending)
         pending = (key, files)
@@ -241,29 +127,6 @@ def iter_tar_records(fileobj, uri: str, local_file: str | None = None) -> Iterat
         yield cut
     else:
         yield (open_key[0], reason, f"tar {uri}: record {open_key[0]!r}: {detail}")
-
-
-def _read_error_reason(exc: tarfile.ReadError, nothing_read: bool) -> tuple[str, str]:
-    text = str(exc)
-    if "empty file" in text:
-        return "empty_input", "the file is empty"
-    if "unexpected end of data" in text or "truncated" in text:
-        return "truncated_input", f"archive ends inside a member or header ({exc})"
-    if nothing_read:
-        return "not_an_archive", f"{type(exc).__name__}: {exc}"
-    return "corrupt_archive", f"{type(exc).__name__}: {exc}"
-
-
-@dataclass(frozen=True)
-class _Member:
-    data: bytes
-    span: tuple[str, int, int] | None  # (file, offset, length) when the bytes lie as-is in a local file
-
-
-@dataclass(frozen=True)
-class _Refused:
-    reason: str
-    name: str  # the member's name in the tar
 
 
 _REASON_TEXT = {
@@ -426,38 +289,110 @@ def sample_from_meta(source: str, source_id: str, text: str | None, meta: dict[s
 
 # --- webdataset and folder records ----------------------------------------------------------------------------
 
-def record_to_sample(raw: RawRecord, source: str, default_kind: str = "caption") -> Sample | Rejection:
-    """Interpret one webdataset or folder record; bad members become a Rejection with a specific reason."""
+def record_to_sample(raw: RawRecord, source: str, default_kind: str = "caption",
+                     fields: dict[str, str] | None = None,
+                     count: Callable[[str], None] = lambda code: None) -> Sample | Rejection:
+    """Interpret one webdataset or folder record; bad members become a Rejection with a specific reason.
+    `fields`: `text`/`image` name the member extension to read them from; `count` receives
+    `ignored_member:<ext>` for members nothing uses or carries."""
     source_id = printable(raw.source_id)
     try:
-        sample = _record_to_sample(raw, source, source_id, default_kind)
+        sample = _record_to_sample(raw, source, source_id, default_kind, fields or {}, count)
     except InvalidRecord as exc:
         return Rejection(make_key(source, source_id), source, source_id, READ_STAGE, exc.reason, printable(exc.detail))
     sample.signals[ORIGIN_SIGNAL] = printable(raw.uri)
     return sample
 
 
-def _record_to_sample(raw: RawRecord, source: str, source_id: str, default_kind: str) -> Sample:
+# Members carried into meta as their text (JSON members as their value) when no stage reads them: labels,
+# ids, extra captions. Other members nothing reads (`.npy`, `.mp`, `.seg.png`, ...) are counted.
+CARRIED_TEXT_EXTENSIONS = ("cls", "cls2", "label", "labels", "id", "key", "url", "txt", "caption", "text", "md",
+                           "html", "csv", "tsv", "json")
+
+
+def _gunzipped(data: bytes, where: str) -> bytes:
+    """A `.gz` member's content, at most MAX_MEMBER_BYTES (a decompression bomb is refused, not expanded)."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as fh:
+            out = fh.read(MAX_MEMBER_BYTES + 1)
+    except (OSError, EOFError, zlib_error) as exc:
+        raise InvalidRecord("corrupt_member", f"{where}: not a valid gzip stream ({type(exc).__name__}: {exc})") \
+            from None
+    if len(out) > MAX_MEMBER_BYTES:
+        raise InvalidRecord("member_too_large", f"{where}: decompresses to more than {MAX_MEMBER_BYTES} bytes")
+    return out
+
+
+def _record_to_sample(raw: RawRecord, source: str, source_id: str, default_kind: str,
+                      fields: dict[str, str] | None = None, count: Callable[[str], None] = lambda code: None) -> Sample:
+    fields = fields or {}
+
     def where(ext: str) -> str:
         return printable(raw.member_uris.get(ext) or f"{raw.uri}.{ext}")
 
+    files = dict(raw.files)
+    for ext in sorted(e for e in raw.files if e.endswith(".gz")):  # `.txt.gz` is read as `.txt`
+        inner = ext[:-3]
+        if inner in files:
+            count(f"ignored_member:{ext}")  # the plain copy is read; the compressed one is not read twice
+        else:
+            files[inner] = _gunzipped(files[ext], where(ext))
+        del files[ext]
+    used: set[str] = set()
     text = None
-    for ext in TEXT_EXTENSIONS:
-        if ext in raw.files:
-            text = _text(raw.files[ext], where(ext))
+    for ext in ((fields["text"],) if fields.get("text") else TEXT_EXTENSIONS):
+        if ext in files:
+            text = _text(files[ext], where(ext))
+            used.add(ext)
             break
     meta: Any = {}
-    if "json" in raw.files:
-        meta = parse_json(raw.files["json"], where("json")) if raw.files["json"].strip() else {}
+    if "json" in files:
+        meta = parse_json(files["json"], where("json")) if files["json"].strip() else {}
         if not isinstance(meta, dict):
             raise InvalidRecord("meta_not_object", f"{where('json')}: top level is {type(meta).__name__}, "
                                                    "expected an object")
-    images = [ImageRef(bytes=data, uri=where(ext), span=raw.spans.get(ext)) for _, ext, data in _image_files(raw.files)]
-    videos = video.video_members(raw.files, where, raw.spans)  # a record with a video member is kind video
+        used.add("json")
+    image_files = _image_files(files)
+    if fields.get("image"):
+        image_files = [(0, ext, data) for _, ext, data in image_files if ext == fields["image"]]
+    images = [ImageRef(bytes=data, uri=where(ext), span=raw.spans.get(ext) if ext in raw.files else None)
+              for _, ext, data in image_files]
+    used.update(ext for _, ext, _ in image_files)
+    videos = video.video_members(files, where, raw.spans)  # a record with a video member is kind video
+    used.update(ext for ext in files if _is_video_member(ext))
+    for ext in sorted(set(files) - used):
+        carried = _carried_member(ext, files[ext])
+        if carried is None or ext in meta:
+            count(f"ignored_member:{ext}")
+        else:
+            meta = {**meta, ext: carried[0]}
     sample = sample_from_meta(source, source_id, text, meta, images, "video" if videos else default_kind,
                               where=printable(raw.uri))
     sample.videos = videos
     return sample
+
+
+def _is_video_member(ext: str) -> bool:
+    """The members video.video_members reads (`mp4`, `1.webm`, ...)."""
+    parts = ext.split(".")
+    return parts[-1] in video.VIDEO_EXTENSIONS and (len(parts) == 1 or (len(parts) == 2 and parts[0].isdigit()))
+
+
+def _carried_member(ext: str, data: bytes) -> tuple[Any] | None:
+    """(value,) to carry into meta for a text member (`.cls` → its text, `.meta.json` → its value), else None."""
+    last = ext.rsplit(".", 1)[-1]
+    if last not in CARRIED_TEXT_EXTENSIONS:
+        return None
+    try:
+        text = decode_text(data) or ""
+    except TextDecodeError:
+        return None
+    if last == "json":
+        try:
+            return (parse_json(text, ext),)
+        except InvalidRecord:
+            return None
+    return (text,)
 
 
 def group_folder_files(paths: Iterable[str], root: str) -> dict[str, dict[str, str]]:
@@ -532,8 +467,24 @@ def row_to_sample(row: Any, source: str, row_index: int, open_relative: Callable
     return sample
 
 
+MANIFEST_COLUMNS = ("id", "key", "image_bytes", "image_path", "video_bytes", "video_path", "caption", "text", "kind",
+                    "meta")
+
+
+def _carried_columns(extra: dict[str, Any], count: Callable[[str], None]) -> dict[str, Any]:
+    """Extra manifest columns for meta; binary values are not carried but counted `ignored_field:<name>`."""
+    out = {}
+    for name, value in extra.items():
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            count(f"ignored_field:{name}")
+        elif value is not None:
+            out[str(name)] = value if isinstance(value, (str, int, float, bool, list, dict)) else str(value)
+    return out
+
+
 def _row_to_sample(row: dict[str, Any], source: str, source_id: str, where: str,
-                   open_relative: Callable[[str], bytes], default_kind: str, image_root: str) -> Sample:
+                   open_relative: Callable[[str], bytes], default_kind: str, image_root: str,
+                   count: Callable[[str], None] = lambda code: None) -> Sample:
     for name in ("id", "key"):
         value = row.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
@@ -543,6 +494,11 @@ def _row_to_sample(row: dict[str, Any], source: str, source_id: str, where: str,
     if isinstance(meta, (bytes, bytearray, str)):
         meta = parse_json(meta, f"{where} meta") if meta.strip() else {}
     meta = _check_meta(meta, f"{where} meta")
+    # Columns the manifest does not name are carried into meta (the meta column's own keys win); `kind`,
+    # `messages`, `segments`, `answer`, `domain` columns mean what they mean in meta.
+    extra = {name: value for name, value in row.items() if name not in MANIFEST_COLUMNS}
+    if extra:
+        meta = {**_check_meta(_carried_columns(extra, count), f"{where} columns"), **meta}
     if row.get("kind") is not None:
         meta = {**meta, "kind": row["kind"]}
     text = row.get("caption") if row.get("caption") is not None else row.get("text")
@@ -607,7 +563,8 @@ def choose_key_winner(samples: Iterable[Sample]) -> tuple[Sample, list[Rejection
     """Samples sharing one key → (the one kept, Rejections of the others naming it).
 
     The winner is the smallest (content sha256, origin): the same whatever order a runner delivers them in.
-    Identical copies (same content) are rejected too: one key, one sample."""
+    Identical copies (same content) are rejected too: one key, one sample. (Kept for callers that must keep
+    exactly one; the pipeline's rule is `resolve_shared_key`.)"""
     ranked = sorted(((content_digest(s), str(s.signals.get(ORIGIN_SIGNAL, "")), i, s)
                      for i, s in enumerate(samples)), key=lambda x: x[:2])
     digest, origin, _, winner = ranked[0]
@@ -619,3 +576,46 @@ def choose_key_winner(samples: Iterable[Sample]) -> tuple[Sample, list[Rejection
                   f"is {same}")
         rejections.append(Rejection.of(sample, READ_STAGE, DUPLICATE_KEY, detail))
     return winner, rejections
+
+
+RENAMED_KEY = "renamed_key"
+
+
+def raw_digest_of(sample: Sample) -> str:
+    """The raw record's sha256 its reader recorded (`raw_sha256`), else the sha256 of what the sample says."""
+    return str(sample.signals.get(RAW_DIGEST_SIGNAL) or content_digest(sample))
+
+
+def renamed_key(sample: Sample, digest: str) -> str:
+    """The key of a record whose source key other records with different content share: the same source and
+    source id, plus its raw digest (deterministic, and distinct for each distinct raw record)."""
+    return make_key(sample.source, f"{sample.source_id}\x00raw:{digest}")
+
+
+def resolve_shared_key(samples: Iterable[Sample]) -> tuple[list[Sample], list[Rejection]]:
+    """Samples read under one key → (those kept, `duplicate_key` Rejections).
+
+    Byte-identical raw records (same `raw_sha256`) are one record: the copy with the smallest origin is kept,
+    the others are rejected `duplicate_key` naming it. Records with different raw content are all kept: when
+    there are several, each gets its own key (`renamed_key`; the old key is in its `renamed_from` signal) and
+    keeps its source id. Decided by content and origin only, so every runner and worker count agree."""
+    by_digest: dict[str, list[tuple[str, int, Sample]]] = {}
+    for index, sample in enumerate(samples):
+        by_digest.setdefault(raw_digest_of(sample), []).append(
+            (str(sample.signals.get(ORIGIN_SIGNAL, "")), index, sample))
+    kept, rejections = [], []
+    rename = len(by_digest) > 1
+    for digest in sorted(by_digest):
+        copies = sorted(by_digest[digest], key=lambda c: c[:1])
+        origin, _, winner = copies[0]
+        original_key = winner.key
+        if rename:
+            winner.signals[RENAMED_SIGNAL] = original_key
+            winner.key = renamed_key(winner, digest)
+        kept.append(winner)
+        for other_origin, _, sample in copies[1:]:
+            detail = (f"key {original_key} (source id {sample.source_id!r}) also read from {origin or '?'}, kept as "
+                      f"{winner.key}; this record at {other_origin or '?'} is an identical copy of it (the same raw "
+                      f"record: raw sha256 {digest[:12]} of its line bytes, tar members or row values)")
+            rejections.append(Rejection.of(sample, READ_STAGE, DUPLICATE_KEY, detail))
+    return kept, rejections

@@ -28,6 +28,7 @@ from vlmloom.curation.base import Verdict
 from vlmloom.curation.chat_client import ChatClientError, ChatCompletionsClient, api_key_from_env
 from vlmloom.schemas.registry import Registry
 from vlmloom.curation.concepts import key_uniform
+from vlmloom.schemas.kinds import check_kind_selection, kinds_annotated_by
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.records import Sample
 
@@ -49,7 +50,7 @@ class RecaptionConfig:
     temperature: float = 0.0  # sampling temperature; 0 = greedy
     recaption_ratio: float = 0.5  # share of kept samples that train on the recaption (chosen per key)
     seed: int = 0  # salt of the per-key text choice
-    kinds: tuple[str, ...] = ("caption",)  # sample kinds to recaption; others pass through
+    kinds: tuple[str, ...] = ()  # kinds to recaption (others pass through); () = those the kinds table marks "recaption"
     min_chars: int = 8  # a shorter (e.g. empty) reply counts as a failure
     concurrency: int = 8  # openai: requests in flight per worker
     requests_per_second: float = 0.0  # openai: per-worker rate limit; 0 = unlimited
@@ -60,6 +61,7 @@ class RecaptionConfig:
     batch_size: int = 8  # samples per RunInference batch
 
     def validate(self) -> None:
+        check_kind_selection("recaption.kinds", self.kinds)
         if self.backend not in RECAPTION_BACKENDS:
             raise ConfigError(f"recaption.backend {self.backend!r} is unknown: use one of {RECAPTION_BACKENDS.names()}")
         if self.enabled and self.backend == "openai" and not self.base_url:
@@ -218,7 +220,7 @@ class Recaptioner:
         self._captioner = captioner
 
     def applies(self, sample: Sample) -> bool:
-        return sample.kind in self.config.kinds
+        return sample.kind in (self.config.kinds or kinds_annotated_by(STAGE))
 
     def caption_batch(self, samples: Sequence[Sample]) -> list[CaptionResult]:
         if self._captioner is None:

@@ -250,11 +250,13 @@ def build_hostile_corpus(root: str) -> dict:
     line(42, None, "record_not_object")
     line({"id": "meta_list", "image_path": "imgs/ok.jpg", "meta": [1, 2]}, "meta_list", "meta_not_object")
     line({"id": "meta_str", "image_path": "imgs/ok.jpg", "meta": "just a string"}, "meta_str", "invalid_json")
-    line({"id": "dup", "caption": "the first text only question here", "kind": "qa"}, "dup")
-    line({"id": "dup", "caption": "the second text only question here", "kind": "qa"}, "dup")
-    line({"caption": "a row without an id, named by its line", "kind": "qa"}, None)  # rows.jsonl:9
-    line({"id": "rows.jsonl:9", "caption": "a row whose id equals the line name of another", "kind": "qa"},
-         "rows.jsonl:9")
+    # text-only questions, answered: a qa record without an answer is rejected by curate's renderable stage
+    line({"id": "dup", "caption": "the first text only question here", "kind": "qa", "meta": {"answer": "yes"}}, "dup")
+    line({"id": "dup", "caption": "the second text only question here", "kind": "qa", "meta": {"answer": "yes"}}, "dup")
+    line({"caption": "a row without an id, named by its line", "kind": "qa", "meta": {"answer": "yes"}},
+         None)  # rows.jsonl:9
+    line({"id": "rows.jsonl:9", "caption": "a row whose id equals the line name of another", "kind": "qa",
+          "meta": {"answer": "yes"}}, "rows.jsonl:9")
     line({"id": "dotdot", "image_path": "../outside/x.jpg", "caption": "c"}, "dotdot", "unsafe_image_path")
     line({"id": "absolute", "image_path": os.path.join(outside, "x.jpg"), "caption": "c"}, "absolute",
          "unsafe_image_path")

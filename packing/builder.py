@@ -1,16 +1,22 @@
 """Sequence builder: one curated `Sample` → token ids, labels, M-RoPE positions and images, in GLM-4.1V's format.
 
-Rendering (token strings from `tokenizer.py`; "\\n" is a plain text token)::
+How a sample renders is its kind's `render` in the kinds table (schemas/kinds.py); `RENDERERS` holds one renderer
+per rendering ("video": packing/video.py), and a kind whose rendering has none is rejected `unsupported_kind`.
+Token strings come from `tokenizer.py`; "\\n" is a plain text token::
 
-    pre-training kinds (caption, ocr, grounding, interleaved, gui) without chat turns:
+    "pretrain" (caption, ocr, grounding, interleaved, gui) without chat turns:
         [gMASK]<sop> {<|begin_of_image|> <|image|>×n <|end_of_image|> | text}... <|endoftext|>
-        loss on the text tokens and the final <|endoftext|>; grounding boxes follow the text as
-        `phrase<|begin_of_box|>[x1,y1,x2,y2]<|end_of_box|>` lines
-    qa / SFT, and pre-training kinds with chat turns (the grounding / OCR Q/A turns curation writes)
+        segments in order when the record has them, else its images then its text (the recaption if chosen; OCR
+        lines when it has no text); loss on the text tokens and the final <|endoftext|>; grounding boxes follow
+        the text as `phrase<|begin_of_box|>[x1,y1,x2,y2]<|end_of_box|>` lines
+    "chat" (qa / SFT), and "pretrain" records with chat turns (the grounding / OCR Q/A turns curation writes)
     (messages; `<image>` placeholders in user turns, in image order):
         [gMASK]<sop> <|system|>\\n… <|user|>\\n… <|assistant|>\\n ANSWER … <|endoftext|>
         loss on each assistant turn's content and on the token that ends it (the next <|user|>/<|system|>
         or the final <|endoftext|>); everything else, image tokens included, is -100.
+        A qa record without a final assistant turn but with an `answer` renders question → answer: its user
+        turns (or its `text` as the one user turn) and the answer as the assistant turn, trained as given
+        (not held to the <think>/<answer> form unless builder.require_cot).
         A pre-training sample whose turns cannot be rendered falls back to the document form and says why
         (`BuiltSample.turns_unusable`); what the turns leave out of the sample is counted as well (the pack
         report's `rendering` section).
@@ -26,16 +32,16 @@ import re
 from dataclasses import dataclass, field
 import numpy as np
 
+from vlmloom.schemas.kinds import KIND_TABLE, kind_of
 from vlmloom.schemas.packed import IGNORE_INDEX
-from vlmloom.schemas.records import Rejection, Sample
-from vlmloom.schemas.kinds import kind_of
+from vlmloom.schemas.records import Message, Rejection, Sample
+from vlmloom.schemas.registry import Registry
 from vlmloom.schemas.video import VideoSampling
 
 from . import tokenizer as T
 from .vision import ImageSizeError, VisionConfig, image_grid_thw, num_image_tokens
 
 STAGE = "pack"
-PRETRAIN_KINDS = ("caption", "ocr", "grounding", "interleaved", "gui")
 IMAGE_PLACEHOLDER = "<image>"
 _COT = re.compile(r"\A\s*<think>(?P<think>.*?)</think>\s*<answer>(?P<answer>.*?)</answer>\s*\Z", re.S)
 # Strings that structure a sequence: a sample's own text must never produce them.
@@ -127,13 +133,18 @@ class SequenceBuilder:
     def _build(self, sample: Sample) -> BuiltSample:
         if self.config.kinds and sample.kind not in self.config.kinds:
             raise _Reject("kind_not_selected", f"kind {sample.kind!r} not in builder.kinds {self.config.kinds}")
-        if kind_of(sample).render == "video":
-            from .video import build_video_sample
-            return build_video_sample(self, sample)
-        if sample.kind == "qa":
-            return self._finish(sample, self._render_chat, "chat")
-        if sample.kind not in PRETRAIN_KINDS:
-            raise _Reject("unsupported_kind", f"kind {sample.kind!r} is not packed")
+        if sample.kind not in KIND_TABLE:
+            raise _Reject("unsupported_kind", f"kind {sample.kind!r} is not in the kinds table")
+        rendering = kind_of(sample).render
+        if rendering not in RENDERERS:
+            raise _Reject("unsupported_kind", f"kind {sample.kind!r} renders as {rendering!r}, which pack does not "
+                                              f"render yet (renderings: {', '.join(RENDERERS.names())})")
+        return RENDERERS.get(rendering)(self, sample)
+
+    def _build_chat(self, sample: Sample) -> BuiltSample:
+        return self._finish(sample, self._render_chat, "chat")
+
+    def _build_pretrain(self, sample: Sample) -> BuiltSample:
         unusable = ""
         if sample.messages and self.config.turns == "chat":
             try:
@@ -167,7 +178,7 @@ class SequenceBuilder:
         return built
 
     def _render_document(self, seq: "_Sequence", sample: Sample) -> None:
-        if sample.kind == "interleaved" and sample.segments:
+        if sample.segments:
             for seg in sample.segments:
                 if seg.type == "image":
                     seq.image(seg.image_index)
@@ -183,17 +194,17 @@ class SequenceBuilder:
         seq.special(T.ENDOFTEXT, trained=True)
 
     def _render_chat(self, seq: "_Sequence", sample: Sample) -> None:
-        messages = list(sample.messages)
+        messages, answered = _turns(sample)
         if not messages or messages[-1].role != "assistant":
-            raise _Reject("no_assistant_turn", "the last message must be an assistant turn")
+            raise _Reject("no_assistant_turn", "the last message must be an assistant turn (or the record an `answer`)")
         if self.config.system_prompt and messages[0].role != "system":
-            from vlmloom.schemas.records import Message
             messages.insert(0, Message("system", self.config.system_prompt))
         placeholders = sum(m.content.count(IMAGE_PLACEHOLDER) for m in messages if m.role == "user")
         if placeholders not in (0, len(sample.images)):
             raise _Reject("image_placeholder_mismatch",
                           f"{placeholders} {IMAGE_PLACEHOLDER} placeholders for {len(sample.images)} images")
-        _check_reasoning(sample, messages, self.config.require_cot)
+        if not answered or self.config.require_cot:
+            _check_reasoning(sample, messages, self.config.require_cot)
         images_placed = placeholders > 0
         after_assistant = False
         for message in messages:
@@ -304,11 +315,38 @@ def mrope_position_ids(input_ids: np.ndarray, image_token_id: int, grids: np.nda
     return out
 
 
+# One renderer per `Kind.render` value of the kinds table: `renderer(builder, sample) -> BuiltSample`.
+RENDERERS: Registry = Registry("rendering")
+RENDERERS.register("pretrain")(SequenceBuilder._build_pretrain)
+RENDERERS.register("chat")(SequenceBuilder._build_chat)
+
+
+@RENDERERS.register("video")
+def _build_video(builder: SequenceBuilder, sample: Sample) -> BuiltSample:
+    from .video import build_video_sample  # frames and patches (packing/video.py): imported when a video is packed
+
+    return build_video_sample(builder, sample)
+
+
+def _turns(sample: Sample) -> tuple[list[Message], bool]:
+    """The turns to render, and whether the final answer was added from `sample.answer` (question → answer):
+    a record whose turns do not end in an answer gets `answer` as its assistant turn, after its user turns or,
+    without any, after its `text` as the question."""
+    messages = list(sample.messages)
+    if (messages and messages[-1].role == "assistant") or not (sample.answer or "").strip():
+        return messages, False
+    if not messages:
+        messages = [Message("user", sample.text or "")]
+    return messages + [Message("assistant", sample.answer)], True
+
+
 def _document_text(sample: Sample) -> str | None:
+    """The text, else the OCR lines; any grounding boxes after it (every kind alike: the table, not the kind name,
+    decides how a record renders)."""
     text = sample.training_text()
-    if sample.kind == "ocr" and not text and sample.annotations.ocr:
+    if not text and sample.annotations.ocr:
         text = "\n".join(line.text for line in sample.annotations.ocr)
-    if sample.kind in ("grounding", "gui", "ocr") and sample.annotations.grounding:
+    if sample.annotations.grounding:
         boxes = "\n".join(f"{g.phrase}{T.BEGIN_OF_BOX}[{','.join(map(str, g.box))}]{T.END_OF_BOX}"
                           for g in sample.annotations.grounding)
         text = f"{text}\n{boxes}" if text else boxes

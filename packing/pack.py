@@ -29,6 +29,7 @@ from vlmloom.schemas.charts import histogram
 from vlmloom.schemas.config import ConfigError, config_hash, to_dict
 from vlmloom.schemas import packed as layout
 from vlmloom.schemas.formats import PACKED_FORMAT_VERSION
+from vlmloom.schemas.kinds import KIND_TABLE
 from vlmloom.schemas.packed import IGNORE_INDEX, PACKED_MANIFEST_SCHEMA, TOKENIZER_DIR
 from vlmloom.schemas.progress import progress_bar, show_progress
 from vlmloom.schemas.publish import discard_staging, publish_directory, staging_directory
@@ -36,7 +37,7 @@ from vlmloom.schemas.records import REJECTION_SCHEMA, Rejection, Sample
 
 from . import tokenizer as T
 from .balance import BalanceConfig, attention_cost, balanced_order, imbalance
-from .builder import PRETRAIN_KINDS, STAGE, BuilderConfig, BuiltSample, SequenceBuilder
+from .builder import STAGE, BuilderConfig, BuiltSample, SequenceBuilder
 from .curated import curated_shards, iter_curated_samples
 from .mixture import Recipe, default_recipe, interleave, multipliers, recipe_hash, resolve_recipe, select
 from .packers import PACKERS, plan_bins
@@ -325,10 +326,11 @@ def _render(builder: SequenceBuilder, sample: Sample, config: PackConfig) -> lis
 
 def _fit(built: BuiltSample | Rejection, sample: Sample, builder: SequenceBuilder, L: int,
          overlong: str) -> BuiltSample | Rejection:
-    """Apply the over-long policy. Truncation applies to pre-training kinds and never cuts an image block."""
+    """Apply the over-long policy. Truncation applies to kinds that render as "pretrain" (the kinds table) and
+    never cuts an image block."""
     if isinstance(built, Rejection) or len(built) <= L:
         return built
-    if overlong == "truncate" and built.kind in PRETRAIN_KINDS:
+    if overlong == "truncate" and KIND_TABLE.get(built.kind).render == "pretrain":
         begins = np.flatnonzero(built.input_ids == builder.ids[T.BEGIN_OF_IMAGE])
         ends = np.flatnonzero(built.input_ids == builder.ids[T.END_OF_IMAGE])
         if ((begins < L) & (ends >= L)).any():

@@ -1,4 +1,4 @@
-"""The `curate` pipeline: inputs → read → decode → heuristics → language → dedup → model stages → shards.
+"""The `curate` pipeline: inputs → read → decode → heuristics → language → dedup → model stages → renderable → shards.
 
     # laptop, in-process:
     vlmloom curate data/*.tar --output out/ --config job.yaml
@@ -8,7 +8,8 @@
     vlmloom curate gs://bucket/raw/*.tar --output gs://bucket/curated -- --runner=DataflowRunner --project=P ...
 
 Every input record ends as a kept sample (manifest/ + shards/) or a rejection with a reason
-(rejected/); the job fails loudly if the counts do not add up.
+(rejected/); the job fails loudly if the counts do not add up. The stages after read are registered once each
+below (`register_stage`, pipelines/stage_registry.py) and the pipeline is built from that registry.
 """
 from __future__ import annotations
 
@@ -27,20 +28,23 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from vlmloom.curation.decode import DecodeConfig, decode_sample
+from vlmloom.curation.documents import DocumentConfig
 from vlmloom.curation.download import DownloadConfig
 from vlmloom.curation.filters import HeuristicConfig, LanguageConfig, LanguageIdentifier, judge_heuristics, judge_language
+from vlmloom.curation.renderable import judge_renderable
 from vlmloom.curation.readers import READ_STAGE
 from vlmloom.curation.neardup import DedupConfig
 from vlmloom.pipelines import report as report_mod
 from vlmloom.pipelines.dedup import ApplyDecisions, dedup_stages
+from vlmloom.pipelines.documents import DocumentRules
 from vlmloom.pipelines.download import DownloadStage, download_enabled
 from vlmloom.pipelines.keys import UniqueKeys
 from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled
 from vlmloom.pipelines.progress import LiveProgress
 from vlmloom.pipelines.report_html import render_html
 from vlmloom.pipelines.sink import OutputConfig, WriteCurated, write_atomic
-from vlmloom.pipelines.sources import InputConfig, ReadInputs, resolve_input
-from vlmloom.pipelines.stages import JudgeStage
+from vlmloom.pipelines.sources import InputConfig, ReadInputs, check_every_input_read, resolve_input
+from vlmloom.pipelines.stage_registry import CurateStage, judge_stage, optional_stages, register_stage, stages_in_order
 from vlmloom.pipelines.files import BEAM_FILES
 from vlmloom.schemas import console, curated
 from vlmloom.schemas.config import ConfigError, build_config, config_hash
@@ -49,8 +53,6 @@ from vlmloom.schemas.records import release_bytes
 from vlmloom.schemas.publish import discard_staging, publish_directory, staging_directory
 
 log = logging.getLogger("vlmloom.curate")
-OPTIONAL_STAGES = ("heuristics", "language", "exact_dedup", "near_dup_image", "near_dup_text", "near_dup_embedding",
-                   "near_dup_semantic_text")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,20 +60,21 @@ class CurateConfig:
     inputs: list[InputConfig] = field(default_factory=list)  # what to read; CLI positional paths are appended
     output: str = ""  # output directory (local or a Beam filesystem URL)
     overwrite: bool = False  # replace an existing output directory
-    disable: list[str] = field(default_factory=list)  # stages to skip, any of OPTIONAL_STAGES
+    disable: list[str] = field(default_factory=list)  # stages to skip: any registered stage that is optional
     max_error_ratio: float = 0.05  # a stage whose unexpected errors exceed this fraction fails the job
     download: DownloadConfig = DownloadConfig()  # fetching URL-only images (URL lists), before decode
     decode: DecodeConfig = DecodeConfig()
     heuristics: HeuristicConfig = HeuristicConfig()
     language: LanguageConfig = LanguageConfig()
+    documents: DocumentConfig = DocumentConfig()  # interleaved documents: image count, text per image, repeated images
     dedup: DedupConfig = DedupConfig()
     models: ModelStagesConfig = ModelStagesConfig()  # CLIP, concepts, contamination, recaption, OCR, grounding
     output_format: OutputConfig = OutputConfig()
 
     def validate(self) -> None:
-        unknown = [s for s in self.disable if s not in OPTIONAL_STAGES]
+        unknown = [s for s in self.disable if s not in optional_stages()]
         if unknown:
-            raise ConfigError(f"disable: unknown stage(s) {unknown}; choose from {list(OPTIONAL_STAGES)}")
+            raise ConfigError(f"disable: unknown stage(s) {unknown}; choose from {list(optional_stages())}")
         if not 0 <= self.max_error_ratio <= 1:
             raise ConfigError(f"max_error_ratio ({self.max_error_ratio}) must be within 0..1")
 
@@ -114,19 +117,26 @@ class _LanguageJudge:
         return lambda sample: judge_language(sample, identifier, self.config)
 
 
-def curate_stages(config: CurateConfig) -> list[tuple[str, beam.PTransform]]:
-    """The configured stages in order, each following the pipelines.stages protocol."""
-    ratio = config.max_error_ratio
-    stages: list[tuple[str, beam.PTransform]] = []
-    if download_enabled(config.download, config.inputs):
-        stages.append(("download", DownloadStage(config.download, ratio)))
-    stages.append(("decode", JudgeStage("decode", _DecodeJudge(config.decode), config_hash(config.decode), ratio)))
-    if config.enabled("heuristics"):
-        stages.append(("heuristics", JudgeStage("heuristics", _HeuristicJudge(config.heuristics),
-                                                config_hash(config.heuristics), ratio)))
-    if config.enabled("language"):
-        stages.append(("language", JudgeStage("language", _LanguageJudge(config.language),
-                                              config_hash(config.language), ratio)))
+def _download_stage(stage: CurateStage, config: CurateConfig, ratio: float):
+    """URL-only images fetched before decode, for the inputs that have them (pipelines/download.py)."""
+    return DownloadStage(config.download, ratio) if download_enabled(config.download, config.inputs) else None
+
+
+@dataclass(frozen=True)
+class _RenderableJudge:
+    config: None = None  # the stage has no config section
+
+    def __call__(self):
+        return judge_renderable
+
+
+def _documents_stage(stage: CurateStage, config: CurateConfig, ratio: float):
+    """Per-document rules; images many documents repeat leave them (pipelines/documents.py)."""
+    return DocumentRules(config.documents, config_hash_=config_hash(config.documents), max_error_ratio=ratio)
+
+
+def _dedup_stage(stage: CurateStage, config: CurateConfig, ratio: float):
+    """The dedup step (pipelines/dedup.py), its parts switched off where the config or `disable:` says so."""
     dedup = dataclasses.replace(
         config.dedup,
         exact=config.dedup.exact and config.enabled("exact_dedup"),
@@ -137,11 +147,40 @@ def curate_stages(config: CurateConfig) -> list[tuple[str, beam.PTransform]]:
         semantic_text=dataclasses.replace(config.dedup.semantic_text, enabled=config.dedup.semantic_text.enabled
                                           and config.enabled("near_dup_semantic_text")),
     )
-    stages.extend(dedup_stages(dedup, ratio))
-    if config.models.any_enabled():
-        from vlmloom.pipelines.model_stages import build_model_stages  # Beam ML + torch: only when needed
+    return dict(dedup_stages(dedup, ratio)).get(stage.name)  # none when every part is off
 
-        stages.extend(build_model_stages(config.models, ratio))
+
+def _model_stage(stage: CurateStage, config: CurateConfig, ratio: float):
+    if not stage.section_of(config).enabled:
+        return None
+    from vlmloom.pipelines.model_stages import build_model_stage  # Beam ML + torch: only when needed
+
+    return build_model_stage(stage.name, config.models, ratio)
+
+
+# The stages after read, in their order (pipelines/stage_registry.py). Signals each writes: schemas/signals.py.
+register_stage(CurateStage("download", 5, "download", optional=False, build=_download_stage))
+register_stage(CurateStage("decode", 10, "decode", optional=False, build=judge_stage(_DecodeJudge)))
+register_stage(CurateStage("heuristics", 20, "heuristics", optional=True, build=judge_stage(_HeuristicJudge)))
+register_stage(CurateStage("language", 30, "language", optional=True, build=judge_stage(_LanguageJudge)))
+register_stage(CurateStage("documents", 35, "documents", optional=True, build=_documents_stage))
+register_stage(CurateStage("dedup", 40, "dedup", optional=False, build=_dedup_stage,
+                           parts=("exact_dedup", "near_dup_image", "near_dup_text", "near_dup_embedding",
+                                  "near_dup_semantic_text")))
+for _order, _name in enumerate(("clip", "concepts", "contamination", "recaption", "ocr", "grounding"), start=7):
+    register_stage(CurateStage(_name, 10 * _order, f"models.{_name}", optional=True, build=_model_stage))
+register_stage(CurateStage("renderable", 200, "", optional=True, build=judge_stage(_RenderableJudge)))
+
+
+def curate_stages(config: CurateConfig) -> list[tuple[str, beam.PTransform]]:
+    """The configured stages in registry order, each following the pipelines.stages protocol."""
+    stages = []
+    for stage in stages_in_order():
+        if stage.optional and not config.enabled(stage.name):
+            continue
+        transform = stage.build(stage, config, config.max_error_ratio)
+        if transform is not None:
+            stages.append((stage.name, transform))
     return stages
 
 
@@ -259,6 +298,7 @@ def curate(config: CurateConfig, beam_args: list[str] | None = None, progress: b
             result.wait_until_finish()
             counters = _counters(result)
             live.finish(counters)
+        check_every_input_read(config.inputs, counters)  # an input that yielded nothing fails the job, named
         report = report_mod.build_report(work_dir, stage_names, counters, config, time.time() - started)
         report["disabled_model_stages"] = describe_disabled(config.models)
         _render_html(work_dir, report, config)

@@ -215,7 +215,7 @@ class PhashDecisions(beam.PTransform):
         k, max_pairs = self._k, self._max_pairs
         # Hashes travel as 16-digit hex strings: unsigned 64-bit ints overflow Beam's VarInt coder.
         by_hash = (rows
-                   | "Hash" >> beam.FlatMap(lambda r: [(r.phash, r.member())] if r.phash else [])
+                   | "Hash" >> beam.FlatMap(lambda r: [(r.phash, r.member())] if r.phash and r.image_is_content else [])
                    .with_output_types(Tuple[str, QualityMember])
                    | "GroupByHash" >> beam.GroupByKey())
         labels = (by_hash

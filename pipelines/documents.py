@@ -52,8 +52,6 @@ class _Decide:
 
     def __call__(self, element):
         sample, repeated = element
-        if sample.kind not in self._config.kinds:
-            return sample, None
         wanted = set(repeated)
         indices = {i for i in range(len(sample.images)) if image_identity(sample, i) in wanted}
         if indices:
@@ -70,20 +68,22 @@ class DocumentRules(beam.PTransform):
         self._config, self._hash, self._max_error_ratio = config, config_hash_, max_error_ratio
 
     def expand(self, samples):
+        # Only documents take part: other records pass around the stage's join untouched.
+        kinds = self._config.kinds
+        documents_, others = samples | "SplitDocuments" >> beam.Partition(
+            lambda sample, _: 0 if sample.kind in kinds else 1, 2)
         limit = self._config.max_repeated_image_documents
         if limit:
-            removals = (samples | "ImageHolders" >> beam.FlatMap(_image_holders, self._config.kinds)
+            removals = (documents_ | "ImageHolders" >> beam.FlatMap(_image_holders, kinds)
                         | "GroupByImage" >> beam.GroupByKey()
                         | "Repeated" >> beam.FlatMap(_removals, limit))
-            joined = ({"sample": samples | "ByKey" >> keyed(sample_key), "remove": removals}
+            joined = ({"sample": documents_ | "ByKey" >> keyed(sample_key), "remove": removals}
                       | "JoinRemovals" >> beam.CoGroupByKey() | "WithRemovals" >> beam.FlatMap(_with_removals))
         else:
-            joined = samples | "NoRemovals" >> beam.Map(lambda sample: (sample, []))
+            joined = documents_ | "NoRemovals" >> beam.Map(lambda sample: (sample, []))
         kept, rejected = route(joined, "Route", STAGE, Fixed(_Decide(self._config)), self._hash,
                                max_error_ratio=self._max_error_ratio)
-        return {KEPT: kept, REJECTED: rejected | "MergeRejected" >> beam.Flatten()}
+        return {KEPT: (kept, others) | "WithOthers" >> beam.Flatten(),
+                REJECTED: rejected | "MergeRejected" >> beam.Flatten()}
 
-
-def documents_stage(config: DocumentConfig, **route_options) -> DocumentRules:
-    return DocumentRules(config, **route_options)
 

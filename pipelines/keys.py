@@ -1,8 +1,13 @@
-"""One key, one sample: samples read under the same key (one id twice in a JSONL file, one key in two tars of
-a glob, ...) → the one `readers.choose_key_winner` keeps, plus `duplicate_key` Rejections naming it.
+"""One key, one sample: records read under the same key (one id twice in a JSONL file, one key in two tars of a
+glob, a LLaVA file whose `id` is the image id with several questions each, ...) → `readers.resolve_shared_key`:
+
+- byte-identical raw records (same `raw_sha256`): one is kept (smallest origin), the others are rejected
+  `duplicate_key`, naming it;
+- records with different content: all are kept, each under its own deterministic key (source id + raw digest),
+  counted `read/renamed_key` (and `inputs/<source>/renamed_key`); `signals.renamed_from` keeps the old key.
 
 A GroupByKey on the key: memory per key is bounded by that key's copies, no global side input, and the
-choice depends only on the copies' content and origin, so every runner and worker count keeps the same one.
+decision depends only on the copies' raw content and origin, so every runner and worker count agree.
 Without it a shard would hold two members of one name (webdataset refuses such tars) and which one came
 first would depend on the runner.
 """
@@ -14,11 +19,13 @@ from vlmloom.pipelines import progress
 from vlmloom.pipelines.shuffle import keyed, sample_key, unpickled
 
 KEPT, REJECTED = "kept", "rejected"
+INPUTS_NAMESPACE = "inputs"  # = sources.INPUTS_NAMESPACE (per-source counts)
 
 
 class _ChooseOne(progress.CountingDoFn):
     def __init__(self):
         self._dropped = progress.counter(readers.READ_STAGE, f"dropped_{readers.DUPLICATE_KEY}")
+        self._renamed = progress.counter(readers.READ_STAGE, readers.RENAMED_KEY)
 
     def process(self, item: tuple[str, list[bytes]]):
         _, values = item
@@ -26,8 +33,12 @@ class _ChooseOne(progress.CountingDoFn):
         if len(samples) == 1:
             yield samples[0]
             return
-        winner, rejections = readers.choose_key_winner(samples)
-        yield winner
+        kept, rejections = readers.resolve_shared_key(samples)
+        for sample in kept:
+            if sample.signals.get(readers.RENAMED_SIGNAL):
+                self._renamed.inc()
+                progress.counter(INPUTS_NAMESPACE, f"{sample.source}/{readers.RENAMED_KEY}").inc()
+            yield sample
         for rejection in rejections:
             self._dropped.inc()
             yield beam.pvalue.TaggedOutput(REJECTED, rejection)

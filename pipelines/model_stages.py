@@ -41,6 +41,7 @@ from vlmloom.curation.recaption import RecaptionConfig, Recaptioner
 from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled  # noqa: F401 (re-exported)
 from vlmloom.pipelines.stages import KEPT, REJECTED, Decide, Fixed, format_traceback, quarantine_any, route
 from vlmloom.schemas.config import ConfigError, config_hash
+from vlmloom.schemas.kinds import sample_texts
 from vlmloom.schemas.records import Sample, attach_bytes, release_bytes
 
 STAGE_ORDER = ("clip", "concepts", "contamination", "recaption", "ocr", "grounding")
@@ -286,16 +287,16 @@ class _MatchConcepts:
         matcher = ConceptMatcher.from_file(self.config.vocabulary_file)
 
         def decide(sample: Sample) -> tuple[Sample, Verdict | None]:
-            if sample.kind not in self.config.kinds:
+            if not self.config.applies(sample):
                 return sample, None
-            ids = matcher.match(concepts_mod.sample_text(sample))
+            ids = matcher.match(" ".join(sample_texts(sample)))
             return sample, Verdict.ok(concept_ids=ids, concept_names=[matcher.concepts[i] for i in ids])
 
         return decide
 
 
 def _concept_decide(config: ConceptConfig, sample: Sample, counts: dict) -> tuple[Sample, Verdict | None]:
-    if sample.kind not in config.kinds:
+    if not config.applies(sample):
         return sample, None
     return sample, concepts_mod.judge(sample, counts, config)
 
@@ -312,7 +313,7 @@ class ConceptBalanceStage(beam.PTransform):
                                    max_error_ratio=self._max_error_ratio, final=False)
         counts = (matched
                   | "ConceptIds" >> beam.FlatMap(lambda s: s.signals.get("concept_ids") or []
-                                                 if s.kind in config.kinds else [])
+                                                 if config.applies(s) else [])
                   | "Count" >> beam.combiners.Count.PerElement())
         kept, rejected = _decide(matched, "Balance", "concepts", partial(_concept_decide, config),
                                  config_hash(config), "kept", self._max_error_ratio,
@@ -357,22 +358,28 @@ def effective(config: ModelStagesConfig) -> ModelStagesConfig:
     return dataclasses.replace(config, contamination=contamination)
 
 
+_BUILDERS: dict[str, Callable[[Any, float], beam.PTransform]] = {
+    "clip": ClipStage,
+    "concepts": ConceptBalanceStage,
+    "contamination": contamination_stage,
+    "recaption": recaption_stage,
+    "ocr": ocr_stage,
+    "grounding": grounding_stage,
+}
+
+
+def build_model_stage(name: str, config: ModelStagesConfig, max_error_ratio: float = 0.05) -> beam.PTransform:
+    """Stage `name` (one of STAGE_ORDER) as a PTransform following the stage protocol, its section validated as
+    an enabled stage (cross-stage defaults filled in by `effective`)."""
+    section = getattr(effective(config), name)
+    try:
+        section.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}" if not str(exc).startswith(name) else str(exc)) from None
+    return _BUILDERS[name](section, max_error_ratio)
+
+
 def build_model_stages(config: ModelStagesConfig, max_error_ratio: float = 0.05) -> list[tuple[str, beam.PTransform]]:
     """The enabled stages in pipeline order, each a PTransform following the stage protocol."""
-    config = effective(config)
-    for name in STAGE_ORDER:
-        section = getattr(config, name)
-        if section.enabled:
-            try:
-                section.validate()
-            except ConfigError as exc:
-                raise ConfigError(f"{name}: {exc}" if not str(exc).startswith(name) else str(exc)) from None
-    builders = {
-        "clip": lambda c: ClipStage(c, max_error_ratio),
-        "concepts": lambda c: ConceptBalanceStage(c, max_error_ratio),
-        "contamination": lambda c: contamination_stage(c, max_error_ratio),
-        "recaption": lambda c: recaption_stage(c, max_error_ratio),
-        "ocr": lambda c: ocr_stage(c, max_error_ratio),
-        "grounding": lambda c: grounding_stage(c, max_error_ratio),
-    }
-    return [(name, builders[name](getattr(config, name))) for name in STAGE_ORDER if getattr(config, name).enabled]
+    return [(name, build_model_stage(name, config, max_error_ratio)) for name in STAGE_ORDER
+            if getattr(config, name).enabled]

@@ -246,6 +246,14 @@ def build_report(out_dir: str, stage_names: list[str], counters: dict[str, int],
     kept, dropped = stats.counts.get("kept", 0), stats.counts.get("rejected", 0)
     read_records = counters.get("read/records")
     input_records = read_records if read_records is not None else kept + dropped
+    fields = stats.report_fields(stage_names, input_records)
+    # What each source's readers counted (`inputs/<source>/<code>` counters: records, read_file:<ext>,
+    # ignored_member:<ext>, ignored_file:<ext>, unreadable_file:<ext>, renamed_key, ...), beside its kept/rejected.
+    for name, value in sorted(counters.items()):
+        if name.startswith("inputs/"):
+            source, code = name[len("inputs/"):].rsplit("/", 1)
+            entry = fields["by_source"].setdefault(source, {"kept": 0, "rejected": 0, "reasons": {}})
+            entry.setdefault("read", {})[code] = value
     return {
         "format_version": formats.CURATED_FORMAT_VERSION,
         "seconds": round(seconds, 2),
@@ -254,7 +262,7 @@ def build_report(out_dir: str, stage_names: list[str], counters: dict[str, int],
             "balanced": input_records == kept + dropped, "input_count_from": "read/records counter"
             if read_records is not None else "outputs (the runner reported no counters)",
         },
-        **stats.report_fields(stage_names, input_records),
+        **fields,
         "counters": dict(sorted(counters.items())),
         "config": to_dict(config),
     }

@@ -1,30 +1,35 @@
-"""Beam sources: webdataset tars, Parquet/JSONL manifests and image folders → Samples + read Rejections.
+"""Beam sources: every input, through its registered reader (curation/formats) → Samples + read Rejections.
 
 Files are listed when the pipeline is built (Beam FileSystems, so gs:// and s3:// work where their
-extras are installed), distributed as *paths* (a Reshuffle of paths, never of bytes) and read by
-workers with the pure readers in `vlmloom.curation.readers`.
+extras are installed), `auto` picks the format from what the listing holds (`plan_units`: a save_to_disk
+folder, tars, COCO annotation files, row files, an image folder), and units (*paths*, never bytes) are
+spread by a Reshuffle and read by workers with the registered readers in `vlmloom.curation.formats`.
+Per-source counts (`inputs/<source>/<code>`: records, read_file:<ext>, ignored_file:<ext>, ignored_member:<ext>,
+unreadable_file:<ext>, ...) reach report.json's `by_source`; an input that yields no record fails the job.
 """
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 import posixpath
 from dataclasses import dataclass, field
+from typing import Callable
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from vlmloom.curation import readers
+from vlmloom.curation import formats, readers, video
+from vlmloom.curation.formats import folder
+from vlmloom.curation.formats.pdf import pdf_unit
 from vlmloom.pipelines import progress
 from vlmloom.schemas.config import ConfigError
-from vlmloom.schemas.records import KINDS, Rejection, Sample, make_key, release_bytes
+from vlmloom.schemas.records import KINDS, Rejection, Sample, release_bytes
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 1000
-FORMATS = ("auto", "webdataset", "parquet", "jsonl", "folder")
+INPUTS_NAMESPACE = "inputs"  # per-source counters: inputs/<source>/<code> (records, ignored_member:npy, ...)
+ROWS = "auto"  # a resolved format: row files whose format each file's first row decides
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,17 +37,19 @@ class InputConfig:
     path: str = ""  # a file, a glob (`data/*.tar`) or a folder; local or any Beam filesystem (gs://, s3://)
     paths: list[str] = field(default_factory=list)  # or several files of one source (a shell-expanded glob)
     name: str = ""  # source name used in keys and lineage; "" derives it from the files' folder
-    format: str = "auto"  # auto | webdataset | parquet | jsonl | folder
+    format: str = "auto"  # a registered reader (curation/formats: webdataset, hf, llava, coco, ...) or auto
     kind: str = "caption"  # kind of records whose metadata does not say
-    image_root: str = ""  # manifests: absolute image_path values are read only under this root; "" refuses them
+    image_root: str = ""  # images named by records: relative paths resolve here (default: the file's folder) and
+    # absolute paths are read only under it; "" refuses absolute paths
+    fields: dict[str, str] = field(default_factory=dict)  # canonical field → the input's name: {text: TEXT, id: uid}
 
     def validate(self) -> None:
         if not self.path and not self.paths:
             raise ConfigError("inputs[].path is empty: give a tar/parquet/jsonl file, a glob or a folder")
         if self.path and self.paths:
             raise ConfigError("inputs[]: set either path or paths, not both")
-        if self.format not in FORMATS:
-            raise ConfigError(f"inputs[].format is {self.format!r}: use one of {FORMATS}")
+        if self.format not in formats.format_names():
+            raise ConfigError(f"inputs[].format is {self.format!r}: use one of {formats.format_names()}")
         if self.kind not in KINDS:
             raise ConfigError(f"inputs[].kind is {self.kind!r}: use one of {KINDS}")
 
@@ -95,11 +102,16 @@ def _match(pattern: str) -> list[str]:
     return sorted(m.path for m in result.metadata_list)
 
 
+TAR_EXTENSIONS = ("tar", "tar.gz", "tgz")
+HF_METADATA = ("state.json", "dataset_info.json", "dataset_dict.json")  # what save_to_disk writes beside its data
+
+
 def resolve_input(cfg: InputConfig) -> tuple[str, list[str]]:
-    """(format, sorted file list) for one input; raises ConfigError if nothing matches."""
+    """(format, sorted file list) for one input; raises ConfigError if nothing matches. The format is a
+    registered reader's name, or `auto` for row files whose format each file's first row decides."""
     fmts, files = set(), set()
     for path in cfg.patterns():
-        fmt, matched = _resolve_one(path, cfg.format)
+        fmt, matched = _resolve_one(path, formats.ALIASES.get(cfg.format, cfg.format))
         fmts.add(fmt)
         files.update(matched)
     if len(fmts) > 1:
@@ -107,30 +119,67 @@ def resolve_input(cfg: InputConfig) -> tuple[str, list[str]]:
     return fmts.pop(), sorted(files)
 
 
+def _is_coco(path: str) -> bool:
+    return posixpath.basename(path).startswith(("captions_", "instances_")) and path.endswith(".json")
+
+
+def _format_of_files(files: list[str], path: str) -> str:
+    """`auto`: what a listing holds, most specific first."""
+    exts = {formats.extension(f) for f in files}
+    if any(posixpath.basename(f) == "state.json" for f in files):
+        return "hf"
+    if exts & set(TAR_EXTENSIONS):
+        return "webdataset"
+    if any(_is_coco(f) for f in files):
+        return "coco"
+    media = readers.IMAGE_EXTENSIONS + video.VIDEO_EXTENSIONS
+    stems = {readers.split_file_name(f)[0] for f in files if formats.extension(f) in media}
+    if any(formats.extension(f) in formats.ROW_EXTENSIONS and not (
+            formats.extension(f) == "json" and readers.split_file_name(f)[0] in stems) for f in files):
+        return ROWS  # row files (a .json beside an image of its stem is that image's sidecar)
+    if exts & set(readers.IMAGE_EXTENSIONS + video.VIDEO_EXTENSIONS + ("pdf",)):
+        return "folder"  # images, videos, PDFs (each page an ocr record) and their sidecars
+    raise ConfigError(f"input {path!r}: cannot tell its format from {sorted(exts)}; set inputs[].format to one "
+                      f"of {formats.format_names()[1:]}")
+
+
 def _resolve_one(path: str, fmt: str) -> tuple[str, list[str]]:
     is_dir = not _has_glob(path) and (path.endswith("/") or ("://" not in path and os.path.isdir(path)))
-    if fmt == "auto":
-        if is_dir:
-            tars = _match(posixpath.join(path, "*.tar"))
-            fmt = "webdataset" if tars else "folder"
-        elif path.endswith((".tar", ".tar.gz", ".tgz")):
-            fmt = "webdataset"
-        elif path.endswith(".parquet"):
-            fmt = "parquet"
-        elif path.endswith(".jsonl") or path.endswith(".json"):
-            fmt = "jsonl"
-        else:
-            raise ConfigError(f"input {path!r}: cannot tell its format; set inputs[].format to one of {FORMATS[1:]}")
-    if fmt == "folder":
-        files = _match(posixpath.join(path, "**")) if is_dir else _match(path)
-    elif is_dir:
-        ext = {"webdataset": "*.tar", "parquet": "*.parquet", "jsonl": "*.jsonl"}[fmt]
-        files = _match(posixpath.join(path, ext))
-    else:
-        files = _match(path)
+    files = _match(posixpath.join(path, "**")) if is_dir else _match(path)
     if not files:
         raise ConfigError(f"input {path!r} matches no files")
+    if fmt == "auto":
+        fmt = _format_of_files(files, path)
     return fmt, files
+
+
+def plan_units(fmt: str, files: list[str], root: str) -> tuple[list, list[str]]:
+    """(the units workers read, the files no unit reads) of one resolved input. Files an image folder does not
+    pair with an image, and files beside a webdataset's tars or a dataset's data, are counted, not read."""
+    if fmt == "folder":
+        return folder.folder_units(files, root), []
+    if fmt == "pdf":
+        units, rest = _split(files, lambda f: formats.extension(f) == "pdf")
+        return [pdf_unit(f, root) for f in units], rest
+    if fmt == "webdataset":
+        return _split(files, lambda f: formats.extension(f) in TAR_EXTENSIONS, keep_images=False)
+    if fmt == "coco":
+        units, rest = _split(files, lambda f: formats.extension(f) == "json")
+        return ([units] if units else []), rest
+    if fmt == "hf":
+        data = [f for f in files if formats.extension(f) in ("arrow", "parquet")]
+        if data:
+            rest = [f for f in files if f not in data and posixpath.basename(f) not in HF_METADATA]
+            return data, [f for f in rest if formats.extension(f) not in readers.IMAGE_EXTENSIONS]
+    return _split(files, lambda f: formats.extension(f) in formats.ROW_EXTENSIONS)
+
+
+def _split(files: list[str], read: Callable[[str], bool], keep_images: bool = True) -> tuple[list, list[str]]:
+    """(files `read` takes, the others; images are left out of those when records may name them)."""
+    units = [f for f in files if read(f)]
+    media = readers.IMAGE_EXTENSIONS + video.VIDEO_EXTENSIONS
+    rest = [f for f in files if not read(f) and not (keep_images and formats.extension(f) in media)]
+    return units, rest
 
 
 def _folder_root(path: str) -> str:
@@ -147,138 +196,69 @@ def _reads_raw(path: str) -> bool:
     return "://" not in path and CompressionTypes.detect_compression_type(path) == CompressionTypes.UNCOMPRESSED
 
 
-def _read_rejection(source: str, source_id: str, reason: str, detail: str) -> Rejection:
-    source_id = readers.printable(source_id)
-    return Rejection(make_key(source, source_id), source, source_id, readers.READ_STAGE, reason,
-                     readers.printable(detail))
+class _ReadUnits(progress.CountingDoFn):
+    """One unit of an input (a file, a folder record, COCO's annotation files) → Samples and read Rejections,
+    through the registered reader; per-source counts go to `inputs/<source>/<code>` counters."""
 
-
-def _inside(path: str, root: str) -> bool:
-    """Local files only: does `path`, with symlinks resolved, stay under `root`?"""
-    real, base = os.path.realpath(path), os.path.realpath(root)
-    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
-
-
-class _ReadTar(progress.CountingDoFn):
-    def __init__(self, source: str, kind: str):
-        self._source, self._kind = source, kind
+    def __init__(self, source: str, fmt: str, kind: str, image_root: str, fields: dict[str, str]):
+        self._source, self._fmt, self._kind, self._image_root, self._fields = source, fmt, kind, image_root, fields
         self._read = progress.counter("read", "records")
+        self._counters: dict[str, progress.MirroredCounter] = {}
 
-    def process(self, path: str):
+    def _count(self, code: str, n: int = 1) -> None:
+        code = code.replace("/", "_")  # the report splits `inputs/<source>/<code>` at the last slash
+        if code not in self._counters:
+            self._counters[code] = progress.counter(INPUTS_NAMESPACE, f"{self._source}/{code}")
+        self._counters[code].inc(n)
+
+    def process(self, unit):
+        ctx = formats.ReadContext(source=self._source, kind=self._kind, fields=self._fields,
+                                  image_root=self._image_root, open=FileSystems.open, local_file=_local_file,
+                                  count=self._count)
+        for path in ([unit] if isinstance(unit, str) else unit if isinstance(unit, list) else []):
+            self._count(f"read_file:{formats.extension(path) or 'none'}")
+        if self._fmt == ROWS:
+            items = formats.read_row_file(None, unit, ctx)
+        else:
+            items = formats.get_format(self._fmt).read(unit, ctx)
         count = 0
-        try:
-            fh = FileSystems.open(path)
-        except OSError as exc:
+        for item in items:
             self._read.inc()
-            yield _read_rejection(self._source, f"{posixpath.basename(path)}:<tar>", "read_error",
-                                  f"{path}: {type(exc).__name__}: {exc}")
-            return
-        with fh:
-            for item in readers.iter_tar_records(fh, path, path if _reads_raw(path) else None):
-                self._read.inc()
-                count += 1
-                if count % PROGRESS_EVERY == 0:
-                    log.info("read %d records from %s ...", count, path)
-                if isinstance(item, tuple):
-                    yield _read_rejection(self._source, *item)
-                else:
-                    yield readers.record_to_sample(item, self._source, self._kind)
-        log.info("read %d records from %s", count, path)
+            self._count(formats.FILE_RECORDS)
+            count += 1
+            if count % PROGRESS_EVERY == 0:
+                log.debug("read %d records from %s ...", count, unit)
+            yield item
 
 
-class _ReadManifest(progress.CountingDoFn):
-    def __init__(self, source: str, kind: str, fmt: str, image_root: str = ""):
-        self._source, self._kind, self._fmt, self._image_root = source, kind, fmt, image_root
-        self._read = progress.counter("read", "records")
+class _CountIgnored(progress.CountingDoFn):
+    """Files of an input that no reader takes: counted `ignored_file:<ext>` for the source, never passed by."""
+
+    def __init__(self, source: str):
+        self._source = source
 
     def process(self, path: str):
-        base = posixpath.dirname(path)
-        name = posixpath.basename(path)
-
-        opened: dict[str, str] = {}  # image_path → the local file it was read from (for ImageRef.span)
-
-        def open_relative(rel: str) -> bytes:
-            absolute = "://" in rel or rel.startswith("/")
-            full = rel if absolute else posixpath.join(base, rel)
-            if "://" not in full and not _inside(full, self._image_root if absolute else base):
-                raise readers.InvalidRecord("unsafe_image_path", f"{name}: image_path {rel!r} resolves (through a "
-                                                                 "symlink) outside its folder")
-            with FileSystems.open(full) as fh:
-                data = readers.read_bytes(fh)
-            if _reads_raw(full):
-                opened[rel] = os.path.realpath(full)  # where the symlink check resolved it
-            return data
-
-        for index, (where, row) in enumerate(self._rows(path)):
-            self._read.inc()
-            if isinstance(row, Rejection):
-                yield row
-                continue
-            opened.clear()
-            sample = readers.row_to_sample(row, self._source, index, open_relative, self._kind,
-                                           fallback_id=where, image_root=self._image_root)
-            for image in getattr(sample, "images", ()):
-                if image.uri in opened and image.bytes is not None:  # a whole local file, re-read by path
-                    image.span = (opened[image.uri], 0, len(image.bytes))
-            yield sample
-
-    def _rows(self, path: str):
-        """(position id, row dict or Rejection) per record; one Rejection for a file that cannot be read."""
-        name = posixpath.basename(path)
-        if self._fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            try:
-                with FileSystems.open(path) as fh:
-                    parquet = pq.ParquetFile(io.BytesIO(readers.read_bytes(fh)))
-                batches = parquet.iter_batches(batch_size=256)
-                index = 0
-                for batch in batches:
-                    for row in batch.to_pylist():
-                        yield f"{name}:row{index}", row
-                        index += 1
-            except Exception as exc:  # noqa: BLE001 - pyarrow raises several types on corrupt files
-                yield name, _read_rejection(self._source, f"{name}:<parquet>", "corrupt_parquet",
-                                            f"{path}: {type(exc).__name__}: {exc}")
-            return
-        with FileSystems.open(path) as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                where = f"{name}:{line_no}"
-                try:
-                    yield where, readers.parse_jsonl_line(line, where)
-                except readers.InvalidRecord as exc:
-                    yield where, _read_rejection(self._source, where, exc.reason,
-                                                 f"{path} line {line_no}: {exc.detail}")
+        progress.counter(INPUTS_NAMESPACE, f"{self._source}/ignored_file:{formats.extension(path) or 'none'}").inc()
+        return []
 
 
-class _ReadFolderRecord(progress.CountingDoFn):
-    def __init__(self, source: str, kind: str, root: str):
-        self._source, self._kind, self._root = source, kind, root
-        self._read = progress.counter("read", "records")
+def _local_file(path: str) -> str | None:
+    """The local file whose bytes `FileSystems.open(path)` reads unchanged (spans), else None."""
+    return os.path.realpath(path) if _reads_raw(path) else None
 
-    def process(self, item: tuple[str, dict[str, str]]):
-        source_id, files = item
-        self._read.inc()
-        data = {}
-        for ext, path in files.items():
-            if "://" not in path and not _inside(path, self._root):
-                yield _read_rejection(self._source, source_id, "unsafe_member_path",
-                                      f"{path}: a symlink that leaves the input folder {self._root}")
-                return
-            try:
-                with FileSystems.open(path) as fh:
-                    data[ext] = readers.read_bytes(fh)
-            except OSError as exc:
-                yield _read_rejection(self._source, source_id, "read_error", f"{path}: {type(exc).__name__}: {exc}")
-                return
-        first = sorted(files)[0]
-        spans = {ext: (os.path.realpath(path), 0, len(data[ext])) for ext, path in files.items()
-                 if _reads_raw(path)}  # the whole file, re-read where the symlink check resolved it
-        yield readers.record_to_sample(
-            readers.RawRecord(source_id, data, files[first][:-len(first) - 1], member_uris=dict(files), spans=spans),
-            self._source, self._kind)
+
+def check_every_input_read(inputs: list[InputConfig], counters: dict[str, int]) -> None:
+    """An input that yielded no record (no sample, no read rejection) fails the job, naming it. Skipped when the
+    runner reported no counters."""
+    if not counters:
+        return
+    for cfg in inputs:
+        source = cfg.source_name()
+        if not counters.get(f"{INPUTS_NAMESPACE}/{source}/{formats.FILE_RECORDS}"):
+            counts = {k.split("/", 2)[2]: v for k, v in sorted(counters.items())
+                      if k.startswith(f"{INPUTS_NAMESPACE}/{source}/")}
+            raise ConfigError(f"input {cfg.patterns()} (source {source!r}, format {cfg.format}) yielded no records "
+                              f"({counts or 'nothing read'}); check inputs[].format and inputs[].fields")
 
 
 class _SplitRead(progress.CountingDoFn):
@@ -315,17 +295,17 @@ class ReadInputs(beam.PTransform):
             fmt, files = resolve_input(cfg)
             source = cfg.source_name()
             label = f"Input{i}_{source}"
-            if fmt == "folder":
-                root = _folder_root(cfg.patterns()[0])
-                groups = sorted(readers.group_folder_files(files, root).items())
-                pcoll = (pbegin | f"{label}/List" >> beam.Create(groups, reshuffle=False)
-                         | f"{label}/Spread" >> beam.Reshuffle()
-                         | f"{label}/Read" >> beam.ParDo(_ReadFolderRecord(source, cfg.kind, root)))
-            else:
-                reader = _ReadTar(source, cfg.kind) if fmt == "webdataset" else _ReadManifest(source, cfg.kind, fmt, cfg.image_root)
-                pcoll = (pbegin | f"{label}/List" >> beam.Create(files, reshuffle=False)
-                         | f"{label}/Spread" >> beam.Reshuffle()
-                         | f"{label}/Read" >> beam.ParDo(reader))
+            units, ignored = plan_units(fmt, files, _folder_root(cfg.patterns()[0]))
+            if not units:
+                raise ConfigError(f"input {cfg.patterns()} (source {source!r}, format {fmt}) has nothing to read: "
+                                  f"{len(ignored)} file(s), none of them {fmt} data")
+            pcoll = (pbegin | f"{label}/List" >> beam.Create(units, reshuffle=False)
+                     | f"{label}/Spread" >> beam.Reshuffle()
+                     | f"{label}/Read" >> beam.ParDo(_ReadUnits(source, fmt, cfg.kind, cfg.image_root,
+                                                                dict(cfg.fields))))
+            if ignored:
+                _ = (pbegin | f"{label}/Unread" >> beam.Create(ignored, reshuffle=False)
+                     | f"{label}/CountUnread" >> beam.ParDo(_CountIgnored(source)))
             outputs.append(pcoll)
         # (one input: no Flatten, which the FnApiRunner would materialise, encoding every sample once more)
         merged = outputs[0] if len(outputs) == 1 else outputs | "MergeInputs" >> beam.Flatten()

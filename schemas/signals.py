@@ -29,11 +29,17 @@ class Signal:
 
 
 ORIGIN_SIGNAL = "origin"
+RAW_DIGEST_SIGNAL = "raw_sha256"
+RENAMED_SIGNAL = "renamed_from"
 DEDUP_STAGES = ("exact_dedup", "near_dup_image", "near_dup_text", "near_dup_embedding", "near_dup_semantic_text")
 
 SIGNALS: dict[str, Signal] = {
     ORIGIN_SIGNAL: Signal(str, "read", "where the raw record was read (file#member, FILE:LINE, file:rowN); "
                                         "duplicate-key ties, trace"),
+    RAW_DIGEST_SIGNAL: Signal(str, "read", "sha256 of the raw record as read (line bytes, tar members, row values); "
+                                           "the key-uniqueness step tells identical copies from different records"),
+    RENAMED_SIGNAL: Signal(str, "read", "the key the source gave a record that shared it with different content "
+                                        "(pipelines/keys.py renamed it); trace"),
     "download_images_removed": Signal(numbers.Integral, "download", "images an interleaved document lost to failed "
                                                                      "downloads (their segments too); report"),
     "download_failures": Signal(list, "download", "failed images [{image, uri, reason}]: a trimmed document's "
@@ -57,6 +63,8 @@ SIGNALS: dict[str, Signal] = {
     "document_images_removed": Signal(numbers.Integral, "documents", "repeated images (logos, ads) taken out"),
     "caption_chars": Signal(numbers.Integral, "heuristics", "characters of the caption"),
     "caption_repetition": Signal(numbers.Real, "heuristics", "share of repeated word n-grams in the caption"),
+    "document_chars": Signal(numbers.Integral, "heuristics", "characters of a record's texts joined (kinds with the document rule set)"),
+    "document_repetition": Signal(numbers.Real, "heuristics", "share of repeated word n-grams in those texts"),
     "lang": Signal(str, "language", "language code of the text; report (languages)"),
     "lang_score": Signal(numbers.Real, "language", "language-id confidence"),
     "clip_score": Signal(numbers.Real, "clip", "image-text similarity; the clip top-fraction step, report"),

@@ -85,9 +85,6 @@ def test_demo_configs_ship_as_package_data():
 CODE = LIBRARY + ("demo", "cli", "bench")
 TARFILE_EXEMPT = {
     "schemas/tars.py": "the one tar reader and writer",
-    # TEMPORARY: curation/readers.py moves onto schemas/tars.py in the readers work (issue 20 item 8); drop this
-    # entry when it lands.
-    "curation/readers.py": "moving onto schemas/tars.py",
     "demo/hostile.py": "writes deliberately malformed tars (links, devices, odd headers) the one writer refuses",
     "bench/curate_scale.py": "a benchmark's own corpus writer, not part of the package",
 }

@@ -61,9 +61,11 @@ def test_concept_stage_covers_every_reason(tmp_path):
     samples = [Sample(key=k, source="t", source_id=k, text=f"a photo of a dog number {i}") for i, k in enumerate(dogs)]
     samples += [Sample(key="cat0", source="t", source_id="cat0", text="a cat on a red car"),
                 Sample(key="none0", source="t", source_id="none0", text="an abstract pattern"),
-                Sample(key="chat0", source="t", source_id="chat0", messages=[Message("user", "what is this cat?")]),
+                Sample(key="chat0", source="t", source_id="chat0", kind="qa",  # selected by concepts.kinds below
+                       messages=[Message("user", "what is this cat?")]),
                 Sample(key="doc0", source="t", source_id="doc0", kind="ocr", text="dog")]  # other kind: untouched
-    config = ConceptConfig(enabled=True, vocabulary_path=str(vocab), cap=5, drop_unmatched=True, seed=3)
+    config = ConceptConfig(enabled=True, vocabulary_path=str(vocab), cap=5, drop_unmatched=True, seed=3,
+                           kinds=("caption", "qa"))
     kept_dogs = _cap_expectation(dogs, {k: 40 for k in dogs}, cap=5, seed=3)
     assert 0 < len(kept_dogs) < 20  # 40 dogs capped at 5 in expectation
     with BeamPipeline() as p:

@@ -262,17 +262,18 @@ def test_a_job_that_fails_to_build_leaves_no_beam_temp_dir(tmp_path, monkeypatch
     assert not (tmp_path / "out").exists()
 
 
-def test_empty_input_writes_an_empty_but_valid_output(tmp_path):
+def test_an_input_that_yields_no_record_fails_the_job_naming_it(tmp_path):
     import tarfile
+
+    from vlmloom.schemas.config import ConfigError
 
     src = tmp_path / "empty.tar"
     with tarfile.open(src, "w"):
         pass
     out = tmp_path / "out"
-    report = curate(load_config({"inputs": [{"path": str(src)}], "output": str(out)}))
-    assert report["accounting"] == {**report["accounting"], "input_records": 0, "kept": 0, "rejected": 0}
-    assert pq.read_table(out / "manifest").num_rows == 0
-    assert json.loads((out / "report.json").read_text())["shards"] == 0
+    with pytest.raises(ConfigError, match=r"empty\.tar.*yielded no records"):
+        curate(load_config({"inputs": [{"path": str(src)}], "output": str(out)}))
+    assert not out.exists()
 
 
 def test_html_report_shows_kept_and_rejected_thumbnails(curated):

@@ -19,7 +19,7 @@ from vlmloom.curation.filters import (
     repetition_ratio,
 )
 from vlmloom.schemas.config import ConfigError, build_config
-from vlmloom.schemas.records import ImageRef, Message, Sample
+from vlmloom.schemas.records import ImageRef, Message, Sample, Segment
 
 ENGLISH = "A brown dog is running across a green field on a sunny afternoon."
 GERMAN = "Ein brauner Hund läuft an einem sonnigen Nachmittag über eine grüne Wiese."
@@ -86,10 +86,35 @@ def test_caption_repetitive():
     assert reason(measured(text="buy now buy now buy now buy now"), max_repetition_ratio=-1) is None
 
 
-def test_caption_checks_only_for_caption_kinds():
+def test_caption_rules_for_caption_kinds_document_rules_for_the_others():
+    """The kinds table picks the rule set: an empty text is no reason for a document, a long one is no caption."""
     assert reason(measured(text=None, kind="interleaved")) is None
+    assert reason(measured(text=None, kind="ocr")) is None  # OCR may still fill it; renderable judges emptiness
     assert reason(measured(text="x" * 10_000, kind="qa")) is None
-    assert reason(measured(text=None, kind="ocr"), kinds_needing_caption=("caption", "ocr")) == "caption_empty"
+    assert reason(measured(text="x" * 10_000, kind="caption")) == "caption_too_long"
+    verdict = judge_heuristics(measured(text=ENGLISH, kind="ocr"), HeuristicConfig())
+    assert verdict.keep and verdict.signals == {"document_chars": len(ENGLISH), "document_repetition": 0.0}
+
+
+def test_document_rules_judge_every_kinds_texts():
+    numbers = " ".join(["1.1"] * 40)  # a document of "1.1 1.1 1.1 …"
+    document = Sample(key="k", source="s", source_id="1", kind="interleaved",
+                      segments=[Segment("text", numbers)])
+    verdict = judge_heuristics(document, HeuristicConfig())
+    assert (verdict.reason, verdict.signals["document_chars"]) == ("document_repetitive", len(numbers))
+    assert verdict.signals["document_repetition"] == round(1 - 1 / 78, 4)  # 80 words "1": 78 trigrams, one distinct
+    # repetition across segments counts: one "buy now" per segment
+    spread = Sample(key="k", source="s", source_id="1", kind="interleaved",
+                    segments=[Segment("text", "buy now")] * 6)
+    assert reason(spread) == "document_repetitive"
+    assert reason(spread, max_document_repetition_ratio=-1) is None
+    chat = Sample(key="k", source="s", source_id="1", kind="qa",
+                  messages=[Message("user", "<image>Describe it."), Message("assistant", "spam " * 30)])
+    assert reason(chat) == "document_repetitive"
+    long_chat = Sample(key="k", source="s", source_id="1", kind="qa", answer=" ".join(f"w{i}" for i in range(30)))
+    verdict = judge_heuristics(long_chat, HeuristicConfig(max_document_chars=100))
+    # w0..w29 and 29 spaces
+    assert verdict.reason == "document_too_long" and verdict.detail == "texts have 109 chars > max_document_chars 100"
 
 
 def test_samples_without_image_signals_skip_image_checks():
@@ -117,15 +142,17 @@ def test_heuristics_read_what_decode_measured():
 
 
 def test_heuristic_config_validation():
-    assert build_config(HeuristicConfig, {"min_side": -1, "kinds_needing_caption": ["caption", "ocr"]}).kinds_needing_caption == ("caption", "ocr")
+    assert build_config(HeuristicConfig, {"min_side": -1, "max_document_chars": -1}).max_document_chars == -1
     with pytest.raises(ConfigError, match="min_side"):
         build_config(HeuristicConfig, {"min_side": 0})
     with pytest.raises(ConfigError, match="max_repetition_ratio"):
         build_config(HeuristicConfig, {"max_repetition_ratio": 1.5})
     with pytest.raises(ConfigError, match="raise max_caption_chars"):
         build_config(HeuristicConfig, {"min_caption_chars": 10, "max_caption_chars": 5})
-    with pytest.raises(ConfigError, match="unknown kind 'captions'"):
-        build_config(HeuristicConfig, {"kinds_needing_caption": ["captions"]})
+    with pytest.raises(ConfigError, match="max_document_repetition_ratio"):
+        build_config(HeuristicConfig, {"max_document_repetition_ratio": 2})
+    with pytest.raises(ConfigError, match="unknown key"):
+        build_config(HeuristicConfig, {"kinds_needing_caption": ["caption"]})  # the kinds table decides now
 
 
 # --- language ---------------------------------------------------------------------------------------
@@ -161,13 +188,36 @@ def test_language_not_allowed(identifier):
 
 
 def test_language_low_confidence(identifier):
-    verdict = judge_language(text_sample("ok 42 xyz"), identifier, LanguageConfig(min_score=0.999))
+    verdict = judge_language(text_sample("ok 42 xyz qqq"), identifier, LanguageConfig(min_score=0.999))
     assert verdict.reason == "language_low_confidence" and verdict.signals["lang_score"] < 0.999
 
 
 def test_no_text_is_kept_as_und(identifier):
     verdict = judge_language(text_sample(None), identifier, LanguageConfig(allowed=("en",), min_score=0.9))
     assert verdict.keep and verdict.signals == {"lang": "und", "lang_score": 0.0}
+
+
+def test_too_few_words_are_und_not_a_guess(identifier):
+    """fastText calls a two-word name some language with confidence; below language.min_words it is "und"."""
+    config = LanguageConfig(allowed=("en",), min_score=0.5)
+    for text in ("Kanye West", "Kim Minji", "Der Hund", "1.1 1.1 1.1 1.1"):
+        verdict = judge_language(text_sample(text), identifier, config)
+        assert verdict.keep and verdict.signals == {"lang": "und", "lang_score": 0.0}, text
+    assert identifier.predict("Kanye West")[0] != "und"  # what the minimum protects against
+    assert judge_language(text_sample("Kanye West"), identifier, LanguageConfig(min_words=2)).signals["lang"] != "und"
+    assert judge_language(text_sample("Der Hund bellt"), identifier, LanguageConfig()).signals["lang"] == "de"
+    assert judge_language(text_sample("一只猫"), identifier, LanguageConfig()).signals["lang"] != "und"  # 3 Han words
+    with pytest.raises(ConfigError, match="min_words"):
+        build_config(LanguageConfig, {"min_words": -1})
+
+
+def test_every_kinds_texts_are_identified(identifier):
+    document = Sample(key="k", source="s", source_id="1", kind="interleaved",
+                      segments=[Segment("text", GERMAN), Segment("image", image_index=0)],
+                      images=[ImageRef(sha256="a")])
+    assert judge_language(document, identifier, LanguageConfig()).signals["lang"] == "de"
+    answer_only = Sample(key="k", source="s", source_id="1", kind="qa", answer=CHINESE)
+    assert judge_language(answer_only, identifier, LanguageConfig()).signals["lang"] == "zh"
 
 
 def test_chat_samples_are_identified_from_their_messages(identifier):

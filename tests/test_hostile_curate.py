@@ -56,10 +56,13 @@ def test_duplicate_key_rejections_name_the_kept_copy(hostile):
     kept, rejected = _rows(out)
     origin = {r["key"]: json.loads(r["signals"])["origin"] for r in kept}
     duplicates = [r for r in rejected if r["reason"] == "duplicate_key"]
-    assert {(r["source"], r["source_id"]) for r in duplicates} == {
-        ("tars", "shared_key"), ("tars", "same_copy"), ("rows", "dup"), ("rows", "rows.jsonl:9"), ("table", "prep")}
+    # only byte-identical raw records are duplicates; records sharing a key with different content are all kept
+    assert {(r["source"], r["source_id"]) for r in duplicates} == {("tars", "same_copy")}
     for r in duplicates:
-        assert origin[r["key"]] in r["detail"]
+        assert origin[r["key"]] in r["detail"] and "an identical copy of it (the same raw record" in r["detail"]
+    renamed = collections.Counter((r["source"], r["source_id"]) for r in kept
+                                  if "renamed_from" in json.loads(r["signals"]))
+    assert renamed == {("tars", "shared_key"): 2, ("rows", "dup"): 2, ("rows", "rows.jsonl:9"): 2, ("table", "prep"): 2}
 
 
 def test_folder_records_keep_dotted_stems_and_plain_uris(hostile):

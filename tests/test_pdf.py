@@ -74,3 +74,26 @@ def test_a_page_too_large_to_render_is_rejected_before_rendering():
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ConfigError, match=f"pdf.{field}"):
         PdfConfig(**{field: value})
+
+
+def test_pdfs_in_a_folder_and_as_their_own_format_curate_to_page_records(tmp_path):
+    import pyarrow.parquet as pq
+
+    from vlmloom.pipelines.curate import curate, load_config
+
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "scans" / "optics.pdf").write_bytes(pdf_bytes(PAGES))
+    (tmp_path / "scans" / "locked.pdf").write_bytes(pdf_bytes([["secret"]], encrypted=True))
+    (tmp_path / "scans" / "notes.md").write_text("not a record")
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "atlas.pdf").write_bytes(pdf_bytes([["Maps of the world", "and their makers"]]))
+    out = tmp_path / "out"
+    report = curate(load_config({"inputs": [{"path": str(tmp_path / "scans"), "name": "scans"},
+                                            {"path": str(tmp_path / "books" / "*.pdf"), "format": "pdf"}],
+                                 "output": str(out), "disable": ["language", "heuristics"]}))
+    kept = sorted((r["source"], r["source_id"], r["kind"]) for r in pq.read_table(out / "manifest").to_pylist())
+    assert kept == [("books", "atlas.pdf#page=1", "ocr")] + [
+        ("scans", f"optics.pdf#page={n}", "ocr") for n in (1, 2, 3)]  # pages of one book are not near duplicates
+    rejected = [(r["source_id"], r["reason"]) for r in pq.read_table(out / "rejected").to_pylist()]
+    assert rejected == [("locked.pdf", "encrypted_pdf")]
+    assert report["by_source"]["scans"]["read"]["ignored_file:md"] == 1
