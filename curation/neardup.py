@@ -24,6 +24,7 @@ from typing import Callable, Generic, Hashable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
+from vlmloom.curation.embeddings import EmbeddingDedupConfig, SemanticTextDedupConfig
 from vlmloom.curation.hashing import EMPTY_MINHASH_VALUE
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.records import Sample
@@ -259,9 +260,12 @@ Member = tuple
 
 
 def sample_member(sample: Sample) -> Member:
-    """(key, pixels of image 0, encoded bytes of image 0, text characters): what the representative rule reads."""
+    """(key, pixels of image 0, encoded bytes of image 0, text characters): what the representative rule reads.
+    For a video record without images, video 0's frame size (filled at decode) and encoded bytes."""
     pixels = int(sample.signals.get("width", 0) or 0) * int(sample.signals.get("height", 0) or 0)
     image_bytes = sample.images[0].nbytes if sample.images else 0
+    if not sample.images and sample.videos:  # a video record: its clip stands where image 0 would (frame size,
+        pixels, image_bytes = sample.videos[0].width * sample.videos[0].height, sample.videos[0].nbytes  # bytes)
     return sample.key, pixels, image_bytes, len(sample.text or "")
 
 
@@ -418,8 +422,12 @@ class DedupConfig:
     # Measured: 12 rounds converge a chain of 3,000 duplicates labelled in order (30,000 in random order),
     # 17 one of 100,000. Unconverged nodes split their cluster (more kept, none lost) and are counted.
     components_max_rounds: int = 12
+    embedding: EmbeddingDedupConfig = EmbeddingDedupConfig()  # video (+ text) embedding dedup; off by default
+    semantic_text: SemanticTextDedupConfig = SemanticTextDedupConfig()  # caption/QA text embedding dedup; off
 
     def validate(self) -> None:
+        self.embedding.validate()
+        self.semantic_text.validate()
         if not 0 <= self.phash_max_distance <= 31:
             raise ConfigError(f"dedup.phash_max_distance ({self.phash_max_distance}) must be within 0..31")
         if self.minhash_num_perm % self.minhash_bands:

@@ -142,6 +142,10 @@ def _dedup_stage(stage: CurateStage, config: CurateConfig, ratio: float):
         exact=config.dedup.exact and config.enabled("exact_dedup"),
         phash=config.dedup.phash and config.enabled("near_dup_image"),
         minhash=config.dedup.minhash and config.enabled("near_dup_text"),
+        embedding=dataclasses.replace(config.dedup.embedding, enabled=config.dedup.embedding.enabled
+                                      and config.enabled("near_dup_embedding")),
+        semantic_text=dataclasses.replace(config.dedup.semantic_text, enabled=config.dedup.semantic_text.enabled
+                                          and config.enabled("near_dup_semantic_text")),
     )
     return dict(dedup_stages(dedup, ratio)).get(stage.name)  # none when every part is off
 
@@ -161,7 +165,8 @@ register_stage(CurateStage("heuristics", 20, "heuristics", optional=True, build=
 register_stage(CurateStage("language", 30, "language", optional=True, build=judge_stage(_LanguageJudge)))
 register_stage(CurateStage("documents", 35, "documents", optional=True, build=_documents_stage))
 register_stage(CurateStage("dedup", 40, "dedup", optional=False, build=_dedup_stage,
-                           parts=("exact_dedup", "near_dup_image", "near_dup_text")))
+                           parts=("exact_dedup", "near_dup_image", "near_dup_text", "near_dup_embedding",
+                                  "near_dup_semantic_text")))
 for _order, _name in enumerate(("clip", "concepts", "contamination", "recaption", "ocr", "grounding"), start=7):
     register_stage(CurateStage(_name, 10 * _order, f"models.{_name}", optional=True, build=_model_stage))
 register_stage(CurateStage("renderable", 200, "", optional=True, build=judge_stage(_RenderableJudge)))

@@ -24,6 +24,17 @@ the sizes the representative rule reads: ~200 bytes), never a sample or an image
 No side input and no global combine carries per-record data (tests/test_pipeline_structure.py checks it, and that
 no dedup shuffle carries a sample or bytes).
 
+Embedding stages (off by default; `EmbeddingDecisions`, judgment in curation/embeddings.py): per record a primary
+and an optional secondary unit vector, computed in a DoFn whose models load in `setup()` (batched), joined by key
+with the surviving rows; random-hyperplane LSH buckets on the primary vector, `cosine_pairs` per bucket (capped:
+`dedup/<stage>_bucket_capped`), then the same components, representative rule and within-threshold decisions.
+  * near_dup_embedding (`dedup.embedding`): primary = video 0's frames through the CLIP image tower (mean,
+    re-normalised; image 0 for image records of the listed kinds), secondary = the kind's texts through the text
+    backend: dropped only when both cosines reach their thresholds with the representative's; records without
+    text are judged on the visual side alone, and only against other records without text;
+  * near_dup_semantic_text (`dedup.semantic_text`): primary = the kind's texts, no secondary.
+Vectors cross the shuffles as float32 arrays (~2 KB a record and LSH table), never a sample or a frame.
+
 Which records may drop which (the pair-aware rule):
   * exact: identical content digest;
   * image: pHash Hamming distance <= phash_max_distance from the representative;
@@ -44,6 +55,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.typehints.native_type_compatibility import convert_to_beam_type
 
 from vlmloom.curation import components, hashing, neardup
+from vlmloom.curation.embeddings import HyperplaneLsh, NearRule, RecordEmbedder, embedding_bucket_edges
 from vlmloom.curation.neardup import DedupConfig, DedupRow
 from vlmloom.pipelines import progress
 from vlmloom.pipelines.shuffle import keyed, sample_key, unpickled
@@ -52,14 +64,16 @@ from vlmloom.schemas.config import config_hash
 from vlmloom.schemas.records import Rejection, Sample
 from vlmloom.schemas.signals import DEDUP_STAGES
 
-EXACT_STAGE, PHASH_STAGE, MINHASH_STAGE = DEDUP_STAGES
+EXACT_STAGE, PHASH_STAGE, MINHASH_STAGE, EMBEDDING_STAGE, SEMANTIC_TEXT_STAGE = DEDUP_STAGES
 COUNTER_NAMESPACE = "dedup"  # dedup/minhash_bucket_capped, dedup/phash_bucket_capped, dedup/<stage>_components_unconverged
-REASONS = {EXACT_STAGE: "exact_duplicate", PHASH_STAGE: "near_duplicate_image", MINHASH_STAGE: "near_duplicate_text"}
+REASONS = {EXACT_STAGE: "exact_duplicate", PHASH_STAGE: "near_duplicate_image", MINHASH_STAGE: "near_duplicate_text",
+           EMBEDDING_STAGE: "near_duplicate_embedding", SEMANTIC_TEXT_STAGE: "near_duplicate_semantic_text"}
 # A decision: (stage, representative). Typed so that Beam codes it as plain strings.
 Decision = Tuple[str, str]
 Edge = Tuple[str, str]
 QualityMember = Tuple[str, int, int, int]  # neardup.DedupRow.member(): what the representative rule reads
 Image = Optional[Tuple[str, str]]  # neardup.DedupRow.image(): (sha256, pHash hex) of image 0, None without one
+Vectors = Tuple[np.ndarray, np.ndarray]  # an embedding stage's (primary, secondary) float32 unit vectors
 
 
 class ConnectedComponents(beam.PTransform):
@@ -351,6 +365,99 @@ class _VerifyPairs(beam.PTransform):
                 | "Verified" >> beam.FlatMap(verify).with_output_types(Tuple[str, str, str, str]))
 
 
+class _EmbedDoFn(beam.DoFn):
+    """Batches of samples → (key, (primary vector, secondary vector)); the models load once per worker in setup()."""
+
+    def __init__(self, stage: str, config):
+        self._stage, self._config = stage, config
+
+    def setup(self):
+        self._embedder = RecordEmbedder(self._config)
+        self._embedder.load()
+        self._failed = Metrics.counter(COUNTER_NAMESPACE, f"{self._stage}_not_embedded")
+
+    def process(self, batch):
+        found = self._embedder.embed(batch)
+        if len(found) < len(batch):  # undecodable frames: such a record takes no part in this stage
+            self._failed.inc(len(batch) - len(found))
+        for key, primary, secondary in found:
+            yield key, (primary, secondary)
+
+
+class _LshBuckets:
+    """A primary vector → its LSH bucket keys ("table:bucket"); the hyperplanes are built once per dimension."""
+
+    def __init__(self, bits: int, tables: int, seed: int):
+        self._bits, self._tables, self._seed = bits, tables, seed
+        self._planes: dict[int, tuple[HyperplaneLsh, np.ndarray]] = {}
+
+    def __call__(self, vector: np.ndarray) -> list[str]:
+        if len(vector) not in self._planes:
+            lsh = HyperplaneLsh(dim=len(vector), bits=self._bits, tables=self._tables, seed=self._seed)
+            self._planes[len(vector)] = (lsh, lsh.planes)
+        lsh, planes = self._planes[len(vector)]
+        return lsh.bucket_keys(vector, planes)
+
+    def __getstate__(self):
+        return self._bits, self._tables, self._seed
+
+    def __setstate__(self, state):
+        self.__init__(*state)
+
+
+def _near_rule(rule: NearRule):
+    near = lambda _member, payload, _rep, rep_payload: rule(payload, rep_payload)  # noqa: E731
+    return lambda members: near
+
+
+class EmbeddingDecisions(beam.PTransform):
+    """(rows, samples) → (key, representative): embedding clusters (see the module docstring), for
+    `dedup.embedding` (visual + text) or `dedup.semantic_text` (text alone)."""
+
+    def __init__(self, stage: str, config, max_bucket_pairs: int, max_rounds: int = 12):
+        super().__init__()
+        self._stage, self._cfg, self._max_pairs, self._rounds = stage, config, max_bucket_pairs, max_rounds
+        if stage == EMBEDDING_STAGE:
+            self._rule = NearRule(config.visual_threshold, config.text_threshold)
+        else:
+            self._rule = NearRule(config.threshold)
+
+    def expand(self, inputs):
+        rows, samples = inputs
+        cfg, stage, rule, max_pairs = self._cfg, self._stage, self._rule, self._max_pairs
+        vectors = (samples
+                   | "Applies" >> beam.Filter(RecordEmbedder(cfg).applies)
+                   | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=cfg.batch_size)
+                   | "Embed" >> beam.ParDo(_EmbedDoFn(stage, cfg)).with_output_types(Tuple[str, Vectors]))
+        buckets_of = _LshBuckets(cfg.lsh_bits, cfg.lsh_tables, cfg.lsh_seed)
+
+        def with_vectors(element):
+            key, joined = element
+            found, vecs = list(joined["row"]), list(joined["vec"])
+            if not found or not vecs:
+                return
+            row, (primary, secondary) = found[0], vecs[0]
+            yield beam.pvalue.TaggedOutput("members", (key, [(row.member(), (primary, secondary))]))
+            for bucket in buckets_of(primary):
+                yield bucket, (key, primary, secondary)
+
+        joined = ({"row": rows | "RowByKey" >> beam.Map(lambda r: (r.key, r)).with_output_types(Tuple[str, DedupRow]),
+                   "vec": vectors}
+                  | "JoinVectors" >> beam.CoGroupByKey()
+                  | "Buckets" >> beam.FlatMap(with_vectors).with_outputs("members", main="buckets"))
+        members = _typed(joined["members"], Tuple[str, List[Tuple[QualityMember, Vectors]]])
+        buckets = _typed(joined["buckets"], Tuple[str, Tuple[str, np.ndarray, np.ndarray]])
+        labels = (buckets
+                  | "GroupByBucket" >> beam.GroupByKey()
+                  | "Pairs" >> beam.MapTuple(lambda _, bucket: embedding_bucket_edges(list(bucket), rule, max_pairs))
+                  | "CountCapped" >> beam.FlatMap(_counted(f"{stage}_bucket_capped")).with_output_types(Edge)
+                  | "Components" >> ConnectedComponents(stage, self._rounds, str))
+        return (_members_by_group("Key", members, labels, Tuple[QualityMember, Vectors])
+                | "GroupByCluster" >> beam.GroupByKey()
+                | "Decide" >> beam.ParDo(_ChainCountingDecisions(f"{stage}_chain_kept", _near_rule(rule)))
+                .with_output_types(Decision))
+
+
 class DedupDecisions(beam.PTransform):
     """PCollection[Sample] → PCollection[(key, (stage, representative))]: every record a dedup stage drops, the
     stages chained on metadata (each reads the rows the previous one kept)."""
@@ -361,7 +468,9 @@ class DedupDecisions(beam.PTransform):
 
     def stages(self) -> list[str]:
         cfg = self._cfg
-        return [s for s, on in ((EXACT_STAGE, cfg.exact), (PHASH_STAGE, cfg.phash), (MINHASH_STAGE, cfg.minhash)) if on]
+        return [s for s, on in ((EXACT_STAGE, cfg.exact), (PHASH_STAGE, cfg.phash), (MINHASH_STAGE, cfg.minhash),
+                                (EMBEDDING_STAGE, cfg.embedding.enabled),
+                                (SEMANTIC_TEXT_STAGE, cfg.semantic_text.enabled)) if on]
 
     def expand(self, samples):
         cfg = self._cfg
@@ -373,8 +482,12 @@ class DedupDecisions(beam.PTransform):
             elif stage == PHASH_STAGE:
                 found = rows | PHASH_STAGE >> PhashDecisions(cfg.phash_max_distance, cfg.max_bucket_pairs,
                                                              cfg.components_max_rounds)
-            else:
+            elif stage == MINHASH_STAGE:
                 found = (rows, samples) | MINHASH_STAGE >> MinhashDecisions(cfg)
+            else:
+                found = (rows, samples) | stage >> EmbeddingDecisions(
+                    stage, cfg.embedding if stage == EMBEDDING_STAGE else cfg.semantic_text, cfg.max_bucket_pairs,
+                    cfg.components_max_rounds)
             decided.append(found | f"{stage}Tag" >> beam.MapTuple(
                 lambda key, rep, stage=stage: (key, (stage, rep))).with_output_types(Tuple[str, Decision]))
             if stage != self.stages()[-1]:

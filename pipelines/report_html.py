@@ -16,10 +16,10 @@ from vlmloom.pipelines.report import iter_parts, rows_for_keys
 from vlmloom.pipelines.thumbnails import benchmark_items, kept_records, kept_thumbnails, rejected_records
 from vlmloom.schemas import charts, curated
 from vlmloom.schemas.charts import esc
+from vlmloom.schemas.signals import DEDUP_STAGES  # every dedup stage, the embedding ones too
 
 EXAMPLES_PER_REASON = 3
 NEAR_DUPLICATE_PAIRS = 12
-DEDUP_STAGES = ("exact_dedup", "near_dup_image", "near_dup_text")
 HISTOGRAM_TITLES = {"width": "Image width (px)", "height": "Image height (px)", "aspect_ratio": "Aspect ratio (w/h)",
                     "text_chars": "Text length (characters)"}
 SECTION_HISTOGRAMS = {"clip": "CLIP score", "ocr_char_accuracy": "OCR character accuracy",

@@ -31,7 +31,7 @@ class Signal:
 ORIGIN_SIGNAL = "origin"
 RAW_DIGEST_SIGNAL = "raw_sha256"
 RENAMED_SIGNAL = "renamed_from"
-DEDUP_STAGES = ("exact_dedup", "near_dup_image", "near_dup_text")
+DEDUP_STAGES = ("exact_dedup", "near_dup_image", "near_dup_text", "near_dup_embedding", "near_dup_semantic_text")
 
 SIGNALS: dict[str, Signal] = {
     ORIGIN_SIGNAL: Signal(str, "read", "where the raw record was read (file#member, FILE:LINE, file:rowN); "

@@ -62,7 +62,9 @@ def _every_stage_config(tmp_path) -> dict:
     return {
         "inputs": [{"path": str(manifest)}],
         "output": str(tmp_path / "out"),
-        "dedup": {"exact": True, "phash": True, "minhash": True},
+        "dedup": {"exact": True, "phash": True, "minhash": True,
+                  "embedding": {"enabled": True, "visual_model_path": clip_dir, "text_backend": "hashing"},
+                  "semantic_text": {"enabled": True, "backend": "hashing"}},
         "models": {
             "clip": {"enabled": True, "model_path": clip_dir, "top_fraction": 0.5},
             "concepts": {"enabled": True},
@@ -92,7 +94,8 @@ def _walk(pipeline) -> list:
 def test_every_stage_is_on(tmp_path):
     stages, _ = _graph(tmp_path)
     assert stages[1:] == ["decode", "heuristics", "language", "documents", "exact_dedup", "near_dup_image", "near_dup_text",
-                          "clip", "concepts", "contamination", "recaption", "ocr", "grounding", "renderable"]
+                          "near_dup_embedding", "near_dup_semantic_text", "clip", "concepts", "contamination", "recaption",
+                          "ocr", "grounding", "renderable"]
 
 
 def test_no_side_input_or_global_combine_carries_per_record_data(tmp_path):

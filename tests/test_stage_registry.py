@@ -14,7 +14,7 @@ from vlmloom.schemas.signals import LIBRARY_STAGES
 
 LIBRARY = ["download", "decode", "heuristics", "language", "documents", "dedup", "clip", "concepts", "contamination", "recaption",
            "ocr", "grounding", "renderable"]
-DEDUP_PARTS = ("exact_dedup", "near_dup_image", "near_dup_text")
+DEDUP_PARTS = ("exact_dedup", "near_dup_image", "near_dup_text", "near_dup_embedding", "near_dup_semantic_text")
 
 
 def test_every_library_stage_is_registered_once_in_order():
