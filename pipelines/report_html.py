@@ -130,8 +130,9 @@ def render_html(out_dir: str, report: dict[str, Any], input_paths: dict[str, lis
             "sources", "Kept and rejected per source", names,
             {"kept": [by_source[n]["kept"] for n in names], "rejected": [by_source[n]["rejected"] for n in names]},
             value_format="{:g}") + "</div>" + charts.table(
-            ["source", "kept", "rejected", "rejected by reason"],
-            [(n, v["kept"], v["rejected"], ", ".join(f"{k}={c}" for k, c in v["reasons"].items()) or "—")
+            ["source", "kept", "rejected", "rejected by reason", "read (files, records, what was not used)"],
+            [(n, v["kept"], v["rejected"], ", ".join(f"{k}={c}" for k, c in v["reasons"].items()) or "—",
+              ", ".join(f"{k}={c}" for k, c in sorted((v.get("read") or {}).items())) or "—")
              for n, v in by_source.items()]) + "</section>")
 
     figs = [charts.histogram_chart(name, HISTOGRAM_TITLES.get(name, name), h)

@@ -113,6 +113,9 @@ def test_every_format_is_read_and_nothing_is_silent(mix):
     assert read["rows"] == {"read_file:jsonl": 2, "records": 2}
     assert read["hf"] == {"read_file:arrow": 1, "records": 2}
     assert read["annotations"] == {"read_file:json": 2, "records": 1}
+    html = (out / "report.html").read_text(encoding="utf-8")  # the same counts, per source, on the page
+    assert "ignored_member:npy=1, read_file:tar=1, records=2" in html
+    assert "ignored_file:bin=1, ignored_file:md=1, records=1" in html
 
 
 def test_curated_records_keep_what_their_format_said(mix):
