@@ -5,8 +5,9 @@ only the stored width/height: tested against the real processor (tests/test_pack
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from vlmloom.schemas.video import resized_sides
 
 
 class ImageSizeError(ValueError):
@@ -33,27 +34,9 @@ class VisionConfig:
 
 def smart_resize(height: int, width: int, config: VisionConfig) -> tuple[int, int]:
     """The (height, width) the processor resizes to: multiples of patch×merge, pixel count within [min, max]."""
-    factor = config.patch_size * config.merge_size
-    frames = config.temporal_patch_size
-    if height <= 0 or width <= 0:
-        raise ImageSizeError(f"image size {width}x{height} has an empty side")
-    if height < factor or width < factor:
-        scale = max(factor / height, factor / width)
-        height, width = int(height * scale), int(width * scale)
-    if max(height, width) / min(height, width) > 200:
-        raise ImageSizeError(f"aspect ratio {max(height, width) / min(height, width):.1f} exceeds 200")
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    t_bar = round(frames / config.temporal_patch_size) * config.temporal_patch_size
-    if t_bar * h_bar * w_bar > config.max_pixels:
-        beta = math.sqrt((frames * height * width) / config.max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif t_bar * h_bar * w_bar < config.min_pixels:
-        beta = math.sqrt(config.min_pixels / (frames * height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
+    return resized_sides(config.temporal_patch_size, height, width, factor=config.patch_size * config.merge_size,
+                         temporal=config.temporal_patch_size, min_pixels=config.min_pixels,
+                         max_pixels=config.max_pixels, error=ImageSizeError, what="image")
 
 
 def image_grid_thw(width: int, height: int, config: VisionConfig = VisionConfig()) -> tuple[int, int, int]:

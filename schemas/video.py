@@ -77,26 +77,34 @@ def smart_resize(num_frames: int, height: int, width: int,
                  sampling: VideoSampling = VideoSampling()) -> tuple[int, int]:
     """(height, width) every sampled frame is resized to: video_processing_glm4v.smart_resize with
     temporal_factor = temporal_patch_size and factor = patch × merge."""
-    factor = sampling.patch_size * sampling.merge_size
     temporal = sampling.temporal_patch_size
     if num_frames < temporal:
         raise VideoSizeError(f"{num_frames} frames; at least {temporal} are needed")
+    return resized_sides(num_frames, height, width, factor=sampling.patch_size * sampling.merge_size,
+                         temporal=temporal, min_pixels=sampling.min_pixels, max_pixels=sampling.max_pixels,
+                         error=VideoSizeError, what="video")
+
+
+def resized_sides(num_frames: int, height: int, width: int, *, factor: int, temporal: int, min_pixels: int,
+                  max_pixels: int, error: type[ValueError] = VideoSizeError, what: str = "video") -> tuple[int, int]:
+    """The GLM-4.1V processors' smart resize, for images (num_frames = temporal) and videos alike: sides rounded to
+    multiples of `factor`, the (frames × height × width) volume brought within [min_pixels, max_pixels]."""
     if height <= 0 or width <= 0:
-        raise VideoSizeError(f"video size {width}x{height} has an empty side")
+        raise error(f"{what} size {width}x{height} has an empty side")
     if height < factor or width < factor:
         scale = max(factor / height, factor / width)
         height, width = int(height * scale), int(width * scale)
     if max(height, width) / min(height, width) > 200:
-        raise VideoSizeError(f"aspect ratio {max(height, width) / min(height, width):.1f} exceeds 200")
+        raise error(f"aspect ratio {max(height, width) / min(height, width):.1f} exceeds 200")
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     t_bar = round(num_frames / temporal) * temporal
-    if t_bar * h_bar * w_bar > sampling.max_pixels:
-        beta = math.sqrt((num_frames * height * width) / sampling.max_pixels)
+    if t_bar * h_bar * w_bar > max_pixels:
+        beta = math.sqrt((num_frames * height * width) / max_pixels)
         h_bar = max(factor, math.floor(height / beta / factor) * factor)
         w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif t_bar * h_bar * w_bar < sampling.min_pixels:
-        beta = math.sqrt(sampling.min_pixels / (num_frames * height * width))
+    elif t_bar * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (num_frames * height * width))
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
     return h_bar, w_bar
