@@ -14,6 +14,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from vlmloom.curation import documents
+from vlmloom.curation.base import Verdict
 from vlmloom.curation.documents import DocumentConfig, image_identity, remove_images
 from vlmloom.pipelines import progress
 from vlmloom.pipelines.shuffle import keyed, sample_key, unpickled
@@ -37,6 +38,10 @@ def _removals(element, limit: int):
             yield key, identity
 
 
+def _nothing_removed(sample: Sample) -> tuple[Sample, list[str]]:
+    return sample, []
+
+
 def _with_removals(element):
     _, joined = element
     for sample in unpickled(joined["sample"]):
@@ -52,6 +57,8 @@ class _Decide:
 
     def __call__(self, element):
         sample, repeated = element
+        if sample.kind not in self._config.kinds:
+            return sample, Verdict.ok()
         wanted = set(repeated)
         indices = {i for i in range(len(sample.images)) if image_identity(sample, i) in wanted}
         if indices:
@@ -80,10 +87,11 @@ class DocumentRules(beam.PTransform):
             joined = ({"sample": documents_ | "ByKey" >> keyed(sample_key), "remove": removals}
                       | "JoinRemovals" >> beam.CoGroupByKey() | "WithRemovals" >> beam.FlatMap(_with_removals))
         else:
-            joined = documents_ | "NoRemovals" >> beam.Map(lambda sample: (sample, []))
-        kept, rejected = route(joined, "Route", STAGE, Fixed(_Decide(self._config)), self._hash,
+            joined = documents_ | "NoRemovals" >> beam.Map(_nothing_removed)
+        # Every record is routed (kept counts and lineage like every stage); only documents are judged.
+        routed = (joined, others | "Others" >> beam.Map(_nothing_removed)) | "WithOthers" >> beam.Flatten()
+        kept, rejected = route(routed, "Route", STAGE, Fixed(_Decide(self._config)), self._hash,
                                max_error_ratio=self._max_error_ratio)
-        return {KEPT: (kept, others) | "WithOthers" >> beam.Flatten(),
-                REJECTED: rejected | "MergeRejected" >> beam.Flatten()}
+        return {KEPT: kept, REJECTED: rejected | "MergeRejected" >> beam.Flatten()}
 
 

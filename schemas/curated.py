@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlmloom.schemas import formats
-from vlmloom.schemas.files import LOCAL_FILES, Files
+from vlmloom.schemas.files import LOCAL_FILES, Files, read_json
 from vlmloom.schemas.records import REJECTION_SCHEMA, RecordError, Rejection, Sample
 from vlmloom.schemas.tars import iter_tar_groups, tar_bytes
 
@@ -215,11 +215,7 @@ def report_html_path(directory: str, files: Files = LOCAL_FILES) -> str:
 
 def read_report(directory: str, files: Files = LOCAL_FILES) -> dict[str, Any] | None:
     """report.json of a curated directory, or None when it has none."""
-    path = report_path(directory, files)
-    if not files.exists(path):
-        return None
-    with files.open(path) as fh:
-        return json.loads(fh.read().decode("utf-8"))
+    return read_json(report_path(directory, files), files)
 
 
 def report_stats_dir(directory: str, files: Files = LOCAL_FILES) -> str:

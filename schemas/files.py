@@ -9,8 +9,9 @@ Beam and pipelines/ reaches object stores through the same readers.
 from __future__ import annotations
 
 import glob
+import json
 import os
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 
 class Files(Protocol):
@@ -44,3 +45,11 @@ class LocalFiles:
 
 
 LOCAL_FILES = LocalFiles()
+
+
+def read_json(path: str, files: Files = LOCAL_FILES) -> Any | None:
+    """The JSON document at `path`, or None when there is none (report.json, pack_report.json)."""
+    if not files.exists(path):
+        return None
+    with files.open(path) as fh:
+        return json.loads(fh.read().decode("utf-8"))

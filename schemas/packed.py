@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlmloom.schemas import formats
-from vlmloom.schemas.files import LOCAL_FILES, Files
+from vlmloom.schemas.files import LOCAL_FILES, Files, read_json
 from vlmloom.schemas.records import RecordError
 from vlmloom.schemas.tars import iter_tar_groups
 
@@ -190,11 +190,7 @@ def read_rejections(directory: str, files: Files = LOCAL_FILES) -> list[dict[str
 
 def read_report(directory: str, files: Files = LOCAL_FILES) -> dict[str, Any] | None:
     """pack_report.json, or None when the directory has none."""
-    path = report_path(directory, files)
-    if not files.exists(path):
-        return None
-    with files.open(path) as fh:
-        return json.loads(fh.read().decode("utf-8"))
+    return read_json(report_path(directory, files), files)
 
 
 def entry_members(directory: str, shard: str, index: int, key: str, extensions: tuple[str, ...],
