@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 from beam_runners import RUNNERS
+from vlmloom.demo.media import moving_shape_video
+from vlmloom.demo.pdfs import pdf_bytes
 from vlmloom.pipelines.curate import curate, load_config
 from vlmloom.pipelines.sources import InputConfig, check_every_input_read
 from vlmloom.schemas.config import ConfigError
@@ -75,6 +77,10 @@ def build_mix(root) -> list[dict]:
     os.makedirs(root / "pics")
     (root / "pics" / "p.jpg").write_bytes(jpeg(7))
     (root / "pics" / "p.txt").write_text("a picture with a sidecar")
+    # a clip and a PDF beside the picture: the folder reader makes a video record and an ocr record per page
+    (root / "pics" / "clip.mp4").write_bytes(moving_shape_video("disc", "red", "left to right", 12, 8, 64))
+    (root / "pics" / "clip.txt").write_text("a red disc moves from left to right")
+    (root / "pics" / "scan.pdf").write_bytes(pdf_bytes([["A scanned page", "with two lines"]]))
     (root / "pics" / "README.md").write_text("not a record")
     (root / "pics" / "notes.bin").write_bytes(b"\0\1")
     return [{"path": str(root / "wds")}, {"path": str(root / "hf")},
@@ -97,25 +103,26 @@ def test_every_format_is_read_and_nothing_is_silent(mix):
     _, _, out, report = mix
     kept = pq.read_table(out / "manifest").to_pylist()
     rejected = pq.read_table(out / "rejected").to_pylist()
-    assert report["accounting"]["balanced"] and report["accounting"]["input_records"] == 12
+    assert report["accounting"]["balanced"] and report["accounting"]["input_records"] == 14
     assert sorted((r["source"], r["source_id"], r["kind"]) for r in kept) == [
         ("annotations", "1", "caption"), ("hf", "hf/data-00000-of-00001.arrow:row0", "caption"),
         ("hf", "hf/data-00000-of-00001.arrow:row1", "caption"),
         ("llava", "000000033471", "qa"), ("llava", "000000033471", "qa"), ("llava", "000000033471", "qa"),
-        ("mmc4", "docs_shard_0_v2.jsonl:1", "interleaved"), ("pics", "p", "caption"),
+        ("mmc4", "docs_shard_0_v2.jsonl:1", "interleaved"), ("pics", "clip", "video"), ("pics", "p", "caption"),
+        ("pics", "scan.pdf#page=1", "ocr"),
         ("rows", "r0", "qa"), ("rows", "r1", "qa"), ("wds", "w0", "caption")]
     assert [(r["source"], r["source_id"], r["reason"]) for r in rejected] == [("wds", "w1", "empty_record")]
     assert len({r["key"] for r in kept}) == len(kept)  # three LLaVA questions: three keys
     read = {name: entry["read"] for name, entry in report["by_source"].items()}
     assert read["wds"] == {"ignored_member:npy": 1, "read_file:tar": 1, "records": 2}
-    assert read["pics"] == {"ignored_file:bin": 1, "ignored_file:md": 1, "records": 1}
+    assert read["pics"] == {"ignored_file:bin": 1, "ignored_file:md": 1, "records": 3}
     assert read["llava"] == {"read_file:json": 1, "records": 3, "renamed_key": 3}
     assert read["rows"] == {"read_file:jsonl": 2, "records": 2}
     assert read["hf"] == {"read_file:arrow": 1, "records": 2}
     assert read["annotations"] == {"read_file:json": 2, "records": 1}
     html = (out / "report.html").read_text(encoding="utf-8")  # the same counts, per source, on the page
     assert "ignored_member:npy=1, read_file:tar=1, records=2" in html
-    assert "ignored_file:bin=1, ignored_file:md=1, records=1" in html
+    assert "ignored_file:bin=1, ignored_file:md=1, records=3" in html
 
 
 def test_curated_records_keep_what_their_format_said(mix):
