@@ -275,3 +275,37 @@ def video_refs_from_row(row: dict[str, Any], where: str, open_relative, image_ro
     except (OSError, ValueError) as exc:
         raise InvalidRecord("missing_video_file", f"{where}: {path}: {type(exc).__name__}: {exc}") from None
     return [VideoRef(bytes=data, uri=path)]
+
+
+def frame_strip(data: bytes, frames: int = 4, height: int = 72, max_decoded: int = 2000) -> bytes | None:
+    """A JPEG of `frames` evenly spaced frames side by side (each `height` px high), for people reading a report;
+    None when the clip does not decode. Decodes at most `max_decoded` frames, one held at a time."""
+    import av
+    from PIL import Image
+
+    try:
+        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+            stream = container.streams.video[0]
+            total = stream.frames or 0
+            wanted = {round(i * (total - 1) / max(frames - 1, 1)) for i in range(frames)} if total > 1 else {0}
+            picked = []
+            for index, frame in enumerate(container.decode(stream)):
+                if index in wanted:
+                    # a copy of the pixels: PyAV may reuse a frame's buffer for the next decoded frame
+                    image = Image.fromarray(frame.to_ndarray(format="rgb24").copy())
+                    image.thumbnail((height * 4, height))
+                    picked.append(image)
+                if len(picked) >= len(wanted) or index + 1 >= max_decoded:
+                    break
+    except Exception:  # noqa: BLE001 - a report shows no strip for a clip that does not decode; curate judged it
+        return None
+    if not picked:
+        return None
+    strip = Image.new("RGB", (sum(i.width for i in picked) + 2 * (len(picked) - 1), height), (255, 255, 255))
+    x = 0
+    for image in picked:
+        strip.paste(image, (x, 0))
+        x += image.width + 2
+    out = io.BytesIO()
+    strip.save(out, "JPEG", quality=80)
+    return out.getvalue()

@@ -13,7 +13,8 @@ import json
 from typing import Any
 
 from vlmloom.pipelines.report import iter_parts, rows_for_keys
-from vlmloom.pipelines.thumbnails import benchmark_items, kept_records, kept_thumbnails, rejected_records
+from vlmloom.pipelines.thumbnails import benchmark_items, kept_records, kept_thumbnails, kept_video_strips, \
+    rejected_records
 from vlmloom.schemas import charts, curated
 from vlmloom.schemas.charts import esc
 from vlmloom.schemas.signals import DEDUP_STAGES  # every dedup stage, the embedding ones too
@@ -189,6 +190,12 @@ def render_html(out_dir: str, report: dict[str, Any], input_paths: dict[str, lis
 
     thumbs = "".join(charts.thumb(url, key) for key, url in kept_thumbnails(out_dir))
     body.append(f"<h2>Kept samples</h2><section>{thumbs or '<p>none</p>'}</section>")
+    # the report's kind counts say whether any video was kept: without one no manifest part is read for strips
+    strips = kept_video_strips(out_dir) if (report.get("kinds") or {}).get("video") else []
+    if strips:
+        body.append("<h2>Kept videos</h2><section class='strips'>" + "".join(
+            f"<figure><img src='{url}' alt='frames of {esc(key)}'><figcaption>{esc(key)}</figcaption></figure>"
+            for key, url in strips) + "</section>")
     body.append("<h2>Details</h2><section><details><summary>kinds, model stages, counters, config</summary><pre>"
                 + esc(json.dumps({k: report.get(k) for k in ("kinds", "sections", "disabled_model_stages", "counters",
                                                              "config")}, indent=1, sort_keys=True, default=str))

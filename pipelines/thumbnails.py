@@ -1,6 +1,7 @@
 """Thumbnails (and texts) for the HTML report, read back from what the job wrote and from its inputs.
 
     kept_thumbnails(out_dir)                       → [(key, data URL)] of image 0 of the first kept samples
+    kept_video_strips(out_dir)                     → [(key, data URL)] frame strips of the first kept videos
     kept_records(out_dir, manifest, keys)          → {key: Shown} for chosen kept samples (e.g. dedup representatives)
     rejected_records(input_paths, wanted)          → {(source, source_id): Shown} for a few rejected records,
                                                      re-read from the webdataset tar inputs
@@ -84,6 +85,30 @@ def kept_thumbnails(out_dir: str, limit: int = 12) -> list[tuple[str, str]]:
                 if len(out) >= limit:
                     break
     return out
+
+
+def kept_video_strips(out_dir: str, limit: int = 6) -> list[tuple[str, str]]:
+    """(key, data URL of a frame strip) of the first kept video records: the manifest's parts are read (key and kind
+    only) until `limit` are found, then only their shards."""
+    from vlmloom.curation.video import frame_strip
+
+    keys: set[str] = set()
+    for rows in curated.iter_parts(out_dir, "manifest", ["key", "kind"], BEAM_FILES):
+        keys.update(row["key"] for row in rows if row["kind"] == "video")
+        if len(keys) >= limit:
+            break
+    keys = set(sorted(keys)[:limit])
+    if not keys:
+        return []
+    found = []
+    for row in curated.rows_for_keys(out_dir, "manifest", keys, ["key", "shard"], BEAM_FILES):
+        with FileSystems.open(curated.shard_path(out_dir, row["shard"], BEAM_FILES)) as fh:
+            for sample in curated.iter_shard_samples(io.BytesIO(fh.read())):
+                if sample.key == row["key"] and sample.videos and sample.videos[0].bytes:
+                    strip = frame_strip(sample.videos[0].bytes)
+                    if strip:
+                        found.append((sample.key, "data:image/jpeg;base64," + base64.b64encode(strip).decode()))
+    return sorted(found)
 
 
 def kept_records(out_dir: str, manifest: list[dict], keys: set[str]) -> dict[str, Shown]:

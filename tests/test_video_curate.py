@@ -71,6 +71,8 @@ def test_curate_and_pack_video_inputs(tmp_path):
                                    {"path": str(tmp_path / "m" / "rows.jsonl"), "name": "manifest"}],
                         "output": out}))
     report = json.load(open(f"{out}/report.json"))  # the kept clips: 2 s @ 10, 3 s @ 5, 1.5 s @ 8 fps, 64×64
+    html = open(f"{out}/report.html", encoding="utf-8").read()
+    assert "<h2>Kept videos</h2>" in html and html.count("alt='frames of ") == 3  # a frame strip per kept clip
     assert report["sections"]["video_duration"]["count"] == 3
     assert report["sections"]["video_duration"]["mean"] == pytest.approx((2.0 + 3.0 + 1.5) / 3, abs=1e-4)
     assert report["sections"]["video_fps"]["histogram"]["counts"] == [2, 1, 0, 0, 0, 0]
@@ -100,3 +102,18 @@ def test_curate_and_pack_video_inputs(tmp_path):
     assert sorted(v for r in records for v in r["videos"]) == sorted([clip, other, third])
     assert all(len(r["video_frame_indices"]) == 2 * int(np.asarray(r["video_grid_thw"]).reshape(-1, 3)[:, 0].sum())
                for r in records)
+
+
+def test_frame_strip_shows_the_clip_moving():
+    from PIL import Image
+
+    from vlmloom.curation.video import frame_strip
+    from vlmloom.demo.media import moving_shape_video
+
+    strip = Image.open(io.BytesIO(frame_strip(moving_shape_video("square", "red", "left to right", 20, 10, 64))))
+    assert strip.size == (4 * 64 + 3 * 2, 72)  # 4 frames of 64 px (thumbnails never enlarge), 2 px apart
+    panels = [np.asarray(strip.convert("L"))[:, i * 66:i * 66 + 64] for i in range(4)]
+    # the dark square's column moves right from panel to panel
+    columns = [float(np.flatnonzero((p < 150).any(axis=0)).mean()) for p in panels]
+    assert columns == sorted(columns) and columns[-1] - columns[0] > 20, columns
+    assert frame_strip(b"not a video") is None
