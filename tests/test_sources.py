@@ -33,7 +33,7 @@ def test_folder_and_jsonl_inputs(tmp_path):
     lines = [json.dumps({"id": "x", "image_path": "imgs/x.jpg", "caption": "green dots on paper"}),
              json.dumps({"id": "y", "image_path": "imgs/missing.jpg", "caption": "gone"}),
              "{broken json",
-             json.dumps({"id": "z", "caption": "text only question", "kind": "qa"})]
+             json.dumps({"id": "z", "caption": "text only question?", "answer": "yes", "kind": "qa"})]
     (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
 
     out = tmp_path / "out"
