@@ -7,6 +7,7 @@ and images that many documents repeat (logos, ads, tracking pixels) taken out of
 Counting how many documents hold an image is a global figure: `pipelines/documents.py` counts image hashes
 across the corpus (metadata only) and calls `remove_images` on the documents that hold a repeated one. A
 document left without images follows its kind's rule (`interleaved` needs none), then `documents.min_images`.
+Which kinds are documents is the kinds table's (`annotated_by` "documents"); `documents.kinds` chooses others.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from vlmloom.schemas.config import ConfigError
+from vlmloom.schemas.kinds import check_kind_selection, kinds_annotated_by, sample_texts
 from vlmloom.schemas.records import Sample, Segment
 
 from .base import Verdict
@@ -23,7 +25,7 @@ STAGE = "documents"
 
 @dataclass(frozen=True, kw_only=True)
 class DocumentConfig:
-    kinds: tuple[str, ...] = ("interleaved",)  # kinds these rules judge; others pass untouched
+    kinds: tuple[str, ...] = ()  # kinds these rules judge (others pass untouched); () = the kinds table's (interleaved)
     min_images: int = 0  # fewer images (after repeated ones are removed) → too_few_images; 0 allows text-only
     max_images: int = 64  # more images → too_many_images
     min_text_chars_per_image: int = 0  # text characters per image below this → too_little_text_per_image; 0 disables
@@ -33,9 +35,14 @@ class DocumentConfig:
         if self.min_images < 0 or self.max_images < self.min_images:
             raise ConfigError(f"documents.min_images ({self.min_images}) must be ≥ 0 and ≤ documents.max_images "
                               f"({self.max_images})")
+        check_kind_selection("documents.kinds", self.kinds)
         if self.min_text_chars_per_image < 0 or self.max_repeated_image_documents < 0:
             raise ConfigError("documents.min_text_chars_per_image and documents.max_repeated_image_documents "
                               "must be ≥ 0")
+
+
+    def selected_kinds(self) -> tuple[str, ...]:
+        return self.kinds or kinds_annotated_by(STAGE)
 
 
 def image_identity(sample: Sample, index: int) -> str:
@@ -45,8 +52,8 @@ def image_identity(sample: Sample, index: int) -> str:
 
 
 def document_text_chars(sample: Sample) -> int:
-    text = sum(len(s.text or "") for s in sample.segments if s.type == "text")
-    return text if sample.segments else len(sample.text or "")
+    """Characters of the texts the kinds table names for the record (a document's text segments)."""
+    return sum(len(text) for text in sample_texts(sample))
 
 
 def remove_images(sample: Sample, indices: set[int]) -> Sample:
@@ -60,7 +67,7 @@ def remove_images(sample: Sample, indices: set[int]) -> Sample:
 
 
 def judge(sample: Sample, config: DocumentConfig) -> Verdict:
-    if sample.kind not in config.kinds:
+    if sample.kind not in config.selected_kinds():
         return Verdict.ok()
     images = len(sample.images)
     chars = document_text_chars(sample)

@@ -53,11 +53,12 @@ class _Decide:
 
     def __init__(self, config: DocumentConfig):
         self._config = config
+        self._kinds = config.selected_kinds()
         self._removed = progress.counter(STAGE, "repeated_images_removed")
 
     def __call__(self, element):
         sample, repeated = element
-        if sample.kind not in self._config.kinds:
+        if sample.kind not in self._kinds:
             return sample, Verdict.ok()
         wanted = set(repeated)
         indices = {i for i in range(len(sample.images)) if image_identity(sample, i) in wanted}
@@ -76,7 +77,7 @@ class DocumentRules(beam.PTransform):
 
     def expand(self, samples):
         # Only documents take part: other records pass around the stage's join untouched.
-        kinds = self._config.kinds
+        kinds = self._config.selected_kinds()
         documents_, others = samples | "SplitDocuments" >> beam.Partition(
             lambda sample, _: 0 if sample.kind in kinds else 1, 2)
         limit = self._config.max_repeated_image_documents

@@ -26,7 +26,7 @@ IMAGE_PLACEHOLDER = "<image>"  # where a chat turn places an image; structure, n
 NEEDS = {"": "", "text": "empty_text", "answer": "no_assistant_turn"}
 TEXT_RULES = ("caption", "document")  # the heuristics' rule sets (curation/filters.py)
 RENDERINGS = ("pretrain", "chat", "video")  # pack's renderings (packing/builder.py registers one renderer each)
-ANNOTATING_STAGES = ("clip", "concepts", "recaption", "ocr", "grounding")  # model stages that select kinds
+ANNOTATING_STAGES = ("clip", "concepts", "recaption", "ocr", "grounding", "documents")  # stages that select kinds
 
 
 def _turn_texts(sample: Sample) -> list[str]:
@@ -143,7 +143,8 @@ register(Kind("caption", min_images=1, needs="text", text_rules="caption", texts
               dedup_content=_first_image_or_text, render="pretrain",
               annotated_by=frozenset({"clip", "concepts", "recaption"}), image_is_content=True))
 register(Kind("interleaved", min_images=0, needs="text", text_rules="document", texts=_segment_texts,
-              dedup_content=_document_content, render="pretrain", annotated_by=frozenset({"concepts"})))
+              dedup_content=_document_content, render="pretrain",
+              annotated_by=frozenset({"concepts", "documents"})))
 register(Kind("ocr", min_images=1, needs="text", text_rules="document", texts=_annotated_texts,
               dedup_content=_first_image_or_text, render="pretrain", annotated_by=frozenset({"ocr", "grounding"}),
               text_is_transcript=True))
