@@ -26,6 +26,7 @@ from vlmloom.packing.shards import assemble, decode_entry, entry_members  # noqa
 from vlmloom.packing.video import video_pixel_values  # noqa: E402
 from vlmloom.schemas.records import Sample, samples_to_table, table_to_samples  # noqa: E402
 from vlmloom.trainer.data import PackedCollator  # noqa: E402
+from vlmloom.trainer.model import tiny_glm4v_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +35,10 @@ def setup(tmp_path_factory):
     tok = T.train_tokenizer(texts, str(tmp_path_factory.mktemp("tok")), vocab_size=400)
     builder = SequenceBuilder(tok)
     ids = builder.ids
-    config = transformers.Glm4vConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2],
-                                          "partial_rotary_factor": 0.5}),
-        vision_config=dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=64, out_hidden_size=64,
-                           image_size=28, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
-        image_token_id=ids[T.IMAGE], video_token_id=ids[T.VIDEO], image_start_token_id=ids[T.BEGIN_OF_IMAGE],
-        image_end_token_id=ids[T.END_OF_IMAGE], video_start_token_id=ids[T.BEGIN_OF_VIDEO],
-        video_end_token_id=ids[T.END_OF_VIDEO])
+    config = tiny_glm4v_config(  # the trainer's own tiny GLM-4.1V shape, with this tokenizer's special ids
+        vocab_size=len(tok), image_token_id=ids[T.IMAGE], video_token_id=ids[T.VIDEO],
+        image_start_token_id=ids[T.BEGIN_OF_IMAGE], image_end_token_id=ids[T.END_OF_IMAGE],
+        video_start_token_id=ids[T.BEGIN_OF_VIDEO], video_end_token_id=ids[T.END_OF_VIDEO])
     torch.manual_seed(0)
     model = transformers.Glm4vForConditionalGeneration(config).eval()
     return tok, builder, model
