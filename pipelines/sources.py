@@ -13,15 +13,13 @@ import logging
 import os
 import posixpath
 from dataclasses import dataclass, field
-from typing import Callable
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from vlmloom.curation import formats, readers, video
-from vlmloom.curation.formats import folder
-from vlmloom.curation.formats.pdf import pdf_unit
+from vlmloom.curation import formats, readers
+from vlmloom.curation.formats import resolve
 from vlmloom.pipelines import progress
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.records import KINDS, Rejection, Sample, release_bytes
@@ -29,7 +27,6 @@ from vlmloom.schemas.records import KINDS, Rejection, Sample, release_bytes
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 1000
 INPUTS_NAMESPACE = "inputs"  # per-source counters: inputs/<source>/<code> (records, ignored_member:npy, ...)
-ROWS = "auto"  # a resolved format: row files whose format each file's first row decides
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,15 +64,11 @@ class InputConfig:
 
 def _folder_name(path: str) -> str:
     path = path.rstrip("/")
-    parts = [p for p in path.split("/") if p and not _has_glob(p) and p != "."]
+    parts = [p for p in path.split("/") if p and not resolve.has_glob(p) and p != "."]
     last = path.split("/")[-1]
-    if parts and parts[-1] == last and "." in last and not _is_local_dir(path):
+    if parts and parts[-1] == last and "." in last and not resolve.is_local_dir(path):
         parts = parts[:-1]  # a single file: name it after its folder
     return parts[-1] if parts else "input"
-
-
-def _is_local_dir(path: str) -> bool:
-    return "://" not in path and os.path.isdir(path)
 
 
 def group_cli_paths(paths: list[str]) -> list[dict]:
@@ -84,7 +77,7 @@ def group_cli_paths(paths: list[str]) -> list[dict]:
     entries: list[dict] = []
     files_by_folder: dict[str, list[str]] = {}
     for path in paths:
-        if _has_glob(path) or path.endswith("/") or _is_local_dir(path):
+        if resolve.has_glob(path) or path.endswith("/") or resolve.is_local_dir(path):
             entries.append({"path": path})
         else:
             files_by_folder.setdefault(posixpath.dirname(path) or ".", []).append(path)
@@ -93,17 +86,14 @@ def group_cli_paths(paths: list[str]) -> list[dict]:
     return entries
 
 
-def _has_glob(path: str) -> bool:
-    return any(c in path for c in "*?[")
-
-
 def _match(pattern: str) -> list[str]:
     result = FileSystems.match([pattern])[0]
     return sorted(m.path for m in result.metadata_list)
 
 
-TAR_EXTENSIONS = ("tar", "tar.gz", "tgz")
-HF_METADATA = ("state.json", "dataset_info.json", "dataset_dict.json")  # what save_to_disk writes beside its data
+# Format resolution and unit planning are Beam-free (curation/formats/resolve.py, shared with the contamination
+# stage's benchmarks); these names stay for this module's callers.
+ROWS, plan_units = resolve.ROWS, resolve.plan_units
 
 
 def resolve_input(cfg: InputConfig) -> tuple[str, list[str]]:
@@ -111,7 +101,7 @@ def resolve_input(cfg: InputConfig) -> tuple[str, list[str]]:
     registered reader's name, or `auto` for row files whose format each file's first row decides."""
     fmts, files = set(), set()
     for path in cfg.patterns():
-        fmt, matched = _resolve_one(path, formats.ALIASES.get(cfg.format, cfg.format))
+        fmt, matched = _resolve_one(path, cfg.format)
         fmts.add(fmt)
         files.update(matched)
     if len(fmts) > 1:
@@ -119,75 +109,8 @@ def resolve_input(cfg: InputConfig) -> tuple[str, list[str]]:
     return fmts.pop(), sorted(files)
 
 
-def _is_coco(path: str) -> bool:
-    return posixpath.basename(path).startswith(("captions_", "instances_")) and path.endswith(".json")
-
-
-def _format_of_files(files: list[str], path: str) -> str:
-    """`auto`: what a listing holds, most specific first."""
-    exts = {formats.extension(f) for f in files}
-    if any(posixpath.basename(f) == "state.json" for f in files):
-        return "hf"
-    if exts & set(TAR_EXTENSIONS):
-        return "webdataset"
-    if any(_is_coco(f) for f in files):
-        return "coco"
-    media = readers.IMAGE_EXTENSIONS + video.VIDEO_EXTENSIONS
-    stems = {readers.split_file_name(f)[0] for f in files if formats.extension(f) in media}
-    if any(formats.extension(f) in formats.ROW_EXTENSIONS and not (
-            formats.extension(f) == "json" and readers.split_file_name(f)[0] in stems) for f in files):
-        return ROWS  # row files (a .json beside an image of its stem is that image's sidecar)
-    if exts & set(readers.IMAGE_EXTENSIONS + video.VIDEO_EXTENSIONS + ("pdf",)):
-        return "folder"  # images, videos, PDFs (each page an ocr record) and their sidecars
-    raise ConfigError(f"input {path!r}: cannot tell its format from {sorted(exts)}; set inputs[].format to one "
-                      f"of {formats.format_names()[1:]}")
-
-
 def _resolve_one(path: str, fmt: str) -> tuple[str, list[str]]:
-    is_dir = not _has_glob(path) and (path.endswith("/") or ("://" not in path and os.path.isdir(path)))
-    files = _match(posixpath.join(path, "**")) if is_dir else _match(path)
-    if not files:
-        raise ConfigError(f"input {path!r} matches no files")
-    if fmt == "auto":
-        fmt = _format_of_files(files, path)
-    return fmt, files
-
-
-def plan_units(fmt: str, files: list[str], root: str) -> tuple[list, list[str]]:
-    """(the units workers read, the files no unit reads) of one resolved input. Files an image folder does not
-    pair with an image, and files beside a webdataset's tars or a dataset's data, are counted, not read."""
-    if fmt == "folder":
-        return folder.folder_units(files, root), []
-    if fmt == "pdf":
-        units, rest = _split(files, lambda f: formats.extension(f) == "pdf")
-        return [pdf_unit(f, root) for f in units], rest
-    if fmt == "webdataset":
-        return _split(files, lambda f: formats.extension(f) in TAR_EXTENSIONS, keep_images=False)
-    if fmt == "coco":
-        units, rest = _split(files, lambda f: formats.extension(f) == "json")
-        return ([units] if units else []), rest
-    if fmt == "hf":
-        data = [f for f in files if formats.extension(f) in ("arrow", "parquet")]
-        if data:
-            rest = [f for f in files if f not in data and posixpath.basename(f) not in HF_METADATA]
-            return data, [f for f in rest if formats.extension(f) not in readers.IMAGE_EXTENSIONS]
-    return _split(files, lambda f: formats.extension(f) in formats.ROW_EXTENSIONS)
-
-
-def _split(files: list[str], read: Callable[[str], bool], keep_images: bool = True) -> tuple[list, list[str]]:
-    """(files `read` takes, the others; images are left out of those when records may name them)."""
-    units = [f for f in files if read(f)]
-    media = readers.IMAGE_EXTENSIONS + video.VIDEO_EXTENSIONS
-    rest = [f for f in files if not read(f) and not (keep_images and formats.extension(f) in media)]
-    return units, rest
-
-
-def _folder_root(path: str) -> str:
-    """The folder a folder input's files are named relative to: the path itself, or a glob's fixed prefix."""
-    if not _has_glob(path):
-        return path.rstrip("/")
-    fixed = path[:min(path.index(c) for c in "*?[" if c in path)]
-    return fixed.rstrip("/") if fixed.endswith("/") else posixpath.dirname(fixed)
+    return resolve.resolve_path(path, fmt, _match)
 
 
 def _reads_raw(path: str) -> bool:
@@ -217,12 +140,8 @@ class _ReadUnits(progress.CountingDoFn):
                                   count=self._count)
         for path in ([unit] if isinstance(unit, str) else unit if isinstance(unit, list) else []):
             self._count(f"read_file:{formats.extension(path) or 'none'}")
-        if self._fmt == ROWS:
-            items = formats.read_row_file(None, unit, ctx)
-        else:
-            items = formats.get_format(self._fmt).read(unit, ctx)
         count = 0
-        for item in items:
+        for item in resolve.read_unit(self._fmt, unit, ctx):
             self._read.inc()
             self._count(formats.FILE_RECORDS)
             count += 1
@@ -295,7 +214,7 @@ class ReadInputs(beam.PTransform):
             fmt, files = resolve_input(cfg)
             source = cfg.source_name()
             label = f"Input{i}_{source}"
-            units, ignored = plan_units(fmt, files, _folder_root(cfg.patterns()[0]))
+            units, ignored = plan_units(fmt, files, resolve.folder_root(cfg.patterns()[0]))
             if not units:
                 raise ConfigError(f"input {cfg.patterns()} (source {source!r}, format {fmt}) has nothing to read: "
                                   f"{len(ignored)} file(s), none of them {fmt} data")
