@@ -1,8 +1,10 @@
 """Benchmark contamination: flag training samples whose image or text appears in an evaluation set.
 
-Benchmarks are folders, Parquet files or webdataset tars of images + question/answer text
-(`load_benchmark`). `ContaminationIndex` holds, for every benchmark item, a 64-bit pHash and the
-hashed normalised 13-grams of its question and answer. A sample is flagged when
+Benchmarks are read by curate's input readers (curation/formats: HF Parquet/save_to_disk, LLaVA/ShareGPT JSON,
+webdataset tars, image folders with sidecars, COCO, ...; `load_benchmark`): each record becomes a BenchmarkItem
+of its texts (the kinds table's, plus its `question`/`answer(s)` fields) and its images. `ContaminationIndex`
+holds, for every benchmark image, a 64-bit pHash, and the hashed normalised 13-grams of every item's texts.
+A sample is flagged when
 - image: some benchmark pHash is within `max_phash_distance` bits (a vectorised XOR/popcount over
   all items) *and*, when an embedding model is configured, the CLIP image-embedding cosine of the
   pair is ≥ `min_embedding_cosine` (benchmark embeddings are computed only for pHash candidates,
@@ -18,33 +20,39 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import pickle
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from vlmloom.curation import formats
 from vlmloom.curation.base import Verdict
+from vlmloom.curation.formats import resolve
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.kinds import sample_texts
-from vlmloom.schemas.records import Sample
-from vlmloom.schemas.tars import iter_tar_groups
+from vlmloom.schemas.records import Rejection, Sample
+from vlmloom.schemas.signals import ORIGIN_SIGNAL
+
+log = logging.getLogger(__name__)
 
 STAGE = "contamination"
 IMAGE_DUPLICATE = "benchmark_image_duplicate"
 TEXT_OVERLAP = "benchmark_text_overlap"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 @dataclass(frozen=True, kw_only=True)
 class BenchmarkSource:
     name: str  # reported in rejection details, e.g. "mmmu_val"
-    path: str  # a Parquet file/dir, a folder of images (+ same-stem .json with question/answer), or .tar shards
-    format: str = "auto"  # "auto" | "parquet" | "folder" | "webdataset"
+    path: str  # a file or folder in any format curate reads (HF Parquet/save_to_disk, LLaVA JSON, tars, image folder)
+    format: str = "auto"  # a registered input reader (curation/formats), as inputs[].format; auto sniffs
+    # canonical field → the benchmark's name, as inputs[].fields; {} reads a row file's `question` column as its text
+    fields: dict[str, str] = field(default_factory=dict)
+    image_root: str = ""  # where images named by records resolve, as inputs[].image_root; "" = the file's folder
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,9 +77,9 @@ class ContaminationConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f"contamination.benchmarks has duplicate names {names}: give each a unique name")
         for b in self.benchmarks:
-            if b.format not in ("auto", "parquet", "folder", "webdataset"):
+            if b.format not in formats.format_names():
                 raise ConfigError(f"contamination.benchmarks[{b.name}].format {b.format!r}: "
-                                  "use auto, parquet, folder or webdataset")
+                                  f"use one of {formats.format_names()}")
             if self.enabled and not os.path.exists(b.path):
                 raise ConfigError(f"contamination.benchmarks[{b.name}].path {b.path!r} does not exist")
         if not -1 <= self.max_phash_distance <= 32:
@@ -86,81 +94,99 @@ class ContaminationConfig:
 class BenchmarkItem:
     benchmark: str
     item_id: str
-    question: str = ""
-    answer: str = ""
-    image_bytes: bytes | None = None
+    question: str = ""  # shown beside a hit in report.html
+    answer: str = ""  # the accepted answer(s), joined by spaces
+    images: list[bytes] = field(default_factory=list)  # every image of the item (each one's pHash is indexed)
+    texts: list[str] = field(default_factory=list)  # what the n-gram index reads; [] = question and answer
+
+    @property
+    def image_bytes(self) -> bytes | None:
+        return self.images[0] if self.images else None
+
+    def indexed_texts(self) -> list[str]:
+        return self.texts or [t for t in (self.question, self.answer) if t]
 
 
-# --- loading ----------------------------------------------------------------------------------
-def _format_of(source: BenchmarkSource) -> str:
-    if source.format != "auto":
-        return source.format
-    path = Path(source.path)
-    if path.suffix == ".parquet" or (path.is_dir() and any(path.glob("*.parquet"))):
-        return "parquet"
-    if path.suffix == ".tar" or (path.is_dir() and any(path.glob("*.tar"))):
-        return "webdataset"
-    return "folder"
+# --- loading: benchmarks are read by the input readers (curation/formats) -------------------------------
+BENCHMARK_KIND = "qa"  # records whose data does not say are questions about their images: text, turns and answer count
+ROW_FIELDS = {"text": "question"}  # row files, unless `fields` is given: the `question` column is the text
+QUESTION_FIELDS = ("question",)  # fields a reader carries into meta that hold a benchmark's question (tars, folders)
+ANSWER_FIELDS = ("answer", "answers")  # ... its accepted answers: a string, a list, or VQAv2's [{answer, ...}]
+ITEM_ID_FIELDS = ("item_id", "id")  # a record's own item id, before the reader's source id
+FALLBACK_ID_FIELDS = ("question_id",)  # used when the reader's source id is only a position (`file.parquet:row3`)
 
 
-def _image_value(value: Any) -> bytes | None:
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, dict):  # Hugging Face `Image` feature: {"bytes", "path"}
-        if value.get("bytes"):
-            return bytes(value["bytes"])
-        if value.get("path") and os.path.exists(value["path"]):
-            return Path(value["path"]).read_bytes()
-    if isinstance(value, str) and os.path.exists(value):
-        return Path(value).read_bytes()
-    return None
+def resolve_benchmark(source: BenchmarkSource) -> tuple[str, list[str]]:
+    """(format, files) of a benchmark, as an input of that path and format resolves (local files)."""
+    try:
+        return resolve.resolve_path(source.path, source.format, resolve.local_match,
+                                    setting=f"contamination.benchmarks[{source.name}].format")
+    except ConfigError as exc:
+        raise ConfigError(f"contamination.benchmarks[{source.name}]: {exc}") from None
 
 
-def load_benchmark(source: BenchmarkSource) -> Iterator[BenchmarkItem]:
-    fmt = _format_of(source)
-    path = Path(source.path)
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-        for file in files:
-            parquet = pq.ParquetFile(file)
-            names = set(parquet.schema_arrow.names)
-            id_col = next((c for c in ("item_id", "id", "question_id", "key") if c in names), None)
-            image_col = next((c for c in ("image_bytes", "image", "image_path") if c in names), None)
-            row_number = 0
-            for batch in parquet.iter_batches(batch_size=1024):
-                for row in batch.to_pylist():
-                    item_id = str(row[id_col]) if id_col else f"{file.stem}:{row_number}"
-                    row_number += 1
-                    yield BenchmarkItem(source.name, item_id, str(row.get("question") or ""),
-                                        _answer_text(row.get("answer")),
-                                        _image_value(row[image_col]) if image_col else None)
-    elif fmt == "webdataset":
-        files = sorted(path.glob("*.tar")) if path.is_dir() else [path]
-        for file in files:
-            for key, parts in iter_tar_groups(str(file)):  # a sample's members are consecutive (webdataset)
-                meta = json.loads(parts["json"]) if "json" in parts else {}
-                image = next((parts[e] for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
-                yield BenchmarkItem(source.name, str(meta.get("item_id") or meta.get("id") or key),
-                                    str(meta.get("question") or parts.get("txt", b"").decode("utf-8", "replace")),
-                                    _answer_text(meta.get("answer")), image)
-    else:
-        for file in sorted(path.rglob("*")):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
+def load_benchmark(source: BenchmarkSource, rejected: dict[str, int] | None = None) -> Iterator[BenchmarkItem]:
+    """Every record the input reader of the benchmark's format yields, as a BenchmarkItem (`benchmark_item`).
+    Records the reader rejects are counted in `rejected` (reason → count) and logged; a file the reader cannot
+    read at all, or a benchmark that yields no item, raises ConfigError naming it."""
+    fmt, files = resolve_benchmark(source)
+    units, _ = resolve.plan_units(fmt, files, resolve.folder_root(source.path))
+    fields = dict(source.fields) if source.fields or not resolve.is_row_format(fmt) else dict(ROW_FIELDS)
+    ctx = formats.ReadContext(source=source.name, kind=BENCHMARK_KIND, fields=fields, image_root=source.image_root,
+                              answer_lists=True)
+    where = f"contamination.benchmarks[{source.name}] ({source.path}, format {fmt})"
+    rejected = {} if rejected is None else rejected
+    first_rejection = None
+    items = 0
+    for unit in units:
+        for record in resolve.read_unit(fmt, unit, ctx):
+            if isinstance(record, Rejection):
+                if resolve.is_file_rejection(record):
+                    raise ConfigError(f"{where}: cannot read {record.source_id}: {record.reason} ({record.detail})")
+                rejected[record.reason] = rejected.get(record.reason, 0) + 1
+                first_rejection = first_rejection or record
                 continue
-            sidecar = file.with_suffix(".json")
-            meta = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.exists() else {}
-            yield BenchmarkItem(source.name, str(meta.get("item_id") or file.relative_to(path).with_suffix("")),
-                                str(meta.get("question") or ""), _answer_text(meta.get("answer")), file.read_bytes())
+            item = benchmark_item(source.name, record)
+            if len(item.images) < len(record.images):
+                rejected["image_not_local"] = rejected.get("image_not_local", 0) + len(record.images) - len(item.images)
+            items += 1
+            yield item
+    if first_rejection is not None:
+        log.warning("%s: %d record(s) rejected by the reader, not indexed %s; first: %s %s", where,
+                    sum(rejected.values()), dict(sorted(rejected.items())), first_rejection.source_id,
+                    first_rejection.detail)
+    if not items:
+        why = f"every record was rejected {dict(sorted(rejected.items()))}" if rejected else "it holds no records"
+        raise ConfigError(f"{where} yielded no benchmark items: {why}; check its format and fields")
 
 
-def _answer_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)):
-        return " ".join(str(v) for v in value)
-    return str(value)
+def benchmark_item(benchmark: str, sample: Sample) -> BenchmarkItem:
+    """One record as read → its benchmark item: the texts its kind declares (schemas/kinds.py) and the
+    question/answer fields the reader carried in meta; its images (those with bytes: URLs are not fetched)."""
+    meta = sample.meta
+    questions = [t for name in QUESTION_FIELDS for t in _field_texts(meta.get(name))]
+    answers = [t for name in ANSWER_FIELDS for t in _field_texts(meta.get(name))]
+    texts = list(dict.fromkeys([*sample_texts(sample), *questions, *answers]))
+    positional = sample.source_id == sample.signals.get(ORIGIN_SIGNAL)
+    ids = [meta.get(name) for name in ITEM_ID_FIELDS]
+    ids += [None if positional else sample.source_id] + [meta.get(name) for name in FALLBACK_ID_FIELDS]
+    item_id = next((str(v) for v in ids if isinstance(v, (str, int)) and not isinstance(v, bool) and v != ""),
+                   sample.source_id)
+    return BenchmarkItem(benchmark, item_id, question=(questions or texts or [""])[0],
+                         answer=" ".join(answers) if answers else (sample.answer or ""),
+                         images=[image.bytes for image in sample.images if image.bytes], texts=texts)
+
+
+def _field_texts(value: Any) -> list[str]:
+    """A question/answer field's texts: a string or number, or a list of them (or of VQAv2's {answer: ...})."""
+    values = value if isinstance(value, list) else [value]
+    out = []
+    for v in values:
+        if isinstance(v, dict):
+            v = v.get("answer")
+        if isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(v).strip():
+            out.append(str(v).strip())
+    return out
 
 
 # --- hashing ----------------------------------------------------------------------------------
@@ -237,7 +263,8 @@ class ContaminationIndex:
     phash_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # position in `items`
     grams: dict[int, int] = field(default_factory=dict)  # n-gram hash → first item position
     short_lengths: set[int] = field(default_factory=set)  # lengths of whole-text short entries in `grams`
-    thumbnails: dict[int, bytes] = field(default_factory=dict)  # item → small JPEG, kept only for embedding checks
+    thumbnails: dict[int, bytes] = field(default_factory=dict)  # row of `phashes` → small JPEG, for embedding checks
+    unread: dict[str, dict[str, int]] = field(default_factory=dict)  # benchmark → reason → records not indexed
     encoder: Any = None
     _embedding_cache: dict[int, np.ndarray] = field(default_factory=dict)
 
@@ -246,20 +273,21 @@ class ContaminationIndex:
               encoder: Any = None) -> "ContaminationIndex":
         index = cls(config=config, encoder=encoder)
         if items is None:
-            items = (item for source in config.benchmarks for item in load_benchmark(source))
+            index.unread = {source.name: {} for source in config.benchmarks}
+            items = (item for source in config.benchmarks for item in load_benchmark(source, index.unread[source.name]))
         hashes: list[int] = []
         owners: list[int] = []
         for item in items:
             position = len(index.items)
             index.items.append((item.benchmark, item.item_id))
-            if config.check_images and config.max_phash_distance >= 0 and item.image_bytes:
-                phash, thumbnail = _phash_and_thumbnail(item.image_bytes, thumbnail=encoder is not None)
+            for image in item.images if config.check_images and config.max_phash_distance >= 0 else []:
+                phash, thumbnail = _phash_and_thumbnail(image, thumbnail=encoder is not None)
                 hashes.append(phash)
                 owners.append(position)
                 if thumbnail is not None:
-                    index.thumbnails[position] = thumbnail
+                    index.thumbnails[len(hashes) - 1] = thumbnail
             if config.check_text:
-                for text in (item.question, item.answer):
+                for text in item.indexed_texts():
                     index._add_text(text, position)
         index.phashes = np.array(hashes, dtype=np.uint64)
         index.phash_items = np.array(owners, dtype=np.int64)
@@ -294,21 +322,22 @@ class ContaminationIndex:
         return None
 
     def phash_candidates(self, phash: int) -> list[tuple[int, int]]:
-        """(item position, Hamming distance) of benchmark images within `max_phash_distance`, nearest first."""
+        """(row of `phashes`, Hamming distance) of benchmark images within `max_phash_distance`, nearest first
+        (`phash_items[row]` is the item the image belongs to)."""
         if not len(self.phashes):
             return []
         distances = np.bitwise_count(self.phashes ^ np.uint64(phash))
         near = np.flatnonzero(distances <= self.config.max_phash_distance)
         order = near[np.lexsort((self.phash_items[near], distances[near]))]
-        return [(int(self.phash_items[i]), int(distances[i])) for i in order]
+        return [(int(i), int(distances[i])) for i in order]
 
-    def _embedding(self, position: int) -> np.ndarray:
-        if position not in self._embedding_cache:
+    def _embedding(self, row: int) -> np.ndarray:
+        if row not in self._embedding_cache:
             from PIL import Image
 
-            with Image.open(io.BytesIO(self.thumbnails[position])) as image:
-                self._embedding_cache[position] = self.encoder.embed_images([image.convert("RGB")])[0]
-        return self._embedding_cache[position]
+            with Image.open(io.BytesIO(self.thumbnails[row])) as image:
+                self._embedding_cache[row] = self.encoder.embed_images([image.convert("RGB")])[0]
+        return self._embedding_cache[row]
 
     def image_hits(self, samples: Sequence[Sample]) -> list[Hit | None]:
         """Batch lookup so the sample-side embeddings run as one encoder call."""
@@ -329,17 +358,17 @@ class ContaminationIndex:
         images = [Image.open(io.BytesIO(samples[i].images[0].bytes)).convert("RGB") for i in need]
         embeddings = self.encoder.embed_images(images)
         for i, embedding in zip(need, embeddings):
-            for position, distance in candidates[i]:
-                cosine = float(np.dot(embedding, self._embedding(position)))
+            for row, distance in candidates[i]:
+                cosine = float(np.dot(embedding, self._embedding(row)))
                 if cosine >= self.config.min_embedding_cosine:
-                    bench, item_id = self.items[position]
+                    bench, item_id = self.items[self.phash_items[row]]
                     hits[i] = Hit(IMAGE_DUPLICATE, bench, item_id, f"phash_distance={distance} cosine={cosine:.3f}")
                     break
         return hits
 
     def _phash_hit(self, candidate: tuple[int, int]) -> Hit:
-        position, distance = candidate
-        bench, item_id = self.items[position]
+        row, distance = candidate
+        bench, item_id = self.items[self.phash_items[row]]
         return Hit(IMAGE_DUPLICATE, bench, item_id, f"phash_distance={distance}")
 
     def lookup(self, samples: Sequence[Sample]) -> list[Hit | None]:
@@ -350,13 +379,16 @@ class ContaminationIndex:
 
 # --- the index cache ----------------------------------------------------------------------------
 def _benchmark_fingerprint(config: ContaminationConfig, with_thumbnails: bool) -> str:
-    """Changes when a benchmark file or an index setting changes; file identity = path, size, mtime."""
+    """Changes when a benchmark file or an index setting changes; file identity = path, size, mtime. The files are
+    those the benchmark resolves to (as its reader lists them), and those under its `image_root`."""
     parts: list[Any] = [config.check_images, config.check_text, config.max_phash_distance >= 0, config.ngram,
-                        config.min_short_tokens, with_thumbnails, 2]  # last: index format version
+                        config.min_short_tokens, with_thumbnails, 3]  # last: index format version
     for source in config.benchmarks:
-        path = Path(source.path)
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        parts.append((source.name, source.format, [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]))
+        files = resolve_benchmark(source)[1]
+        if source.image_root:
+            files += resolve.local_match(os.path.join(source.image_root, "**"))
+        parts.append((source.name, source.format, sorted(source.fields.items()), source.image_root,
+                      [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]))
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:20]
 
 
@@ -373,7 +405,8 @@ def build_cached_index(config: ContaminationConfig, encoder: Any = None) -> Cont
         return ContaminationIndex(config=config, encoder=encoder, **state)
     index = ContaminationIndex.build(config, encoder=encoder)
     state = {"items": index.items, "phashes": index.phashes, "phash_items": index.phash_items,
-             "grams": index.grams, "short_lengths": index.short_lengths, "thumbnails": index.thumbnails}
+             "grams": index.grams, "short_lengths": index.short_lengths, "thumbnails": index.thumbnails,
+             "unread": index.unread}
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as fh:
         pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)

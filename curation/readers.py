@@ -249,9 +249,10 @@ def _check_meta(meta: Any, where: str) -> dict[str, Any]:
 
 
 def sample_from_meta(source: str, source_id: str, text: str | None, meta: dict[str, Any],
-                     images: list[ImageRef], default_kind: str, where: str = "") -> Sample:
+                     images: list[ImageRef], default_kind: str, where: str = "", answer_lists: bool = False) -> Sample:
     """Build a Sample from the common metadata fields (kind, messages, segments, answer, domain, text).
-    Raises InvalidRecord naming the field when a field has the wrong type."""
+    Raises InvalidRecord naming the field when a field has the wrong type. `answer_lists` (benchmarks): a list
+    of accepted answers stays in meta only, the Sample has no single answer."""
     where = where or source_id
     meta = _check_meta(meta, where)
     kind = meta.get("kind") or default_kind
@@ -273,6 +274,8 @@ def sample_from_meta(source: str, source_id: str, text: str | None, meta: dict[s
             raise InvalidRecord("invalid_field", f"{where}: segments need a string 'type' and an int 'image_index'")
         segments.append(Segment(s["type"], _optional_str(s.get("text"), "segments.text", where), index))
     answer = meta.get("answer")
+    if answer_lists and isinstance(answer, list) and all(isinstance(a, (str, int, float)) for a in answer):
+        answer = None
     if answer is not None and not isinstance(answer, (str, int, float)):
         raise InvalidRecord("invalid_field", f"{where}: field 'answer' is {type(answer).__name__}")
     domain = _optional_str(meta.get("domain"), "domain", where)
@@ -291,13 +294,14 @@ def sample_from_meta(source: str, source_id: str, text: str | None, meta: dict[s
 
 def record_to_sample(raw: RawRecord, source: str, default_kind: str = "caption",
                      fields: dict[str, str] | None = None,
-                     count: Callable[[str], None] = lambda code: None) -> Sample | Rejection:
+                     count: Callable[[str], None] = lambda code: None,
+                     answer_lists: bool = False) -> Sample | Rejection:
     """Interpret one webdataset or folder record; bad members become a Rejection with a specific reason.
     `fields`: `text`/`image` name the member extension to read them from; `count` receives
     `ignored_member:<ext>` for members nothing uses or carries."""
     source_id = printable(raw.source_id)
     try:
-        sample = _record_to_sample(raw, source, source_id, default_kind, fields or {}, count)
+        sample = _record_to_sample(raw, source, source_id, default_kind, fields or {}, count, answer_lists)
     except InvalidRecord as exc:
         return Rejection(make_key(source, source_id), source, source_id, READ_STAGE, exc.reason, printable(exc.detail))
     sample.signals[ORIGIN_SIGNAL] = printable(raw.uri)
@@ -324,7 +328,8 @@ def _gunzipped(data: bytes, where: str) -> bytes:
 
 
 def _record_to_sample(raw: RawRecord, source: str, source_id: str, default_kind: str,
-                      fields: dict[str, str] | None = None, count: Callable[[str], None] = lambda code: None) -> Sample:
+                      fields: dict[str, str] | None = None, count: Callable[[str], None] = lambda code: None,
+                      answer_lists: bool = False) -> Sample:
     fields = fields or {}
 
     def where(ext: str) -> str:
@@ -367,7 +372,7 @@ def _record_to_sample(raw: RawRecord, source: str, source_id: str, default_kind:
         else:
             meta = {**meta, ext: carried[0]}
     sample = sample_from_meta(source, source_id, text, meta, images, "video" if videos else default_kind,
-                              where=printable(raw.uri))
+                              where=printable(raw.uri), answer_lists=answer_lists)
     sample.videos = videos
     return sample
 
@@ -484,7 +489,7 @@ def _carried_columns(extra: dict[str, Any], count: Callable[[str], None]) -> dic
 
 def _row_to_sample(row: dict[str, Any], source: str, source_id: str, where: str,
                    open_relative: Callable[[str], bytes], default_kind: str, image_root: str,
-                   count: Callable[[str], None] = lambda code: None) -> Sample:
+                   count: Callable[[str], None] = lambda code: None, answer_lists: bool = False) -> Sample:
     for name in ("id", "key"):
         value = row.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
@@ -528,7 +533,8 @@ def _row_to_sample(row: dict[str, Any], source: str, source_id: str, where: str,
         except (OSError, ValueError) as exc:
             raise InvalidRecord("missing_image_file", f"{where}: {path}: {type(exc).__name__}: {exc}") from None
     videos = video.video_refs_from_row(row, where, open_relative, image_root)  # video_bytes / video_path
-    sample = sample_from_meta(source, source_id, text, meta, images, "video" if videos else default_kind, where=where)
+    sample = sample_from_meta(source, source_id, text, meta, images, "video" if videos else default_kind, where=where,
+                              answer_lists=answer_lists)
     sample.videos = videos
     return sample
 

@@ -18,6 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from vlmloom.pipelines.files import BEAM_FILES
 from vlmloom.schemas import curated
+from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.tars import TruncatedTarError, group_members, iter_tar_members, scan_tar_headers, \
     split_member_name
 
@@ -241,6 +242,6 @@ def benchmark_items(benchmarks: list[dict], wanted: set[tuple[str, str]]) -> dic
                         _thumbnail_url(item.image_bytes) if item.image_bytes else None, item.question)
                     if not ids:
                         break
-        except OSError:  # the benchmark moved since the job ran: the hit is still listed, without its item
+        except (OSError, ConfigError):  # the benchmark moved since the job ran: the hit is listed without its item
             continue
     return found

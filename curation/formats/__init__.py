@@ -2,7 +2,7 @@
 Rejections (`inputs[].format` names one; `auto` sniffs).
 
     FORMATS.get("llava").read(unit, context) → Sample | Rejection, ...     (no Beam: pipelines/sources.py
-    plan_units(format, files, root)           → the units workers read       opens files and counts)
+    resolve.plan_units(format, files, root)   → the units workers read       opens files and counts)
 
 A reader declares the fields it uses (`Format.uses`, canonical names); `inputs[].fields` maps them to the names
 a file really has (`{text: TEXT, image: img, id: uid}`). Whatever a reader does not use is carried into
@@ -42,9 +42,13 @@ class ReadContext:
     kind: str = "caption"  # kind of records whose data does not say
     fields: Mapping[str, str] = field(default_factory=dict)  # canonical field → the name the input uses
     image_root: str = ""  # folder relative image paths are resolved against (and absolute ones allowed under)
-    open: Callable[[str], BinaryIO] = open  # opens a path for reading (Beam FileSystems in a pipeline)
+    open: Callable[[str], BinaryIO] = lambda path: open(path, "rb")  # opens a path for reading (Beam FileSystems
+    # in a pipeline; local files in binary mode otherwise)
     local_file: Callable[[str], str | None] = lambda path: None  # path → a local file re-readable by offset
     count: Callable[[str], None] = lambda code: None  # per-source count: `ignored_member:npy`, ...
+    # An `answer` given as a list (several accepted answers, as VQAv2 has ten) is kept in `meta` with no single
+    # `Sample.answer`: True for contamination benchmarks; curate refuses it (a verifier checks one answer).
+    answer_lists: bool = False
 
     def column(self, canonical: str) -> str:
         return self.fields.get(canonical, canonical)

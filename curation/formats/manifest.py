@@ -28,7 +28,7 @@ class Manifest(RowFormat):
 
         source_id = self.source_id(row, where)
         sample = readers._row_to_sample(row, ctx.source, source_id, where, open_relative, ctx.kind,
-                                        ctx.image_root, ctx.count)
+                                        ctx.image_root, ctx.count, ctx.answer_lists)
         for image in sample.images:
             if image.uri in refs:
                 image.span = refs[image.uri].span

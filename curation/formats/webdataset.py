@@ -43,7 +43,7 @@ class WebDataset(Format):
 
 def record(raw: readers.RawRecord, ctx: ReadContext) -> Sample | Rejection:
     """One tar or folder record → a Sample (checked by `finish`) or a Rejection."""
-    sample = readers.record_to_sample(raw, ctx.source, ctx.kind, dict(ctx.fields), ctx.count)
+    sample = readers.record_to_sample(raw, ctx.source, ctx.kind, dict(ctx.fields), ctx.count, ctx.answer_lists)
     if isinstance(sample, Rejection):
         return sample
     try:
