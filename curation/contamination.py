@@ -125,17 +125,18 @@ def resolve_benchmark(source: BenchmarkSource) -> tuple[str, list[str]]:
         raise ConfigError(f"contamination.benchmarks[{source.name}]: {exc}") from None
 
 
-def load_benchmark(source: BenchmarkSource, rejected: dict[str, int] | None = None) -> Iterator[BenchmarkItem]:
+def load_benchmark(source: BenchmarkSource, unread: dict[str, int] | None = None) -> Iterator[BenchmarkItem]:
     """Every record the input reader of the benchmark's format yields, as a BenchmarkItem (`benchmark_item`).
-    Records the reader rejects are counted in `rejected` (reason → count) and logged; a file the reader cannot
-    read at all, or a benchmark that yields no item, raises ConfigError naming it."""
+    What is not indexed is counted in `unread` (code → count: the reader's rejection reasons, `image_not_local`
+    for images named by URL) and logged; a file the reader cannot read at all, or a benchmark that yields no
+    item, raises ConfigError naming it."""
     fmt, files = resolve_benchmark(source)
     units, _ = resolve.plan_units(fmt, files, resolve.folder_root(source.path))
     fields = dict(source.fields) if source.fields or not resolve.is_row_format(fmt) else dict(ROW_FIELDS)
     ctx = formats.ReadContext(source=source.name, kind=BENCHMARK_KIND, fields=fields, image_root=source.image_root,
                               answer_lists=True)
     where = f"contamination.benchmarks[{source.name}] ({source.path}, format {fmt})"
-    rejected = {} if rejected is None else rejected
+    unread = {} if unread is None else unread
     first_rejection = None
     items = 0
     for unit in units:
@@ -143,21 +144,20 @@ def load_benchmark(source: BenchmarkSource, rejected: dict[str, int] | None = No
             if isinstance(record, Rejection):
                 if resolve.is_file_rejection(record):
                     raise ConfigError(f"{where}: cannot read {record.source_id}: {record.reason} ({record.detail})")
-                rejected[record.reason] = rejected.get(record.reason, 0) + 1
+                unread[record.reason] = unread.get(record.reason, 0) + 1
                 first_rejection = first_rejection or record
                 continue
             item = benchmark_item(source.name, record)
             if len(item.images) < len(record.images):
-                rejected["image_not_local"] = rejected.get("image_not_local", 0) + len(record.images) - len(item.images)
+                unread["image_not_local"] = unread.get("image_not_local", 0) + len(record.images) - len(item.images)
             items += 1
             yield item
-    if first_rejection is not None:
-        log.warning("%s: %d record(s) rejected by the reader, not indexed %s; first: %s %s", where,
-                    sum(rejected.values()), dict(sorted(rejected.items())), first_rejection.source_id,
-                    first_rejection.detail)
     if not items:
-        why = f"every record was rejected {dict(sorted(rejected.items()))}" if rejected else "it holds no records"
+        why = f"every record was rejected {dict(sorted(unread.items()))}" if unread else "it holds no records"
         raise ConfigError(f"{where} yielded no benchmark items: {why}; check its format and fields")
+    if unread:
+        log.warning("%s: %d items indexed; not indexed %s%s", where, items, dict(sorted(unread.items())),
+                    f"; first rejected: {first_rejection.detail}" if first_rejection else "")
 
 
 def benchmark_item(benchmark: str, sample: Sample) -> BenchmarkItem:
@@ -165,7 +165,7 @@ def benchmark_item(benchmark: str, sample: Sample) -> BenchmarkItem:
     question/answer fields the reader carried in meta; its images (those with bytes: URLs are not fetched)."""
     meta = sample.meta
     questions = [t for name in QUESTION_FIELDS for t in _field_texts(meta.get(name))]
-    answers = [t for name in ANSWER_FIELDS for t in _field_texts(meta.get(name))]
+    answers = list(dict.fromkeys(t for name in ANSWER_FIELDS for t in _field_texts(meta.get(name))))
     texts = list(dict.fromkeys([*sample_texts(sample), *questions, *answers]))
     positional = sample.source_id == sample.signals.get(ORIGIN_SIGNAL)
     ids = [meta.get(name) for name in ITEM_ID_FIELDS]
