@@ -96,12 +96,14 @@ class BenchmarkItem:
     item_id: str
     question: str = ""  # shown beside a hit in report.html
     answer: str = ""  # the accepted answer(s), joined by spaces
-    images: list[bytes] = field(default_factory=list)  # every image of the item (each one's pHash is indexed)
+    image_bytes: bytes | None = None  # its image (the first, when it has several)
     texts: list[str] = field(default_factory=list)  # what the n-gram index reads; [] = question and answer
+    more_images: list[bytes] = field(default_factory=list)  # its other images (MMMU's image_2 … image_7)
 
     @property
-    def image_bytes(self) -> bytes | None:
-        return self.images[0] if self.images else None
+    def images(self) -> list[bytes]:
+        """Every image of the item; each one's pHash is indexed."""
+        return ([self.image_bytes] if self.image_bytes else []) + self.more_images
 
     def indexed_texts(self) -> list[str]:
         return self.texts or [t for t in (self.question, self.answer) if t]
@@ -172,9 +174,10 @@ def benchmark_item(benchmark: str, sample: Sample) -> BenchmarkItem:
     ids += [None if positional else sample.source_id] + [meta.get(name) for name in FALLBACK_ID_FIELDS]
     item_id = next((str(v) for v in ids if isinstance(v, (str, int)) and not isinstance(v, bool) and v != ""),
                    sample.source_id)
+    images = [image.bytes for image in sample.images if image.bytes]
     return BenchmarkItem(benchmark, item_id, question=(questions or texts or [""])[0],
                          answer=" ".join(answers) if answers else (sample.answer or ""),
-                         images=[image.bytes for image in sample.images if image.bytes], texts=texts)
+                         image_bytes=images[0] if images else None, more_images=images[1:], texts=texts)
 
 
 def _field_texts(value: Any) -> list[str]:

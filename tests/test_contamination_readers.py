@@ -114,6 +114,24 @@ def test_hf_parquet_benchmarks_read_as_published(vqav2_parquet, mmmu_parquet):
         ("validation_Art_1", MMMU_QUESTION, "B", 2)]
 
 
+class MeanColourEncoder:
+    """A stand-in image encoder: the embedding is the mean colour (distinct pictures are far apart)."""
+
+    def embed_images(self, images):
+        vectors = np.array([np.asarray(i.convert("RGB"), dtype=np.float64).mean(axis=(0, 1)) for i in images])
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_every_image_of_an_item_is_indexed_and_confirmed_against_itself(mmmu_parquet):
+    """MMMU's image_2: its own pHash finds it, and the embedding check compares it with image_2, not image_1."""
+    config = ContaminationConfig(benchmarks=(BenchmarkSource(name="mmmu", path=mmmu_parquet),), check_text=False,
+                                 min_embedding_cosine=0.999)
+    index = ContaminationIndex.build(config, encoder=MeanColourEncoder())
+    assert index.phash_items.tolist() == [0, 0]
+    (hit,) = index.lookup([_sample("copy", image=encode(picture(14)))])
+    assert (hit.benchmark, hit.item_id) == ("mmmu", "validation_Art_1") and "cosine=1.000" in hit.detail()
+
+
 def test_llava_json_benchmark(llava_folder):
     items = list(load_benchmark(BenchmarkSource(name="llava", path=llava_folder)))
     assert [(i.item_id, i.texts) for i in items] == [
