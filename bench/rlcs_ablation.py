@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sft-lr", type=float, default=5e-3)
     parser.add_argument("--sft-noise", type=float, default=0.5)
     parser.add_argument("--workdir", default="")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: the model is tiny, and 2 threads on a shared 2-core "
+                             "machine stalled each other, 3-5x slower per arm than 1 thread)")
     args = parser.parse_args(argv)
     p = {k: (getattr(args, k) if getattr(args, k) is not None else (QUICK if args.quick else FULL)[k])
          for k in FULL}
@@ -142,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     import numpy as np
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
 
     logging.disable(logging.WARNING)
     from transformers import AutoTokenizer
