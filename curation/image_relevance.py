@@ -15,9 +15,13 @@ characters of English): text further away would be truncated anyway, and is less
 image whose place is unknown (no image segment names it) is scored against the first window of the document's
 texts. An image without bytes or without any text near it is not scored (None) and stays.
 
-A document's images and texts are embedded in calls of their own, never mixed with other documents': the runner
-chooses which documents share a RunInference batch, and float32 matmuls of other shapes differ in their last bits,
-which must not move an image across the threshold between a run on 1 worker and one on 2.
+Scores must not depend on which documents a runner put in one RunInference batch: float32 kernels of other
+shapes sum in another order, and a last-bit change can move an image across the threshold (or its rounded
+score) between a run on 1 worker and one on 2. So the encoder is only ever called with one shape: images in
+chunks of exactly `models.clip.batch_size` (the last chunk filled with blank images), texts likewise (filled with
+empty texts) and padded to `max_text_tokens` (`TransformersEncoder.fix_text_shapes`; open_clip always pads to its
+context). With the shapes fixed, an image's or a text's embedding is the same bits whatever shares its call
+(tests/test_image_relevance.py checks it on the tiny CLIP), and documents still share batches.
 """
 from __future__ import annotations
 
@@ -107,35 +111,52 @@ class RelevanceScorer:
     def encoder(self) -> ImageTextEncoder:
         if self._encoder is None:
             c = self.clip
-            self._encoder = load_encoder(c.backend, c.model_path, c.device, c.threads, c.max_text_tokens)
+            encoder = load_encoder(c.backend, c.model_path, c.device, c.threads, c.max_text_tokens)
+            fix = getattr(encoder, "fix_text_shapes", None)
+            if fix is not None:
+                fix()
+            self._encoder = encoder
         return self._encoder
 
-    def score_batch(self, samples: Sequence[Sample]) -> list[list[float | None]]:
-        return [self.score_document(sample) for sample in samples]
-
     def score_document(self, sample: Sample) -> list[float | None]:
-        """Per image: the larger cosine with its nearby texts, rounded to SCORE_DIGITS; None when not scored."""
+        return self.score_batch([sample])[0]
+
+    def score_batch(self, samples: Sequence[Sample]) -> list[list[float | None]]:
+        """Per document, per image: the larger cosine with its nearby texts, rounded to SCORE_DIGITS; None when
+        not scored (no bytes, or no text near it)."""
         from PIL import Image
 
-        texts = nearby_texts(sample, self.window_chars)
-        scores: list[float | None] = [None] * len(sample.images)
-        usable = [i for i, image in enumerate(sample.images) if image.bytes and texts[i]]
+        texts = [nearby_texts(sample, self.window_chars) for sample in samples]
+        scores: list[list[float | None]] = [[None] * len(sample.images) for sample in samples]
+        usable = [(d, i) for d, sample in enumerate(samples) for i, image in enumerate(sample.images)
+                  if image.bytes and texts[d][i]]
         if not usable:
             return scores
-        distinct = sorted({text for i in usable for text in texts[i]})
+        distinct = sorted({text for d, i in usable for text in texts[d][i]})
         row = {text: n for n, text in enumerate(distinct)}
-        text_emb = self.encoder.embed_texts(distinct)
-        image_emb = []
-        step = self.clip.batch_size  # bounds the pixels held at once; chunks depend on the document alone
-        for start in range(0, len(usable), step):
-            chunk = usable[start:start + step]
-            pixels = [Image.open(io.BytesIO(sample.images[i].bytes)).convert("RGB") for i in chunk]
-            image_emb.append(self.encoder.embed_images(pixels))
-        image_emb = np.concatenate(image_emb)
-        for i, embedding in zip(usable, image_emb):
-            best = max(float(np.dot(embedding, text_emb[row[text]])) for text in texts[i])
-            scores[i] = round(best, SCORE_DIGITS)
+        text_emb = self._fixed_shape(self.encoder.embed_texts, distinct, "")
+
+        blank = Image.new("RGB", (32, 32))  # fills the last chunk; the processor resizes it like any image
+
+        def embed_images(pairs: list) -> np.ndarray:
+            return self.encoder.embed_images([blank if pair is None else Image.open(
+                io.BytesIO(samples[pair[0]].images[pair[1]].bytes)).convert("RGB") for pair in pairs])
+
+        image_emb = self._fixed_shape(embed_images, usable, None)
+        for (d, i), embedding in zip(usable, image_emb):
+            best = max(float(np.dot(embedding, text_emb[row[text]])) for text in texts[d][i])
+            scores[d][i] = round(best, SCORE_DIGITS)
         return scores
+
+    def _fixed_shape(self, embed, items: list, filler) -> np.ndarray:
+        """`embed` over `items` in calls of exactly `clip.batch_size` items (the last filled with `filler`);
+        the rows of the real items. Images are decoded a chunk at a time, so pixels held are bounded too."""
+        size = self.clip.batch_size
+        out = []
+        for start in range(0, len(items), size):
+            chunk = items[start:start + size]
+            out.append(embed(chunk + [filler] * (size - len(chunk)))[:len(chunk)])
+        return np.concatenate(out)
 
 
 def judge_relevance(sample: Sample, scores: Sequence[float | None], config: DocumentConfig) -> tuple[Sample, Verdict]:

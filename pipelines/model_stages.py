@@ -283,7 +283,8 @@ class ClipStage(beam.PTransform):
 # --- image relevance: documents' images scored against their nearby text, irrelevant ones removed ----
 class ImageRelevanceModelHandler(SampleModelHandler):
     """The CLIP encoder of `models.clip`, loaded once per worker; a batch of documents → per document its
-    images' scores (curation/image_relevance.py embeds each document apart: scores do not depend on batching)."""
+    images' scores (curation/image_relevance.py calls the encoder with fixed shapes: scores do not depend on
+    which documents share a batch)."""
 
     def __init__(self, clip: ClipConfig, window_chars: int):
         super().__init__(relevance_mod.STAGE, partial(_loaded, relevance_mod.RelevanceScorer(clip, window_chars),

@@ -40,7 +40,7 @@ class RgbEncoder:
 
     def embed_images(self, images):
         rows = np.array([[*(c / 255 for c in image.getpixel((0, 0))), 0.0] for image in images])
-        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)  # black: a zero row
 
     def embed_texts(self, texts):
         rows = np.array([[*(float(w in t.split()) for w in ("red", "green", "blue")), 0.0] for t in texts])
@@ -215,6 +215,17 @@ def tiny_clip_run(tmp_path_factory):
 
     report = run(root / "out", "in_process")
     return root, run, report, samples, expected, threshold
+
+
+def test_a_documents_scores_are_the_same_bits_whatever_shares_its_batch(tiny_clip_run, monkeypatch):
+    from vlmloom.curation import image_relevance
+
+    root, _, _, samples, _, _ = tiny_clip_run
+    monkeypatch.setattr(image_relevance, "SCORE_DIGITS", 17)  # no rounding: the raw floats must agree
+    scorer = RelevanceScorer(ClipConfig(model_path=str(root / "clip"), batch_size=4), 300)
+    together = scorer.score_batch(samples)
+    assert [scorer.score_batch([s])[0] for s in samples] == together
+    assert scorer.score_batch(samples[3:] + samples[:3]) == together[3:] + together[:3]
 
 
 def test_curate_runs_the_stage_with_a_tiny_clip(tiny_clip_run):
