@@ -100,8 +100,6 @@ class DocumentRules(beam.PTransform):
         return {KEPT: kept, REJECTED: rejected | "MergeRejected" >> beam.Flatten()}
 
 
-
-
 def image_relevance_stage(stage, config, max_error_ratio: float = 0.05):
     """The curate stage builder (pipelines/stage_registry.StageBuilder) of image_relevance: an ImageRelevanceStage
     (pipelines/model_stages.py) over the CLIP model of `config.models.clip`, or None when it is off: no CLIP model
