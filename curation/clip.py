@@ -102,8 +102,14 @@ class TransformersEncoder:
         model_type = getattr(self.model.config, "model_type", "")
         # SigLIP was trained on max-length-padded text and pools the last token, so pad as it was trained.
         self._padding = "max_length" if model_type.startswith("siglip") else True
+        self._mask_padding = not model_type.startswith("siglip")  # ... and without an attention mask
         limit = getattr(getattr(self.model.config, "text_config", None), "max_position_embeddings", max_text_tokens)
         self._max_tokens = min(max_text_tokens, limit)
+
+    def fix_text_shapes(self) -> None:
+        """Pad every text to max_text_tokens from now on (SigLIP already is): called with a fixed number of texts,
+        a text's embedding is then the same bits whatever texts share its call (curation/image_relevance.py)."""
+        self._padding = "max_length"
 
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
         inputs = self.processor(images=list(images), return_tensors="pt")
@@ -115,7 +121,7 @@ class TransformersEncoder:
         inputs = self.processor(text=list(texts), padding=self._padding, truncation=True,
                                 max_length=self._max_tokens, return_tensors="pt")
         kwargs = {"input_ids": inputs["input_ids"].to(self.device)}
-        if "attention_mask" in inputs and not self._padding == "max_length":
+        if "attention_mask" in inputs and self._mask_padding:
             kwargs["attention_mask"] = inputs["attention_mask"].to(self.device)
         with self._torch.inference_mode():
             out = self.model.get_text_features(**kwargs)

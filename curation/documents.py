@@ -6,7 +6,9 @@ and images that many documents repeat (logos, ads, tracking pixels) taken out of
 
 Counting how many documents hold an image is a global figure: `pipelines/documents.py` counts image hashes
 across the corpus (metadata only) and calls `remove_images` on the documents that hold a repeated one. A
-document left without images follows its kind's rule (`interleaved` needs none), then `documents.min_images`.
+document left without images follows its kind's rule (`interleaved` needs none; a kind that needs an image:
+`no_image`, as decode says it), then `documents.min_images`. Images unrelated to their nearby text leave too:
+`curation/image_relevance.py` scores them with the CLIP model and calls `remove_images`, then `judge`.
 Which kinds are documents is the kinds table's (`annotated_by` "documents"); `documents.kinds` chooses others.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from vlmloom.schemas.config import ConfigError
-from vlmloom.schemas.kinds import check_kind_selection, kinds_annotated_by, sample_texts
+from vlmloom.schemas.kinds import check_kind_selection, kind_of, kinds_annotated_by, sample_texts
 from vlmloom.schemas.records import Sample, Segment
 
 from .base import Verdict
@@ -30,6 +32,11 @@ class DocumentConfig:
     max_images: int = 64  # more images → too_many_images
     min_text_chars_per_image: int = 0  # text characters per image below this → too_little_text_per_image; 0 disables
     max_repeated_image_documents: int = 20  # an image held by more documents than this is removed from them; 0 disables
+    # CLIP cosine of an image with its nearby text below this → the image leaves the document (irrelevant_image);
+    # -1 disables. Runs only where models.clip has a model (models.clip.enabled with models.clip.model_path): the
+    # image_relevance stage uses that model. 0.15 is MMC4's cut (CLIP ViT-L/14, image vs its best sentence).
+    min_image_text_similarity: float = 0.15
+    image_text_window_chars: int = 300  # nearby text: this many characters on each side of an image (~77 CLIP tokens)
 
     def __post_init__(self):
         if self.min_images < 0 or self.max_images < self.min_images:
@@ -39,6 +46,11 @@ class DocumentConfig:
         if self.min_text_chars_per_image < 0 or self.max_repeated_image_documents < 0:
             raise ConfigError("documents.min_text_chars_per_image and documents.max_repeated_image_documents "
                               "must be ≥ 0")
+        if self.min_image_text_similarity != -1 and not -1.0 <= self.min_image_text_similarity <= 1.0:
+            raise ConfigError(f"documents.min_image_text_similarity ({self.min_image_text_similarity}) must be a "
+                              "cosine in [-1, 1], or -1 to disable")
+        if self.image_text_window_chars < 1:
+            raise ConfigError(f"documents.image_text_window_chars ({self.image_text_window_chars}) must be ≥ 1")
 
 
     def selected_kinds(self) -> tuple[str, ...]:
@@ -72,6 +84,10 @@ def judge(sample: Sample, config: DocumentConfig) -> Verdict:
     images = len(sample.images)
     chars = document_text_chars(sample)
     signals = {"document_images": images, "document_text_chars": chars}
+    required = kind_of(sample).min_images  # the kind's own rule first: what decode would have said of it
+    if images < required:
+        return Verdict.drop("no_image", f"kind {sample.kind!r} needs {required} image(s), the document has {images} "
+                            "after removals", **signals)
     if images < config.min_images:
         return Verdict.drop("too_few_images", f"{images} images < documents.min_images {config.min_images}", **signals)
     if images > config.max_images:

@@ -36,7 +36,7 @@ from vlmloom.curation.readers import READ_STAGE
 from vlmloom.curation.neardup import DedupConfig
 from vlmloom.pipelines import report as report_mod
 from vlmloom.pipelines.dedup import ApplyDecisions, dedup_stages
-from vlmloom.pipelines.documents import DocumentRules
+from vlmloom.pipelines.documents import DocumentRules, image_relevance_stage
 from vlmloom.pipelines.download import DownloadStage, download_enabled
 from vlmloom.pipelines.keys import UniqueKeys
 from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled
@@ -169,6 +169,7 @@ register_stage(CurateStage("dedup", 40, "dedup", optional=False, build=_dedup_st
                                   "near_dup_semantic_text")))
 for _order, _name in enumerate(("clip", "concepts", "contamination", "recaption", "ocr", "grounding"), start=7):
     register_stage(CurateStage(_name, 10 * _order, f"models.{_name}", optional=True, build=_model_stage))
+register_stage(CurateStage("image_relevance", 75, "documents", optional=True, build=image_relevance_stage))
 register_stage(CurateStage("renderable", 200, "", optional=True, build=judge_stage(_RenderableJudge)))
 
 

@@ -6,8 +6,12 @@ that many documents repeat (logos, ads) removed from every document that holds t
 Which images are repeated is a corpus-wide count: (image identity, document key) pairs — metadata, no pixels —
 are grouped by identity; an identity held by more than `documents.max_repeated_image_documents` distinct
 documents yields (document key, identity) removals, which meet their documents in one keyed join. Each removed
-image is counted (`documents/repeated_images_removed`) and named in the document's `document_images_removed`
+image is counted (`documents/images_removed_repeated_image`) and named in the document's `document_images_removed`
 signal; the rules then judge what is left.
+
+Images unrelated to their nearby text leave in a stage of their own, `image_relevance` (after the CLIP filter:
+it runs the same model, through RunInference, on what dedup kept): `image_relevance_stage` builds it when
+`models.clip` has a model and `documents.min_image_text_similarity` is not -1.
 """
 from __future__ import annotations
 
@@ -54,7 +58,7 @@ class _Decide:
     def __init__(self, config: DocumentConfig):
         self._config = config
         self._kinds = config.selected_kinds()
-        self._removed = progress.counter(STAGE, "repeated_images_removed")
+        self._removed = progress.counter(STAGE, "images_removed_repeated_image")
 
     def __call__(self, element):
         sample, repeated = element
@@ -96,3 +100,13 @@ class DocumentRules(beam.PTransform):
         return {KEPT: kept, REJECTED: rejected | "MergeRejected" >> beam.Flatten()}
 
 
+def image_relevance_stage(stage, config, max_error_ratio: float = 0.05):
+    """The curate stage builder (pipelines/stage_registry.StageBuilder) of image_relevance: an ImageRelevanceStage
+    (pipelines/model_stages.py) over the CLIP model of `config.models.clip`, or None when it is off: no CLIP model
+    configured (models.clip.enabled with models.clip.model_path), or documents.min_image_text_similarity is -1."""
+    documents_config, clip = config.documents, config.models.clip
+    if documents_config.min_image_text_similarity == -1 or not (clip.enabled and clip.model_path):
+        return None
+    from vlmloom.pipelines.model_stages import ImageRelevanceStage  # Beam ML + torch: only when needed
+
+    return ImageRelevanceStage(documents_config, clip, max_error_ratio)

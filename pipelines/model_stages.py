@@ -1,4 +1,5 @@
-"""Beam stages for model-backed curation: CLIP filter, concept balance, contamination, recaption, OCR, grounding.
+"""Beam stages for model-backed curation: CLIP filter, concept balance, contamination, recaption, OCR, grounding,
+and the image-text relevance of documents' images (`ImageRelevanceStage`, built by pipelines/documents.py).
 
 Each stage follows the stage protocol of `pipelines/stages.py`: `PCollection[Sample]` →
 ``{"kept": PCollection[Sample], "rejected": PCollection[Rejection]}``. The judgment lives in
@@ -29,15 +30,18 @@ from vlmloom.curation import clip as clip_mod
 from vlmloom.curation import concepts as concepts_mod
 from vlmloom.curation import contamination as contamination_mod
 from vlmloom.curation import grounding as grounding_mod
+from vlmloom.curation import image_relevance as relevance_mod
 from vlmloom.curation import ocr as ocr_mod
 from vlmloom.curation import recaption as recaption_mod
 from vlmloom.curation.base import Verdict
 from vlmloom.curation.clip import ClipConfig, ClipScorer
 from vlmloom.curation.concepts import ConceptConfig, ConceptMatcher
 from vlmloom.curation.contamination import ContaminationConfig, ContaminationIndex
+from vlmloom.curation.documents import DocumentConfig
 from vlmloom.curation.grounding import GroundingAnnotator, GroundingConfig
 from vlmloom.curation.ocr import OcrAnnotator, OcrConfig
 from vlmloom.curation.recaption import RecaptionConfig, Recaptioner
+from vlmloom.pipelines import progress
 from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled  # noqa: F401 (re-exported)
 from vlmloom.pipelines.stages import KEPT, REJECTED, Decide, Fixed, format_traceback, quarantine_any, route
 from vlmloom.schemas.config import ConfigError, config_hash
@@ -274,6 +278,61 @@ class ClipStage(beam.PTransform):
                                 config_hash(config), "kept", self._max_error_ratio,
                                 [beam.pvalue.AsSingleton(cutoff)])
         return {KEPT: top, REJECTED: (scored[REJECTED], *rejected) | "MergeRejected" >> beam.Flatten()}
+
+
+# --- image relevance: documents' images scored against their nearby text, irrelevant ones removed ----
+class ImageRelevanceModelHandler(SampleModelHandler):
+    """The CLIP encoder of `models.clip`, loaded once per worker; a batch of documents → per document its
+    images' scores (curation/image_relevance.py calls the encoder with fixed shapes: scores do not depend on
+    which documents share a batch)."""
+
+    def __init__(self, clip: ClipConfig, window_chars: int):
+        super().__init__(relevance_mod.STAGE, partial(_loaded, relevance_mod.RelevanceScorer(clip, window_chars),
+                                                      "encoder"),
+                         lambda scorer, batch: scorer.score_batch(batch), clip.batch_size)
+
+    def get_num_bytes(self, batch: Sequence[Sample]) -> int:
+        return sum(image.nbytes for s in batch for image in s.images)
+
+
+class _RelevanceDecide:
+    """(document, scores) → the document without its irrelevant images and the document rules' verdict; each
+    removed image counted (`image_relevance/images_removed_irrelevant_image`). Picklable; counters per worker."""
+
+    def __init__(self, config: DocumentConfig):
+        self._config = config
+        self._removed = progress.counter(relevance_mod.STAGE, f"images_removed_{relevance_mod.IRRELEVANT}")
+
+    def __call__(self, pair: tuple) -> tuple[Sample, Verdict]:
+        sample, scores = pair
+        if isinstance(scores, InferenceFailure):
+            raise RuntimeError(f"inference failed: {scores.error}")
+        sample, verdict = relevance_mod.judge_relevance(sample, scores, self._config)
+        self._removed.inc(verdict.signals["irrelevant_images_removed"])
+        return sample, verdict
+
+
+def _holds_images_of(kinds: tuple[str, ...], sample: Sample) -> bool:
+    return sample.kind in kinds and bool(sample.images)
+
+
+class ImageRelevanceStage(beam.PTransform):
+    """Documents with images → RunInference (their images' scores) → irrelevant images removed, the document
+    rules applied to what is left; other records and documents without images pass through."""
+
+    def __init__(self, documents: DocumentConfig, clip: ClipConfig, max_error_ratio: float = 0.05):
+        super().__init__(label=relevance_mod.STAGE)
+        self._documents, self._clip, self._max_error_ratio = documents, clip, max_error_ratio
+
+    def expand(self, samples):
+        stage, ratio = relevance_mod.STAGE, self._max_error_ratio
+        todo, passthrough = _split(samples, partial(_holds_images_of, self._documents.selected_kinds()))
+        handler = ImageRelevanceModelHandler(self._clip, self._documents.image_text_window_chars)
+        results, quarantined = _run_model(todo, handler, stage, ratio)
+        hash_ = config_hash({"documents": self._documents, "clip": self._clip})
+        kept, rejected = _decide(results, "Judge", stage, _RelevanceDecide(self._documents), hash_, "kept", ratio)
+        return {KEPT: (kept, passthrough) | "MergeKept" >> beam.Flatten(),
+                REJECTED: (*rejected, quarantined) | "MergeRejected" >> beam.Flatten()}
 
 
 # --- concepts: match per sample, count globally, then decide with the counts as a side input ----

@@ -263,9 +263,21 @@ def build_report(out_dir: str, stage_names: list[str], counters: dict[str, int],
             if read_records is not None else "outputs (the runner reported no counters)",
         },
         **fields,
+        "images_removed": images_removed(counters),
         "counters": dict(sorted(counters.items())),
         "config": to_dict(config),
     }
+
+
+def images_removed(counters: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Images taken out of records that go on (documents' failed downloads, repeated and irrelevant images), per
+    stage and reason, from the `<stage>/images_removed_<reason>` counters."""
+    out: dict[str, dict[str, int]] = {}
+    for name, value in sorted(counters.items()):
+        stage, _, counter = name.partition("/")
+        if counter.startswith("images_removed_") and value:
+            out.setdefault(stage, {})[counter[len("images_removed_"):]] = value
+    return out
 
 
 def _model_sections(signals: list[dict[str, Any]]) -> dict[str, Any]:
@@ -294,6 +306,8 @@ def summary_table(report: dict[str, Any]) -> str:
     lines.append(f"input {acc['input_records']} = kept {acc['kept']} + rejected {acc['rejected']}"
                  f"  ({'balanced' if acc['balanced'] else 'NOT BALANCED'}); shards {report['shards']};"
                  f" {report['seconds']} s")
+    if report.get("images_removed"):
+        lines.append(f"images removed from documents: {json.dumps(report['images_removed'], sort_keys=True)}")
     for name, section in report.get("sections", {}).items():
         if isinstance(section, dict):  # histograms are for the HTML page, not the terminal
             section = {k: v for k, v in section.items() if k != "histogram"}

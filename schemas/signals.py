@@ -58,9 +58,18 @@ SIGNALS: dict[str, Signal] = {
     "phash": Signal(str, "decode", "64-bit pHash of image 0, 16 hex digits; near_dup_image, contamination"),
     "duplicate_of": Signal(str, DEDUP_STAGES[0], "the kept representative a dropped duplicate lost to; report, trace",
                            also=DEDUP_STAGES[1:]),
-    "document_images": Signal(numbers.Integral, "documents", "images a document holds after the documents stage"),
-    "document_text_chars": Signal(numbers.Integral, "documents", "text characters of a document's segments"),
+    "document_images": Signal(numbers.Integral, "documents", "images a document holds after the documents stage "
+                                                             "(and after image_relevance's removals)",
+                              also=("image_relevance",)),
+    "document_text_chars": Signal(numbers.Integral, "documents", "text characters of a document's segments",
+                                  also=("image_relevance",)),
     "document_images_removed": Signal(numbers.Integral, "documents", "repeated images (logos, ads) taken out"),
+    "image_text_scores": Signal(list, "image_relevance", "per image of a document (as the stage saw them): CLIP "
+                                                         "cosine with its nearby text, 4 decimals, None = not "
+                                                         "scored; trace"),
+    "irrelevant_images_removed": Signal(numbers.Integral, "image_relevance", "images below "
+                                                                             "documents.min_image_text_similarity "
+                                                                             "taken out"),
     "caption_chars": Signal(numbers.Integral, "heuristics", "characters of the caption"),
     "caption_repetition": Signal(numbers.Real, "heuristics", "share of repeated word n-grams in the caption"),
     "document_chars": Signal(numbers.Integral, "heuristics", "characters of a record's texts joined (kinds with the document rule set)"),

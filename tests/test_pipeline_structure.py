@@ -94,8 +94,8 @@ def _walk(pipeline) -> list:
 def test_every_stage_is_on(tmp_path):
     stages, _ = _graph(tmp_path)
     assert stages[1:] == ["decode", "heuristics", "language", "documents", "exact_dedup", "near_dup_image", "near_dup_text",
-                          "near_dup_embedding", "near_dup_semantic_text", "clip", "concepts", "contamination", "recaption",
-                          "ocr", "grounding", "renderable"]
+                          "near_dup_embedding", "near_dup_semantic_text", "clip", "image_relevance", "concepts",
+                          "contamination", "recaption", "ocr", "grounding", "renderable"]
 
 
 def test_no_side_input_or_global_combine_carries_per_record_data(tmp_path):

@@ -12,8 +12,8 @@ from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.registry import Registry
 from vlmloom.schemas.signals import LIBRARY_STAGES
 
-LIBRARY = ["download", "decode", "heuristics", "language", "documents", "dedup", "clip", "concepts", "contamination", "recaption",
-           "ocr", "grounding", "renderable"]
+LIBRARY = ["download", "decode", "heuristics", "language", "documents", "dedup", "clip", "image_relevance", "concepts",
+           "contamination", "recaption", "ocr", "grounding", "renderable"]
 DEDUP_PARTS = ("exact_dedup", "near_dup_image", "near_dup_text", "near_dup_embedding", "near_dup_semantic_text")
 
 
