@@ -174,6 +174,13 @@ def plan_units(fmt: str, files: list[str], root: str) -> tuple[list, list[str]]:
     return _split(files, lambda f: formats.extension(f) in formats.ROW_EXTENSIONS)
 
 
+def planned_units(cfg: InputConfig) -> tuple[str, list, list[str]]:
+    """(format, the units workers read, the files no unit reads) of one input, in their deterministic order."""
+    fmt, files = resolve_input(cfg)
+    units, ignored = plan_units(fmt, files, _folder_root(cfg.patterns()[0]))
+    return fmt, units, ignored
+
+
 def _split(files: list[str], read: Callable[[str], bool], keep_images: bool = True) -> tuple[list, list[str]]:
     """(files `read` takes, the others; images are left out of those when records may name them)."""
     units = [f for f in files if read(f)]
@@ -282,9 +289,12 @@ class _SplitRead(progress.CountingDoFn):
 class ReadInputs(beam.PTransform):
     """All inputs → {"kept": PCollection[Sample], "rejected": PCollection[Rejection]} (the `read` stage)."""
 
-    def __init__(self, inputs: list[InputConfig]):
+    def __init__(self, inputs: list[InputConfig], units: dict[int, tuple[int, int]] | None = None):
         super().__init__()
         self._inputs = inputs
+        # A chunk of a chunked run (pipelines/chunked.py): {input index: (start, stop)} of its planned units; the
+        # inputs not named are not read, and an input's unread files are counted by the chunk that holds unit 0.
+        self._units = units
 
     def expand(self, pbegin):
         outputs = []
@@ -292,13 +302,17 @@ class ReadInputs(beam.PTransform):
         if len(set(names)) != len(names):
             raise ConfigError(f"input source names {names} are not unique: set inputs[].name for each input")
         for i, cfg in enumerate(self._inputs):
-            fmt, files = resolve_input(cfg)
+            if self._units is not None and i not in self._units:
+                continue
+            fmt, units, ignored = planned_units(cfg)
             source = cfg.source_name()
             label = f"Input{i}_{source}"
-            units, ignored = plan_units(fmt, files, _folder_root(cfg.patterns()[0]))
             if not units:
                 raise ConfigError(f"input {cfg.patterns()} (source {source!r}, format {fmt}) has nothing to read: "
                                   f"{len(ignored)} file(s), none of them {fmt} data")
+            if self._units is not None:
+                start, stop = self._units[i]
+                units, ignored = units[start:stop], ignored if start == 0 else []
             pcoll = (pbegin | f"{label}/List" >> beam.Create(units, reshuffle=False)
                      | f"{label}/Spread" >> beam.Reshuffle()
                      | f"{label}/Read" >> beam.ParDo(_ReadUnits(source, fmt, cfg.kind, cfg.image_root,
