@@ -34,14 +34,19 @@ How decisions can differ from one job (tests/test_chunked.py checks each):
   * stages after dedup (CLIP, concepts, contamination, recaption, OCR, grounding, renderable) run in the chunk,
     before the global pass: a cross-chunk duplicate is judged (and costs their compute) before it is dropped, and
     a representative that such a stage drops in its chunk no longer removes its copies in other chunks;
+  * a near-duplicate dropped inside its chunk names its chunk's representative (the record it was compared with),
+    which the global pass may drop in turn; one job names the cluster's representative (exact duplicates name the
+    final one in both: identity is transitive);
   * key uniqueness sees the records each chunk kept: a record rejected inside its chunk keeps the key its chunk
-    read it under, and a rejection's "duplicate of K" names the key the chunk knew;
+    read it under;
   * the funnel counts global drops at their dedup stage (`exact_dedup` ...) or at `read` (`duplicate_key`), as one
     job does; per-stage counters are corrected for them, `report.chunked` gives the cross-chunk figures.
 With N >= the number of units the output is the one job's, byte for byte (one chunk, nothing to decide).
 """
 from __future__ import annotations
 
+import dataclasses
+import glob
 import json
 import logging
 import os
@@ -58,7 +63,7 @@ from vlmloom.curation import readers
 from vlmloom.pipelines import report as report_mod
 from vlmloom.pipelines.curate import (CurateConfig, _beam_options, _counters, _is_local, _prepare_output,
                                       _render_html, _subprocess_workers, build_pipeline)
-from vlmloom.pipelines.dedup import REASONS
+from vlmloom.pipelines.dedup import EXACT_STAGE, REASONS
 from vlmloom.pipelines.files import BEAM_FILES
 from vlmloom.pipelines.model_config import describe_disabled
 from vlmloom.pipelines.progress import LiveProgress
@@ -139,6 +144,7 @@ class KeyPlan:
     """What key uniqueness across chunks decided: copies to leave out where their chunk put them (renamed or
     rejected), renamed copies by the bucket of their new key, `duplicate_key` rejections by bucket."""
     moved: dict[tuple[int, str], str | None] = field(default_factory=dict)  # (chunk, key) → new key, None: rejected
+    kept_as: dict[tuple[int, str], str] = field(default_factory=dict)  # a rejected copy → the key its twin is kept as
     renamed_into: dict[int, list[tuple[int, str, str, str]]] = field(default_factory=lambda: defaultdict(list))
     rejections: dict[int, list[Rejection]] = field(default_factory=lambda: defaultdict(list))
     renamed: int = 0  # records renamed by the cross-chunk rule (not by their own chunk)
@@ -185,9 +191,11 @@ def _resolve_group(read_key: str, copies: list[tuple[int, str, str]], chunk_dirs
         loaded.append((c, key, shard, sample))
     kept, rejections = readers.resolve_shared_key([sample for *_, sample in loaded])
     kept_ids = {id(sample) for sample in kept}
+    twin = {readers.raw_digest_of(sample): sample.key for sample in kept}
     for c, key, shard, sample in loaded:
         if id(sample) not in kept_ids:
             plan.moved[(c, key)] = None
+            plan.kept_as[(c, key)] = twin[readers.raw_digest_of(sample)]
             _uncount(counters, sample, None)
             continue
         if sample.key != key:
@@ -275,12 +283,14 @@ def _global_dedup(config: CurateConfig, chunk_dirs: list[str], plan: KeyPlan, de
     return _counters(result)
 
 
-def _decisions(decisions_dir: str, bucket: int) -> dict[str, tuple[str, str]]:
-    path = os.path.join(decisions_dir, f"part-{bucket:05d}.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path, encoding="utf-8") as fh:
-        return {key: (stage, rep) for key, (stage, rep) in json.load(fh).items()}
+def _decisions(decisions_dir: str) -> dict[str, tuple[str, str]]:
+    """Every cross-chunk dedup decision, {key: (stage, representative)}: one small entry per record the global pass
+    drops (the duplicates across chunks), which the merge looks up by the key of a chunk's representative."""
+    found: dict[str, tuple[str, str]] = {}
+    for path in sorted(glob.glob(os.path.join(decisions_dir, "part-*.json"))):
+        with open(path, encoding="utf-8") as fh:
+            found.update((key, (stage, rep)) for key, (stage, rep) in json.load(fh).items())
+    return found
 
 
 # --- the merge ---------------------------------------------------------------------------------------------------
@@ -296,8 +306,11 @@ class _Merge:
     dropped: dict[str, int] = field(default_factory=dict)  # cross-chunk drops by reason
     shards: int = 0
 
+    def __post_init__(self):
+        self.decided = _decisions(self.decisions_dir)
+
     def _survivors(self, bucket: int, rejections: list[Rejection]) -> Iterator[Sample]:
-        decided = _decisions(self.decisions_dir, bucket)
+        decided = self.decided
         for c, chunk_dir in enumerate(self.chunk_dirs):
             for shard in _chunk_shards(chunk_dir, bucket):
                 for sample in spanned_samples(shard):
@@ -321,6 +334,22 @@ class _Merge:
         sample.signals["duplicate_of"] = rep
         rejections.append(Rejection.of(sample, stage, reason, f"duplicate of {rep}", {"duplicate_of": rep}))
 
+    def _final_representative(self, chunk: int, rejection: Rejection) -> Rejection:
+        """A duplicate its chunk dropped names its chunk's representative. When the key rule renamed that one, it
+        names the new key; when the global exact stage dropped it for an identical record, it names that record, as
+        one job does (identity is transitive). A near-duplicate keeps naming the record it was compared with (its
+        chunk's representative, possibly rejected in turn: near is not transitive)."""
+        rep = rejection.field_values().get("duplicate_of") if rejection.stage in REASONS else None
+        if not rep:
+            return rejection
+        final = self.plan.moved.get((chunk, rep)) or self.plan.kept_as.get((chunk, rep)) or rep
+        stage, better = self.decided.get(final, (None, ""))
+        final = better if stage == rejection.stage == EXACT_STAGE else final
+        if final == rep:
+            return rejection
+        fields = {**rejection.field_values(), "duplicate_of": final}
+        return dataclasses.replace(rejection, detail=f"duplicate of {final}", fields=json.dumps(fields, sort_keys=True))
+
     def bucket(self, bucket: int) -> None:
         out = self.config.output_format
         rejections: list[Rejection] = list(self.plan.rejections.get(bucket, []))
@@ -330,9 +359,9 @@ class _Merge:
                                                     bytes_per_shard=out.bytes_per_shard):
             write_atomic(os.path.join(self.work_dir, relative), data)
             self.shards += 1
-        for chunk_dir in self.chunk_dirs:
+        for c, chunk_dir in enumerate(self.chunk_dirs):
             part = os.path.join(chunk_dir, formats.REJECTED_DIR, formats.part_name(bucket))
-            rejections += [Rejection(**row) for row in curated.read_part(part).to_pylist()]
+            rejections += [self._final_representative(c, Rejection(**row)) for row in curated.read_part(part).to_pylist()]
         for relative, data in curated.bucket_parts(bucket, rows, rejections):
             write_atomic(os.path.join(self.work_dir, relative), data)
         self.stats.add(rows, (dict(r.__dict__) for r in rejections))
