@@ -51,7 +51,6 @@ import json
 import logging
 import os
 import shutil
-import tarfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -70,7 +69,7 @@ from vlmloom.pipelines.progress import LiveProgress
 from vlmloom.pipelines.sink import write_atomic
 from vlmloom.pipelines.sources import check_every_input_read, planned_units
 from vlmloom.pipelines.stage_registry import stages_in_order
-from vlmloom.schemas import console, curated, formats
+from vlmloom.schemas import console, curated
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.progress import show_progress
 from vlmloom.schemas.publish import discard_staging, publish_directory
@@ -100,31 +99,9 @@ def plan_chunks(config: CurateConfig) -> list[dict[int, tuple[int, int]]]:
 
 # --- the chunk survivors, read back as metadata ------------------------------------------------------------------
 def spanned_samples(shard: str) -> Iterator[Sample]:
-    """The samples of a curated shard (an uncompressed tar), images and videos as spans of the shard (no bytes
-    held: the writer reads them again, checked against their sha256), in member order."""
-    with tarfile.open(shard, "r:") as tar:
-        members = {m.name: m for m in tar.getmembers()}  # headers only
-        for name, info in members.items():
-            if not name.endswith(".json"):
-                continue
-            sample = Sample.from_json(tar.extractfile(info).read().decode("utf-8"))
-            refs = [(image, formats.image_member_name(sample.key, i, image.format or "jpeg"))
-                    for i, image in enumerate(sample.images)]
-            refs += [(video, formats.video_member_name(sample.key, i, video.format))
-                     for i, video in enumerate(sample.videos)]
-            for ref, member in refs:
-                if member in members:
-                    ref.span = (shard, members[member].offset_data, members[member].size)
-            yield sample
-
-
-def _chunk_shards(chunk_dir: str, bucket: int | None = None) -> list[str]:
-    """A chunk's shards (of one bucket), in name order."""
-    shards = curated.shard_paths(chunk_dir)
-    if bucket is None:
-        return shards
-    prefix = formats.curated_shard_name(bucket, 0).rsplit("-", 1)[0] + "-"
-    return [s for s in shards if os.path.basename(s).startswith(prefix)]
+    """A chunk shard's samples, images and videos left in the shard as spans (no bytes held: the writer reads them
+    again, checked against their sha256)."""
+    return curated.iter_shard_samples(os.path.abspath(shard), spans=True)
 
 
 def _uncount(counters: dict[str, int], sample: Sample, from_stage: str | None) -> None:
@@ -167,7 +144,7 @@ def _resolve_keys(chunk_dirs: list[str], buckets: int, counters: dict[str, int])
     for bucket in range(buckets):
         by_key: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
         for c, chunk_dir in enumerate(chunk_dirs):
-            part = os.path.join(chunk_dir, formats.MANIFEST_DIR, formats.part_name(bucket))
+            part = curated.bucket_part_path(chunk_dir, curated.MANIFEST, bucket)
             for row in curated.read_part(part, ["key", "shard"]).to_pylist():
                 if (c, row["key"]) not in renamed_copies:
                     by_key[row["key"]].append((c, row["key"], row["shard"]))
@@ -259,7 +236,7 @@ def _global_dedup(config: CurateConfig, chunk_dirs: list[str], plan: KeyPlan, de
     dedup = _dedup_step(config)
     if dedup is None:
         return {}
-    shards = [(c, os.path.abspath(s)) for c, d in enumerate(chunk_dirs) for s in _chunk_shards(d)]
+    shards = [(c, os.path.abspath(s)) for c, d in enumerate(chunk_dirs) for s in curated.shard_paths(d)]
     if not shards:
         return {}
     os.makedirs(decisions_dir, exist_ok=True)
@@ -312,7 +289,7 @@ class _Merge:
     def _survivors(self, bucket: int, rejections: list[Rejection]) -> Iterator[Sample]:
         decided = self.decided
         for c, chunk_dir in enumerate(self.chunk_dirs):
-            for shard in _chunk_shards(chunk_dir, bucket):
+            for shard in curated.bucket_shard_paths(chunk_dir, bucket):
                 for sample in spanned_samples(shard):
                     if (c, sample.key) not in self.plan.moved:
                         yield from self._decided(sample, decided, rejections)
@@ -360,7 +337,7 @@ class _Merge:
             write_atomic(os.path.join(self.work_dir, relative), data)
             self.shards += 1
         for c, chunk_dir in enumerate(self.chunk_dirs):
-            part = os.path.join(chunk_dir, formats.REJECTED_DIR, formats.part_name(bucket))
+            part = curated.bucket_part_path(chunk_dir, curated.REJECTED, bucket)
             rejections += [self._final_representative(c, Rejection(**row)) for row in curated.read_part(part).to_pylist()]
         for relative, data in curated.bucket_parts(bucket, rows, rejections):
             write_atomic(os.path.join(self.work_dir, relative), data)
