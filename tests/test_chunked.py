@@ -211,3 +211,34 @@ def test_a_failed_chunk_leaves_no_visible_output(corpus, tmp_path, monkeypatch):
                      "--set", "heuristics.min_side=16", "--direct_num_workers=1"])
     assert [c[0] for c in calls] == [1, 1] and [c[2] for c in calls] == [{0: (0, 1)}, {0: (1, 2)}]
     assert os.listdir(tmp_path) == []
+
+
+def test_chunks_cut_the_inputs_units_in_order(tmp_path):
+    """Units in input order then unit order, `chunk` at a time, a chunk spanning two inputs where they meet."""
+    from vlmloom.pipelines.chunked import plan_chunks
+
+    for folder, count in (("a", 3), ("b", 2)):
+        (tmp_path / folder).mkdir()
+        for i in range(count):
+            _write_tar(tmp_path / folder / f"{i}.tar", [("k", _jpeg(np.zeros((8, 8, 3))), "x")])
+    config = load_config({"inputs": [{"path": str(tmp_path / "a" / "*.tar")}, {"path": str(tmp_path / "b")}],
+                          "output": str(tmp_path / "out"), "chunk": 2})
+    assert plan_chunks(config) == [{0: (0, 2)}, {0: (2, 3), 1: (0, 1)}, {1: (1, 2)}]
+
+
+def test_shard_samples_read_as_spans_load_their_own_bytes(tmp_path):
+    from vlmloom.schemas import curated
+    from vlmloom.schemas.records import ImageRef, Sample
+
+    images = [_jpeg(np.full((8, 8, 3), value)) for value in (10, 200, 90)]
+    samples = [Sample(key=f"k{i}", source="s", source_id=str(i), text=f"t{i}",
+                      images=[ImageRef(sha256=hashlib.sha256(data).hexdigest(), width=8, height=8, format="jpeg",
+                                       bytes=data)]) for i, data in enumerate(images)]
+    curated.write_curated_dir(str(tmp_path / "out"), samples, per_shard=2, buckets=1)
+    read = [s for path in curated.shard_paths(str(tmp_path / "out"))
+            for s in curated.iter_shard_samples(path, spans=True)]
+    assert sorted(s.key for s in read) == ["k0", "k1", "k2"]
+    for sample in read:
+        image = sample.images[0]
+        assert image.bytes is None and image.span[0].endswith(".tar")
+        assert image.load_bytes() == images[int(sample.source_id)] and image.nbytes == len(image.load_bytes())
