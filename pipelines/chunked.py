@@ -20,8 +20,9 @@ records it holds (README, "What one machine can curate"). Here:
      layout code; report.json's figures are summed per bucket (report.ReportStats) and the usual report.json,
      report.html and `_SUCCESS` follow. Everything is written in the staging directory that is renamed into place
      at the end (as `curate`): a failed or killed chunk leaves no visible output.
-Memory: a chunk job holds its chunk; the global dedup job holds one metadata row per surviving record (and what
-its shuffles carry); the merge holds one bucket's metadata.
+Memory: a chunk job holds its chunk; the global dedup job holds what the dedup step shuffles for each surviving
+record (a ~200-byte row; MinHash's bands and signatures are most of it: README, "Chunked local curation"); the
+merge holds one bucket's metadata and the cross-chunk decisions.
 
 How decisions can differ from one job (tests/test_chunked.py checks each):
   * exact duplicates, and near-duplicate clusters whose members are all within the threshold of each other: the
@@ -29,8 +30,8 @@ How decisions can differ from one job (tests/test_chunked.py checks each):
     of those, which is the best of the cluster);
   * chained clusters (A~B, B~C, A and C farther apart than the threshold): representatives are chosen among the
     chunk survivors, so a member that one job keeps because it is too far from the cluster's representative may
-    be dropped here, as a duplicate of its chunk's representative; never the reverse for the dedup stages alone
-    (every record one job drops lies within the threshold of a representative that survives its chunk);
+    be dropped here, as a duplicate of its chunk's representative; not the reverse: a record one job drops lies
+    within the threshold of that job's representative, the best of its cluster, which survives its own chunk;
   * stages after dedup (CLIP, concepts, contamination, recaption, OCR, grounding, renderable) run in the chunk,
     before the global pass: a cross-chunk duplicate is judged (and costs their compute) before it is dropped, and
     a representative that such a stage drops in its chunk no longer removes its copies in other chunks;
