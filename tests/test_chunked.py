@@ -186,30 +186,55 @@ def test_a_chained_cluster_across_chunks_follows_the_documented_rule(tmp_path):
 
 
 def test_a_failed_chunk_leaves_no_visible_output(corpus, tmp_path, monkeypatch):
-    """The second chunk's job fails while it runs: the first chunk's files were written, yet neither the output
-    nor a staging directory is left (through the CLI, so `--chunk` is parsed as the config key)."""
+    """A chunk's job fails while it runs: neither the output nor a staging directory is left (through the CLI, so
+    `--chunk` is parsed as the config key). What a finished chunk wrote is discarded too: the killed-run test."""
     import apache_beam as beam
 
     from vlmloom.pipelines import chunked
     from vlmloom.pipelines.cli import curate_main
 
-    inputs, _, _, _ = corpus
-    real, calls = chunked.build_pipeline, []
+    calls = []
 
-    def failing_second_chunk(pipeline, config, output_dir, read_units=None):
-        calls.append((config.chunk, output_dir, read_units))
-        if len(calls) == 1:
-            return real(pipeline, config, output_dir, read_units=read_units)
-        assert glob.glob(os.path.join(calls[0][1], "shards", "*.tar"))  # chunk 0 is written
-        _ = pipeline | beam.Create([1]) | beam.Map(lambda _: 1 / 0)  # the second chunk's job fails as it runs
+    def failing_chunk(pipeline, config, output_dir, read_units=None):
+        calls.append((config.chunk, read_units))
+        _ = pipeline | beam.Create([1]) | beam.Map(lambda _: 1 / 0)  # the chunk's job fails as it runs
         return ["read"]
 
-    monkeypatch.setattr(chunked, "build_pipeline", failing_second_chunk)
+    monkeypatch.setattr(chunked, "build_pipeline", failing_chunk)
     out = tmp_path / "out"
     with pytest.raises(ZeroDivisionError):
-        curate_main([inputs, "--output", str(out), "--chunk", "1", "--set", "disable=[language]",
-                     "--set", "heuristics.min_side=16", "--direct_num_workers=1"])
-    assert [c[0] for c in calls] == [1, 1] and [c[2] for c in calls] == [{0: (0, 1)}, {0: (1, 2)}]
+        curate_main([corpus[0], "--output", str(out), "--chunk", "1", "--direct_num_workers=1"])
+    assert calls == [(1, {0: (0, 1)})]
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_killed_chunked_run_leaves_no_visible_output(corpus, tmp_path):
+    """SIGKILL `vlmloom curate --chunk 1` once its second chunk has started: the output never appears; what the
+    finished first chunk wrote lies only in the staging directory, which the next run of the output removes
+    (its owner process is gone: schemas/publish.py)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from vlmloom.schemas.publish import remove_stale_staging
+
+    inputs = corpus[0]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "vlmloom.cli.main", "curate", inputs, "--output", str(out),
+                             "--chunk", "1", "--set", "disable=[language]", "--set", "heuristics.min_side=16"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = os.path.join(str(tmp_path), "killed.tmp-*", ".chunks", "c00001")
+    deadline = time.time() + 120
+    while time.time() < deadline and not glob.glob(second) and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before its second chunk could be killed"
+    assert not out.exists()
+    staging = glob.glob(os.path.join(str(tmp_path), "killed.tmp-*"))
+    assert len(staging) == 1 and glob.glob(os.path.join(staging[0], ".chunks", "c00000", "shards", "*.tar"))
+    remove_stale_staging(str(out))
     assert os.listdir(tmp_path) == []
 
 
