@@ -21,6 +21,12 @@ in a child process, on the DirectRunner. The table gives:
 All are measured, not computed; the transforms they come from are listed by label. A size that grows ~4× with N
 means the step holds per-record data of the whole corpus. `--passthrough` runs, over the same records, only the
 read and a step that drops every record: what the DirectRunner and the reader keep by themselves.
+`--chunk N` runs the same records through `curate --chunk N` (pipelines/chunked.py: N tars a job, then one
+cross-chunk dedup job on metadata and the merge), uninstrumented: time and peak RSS only; `--per-tar` sets the
+tar size (the unit a chunk counts), so that chunks of a fixed size compare with one job over the same tars:
+
+    .venv/bin/python bench/curate_scale.py --sizes 5000 20000 --per-tar 1000            # one job
+    .venv/bin/python bench/curate_scale.py --sizes 5000 20000 --per-tar 1000 --chunk 5  # 5,000 records a chunk
 The probes add a measuring branch per GroupByKey (one extra encoding of what it shuffles): times are the probed job's.
 """
 from __future__ import annotations
@@ -214,18 +220,25 @@ def _measure_shuffles(pipeline) -> list[str]:
     return [label for label, _ in found]
 
 
-def child(tars: str, out: str, workers: int, passthrough: bool = False) -> None:
+def child(tars: str, out: str, workers: int, passthrough: bool = False, chunk: int = 0, disable: str = "") -> None:
     """Build the job, instrument it, run it, check every record is accounted for."""
+    from vlmloom.pipelines.curate import build_pipeline, curate, load_config
+    from vlmloom.pipelines.report import read_manifest, read_rejections
+
+    config = load_config({"inputs": [{"path": tars, "name": "scale"}], "output": out,
+                          "disable": ["language"] + [s for s in disable.split(",") if s],
+                          "heuristics": {"min_side": 16}, "chunk": chunk})
+    args = [f"--direct_num_workers={workers}"] + (["--direct_running_mode=multi_processing"] if workers > 1 else [])
+    if chunk:  # the chunked run as `vlmloom curate --chunk` runs it (several jobs, the merge, the report)
+        started = time.perf_counter()
+        report = curate(config, args, progress=False)
+        _record({"kind": "job", "seconds": time.perf_counter() - started, "kept": report["accounting"]["kept"],
+                 "rejected": report["accounting"]["rejected"]})
+        return
     _instrument_combines()
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from vlmloom.pipelines.curate import build_pipeline, load_config
-    from vlmloom.pipelines.report import read_manifest, read_rejections
-
-    config = load_config({"inputs": [{"path": tars, "name": "scale"}], "output": out, "disable": ["language"],
-                          "heuristics": {"min_side": 16}})
-    args = [f"--direct_num_workers={workers}"] + (["--direct_running_mode=multi_processing"] if workers > 1 else [])
     os.makedirs(out)
     started = time.perf_counter()
     pipeline = beam.Pipeline(options=PipelineOptions(args))
@@ -250,14 +263,16 @@ def child(tars: str, out: str, workers: int, passthrough: bool = False) -> None:
 
 
 # ------------------------------------------------------------------------------------------ parent
-def run_size(n: int, work: str, workers: int, passthrough: bool = False) -> dict:
+def run_size(n: int, work: str, workers: int, passthrough: bool = False, chunk: int = 0, per_tar: int = 5000,
+             disable: tuple[str, ...] = ()) -> dict:
     import psutil
 
-    tars = make_corpus(os.path.join(work, f"corpus{n}"), n)
+    tars = make_corpus(os.path.join(work, f"corpus{n}"), n, per_tar=per_tar)
     probe = os.path.join(work, f"probe{n}.jsonl")
     env = {**os.environ, PROBE_ENV: probe}
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", tars,
-                             os.path.join(work, f"out{n}"), str(workers), str(int(passthrough))], env=env)
+                             os.path.join(work, f"out{n}"), str(workers), str(int(passthrough)), str(chunk),
+                             ",".join(disable)], env=env)
     peaks: dict[int, int] = {}
     root = psutil.Process(proc.pid)
     stop = threading.Event()
@@ -331,20 +346,26 @@ def _print_shuffles(rows: list[dict], top: int = 12) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3], int(sys.argv[4]), bool(int(sys.argv[5])))
+        child(sys.argv[2], sys.argv[3], int(sys.argv[4]), bool(int(sys.argv[5])), int(sys.argv[6]), sys.argv[7])
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 80000])
     parser.add_argument("--workers", type=int, default=1, help="DirectRunner workers (2 = multi_processing)")
     parser.add_argument("--passthrough", action="store_true", help="only read the records and drop them")
+    parser.add_argument("--chunk", type=int, default=0, help="curate --chunk N (tars per job; time and peak RSS only)")
+    parser.add_argument("--per-tar", type=int, default=5000, help="records per input tar (the unit --chunk counts)")
+    parser.add_argument("--disable", nargs="*", default=[], help="stages to skip besides language (near_dup_text ...)")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="vlmloom-scale-")
     try:
-        rows = [run_size(n, work, args.workers, args.passthrough) for n in args.sizes]
+        rows = [run_size(n, work, args.workers, args.passthrough, args.chunk, args.per_tar, tuple(args.disable))
+                for n in args.sizes]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     mb = 2**20
-    print(f"\nDirectRunner, {args.workers} worker(s){', pass-through' if args.passthrough else ''}, "
+    print(f"\nDirectRunner, {args.workers} worker(s){', pass-through' if args.passthrough else ''}"
+          f"{f', chunks of {args.chunk} tars' if args.chunk else ''}, {args.per_tar:,} records a tar"
+          f"{f', disabled: {args.disable}' if args.disable else ''}, "
           f"CPU cores: {os.cpu_count()}\n")
     print("| records | kept | time s | peak RSS job MB | peak RSS worker MB | largest side input KB | "
           "largest combine accumulator KB |\n|---|---|---|---|---|---|---|")

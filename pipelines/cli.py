@@ -29,6 +29,9 @@ def curate_main(argv: list[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="live per-stage counts on stderr (default: only when stdout is a terminal)")
+    parser.add_argument("--chunk", type=int, metavar="N",
+                        help="curate N input units (files, shards) per job, then dedup across chunks on metadata "
+                             "and merge: memory bounded by the chunk (config key `chunk`)")
     add_set_argument(parser)
     args, beam_args = parser.parse_known_args(argv)
     data = apply_overrides(load_yaml(args.config), args.overrides)
@@ -38,6 +41,8 @@ def curate_main(argv: list[str]) -> int:
         data["output"] = args.output
     if args.overwrite:
         data["overwrite"] = True
+    if args.chunk is not None:
+        data["chunk"] = args.chunk
     config = load_config(data)
     report = curate(config, beam_args, progress=args.progress)
     print(summary_table(report))

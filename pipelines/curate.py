@@ -70,6 +70,9 @@ class CurateConfig:
     dedup: DedupConfig = DedupConfig()
     models: ModelStagesConfig = ModelStagesConfig()  # CLIP, concepts, contamination, recaption, OCR, grounding
     output_format: OutputConfig = OutputConfig()
+    # > 0: curate the inputs' units (files, shards) in groups of this many, one job each, then decide cross-chunk
+    # duplicates on metadata and merge (pipelines/chunked.py): memory bounded by the chunk; 0 = one job
+    chunk: int = 0
 
     def validate(self) -> None:
         unknown = [s for s in self.disable if s not in optional_stages()]
@@ -77,6 +80,8 @@ class CurateConfig:
             raise ConfigError(f"disable: unknown stage(s) {unknown}; choose from {list(optional_stages())}")
         if not 0 <= self.max_error_ratio <= 1:
             raise ConfigError(f"max_error_ratio ({self.max_error_ratio}) must be within 0..1")
+        if self.chunk < 0:
+            raise ConfigError(f"chunk ({self.chunk}) must be >= 0: input units per job, 0 for one job")
 
     def enabled(self, stage: str) -> bool:
         return stage not in self.disable
@@ -185,9 +190,11 @@ def curate_stages(config: CurateConfig) -> list[tuple[str, beam.PTransform]]:
     return stages
 
 
-def build_pipeline(pipeline: beam.Pipeline, config: CurateConfig, output_dir: str) -> list[str]:
-    """Add the whole job to `pipeline`, writing under `output_dir`; returns the stage names in order."""
-    read = pipeline | "Read" >> ReadInputs(config.inputs)
+def build_pipeline(pipeline: beam.Pipeline, config: CurateConfig, output_dir: str,
+                   read_units: dict[int, tuple[int, int]] | None = None) -> list[str]:
+    """Add the whole job to `pipeline`, writing under `output_dir`; returns the stage names in order.
+    `read_units`: only these units of the inputs (one chunk of a chunked run, sources.ReadInputs)."""
+    read = pipeline | "Read" >> ReadInputs(config.inputs, read_units)
     unique = read["kept"] | "UniqueKeys" >> UniqueKeys()
     samples, rejected = unique["kept"], [read["rejected"], unique["rejected"]]
     names = [READ_STAGE]
@@ -284,6 +291,10 @@ def curate(config: CurateConfig, beam_args: list[str] | None = None, progress: b
     stderr (None: only when stdout is a terminal)."""
     if not config.inputs:
         raise ConfigError("no inputs: pass INPUT paths or set inputs: in the job YAML")
+    if config.chunk:
+        from vlmloom.pipelines.chunked import curate_chunked
+
+        return curate_chunked(config, beam_args, progress)
     output = config.output
     work_dir = _prepare_output(output, config.overwrite)
     started = time.time()

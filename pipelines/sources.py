@@ -113,6 +113,13 @@ def _resolve_one(path: str, fmt: str) -> tuple[str, list[str]]:
     return resolve.resolve_path(path, fmt, _match)
 
 
+def planned_units(cfg: InputConfig) -> tuple[str, list, list[str]]:
+    """(format, the units workers read, the files no unit reads) of one input, in their deterministic order."""
+    fmt, files = resolve_input(cfg)
+    units, ignored = plan_units(fmt, files, resolve.folder_root(cfg.patterns()[0]))
+    return fmt, units, ignored
+
+
 def _reads_raw(path: str) -> bool:
     """Is `path` a local file that FileSystems.open reads byte for byte (no compression by extension)? Its bytes
     can then be re-read by offset (ImageRef.span) instead of riding the shuffles."""
@@ -201,9 +208,12 @@ class _SplitRead(progress.CountingDoFn):
 class ReadInputs(beam.PTransform):
     """All inputs → {"kept": PCollection[Sample], "rejected": PCollection[Rejection]} (the `read` stage)."""
 
-    def __init__(self, inputs: list[InputConfig]):
+    def __init__(self, inputs: list[InputConfig], units: dict[int, tuple[int, int]] | None = None):
         super().__init__()
         self._inputs = inputs
+        # A chunk of a chunked run (pipelines/chunked.py): {input index: (start, stop)} of its planned units; the
+        # inputs not named are not read, and an input's unread files are counted by the chunk that holds unit 0.
+        self._units = units
 
     def expand(self, pbegin):
         outputs = []
@@ -211,13 +221,17 @@ class ReadInputs(beam.PTransform):
         if len(set(names)) != len(names):
             raise ConfigError(f"input source names {names} are not unique: set inputs[].name for each input")
         for i, cfg in enumerate(self._inputs):
-            fmt, files = resolve_input(cfg)
+            if self._units is not None and i not in self._units:
+                continue
+            fmt, units, ignored = planned_units(cfg)
             source = cfg.source_name()
             label = f"Input{i}_{source}"
-            units, ignored = plan_units(fmt, files, resolve.folder_root(cfg.patterns()[0]))
             if not units:
                 raise ConfigError(f"input {cfg.patterns()} (source {source!r}, format {fmt}) has nothing to read: "
                                   f"{len(ignored)} file(s), none of them {fmt} data")
+            if self._units is not None:
+                start, stop = self._units[i]
+                units, ignored = units[start:stop], ignored if start == 0 else []
             pcoll = (pbegin | f"{label}/List" >> beam.Create(units, reshuffle=False)
                      | f"{label}/Spread" >> beam.Reshuffle()
                      | f"{label}/Read" >> beam.ParDo(_ReadUnits(source, fmt, cfg.kind, cfg.image_root,

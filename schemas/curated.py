@@ -237,6 +237,17 @@ def shard_paths(directory: str, files: Files = LOCAL_FILES) -> list[str]:
     return _visible(files.glob(files.join(directory, formats.SHARDS_DIR, "*.tar")))
 
 
+def bucket_shard_paths(directory: str, bucket: int, files: Files = LOCAL_FILES) -> list[str]:
+    """The shards of one bucket, in shard order."""
+    pattern = formats.curated_shard_name(bucket, 0).rsplit("-", 1)[0] + "-*.tar"
+    return _visible(files.glob(files.join(directory, formats.SHARDS_DIR, pattern)))
+
+
+def bucket_part_path(directory: str, table: str, bucket: int, files: Files = LOCAL_FILES) -> str:
+    """The part of `table` (MANIFEST or REJECTED) that bucket `bucket` writes (every bucket writes one)."""
+    return files.join(directory, table, formats.part_name(bucket))
+
+
 def shard_label(shard: str) -> str:
     """How a shard is named to a person: its path relative to the directory."""
     return f"{formats.SHARDS_DIR}/{shard}"
@@ -247,11 +258,20 @@ def _visible(paths: list[str]) -> list[str]:
     return sorted(p for p in paths if not posixpath.basename(p).startswith((".", "_")))
 
 
-def iter_shard_samples(shard: str | BinaryIO) -> Iterator[Sample]:
+def _json_or_span(tar, info) -> bytes | tuple[int, int]:
+    """A member's bytes when it is the sample's JSON, else where its bytes lie in the (uncompressed) shard."""
+    return tar.extractfile(info).read() if info.name.endswith(".json") else (info.offset_data, info.size)
+
+
+def iter_shard_samples(shard: str | BinaryIO, spans: bool = False) -> Iterator[Sample]:
     """The samples of one shard (a path or an open binary file), in member order, with their image bytes:
-    the inverse of `sample_members`. A shard that does not match its JSON raises RecordError naming the key."""
+    the inverse of `sample_members`. A shard that does not match its JSON raises RecordError naming the key.
+    `spans` (a local shard path): images and videos are left where they lie in the shard (`ImageRef.span`), not
+    read; whoever needs them reads them (`load_bytes`, checked against their sha256)."""
     name = shard if isinstance(shard, str) else getattr(shard, "name", "shard")
-    for key, members in iter_tar_groups(shard):
+    if spans and not isinstance(shard, str):
+        raise ValueError("iter_shard_samples(spans=True) takes a local shard path")
+    for key, members in iter_tar_groups(shard, read=_json_or_span if spans else None):
         if "json" not in members:
             raise RecordError(f"record {key!r}: shard {os.path.basename(str(name))} has no {key}.json")
         images: dict[int, bytes] = {}
@@ -266,10 +286,14 @@ def iter_shard_samples(shard: str | BinaryIO) -> Iterator[Sample]:
                 images[0] = data
             elif len(parts) == 2 and parts[0].isdigit():
                 images[int(parts[0])] = data
-        sample = Sample.from_json(members["json"].decode("utf-8"), [images[i] for i in sorted(images)],
-                                  [videos[i] for i in sorted(videos)])
+        image_values, video_values = [images[i] for i in sorted(images)], [videos[i] for i in sorted(videos)]
+        sample = Sample.from_json(members["json"].decode("utf-8"), None if spans else image_values,
+                                  None if spans else video_values)
         if len(images) != len(sample.images):
             raise RecordError(f"record {key!r}: field 'images' lists {len(sample.images)}, shard holds {len(images)}")
+        if spans:
+            for ref, (offset, size) in zip([*sample.images, *sample.videos], [*image_values, *video_values]):
+                ref.span = (name, offset, size)
         yield sample
 
 
