@@ -598,30 +598,60 @@ def renamed_key(sample: Sample, digest: str) -> str:
     return make_key(sample.source, f"{sample.source_id}\x00raw:{digest}")
 
 
-def resolve_shared_key(samples: Iterable[Sample]) -> tuple[list[Sample], list[Rejection]]:
-    """Samples read under one key → (those kept, `duplicate_key` Rejections).
+# What the key-uniqueness step reads of a record (its metadata row, never the sample): (raw sha256, origin, the key
+# it takes if its key must be renamed). And what it decides for a record, when anything: (RENAMED_KEY, new key, "",
+# "") or (DUPLICATE_KEY, the kept copy's key ("" = its own key), the kept copy's origin, raw sha256).
+SharedKeyRow = tuple[str, str, str]
+SharedKeyDecision = tuple[str, str, str, str]
 
-    Byte-identical raw records (same `raw_sha256`) are one record: the copy with the smallest origin is kept,
-    the others are rejected `duplicate_key` naming it. Records with different raw content are all kept: when
-    there are several, each gets its own key (`renamed_key`; the old key is in its `renamed_from` signal) and
-    keeps its source id. Decided by content and origin only, so every runner and worker count agree."""
-    by_digest: dict[str, list[tuple[str, int, Sample]]] = {}
-    for index, sample in enumerate(samples):
-        by_digest.setdefault(raw_digest_of(sample), []).append(
-            (str(sample.signals.get(ORIGIN_SIGNAL, "")), index, sample))
-    kept, rejections = [], []
+
+def shared_key_row(sample: Sample) -> SharedKeyRow:
+    digest = raw_digest_of(sample)
+    return digest, str(sample.signals.get(ORIGIN_SIGNAL, "")), renamed_key(sample, digest)
+
+
+def shared_key_decisions(rows: list[SharedKeyRow]) -> list[tuple[int, SharedKeyDecision | None]]:
+    """The rows of the records read under one key → (row index, decision) for every row, None = kept as it is.
+
+    Byte-identical raw records (same raw sha256) are one record: the copy with the smallest origin is kept, the
+    others are `duplicate_key`, naming it. Records with different raw content are all kept: when there are several,
+    each takes its own key (`renamed_key`). Ordered by raw sha256, then origin, then row index (the order
+    `resolve_shared_key` returns them in). Decided by content and origin only, so every runner agrees."""
+    by_digest: dict[str, list[tuple[str, int, str]]] = {}
+    for index, (digest, origin, renamed) in enumerate(rows):
+        by_digest.setdefault(digest, []).append((origin, index, renamed))
     rename = len(by_digest) > 1
+    out: list[tuple[int, SharedKeyDecision | None]] = []
     for digest in sorted(by_digest):
         copies = sorted(by_digest[digest], key=lambda c: c[:1])
-        origin, _, winner = copies[0]
-        original_key = winner.key
-        if rename:
-            winner.signals[RENAMED_SIGNAL] = original_key
-            winner.key = renamed_key(winner, digest)
-        kept.append(winner)
-        for other_origin, _, sample in copies[1:]:
-            detail = (f"key {original_key} (source id {sample.source_id!r}) also read from {origin or '?'}, kept as "
-                      f"{winner.key}; this record at {other_origin or '?'} is an identical copy of it (the same raw "
-                      f"record: raw sha256 {digest[:12]} of its line bytes, tar members or row values)")
-            rejections.append(Rejection.of(sample, READ_STAGE, DUPLICATE_KEY, detail))
+        origin, index, renamed = copies[0]
+        out.append((index, (RENAMED_KEY, renamed, "", "") if rename else None))
+        for _, other, _ in copies[1:]:
+            out.append((other, (DUPLICATE_KEY, renamed if rename else "", origin, digest)))
+    return out
+
+
+def apply_shared_key_decision(sample: Sample, decision: SharedKeyDecision) -> Sample | Rejection:
+    """A record and its key-uniqueness decision → the sample (renamed: the old key in `renamed_from`) or its
+    `duplicate_key` Rejection, naming the copy that is kept."""
+    action, kept_key, kept_origin, digest = decision
+    if action == RENAMED_KEY:
+        sample.signals[RENAMED_SIGNAL] = sample.key
+        sample.key = kept_key
+        return sample
+    origin = str(sample.signals.get(ORIGIN_SIGNAL, ""))
+    detail = (f"key {sample.key} (source id {sample.source_id!r}) also read from {kept_origin or '?'}, kept as "
+              f"{kept_key or sample.key}; this record at {origin or '?'} is an identical copy of it (the same raw "
+              f"record: raw sha256 {digest[:12]} of its line bytes, tar members or row values)")
+    return Rejection.of(sample, READ_STAGE, DUPLICATE_KEY, detail)
+
+
+def resolve_shared_key(samples: Iterable[Sample]) -> tuple[list[Sample], list[Rejection]]:
+    """Samples read under one key → (those kept, `duplicate_key` Rejections), by `shared_key_decisions` (the rule
+    the pipeline applies to metadata rows, pipelines/keys.py)."""
+    samples = list(samples)
+    kept, rejections = [], []
+    for index, decision in shared_key_decisions([shared_key_row(s) for s in samples]):
+        result = samples[index] if decision is None else apply_shared_key_decision(samples[index], decision)
+        (rejections if isinstance(result, Rejection) else kept).append(result)
     return kept, rejections

@@ -44,6 +44,7 @@ from vlmloom.pipelines.progress import LiveProgress
 from vlmloom.pipelines.report_html import render_html
 from vlmloom.pipelines.sink import OutputConfig, WriteCurated, write_atomic
 from vlmloom.pipelines.sources import InputConfig, ReadInputs, check_every_input_read, resolve_input
+from vlmloom.pipelines.stages import JudgeStage
 from vlmloom.pipelines.stage_registry import CurateStage, judge_stage, optional_stages, register_stage, stages_in_order
 from vlmloom.pipelines.files import BEAM_FILES
 from vlmloom.schemas import console, curated
@@ -200,14 +201,17 @@ def build_pipeline(pipeline: beam.Pipeline, config: CurateConfig, output_dir: st
     names = [READ_STAGE]
     pending = None  # dedup decisions, made on metadata: applied once, where the samples are next grouped
     for name, stage in curate_stages(config):
-        if pending is not None:
+        # A per-record judge (`renderable`) runs on the samples before the decisions meet them, so no grouping
+        # is added for it: a record it drops is its rejection alone (its decision then finds no sample).
+        if pending is not None and not isinstance(stage, JudgeStage):
             applied = samples | "ApplyDedup" >> ApplyDecisions(pending)
             samples, pending = applied["kept"], None
             rejected.append(applied["rejected"])
         out = samples | name >> stage
         samples = out["kept"]
         rejected.append(out["rejected"])
-        pending = out.get("pending")
+        pending = out["pending"] if out.get("pending") is not None else (
+            pending.judged_by(name) if pending is not None else None)
         names.extend(getattr(stage, "stage_names", [name]))
     all_rejected = rejected | "AllRejected" >> beam.Flatten()
     _ = {"kept": samples, "rejected": all_rejected} | "Write" >> WriteCurated(output_dir, config.output_format,

@@ -61,7 +61,7 @@ from vlmloom.pipelines import progress
 from vlmloom.pipelines.shuffle import keyed, sample_key, unpickled
 from vlmloom.pipelines.stages import KEPT, REJECTED
 from vlmloom.schemas.config import config_hash
-from vlmloom.schemas.records import Rejection, Sample
+from vlmloom.schemas.records import LineageEntry, Rejection, Sample
 from vlmloom.schemas.signals import DEDUP_STAGES
 
 EXACT_STAGE, PHASH_STAGE, MINHASH_STAGE, EMBEDDING_STAGE, SEMANTIC_TEXT_STAGE = DEDUP_STAGES
@@ -512,6 +512,13 @@ class PendingDecisions:
     per-bucket group, or `ApplyDecisions`)."""
     decisions: Any  # PCollection[(key, (stage, representative))]
     lineage: tuple[tuple[str, str], ...]  # (stage, config hash) of the stages every kept sample passed, in order
+    # Per-record stages that ran after dedup on the samples the decisions had not met yet (`renderable`): their
+    # lineage entries follow dedup's, and a record they dropped is theirs (its decision finds no sample).
+    later: tuple[str, ...] = ()
+
+    def judged_by(self, stage: str) -> "PendingDecisions":
+        """The same decisions, after the per-record stage `stage` ran on the samples they have not met yet."""
+        return PendingDecisions(self.decisions, self.lineage, self.later + (stage,))
 
     def values(self, key_fn, label: str):
         """The decisions as (key_fn(key), marked bytes), to be grouped beside `keyed(...)` samples."""
@@ -524,8 +531,8 @@ class DecisionApplier:
     """Grouped values (pickled samples and marked decisions, any order) → kept samples (lineage added) and
     Rejections; counts `<stage>/kept` and `<stage>/dropped_<reason>` as the RouteDoFn of every other stage does."""
 
-    def __init__(self, lineage: tuple[tuple[str, str], ...]):
-        self._lineage = lineage
+    def __init__(self, lineage: tuple[tuple[str, str], ...], later: tuple[str, ...] = ()):
+        self._lineage, self._later = lineage, frozenset(later)
         self._counters: dict[str, Any] = {}
 
     def _count(self, stage: str, name: str) -> None:
@@ -542,11 +549,15 @@ class DecisionApplier:
         stages = [stage for stage, _ in self._lineage]
         for sample in unpickled(v for v in values if v[:1] != DECISION_MARK):
             stage, rep = decided.get(sample.key, (None, ""))
+            # dedup's entries go where dedup ran: before those of the per-record stages that judged the sample since
+            at = next((i for i, e in enumerate(sample.lineage) if e.stage in self._later), len(sample.lineage))
+            passed_entries = []
             for passed, hash_ in self._lineage:
                 if passed == stage:
                     break
                 self._count(passed, "kept")
-                sample.with_lineage(passed, hash_, "kept")
+                passed_entries.append(LineageEntry(passed, hash_, "kept"))
+            sample.lineage[at:at] = passed_entries
             if stage is None:
                 yield sample
                 continue
@@ -564,7 +575,7 @@ class _ApplyDoFn(progress.CountingDoFn):
 
     def setup(self):
         super().setup()
-        self._applier = DecisionApplier(self._lineage)
+        self._applier = DecisionApplier(*self._lineage)
 
     def process(self, element):
         _, values = element
@@ -587,7 +598,8 @@ class ApplyDecisions(beam.PTransform):
         out = ((samples | "ByKey" >> keyed(sample_key), marked)
                | "Merge" >> beam.Flatten().with_output_types(Tuple[str, bytes])
                | "GroupByKey" >> beam.GroupByKey()
-               | "Apply" >> beam.ParDo(_ApplyDoFn(self._pending.lineage)).with_outputs(REJECTED, main=KEPT))
+               | "Apply" >> beam.ParDo(_ApplyDoFn((self._pending.lineage, self._pending.later)))
+               .with_outputs(REJECTED, main=KEPT))
         return {KEPT: out[KEPT], REJECTED: out[REJECTED]}
 
 

@@ -93,7 +93,7 @@ class _WriteShards(progress.CountingDoFn):
         super().setup()
         from vlmloom.pipelines.dedup import DecisionApplier
 
-        self._applier = DecisionApplier(self._lineage) if self._lineage is not None else None
+        self._applier = DecisionApplier(*self._lineage) if self._lineage is not None else None
 
     def process(self, item):
         bucket, values = item
@@ -157,7 +157,7 @@ class WriteCurated(beam.PTransform):
         kept = samples | "KeptByBucket" >> keyed(partial(_sample_bucket, buckets), int)
         lineage = None
         if self._pending is not None:  # the dedup decisions join their samples here, once
-            lineage = self._pending.lineage
+            lineage = (self._pending.lineage, self._pending.later)
             decisions = self._pending.values(partial(_key_bucket, buckets), "DecisionsByBucket")
             kept = (kept, decisions) | "KeptAndDecisions" >> beam.Flatten().with_output_types(Tuple[int, bytes])
         rows = (kept

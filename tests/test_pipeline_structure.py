@@ -28,6 +28,9 @@ ALLOWED = [
     (r"^clip/TopFraction/ParDo\(RouteDoFn\)", "side_input", "the scalar CLIP cutoff (AsSingleton of one float)"),
     (r"^concepts/Balance/ParDo\(RouteDoFn\)", "side_input",
      "per-concept match counts (AsDict), bounded by the concept vocabulary, not the corpus"),
+    (r"^UniqueKeys/Apply/ParDo\(_ApplyKeyDecision\)$", "side_input",
+     "key-uniqueness decisions (AsDict) of the records whose key others share only: none in most corpora, one "
+     "~200-byte tuple per such record otherwise (pipelines/keys.py); never a sample"),
 ]
 
 
@@ -122,7 +125,7 @@ def test_the_walk_detects_a_broadcast(tmp_path):
 
 # Stages that only decide: what crosses their shuffles must be metadata (issue 22). Their decisions meet the samples
 # once, where the samples are grouped anyway (the sink's per-bucket group, or ApplyDedup before the model stages).
-DECIDING_STAGES = ("dedup/",)
+DECIDING_STAGES = ("dedup/", "UniqueKeys/")
 
 
 class _Shuffles(PipelineVisitor):
@@ -152,7 +155,32 @@ def test_no_deciding_stage_shuffles_samples_or_bytes(tmp_path):
     labels = {label for label, _ in visitor.found}
     for stage in ("exact_dedup", "near_dup_image", "near_dup_text"):  # the walk sees every dedup stage's shuffles
         assert any(f"/{stage}/" in label for label in labels), stage
+    assert "UniqueKeys/GroupRows" in labels  # ... and the key stage's
     untyped = [(label, str(hint)) for label, hint in visitor.found if "Any" in str(hint)]
     assert not untyped, f"shuffles of undeclared element types (declare them so that this check can read them): {untyped}"
     carrying = [(label, str(hint)) for label, hint in visitor.found if "Sample" in str(hint) or "bytes" in str(hint)]
     assert not carrying, f"a deciding stage shuffles samples or bytes: {carrying}"
+
+
+def _sample_shuffles(config: dict, tmp_path) -> list[str]:
+    """Labels of the GroupByKeys of a built curate graph whose input is samples: pickled (`bytes` values) or typed."""
+    pipeline = beam.Pipeline()
+    build_pipeline(pipeline, load_config(config), str(tmp_path / "out"))
+    visitor = _Shuffles()
+    visitor.visit_transform = lambda applied: visitor.found.extend(
+        (applied.full_label, p.element_type) for p in applied.inputs
+        if isinstance(applied.transform, beam.GroupByKey))
+    visitor.enter_composite_transform = visitor.visit_transform
+    pipeline.visit(visitor)
+    shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
+    return sorted(label for label, hint in visitor.found if "Sample" in str(hint) or "bytes" in str(hint))
+
+
+def test_the_default_job_groups_whole_samples_once_in_the_sink(tmp_path):
+    """Key uniqueness decides on rows and dedup's decisions meet the samples in the sink: with only per-record
+    stages (`renderable`) after dedup, the one grouping of whole samples is the sink's per-bucket group; model
+    stages after dedup still join the deduplicated samples once (ApplyDedup)."""
+    config = _every_stage_config(tmp_path)
+    models = config.pop("models")
+    assert _sample_shuffles(config, tmp_path) == ["Write/GroupByBucket"]
+    assert _sample_shuffles({**config, "models": models}, tmp_path) == ["ApplyDedup/GroupByKey", "Write/GroupByBucket"]
