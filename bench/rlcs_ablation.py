@@ -16,7 +16,8 @@ Arms (each adds one thing; no arm has a KL term, this trainer has none):
 Every arm stops at the same rollout budget (`rlcs.rollout_budget`: the last iteration draws only what is left) and
 is evaluated at the same milestones: held-out reward = mean over held-out prompts of the mean score of
 --eval-k sampled responses (temperature 1, the RL sampling), the same evaluation seed for every policy.
-Prints a table (reward, bootstrap 95% interval over prompts and seeds, rollouts, format-pass, force-answer and
+Prints a table (reward, bootstrap 95% interval over prompts and seeds, held-out reward per kind (color, position,
+count: chance is 0.25 on each, so a kind at ≈ 0.25 was not learned), rollouts, format-pass, force-answer and
 informative-group rates), writes WORKDIR/rlcs_ablation.svg (held-out reward against rollouts) and
 WORKDIR/rlcs_ablation.json, and ends with exactly one line
 `rlcs_ablation: sft=S grpo=G rlcs=R rlcs_minus_grpo=D ci=[lo,hi]` (D paired over prompts and seeds).
@@ -46,9 +47,11 @@ ARMS: dict[str, dict] = {
              "dynamic_sampling": True, "curriculum": {"enabled": True}},
 }
 
-QUICK = {"train_prompts": 96, "heldout": 48, "eval_k": 4, "seeds": 2, "sft_steps": 150, "batch_prompts": 4,
+# SFT: lr 1e-3 for 800+ steps. The earlier 5e-3 × 150/300 left the policy blind (held-out at chance on every kind,
+# also with --sft-noise 0: the vision features collapsed to one direction), so RL could learn only the format.
+QUICK = {"train_prompts": 96, "heldout": 48, "eval_k": 4, "seeds": 2, "sft_steps": 800, "batch_prompts": 4,
          "group_size": 8, "budget": 256, "milestones": 2}
-FULL = {"train_prompts": 384, "heldout": 200, "eval_k": 8, "seeds": 3, "sft_steps": 300, "batch_prompts": 8,
+FULL = {"train_prompts": 384, "heldout": 200, "eval_k": 8, "seeds": 3, "sft_steps": 1000, "batch_prompts": 8,
         "group_size": 8, "budget": 1536, "milestones": 3}
 
 
@@ -127,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None,
                             help=f"default {value} (quick: {QUICK[key]})")
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ", ".join(ARMS))
-    parser.add_argument("--lr", type=float, default=1e-3, help="RL learning rate (Adam, constant)")
-    parser.add_argument("--sft-lr", type=float, default=5e-3)
+    parser.add_argument("--lr", type=float, default=3e-4,
+                        help="RL learning rate (Adam, constant; quick runs: 1e-3 undid SFT's colour skill, 0.52 → "
+                             "0.10-0.43; 3e-4 raised it to 0.55-0.63; 1e-4 barely moved it)")
+    parser.add_argument("--sft-lr", type=float, default=1e-3)
     parser.add_argument("--sft-noise", type=float, default=0.5)
     parser.add_argument("--workdir", default="")
     parser.add_argument("--threads", type=int, default=1,
@@ -177,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
 
     heldout = rlcs_task.rl_prompts(heldout_items)
     heldout_ids = [h.id for h in heldout]
+    kinds = ("color", "position", "count")  # easy, medium, hard: what the policy learned, not only the format
+    kind_of = np.array([h.meta["kind"] for h in heldout])
+
+    def per_kind(scores) -> dict[str, float]:
+        """Mean held-out reward per question kind of a (seeds, prompts) or (prompts,) array."""
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1, len(heldout))
+        return {k: float(scores[:, kind_of == k].mean()) for k in kinds}
 
     def rl_config(arm: str, seed: int, budget: int, model: str):
         return build_config(TrainConfig, {
@@ -198,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         return [rows[i] for i in heldout_ids]
 
     sft_scores = evaluate(rl_config("grpo", 0, 0, sft["export_dir"]), sft["export_dir"], "sft")
-    print(f"SFT held-out reward {np.mean(sft_scores):.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
+    print(f"SFT held-out reward {np.mean(sft_scores):.3f}, per kind "
+          + " ".join(f"{k}={v:.3f}" for k, v in per_kind(sft_scores).items())
+          + f" ({time.perf_counter() - started:.0f} s)", flush=True)
     milestones = [round(p["budget"] * (m + 1) / p["milestones"]) for m in range(p["milestones"])]
     curves: dict[str, list[list[tuple[int, float]]]] = {a: [] for a in arms}
     final: dict[str, list[list[float]]] = {a: [] for a in arms}
@@ -220,26 +234,31 @@ def main(argv: list[str] | None = None) -> int:
                 rates[arm].setdefault(key, []).extend(it[key] for it in its)
             rates[arm].setdefault("iterations", []).append(len(its))
             rates[arm].setdefault("rollouts", []).append(points[-1][0])
-            print(f"  {arm} seed {seed}: held-out {points[-1][1]:.3f} after {points[-1][0]} rollouts, "
+            by_kind = " ".join(f"{k}={v:.3f}" for k, v in per_kind(scores).items())
+            print(f"  {arm} seed {seed}: held-out {points[-1][1]:.3f} ({by_kind}) after {points[-1][0]} rollouts, "
                   f"{len(its)} iterations ({time.perf_counter() - started:.0f} s)", flush=True)
 
     print()
     print(f"held-out: {len(heldout)} prompts × {p['eval_k']} responses; {p['seeds']} seeds per arm; budget "
           f"{p['budget']} rollouts; milestones {milestones}")
-    header = (f"{'arm':<10}{'reward':>8}{'95% CI':>17}{'rollouts':>10}{'iters':>7}{'format':>8}{'forced':>8}"
-              f"{'informative':>13}")
+    header = (f"{'arm':<10}{'reward':>8}{'95% CI':>17}" + "".join(f"{k:>10}" for k in kinds) +
+              f"{'rollouts':>10}{'iters':>7}{'format':>8}{'forced':>8}{'informative':>13}")
     print(header)
     print("-" * len(header))
     mean, lo, hi = bootstrap([sft_scores])
-    print(f"{'sft':<10}{mean:>8.3f}{f'[{lo:.3f}, {hi:.3f}]':>17}{0:>10}{0:>7}{'':>8}{'':>8}{'':>13}")
-    table = {"sft": {"reward": mean, "ci": [lo, hi]}}
+    kinds_sft = per_kind(sft_scores)
+    print(f"{'sft':<10}{mean:>8.3f}{f'[{lo:.3f}, {hi:.3f}]':>17}" + "".join(f"{kinds_sft[k]:>10.3f}" for k in kinds) +
+          f"{0:>10}{0:>7}{'':>8}{'':>8}{'':>13}")
+    table = {"sft": {"reward": mean, "ci": [lo, hi], "per_kind": kinds_sft}}
     for arm in arms:
         mean, lo, hi = bootstrap(final[arm])
         r = rates[arm]
-        print(f"{arm:<10}{mean:>8.3f}{f'[{lo:.3f}, {hi:.3f}]':>17}{np.mean(r['rollouts']):>10.0f}"
+        kinds_arm = per_kind(final[arm])
+        print(f"{arm:<10}{mean:>8.3f}{f'[{lo:.3f}, {hi:.3f}]':>17}" + "".join(f"{kinds_arm[k]:>10.3f}" for k in kinds) +
+              f"{np.mean(r['rollouts']):>10.0f}"
               f"{np.mean(r['iterations']):>7.1f}{np.mean(r['format_pass_rate']):>8.3f}"
               f"{np.mean(r['force_answer_rate']):>8.3f}{np.mean(r['informative_group_share']):>13.3f}")
-        table[arm] = {"reward": mean, "ci": [lo, hi], "rollouts": float(np.mean(r["rollouts"])),
+        table[arm] = {"reward": mean, "ci": [lo, hi], "per_kind": kinds_arm, "rollouts": float(np.mean(r["rollouts"])),
                       **{k: float(np.mean(v)) for k, v in r.items() if k != "rollouts"}}
     mean_curves = {a: [(float(np.mean([c[i][0] for c in curves[a]])), float(np.mean([c[i][1] for c in curves[a]])))
                        for i in range(len(curves[a][0]))] for a in arms}
