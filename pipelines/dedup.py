@@ -11,8 +11,9 @@ the sizes the representative rule reads: ~200 bytes), never a sample or an image
      its images *and* its turns, an interleaved document all of its segments);
   2. candidate edges: records sharing an LSH band bucket (pHash: pigeonhole bands over *distinct* hash values, so
      a bucket of 100k identical hashes is a single node; MinHash: b bands of r rows), verified by Hamming
-     distance / estimated Jaccard, at most `max_bucket_pairs` per bucket (counted). MinHash bands carry keys and
-     signature digests only; the candidate pairs meet their signatures by key (two keyed joins) to be verified;
+     distance / estimated Jaccard, at most `max_bucket_pairs` per bucket (counted). MinHash bands carry keys,
+     signature digests and image hashes (no sample); the candidate pairs meet their signatures by key (two keyed
+     joins) to be verified;
   3. connected components of the edge graph by large-star/small-star rounds (`ConnectedComponents`,
      the per-round logic in curation/components.py): a worker holds one node's neighbourhood, never the corpus;
   4. per component, one representative by the rule shared by all three stages
