@@ -71,6 +71,9 @@ def stage_counts(counts: dict[str, int], stages: list[str]) -> list[dict[str, in
         if stage == READ_STAGE:
             continue
         kept, rejected = counts.get(f"{stage}/kept", 0), _dropped(counts, stage)
+        # A per-record judge that runs before dedup's decisions reach the samples (renderable) also passes the
+        # duplicates those decisions drop in the writer: what it keeps is at most what reached it, less its drops.
+        kept = min(kept, max(passed - rejected, 0))
         rows.append({"stage": stage, "in": passed, "kept": kept, "rejected": rejected})
         passed = kept
     return rows
