@@ -88,36 +88,45 @@ def paired_difference(a, b, *, resamples: int = 2000, seed: int = 1):
 
 
 def write_svg(path: str, curves: dict[str, list[tuple[float, float]]]) -> None:
-    """Held-out reward against rollouts, one polyline per arm (means over seeds), plain SVG."""
-    width, height, pad = 640, 400, 50
-    xs = [x for c in curves.values() for x, _ in c] or [1]
-    ys = [y for c in curves.values() for _, y in c] or [0]
-    x_max, y_lo, y_hi = max(xs) or 1, min(ys + [0.0]), max(ys + [0.05])
+    """Held-out reward against rollouts, one polyline per arm (means over seeds), plain SVG. The y axis spans the
+    data (arms differ by hundredths: an axis from 0 would flatten them), five labelled grid lines, x ticks at the
+    milestones, the legend right of the plot."""
+    width, height, left, right, top, bottom = 720, 400, 60, 130, 30, 50
+    xs = sorted({x for c in curves.values() for x, _ in c}) or [1.0]
+    ys = [y for c in curves.values() for _, y in c] or [0.0]
+    x_max = max(xs) or 1.0
+    margin = max(0.1 * (max(ys) - min(ys)), 0.005)
+    y_lo, y_hi = min(ys) - margin, max(ys) + margin
 
     def sx(x: float) -> float:
-        return pad + (width - 2 * pad) * x / x_max
+        return left + (width - left - right) * x / x_max
 
     def sy(y: float) -> float:
-        return height - pad - (height - 2 * pad) * (y - y_lo) / max(y_hi - y_lo, 1e-9)
+        return height - bottom - (height - top - bottom) * (y - y_lo) / max(y_hi - y_lo, 1e-9)
 
     colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
              f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
-             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="black"/>',
-             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>',
-             f'<text x="{width / 2}" y="{height - 12}" text-anchor="middle">rollouts</text>',
+             f'<text x="{(left + width - right) / 2}" y="{height - 10}" text-anchor="middle">rollouts</text>',
              f'<text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" text-anchor="middle">'
-             'held-out reward</text>',
-             f'<text x="{pad}" y="{height - pad + 16}" text-anchor="middle">0</text>',
-             f'<text x="{width - pad}" y="{height - pad + 16}" text-anchor="middle">{x_max:.0f}</text>',
-             f'<text x="{pad - 6}" y="{sy(y_lo) + 4}" text-anchor="end">{y_lo:.2f}</text>',
-             f'<text x="{pad - 6}" y="{sy(y_hi) + 4}" text-anchor="end">{y_hi:.2f}</text>']
+             'held-out reward (mean over seeds)</text>']
+    for i in range(5):
+        y = y_lo + (y_hi - y_lo) * i / 4
+        parts.append(f'<line x1="{left}" y1="{sy(y):.1f}" x2="{width - right}" y2="{sy(y):.1f}" stroke="#ddd"/>')
+        parts.append(f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.3f}</text>')
+    for x in xs:
+        parts.append(f'<text x="{sx(x):.1f}" y="{height - bottom + 16}" text-anchor="middle">{x:.0f}</text>')
+    parts += [f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="black"/>',
+              f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>']
     for i, (name, points) in enumerate(curves.items()):
         colour = colours[i % len(colours)]
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>')
         parts += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}"/>' for x, y in points]
-        parts.append(f'<text x="{width - pad + 4 - 90}" y="{pad + 16 * i}" fill="{colour}">{name}</text>')
+        ly = top + 10 + 18 * i
+        parts.append(f'<line x1="{width - right + 12}" y1="{ly - 4}" x2="{width - right + 30}" y2="{ly - 4}" '
+                     f'stroke="{colour}" stroke-width="2"/>')
+        parts.append(f'<text x="{width - right + 36}" y="{ly}" fill="{colour}">{name}</text>')
     parts.append("</svg>")
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(parts))

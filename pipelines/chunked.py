@@ -62,17 +62,15 @@ import apache_beam as beam
 from vlmloom.curation import readers
 from vlmloom.pipelines import report as report_mod
 from vlmloom.pipelines.curate import (CurateConfig, _beam_options, _counters, _is_local, _prepare_output,
-                                      _render_html, _subprocess_workers, build_pipeline)
+                                      _render_html, build_pipeline, run_job)
 from vlmloom.pipelines.dedup import EXACT_STAGE, REASONS
 from vlmloom.pipelines.files import BEAM_FILES
 from vlmloom.pipelines.model_config import describe_disabled
-from vlmloom.pipelines.progress import LiveProgress
 from vlmloom.pipelines.sink import write_atomic
 from vlmloom.pipelines.sources import check_every_input_read, planned_units
 from vlmloom.pipelines.stage_registry import stages_in_order
-from vlmloom.schemas import console, curated
+from vlmloom.schemas import curated
 from vlmloom.schemas.config import ConfigError
-from vlmloom.schemas.progress import show_progress
 from vlmloom.schemas.publish import discard_staging, publish_directory
 from vlmloom.schemas.records import Rejection, Sample
 from vlmloom.schemas.signals import RENAMED_SIGNAL
@@ -354,13 +352,7 @@ def _run_chunk(config: CurateConfig, units: dict[int, tuple[int, int]], chunk_di
     pipeline = beam.Pipeline(options=options)
     try:
         stage_names = build_pipeline(pipeline, config, chunk_dir, read_units=units)
-        filter_workers = console.quiet() and _subprocess_workers(options)
-        with console.worker_stderr_filtered(filter_workers) as stream, \
-                LiveProgress(stage_names, enabled=show_progress(progress), stream=stream) as live:
-            result = pipeline.run()
-            result.wait_until_finish()
-            counters = _counters(result)
-            live.finish(counters)
+        counters = run_job(pipeline, options, stage_names, progress)
     except BaseException:
         shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
         raise

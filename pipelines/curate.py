@@ -219,6 +219,20 @@ def build_pipeline(pipeline: beam.Pipeline, config: CurateConfig, output_dir: st
     return names
 
 
+def run_job(pipeline: beam.Pipeline, options: PipelineOptions, stage_names: list[str],
+            progress: bool | None) -> dict[str, int]:
+    """Run a built job to the end with its live progress on the console (workers' stderr filtered when quiet);
+    → the runner's counters. The one-job path and each chunk of a chunked run (pipelines/chunked.py) use it."""
+    filter_workers = console.quiet() and _subprocess_workers(options)
+    with console.worker_stderr_filtered(filter_workers) as stream, \
+            LiveProgress(stage_names, enabled=show_progress(progress), stream=stream) as live:
+        result = pipeline.run()
+        result.wait_until_finish()
+        counters = _counters(result)
+        live.finish(counters)
+    return counters
+
+
 def _is_local(path: str) -> bool:
     return "://" not in path
 
@@ -307,13 +321,7 @@ def curate(config: CurateConfig, beam_args: list[str] | None = None, progress: b
         options = _beam_options(list(beam_args or []))
         pipeline = beam.Pipeline(options=options)
         stage_names = build_pipeline(pipeline, config, work_dir)
-        filter_workers = console.quiet() and _subprocess_workers(options)
-        with console.worker_stderr_filtered(filter_workers) as stream, \
-                LiveProgress(stage_names, enabled=show_progress(progress), stream=stream) as live:
-            result = pipeline.run()
-            result.wait_until_finish()
-            counters = _counters(result)
-            live.finish(counters)
+        counters = run_job(pipeline, options, stage_names, progress)
         check_every_input_read(config.inputs, counters)  # an input that yielded nothing fails the job, named
         report = report_mod.build_report(work_dir, stage_names, counters, config, time.time() - started)
         report["disabled_model_stages"] = describe_disabled(config.models)

@@ -3,7 +3,6 @@ columns, written by `datasets` itself), a LLaVA-style JSON list with its images;
 or raised; and a curated record that copies a benchmark question or image is rejected while a clean one is kept."""
 from __future__ import annotations
 
-import io
 import json
 import os
 
@@ -13,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from PIL import Image, ImageFilter
+from test_contamination import encode, picture  # the same generated pictures as the contamination tests
 
 from vlmloom.curation import formats
 from vlmloom.curation.contamination import (BenchmarkSource, ContaminationConfig, ContaminationIndex,
@@ -27,18 +26,6 @@ VQA_QUESTIONS = ["What is the man in the red jacket holding in his left hand nea
                  "How many boats are tied to the wooden pier on the left side of the lake"]
 MMMU_QUESTION = "Which painting technique is used for the sky in <image 1> compared with the sea in <image 2>"
 LLAVA_QUESTION = "What is unusual about the way the two cats are sitting on the kitchen table in this photo"
-
-
-def picture(seed: int, size: int = 96) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    blocks = rng.integers(0, 255, size=(6, 6, 3), dtype=np.uint8)
-    return Image.fromarray(blocks).resize((size, size), Image.NEAREST).filter(ImageFilter.GaussianBlur(2))
-
-
-def encode(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt, **kw)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
