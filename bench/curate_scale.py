@@ -220,8 +220,9 @@ def _measure_shuffles(pipeline) -> list[str]:
     return [label for label, _ in found]
 
 
-def child(tars: str, out: str, workers: int, passthrough: bool = False, chunk: int = 0, disable: str = "") -> None:
-    """Build the job, instrument it, run it, check every record is accounted for."""
+def child(tars: str, out: str, workers: int, passthrough: bool = False, chunk: int = 0, disable: str = "",
+          bare: bool = False) -> None:
+    """Build the job, instrument it (unless `bare`), run it, check every record is accounted for."""
     from vlmloom.pipelines.curate import build_pipeline, curate, load_config
     from vlmloom.pipelines.report import read_manifest, read_rejections
 
@@ -235,7 +236,8 @@ def child(tars: str, out: str, workers: int, passthrough: bool = False, chunk: i
         _record({"kind": "job", "seconds": time.perf_counter() - started, "kept": report["accounting"]["kept"],
                  "rejected": report["accounting"]["rejected"]})
         return
-    _instrument_combines()
+    if not bare:
+        _instrument_combines()
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -250,8 +252,10 @@ def child(tars: str, out: str, workers: int, passthrough: bool = False, chunk: i
                    | "Count" >> beam.CombineGlobally(sum) | "Record" >> beam.Map(lambda n: _record({"kind": "read", "n": n})))
     else:
         build_pipeline(pipeline, config, out)
-        _measure_side_inputs(pipeline)
-    _measure_shuffles(pipeline)
+        if not bare:
+            _measure_side_inputs(pipeline)
+    if not bare:  # the probes add a consumer per GroupByKey input: the runner then holds that input once more
+        _measure_shuffles(pipeline)
     pipeline.run().wait_until_finish()
     seconds = time.perf_counter() - started
     if passthrough:
@@ -264,7 +268,7 @@ def child(tars: str, out: str, workers: int, passthrough: bool = False, chunk: i
 
 # ------------------------------------------------------------------------------------------ parent
 def run_size(n: int, work: str, workers: int, passthrough: bool = False, chunk: int = 0, per_tar: int = 5000,
-             disable: tuple[str, ...] = ()) -> dict:
+             disable: tuple[str, ...] = (), bare: bool = False) -> dict:
     import psutil
 
     tars = make_corpus(os.path.join(work, f"corpus{n}"), n, per_tar=per_tar)
@@ -272,7 +276,7 @@ def run_size(n: int, work: str, workers: int, passthrough: bool = False, chunk: 
     env = {**os.environ, PROBE_ENV: probe}
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", tars,
                              os.path.join(work, f"out{n}"), str(workers), str(int(passthrough)), str(chunk),
-                             ",".join(disable)], env=env)
+                             ",".join(disable), str(int(bare))], env=env)
     peaks: dict[int, int] = {}
     root = psutil.Process(proc.pid)
     stop = threading.Event()
@@ -346,7 +350,8 @@ def _print_shuffles(rows: list[dict], top: int = 12) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3], int(sys.argv[4]), bool(int(sys.argv[5])), int(sys.argv[6]), sys.argv[7])
+        child(sys.argv[2], sys.argv[3], int(sys.argv[4]), bool(int(sys.argv[5])), int(sys.argv[6]), sys.argv[7],
+              bool(int(sys.argv[8])))
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 80000])
@@ -355,17 +360,20 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=0, help="curate --chunk N (tars per job; time and peak RSS only)")
     parser.add_argument("--per-tar", type=int, default=5000, help="records per input tar (the unit --chunk counts)")
     parser.add_argument("--disable", nargs="*", default=[], help="stages to skip besides language (near_dup_text ...)")
+    parser.add_argument("--bare", action="store_true",
+                        help="no probes: the job's graph as curate builds it (time and peak RSS only)")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="vlmloom-scale-")
     try:
-        rows = [run_size(n, work, args.workers, args.passthrough, args.chunk, args.per_tar, tuple(args.disable))
+        rows = [run_size(n, work, args.workers, args.passthrough, args.chunk, args.per_tar, tuple(args.disable),
+                         args.bare)
                 for n in args.sizes]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     mb = 2**20
     print(f"\nDirectRunner, {args.workers} worker(s){', pass-through' if args.passthrough else ''}"
           f"{f', chunks of {args.chunk} tars' if args.chunk else ''}, {args.per_tar:,} records a tar"
-          f"{f', disabled: {args.disable}' if args.disable else ''}, "
+          f"{f', disabled: {args.disable}' if args.disable else ''}{', no probes' if args.bare else ''}, "
           f"CPU cores: {os.cpu_count()}\n")
     print("| records | kept | time s | peak RSS job MB | peak RSS worker MB | largest side input KB | "
           "largest combine accumulator KB |\n|---|---|---|---|---|---|---|")

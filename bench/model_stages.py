@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(bench_ocr(n, 12, OcrConfig(threads=1), "ocr defaults (det_max_side=1600)"))
         rows.append(bench_ocr(n, 12, OcrConfig(threads=1, det_max_side=960, angle_classifier=False),
                               "det_max_side=960, angle_classifier=false"))
+        rows.append(bench_ocr(n, 12, OcrConfig(threads=1, det_max_side=640, angle_classifier=False),
+                              "det_max_side=640, angle_classifier=false (the demo's)"))
     if "contamination" in only:
         rows.extend(bench_contamination(10_000 if quick else args.items, 200 if quick else 2000))
 
