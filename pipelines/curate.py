@@ -34,7 +34,7 @@ from vlmloom.curation.filters import HeuristicConfig, LanguageConfig, LanguageId
 from vlmloom.curation.renderable import judge_renderable
 from vlmloom.curation.readers import READ_STAGE
 from vlmloom.curation.neardup import DedupConfig
-from vlmloom.pipelines import report as report_mod
+from vlmloom.pipelines import report as report_mod, spill
 from vlmloom.pipelines.dedup import ApplyDecisions, dedup_stages
 from vlmloom.pipelines.documents import DocumentRules, image_relevance_stage
 from vlmloom.pipelines.download import DownloadStage, download_enabled
@@ -321,7 +321,10 @@ def curate(config: CurateConfig, beam_args: list[str] | None = None, progress: b
         options = _beam_options(list(beam_args or []))
         pipeline = beam.Pipeline(options=options)
         stage_names = build_pipeline(pipeline, config, work_dir)
-        counters = run_job(pipeline, options, stage_names, progress)
+        try:
+            counters = run_job(pipeline, options, stage_names, progress)
+        finally:
+            spill.discard(work_dir)  # the kept samples' wait files (pipelines/spill.py), read by the writer
         check_every_input_read(config.inputs, counters)  # an input that yielded nothing fails the job, named
         report = report_mod.build_report(work_dir, stage_names, counters, config, time.time() - started)
         report["disabled_model_stages"] = describe_disabled(config.models)

@@ -541,12 +541,15 @@ class DecisionApplier:
             self._counters[(stage, name)] = progress.counter(stage, name)
         self._counters[(stage, name)].inc()
 
-    def apply(self, values: Iterable[bytes], rejections: list[Rejection]) -> Iterator[Sample]:
+    def apply(self, values: Iterable[bytes], rejections: list[Rejection],
+              decisions: Iterable[bytes] = ()) -> Iterator[Sample]:
+        """`values`: pickled samples, with marked decisions among them (a keyed grouping of both) or not (then
+        the samples' decisions come in `decisions`, the sink's per-bucket side input)."""
+        values = values if isinstance(values, list) else list(values)  # read twice: decisions first
         decided = {}
-        for value in values:
-            if value[:1] == DECISION_MARK:
-                key, stage, rep = pickle.loads(value[1:])
-                decided[key] = (stage, rep)
+        for value in (*decisions, *(v for v in values if v[:1] == DECISION_MARK)):
+            key, stage, rep = pickle.loads(value[1:])
+            decided[key] = (stage, rep)
         stages = [stage for stage, _ in self._lineage]
         for sample in unpickled(v for v in values if v[:1] != DECISION_MARK):
             stage, rep = decided.get(sample.key, (None, ""))
