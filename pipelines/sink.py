@@ -5,8 +5,9 @@
 
 Determinism whatever the runner or worker count, without a global plan: a record's bucket comes from its key
 alone (schemas.curated.key_bucket, a range of a stable hash), a keyed shuffle brings each bucket's samples to
-one worker, which orders them by key and cuts shards inside the bucket (schemas.curated.bucket_shards); a second
-one brings the bucket's manifest rows and rejections together for its parts (schemas.curated.bucket_parts).
+one worker, which orders them by key, cuts shards inside the bucket (schemas.curated.bucket_shards) and writes the
+bucket's manifest part; a second one brings the bucket's rejections and its rows' report aggregates together for
+its rejected part (schemas.curated.rejected_part).
 What one worker holds is one bucket, about 1/`buckets` of the output, never the corpus' keys; no global combine.
 Dedup's decisions (records to drop, pipelines/dedup.py) reach the writer as a side input keyed by bucket, which
 the runner serves one bucket at a time: a join with the samples would make the local runner hold every kept
@@ -35,7 +36,8 @@ from vlmloom.pipelines.shuffle import keyed, unpickled
 from vlmloom.pipelines.spill import SPILL_MODES, SpilledByBucket, read_spilled, spill_dir, spills
 from vlmloom.pipelines.files import BEAM_FILES
 from vlmloom.schemas.config import ConfigError
-from vlmloom.schemas.curated import MAX_BUCKETS, bucket_parts, bucket_shards, key_bucket, report_stats_path
+from vlmloom.schemas.curated import (MAX_BUCKETS, bucket_shards, key_bucket, manifest_part, rejected_part,
+                                     report_stats_path)
 from vlmloom.schemas.records import Rejection, Sample
 
 log = logging.getLogger("vlmloom.curate")
@@ -86,9 +88,10 @@ def _sample_bucket(buckets: int, sample: Sample) -> int:
     return key_bucket(sample.key, buckets)
 
 
-# What the parts' grouping carries, each value one compact pickled blob (the local runner keeps grouped values as
-# Python objects: a bucket's manifest rows as dicts would cost ~2 KB a row; as one pickle, its strings are shared).
-_ROWS, _REJECTION = b"M", b"R"  # a bucket's manifest rows | one Rejection; b"" = the bucket's id marker
+# What the parts' grouping carries, each value one compact blob (the local runner keeps grouped values as Python
+# objects): the report aggregates of a bucket's manifest rows (its writer wrote the manifest part itself) | one
+# pickled Rejection; b"" = the bucket's id marker
+_STATS, _REJECTION = b"S", b"R"
 
 
 def _packed(mark: bytes, value) -> bytes:
@@ -135,34 +138,39 @@ class _WriteShards(progress.CountingDoFn):
                                             bytes_per_shard=self._cfg.bytes_per_shard):
             write_atomic(join(self._dir, *relative.split("/")), data)
             nshards += 1
+        relative, data = manifest_part(bucket, rows)
+        write_atomic(join(self._dir, *relative.split("/")), data)
         self._shards.inc(nshards)
         self._samples.inc(len(rows))
         log.debug("wrote bucket %d: %d samples in %d shards", bucket, len(rows), nshards)
-        yield bucket, _packed(_ROWS, rows)
+        yield bucket, _STATS + ReportStats().add(rows, ()).to_json()
         for rejection in rejections:
             yield bucket, _packed(_REJECTION, rejection)
 
 
 class _WriteParts(beam.DoFn):
-    """(bucket, [b"" | packed Rejection | packed manifest rows]) → the bucket's manifest and rejected parts, then its
-    report aggregates (report.ReportStats of exactly the rows written); yields the bucket. (b"" is the bucket's id
-    marker: it makes buckets without samples or rejections reach here too.)"""
+    """(bucket, [b"" | packed Rejection | the kept rows' aggregates]) → the bucket's rejected part (and its empty
+    manifest part when it kept nothing: its writer writes it otherwise), then its report aggregates
+    (report.ReportStats of exactly the rows written); yields the bucket. (b"" is the bucket's id marker: it makes
+    buckets without samples or rejections reach here too.)"""
 
     def __init__(self, out_dir: str):
         self._dir = out_dir
 
     def process(self, item):
         bucket, values = item
-        rows: list[dict] = []
+        stats, kept = ReportStats(), False
         rejections: list[Rejection] = []
         for value in values:
             if value[:1] == _REJECTION:
                 rejections.append(pickle.loads(value[1:]))
-            elif value[:1] == _ROWS:
-                rows.extend(pickle.loads(value[1:]))
-        for relative, data in bucket_parts(bucket, rows, rejections):
+            elif value[:1] == _STATS:
+                stats.merge(ReportStats.from_json(value[1:]))
+                kept = True
+        parts = [rejected_part(bucket, rejections)] + ([] if kept else [manifest_part(bucket, [])])
+        for relative, data in parts:
             write_atomic(join(self._dir, *relative.split("/")), data)
-        stats = ReportStats().add(rows, (dict(r.__dict__) for r in rejections))
+        stats.add((), (dict(r.__dict__) for r in rejections))
         write_atomic(report_stats_path(self._dir, bucket, BEAM_FILES), stats.to_json())
         yield bucket
 
