@@ -138,7 +138,8 @@ class _RenderableJudge:
 
 def _documents_stage(stage: CurateStage, config: CurateConfig, ratio: float):
     """Per-document rules; images many documents repeat leave them (pipelines/documents.py)."""
-    return DocumentRules(config.documents, config_hash_=config_hash(config.documents), max_error_ratio=ratio)
+    return DocumentRules(config.documents, config_hash_=config_hash(config.documents), max_error_ratio=ratio,
+                         spill_mode=config.output_format.spill, output=config.output)
 
 
 def _dedup_stage(stage: CurateStage, config: CurateConfig, ratio: float):
@@ -196,7 +197,10 @@ def build_pipeline(pipeline: beam.Pipeline, config: CurateConfig, output_dir: st
     """Add the whole job to `pipeline`, writing under `output_dir`; returns the stage names in order.
     `read_units`: only these units of the inputs (one chunk of a chunked run, sources.ReadInputs)."""
     read = pipeline | "Read" >> ReadInputs(config.inputs, read_units)
-    unique = read["kept"] | "UniqueKeys" >> UniqueKeys()
+    # on the local runners, samples that wait for a corpus-wide decision wait on disk (pipelines/spill.py)
+    spilling = spill.spills(config.output_format.spill, pipeline.options, output_dir)
+    unique = read["kept"] | "UniqueKeys" >> UniqueKeys(
+        os.path.join(pipeline.local_tempdir, "keys-wait") if spilling else None)
     samples, rejected = unique["kept"], [read["rejected"], unique["rejected"]]
     names = [READ_STAGE]
     pending = None  # dedup decisions, made on metadata: applied once, where the samples are next grouped

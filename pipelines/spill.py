@@ -9,7 +9,9 @@ input lives in the runner's memory until every producer is done, decoded into Py
 per-bucket grouping held every kept sample (a ~1.3 KB pickle, more as an object) while dedup decided, which made
 peak memory grow with the corpus. Here each bundle appends its samples, pickled, to a file of its own under the
 output's hidden `.spill/` directory (written through Beam's FileSystems) and passes on only (bucket, reference):
-file name, offset and length, 28 bytes. The bucket's writer reads its samples back in file order. A bundle that
+file name, offset and length, 28 bytes. The bucket's writer reads its samples back in file order. The same
+holds for a step whose samples wait for a side input (key uniqueness's decisions: `SpilledSamples`, read back
+one by one by a `SpillReader`; those files live in the pipeline's own temporary directory, which Beam removes). A bundle that
 fails or is retried leaves a file no reference names; the job removes the directory when it ends, whatever the
 outcome (curate.py, chunked.py), and for local outputs it lives inside the staging directory anyway.
 
@@ -87,11 +89,41 @@ def read_spilled(directory: str, references: Iterable[bytes]) -> Iterator[bytes]
             handle.close()
 
 
-class _SpillDoFn(beam.DoFn):
-    """Sample → (key_fn(sample), reference); one spill file per bundle, closed when the bundle finishes (before
-    the runner hands its output on)."""
+class SpillReader:
+    """Reference → pickled sample, one at a time (a step that reads what a wait spilled, in arrival order): keeps
+    the file it read last open, so that a bundle's references, which arrive in their file's order, read
+    sequentially."""
 
-    def __init__(self, directory: str, key_fn: Callable[[Sample], Any]):
+    def __init__(self, directory: str):
+        self._dir = directory
+        self._name, self._handle, self._position = b"", None, 0
+
+    def load(self, ref: bytes) -> bytes:
+        name, (offset, length) = ref[:_NAME_BYTES], _REF.unpack(ref[_NAME_BYTES:])
+        if name != self._name:
+            self.close()
+            self._name = name
+            self._handle = FileSystems.open(FileSystems.join(self._dir, name.decode() + ".pkl"))
+            self._position = 0
+        if offset != self._position:
+            self._handle.seek(offset)
+        data = self._handle.read(length)
+        if len(data) != length:
+            raise IOError(f"spill file {name.decode()}: {len(data)} of {length} bytes at offset {offset}")
+        self._position = offset + length
+        return data
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        self._name, self._handle = b"", None
+
+
+class _SpillDoFn(beam.DoFn):
+    """Sample → (key_fn(sample), reference), or the reference alone without a key_fn; one spill file per bundle,
+    closed when the bundle finishes (before the runner hands its output on)."""
+
+    def __init__(self, directory: str, key_fn: Callable[[Sample], Any] | None):
         self._dir, self._key_fn = directory, key_fn
 
     def start_bundle(self):
@@ -104,8 +136,9 @@ class _SpillDoFn(beam.DoFn):
             self._file = FileSystems.create(FileSystems.join(self._dir, self._name.decode() + ".pkl"))
             self._offset = 0
         self._file.write(data)
-        yield self._key_fn(sample), reference(self._name, self._offset, len(data))
+        ref = reference(self._name, self._offset, len(data))
         self._offset += len(data)
+        yield ref if self._key_fn is None else (self._key_fn(sample), ref)
 
     def finish_bundle(self):
         if self._file is not None:
@@ -127,3 +160,15 @@ class SpilledByBucket(beam.PTransform):
     def expand(self, samples):
         return samples | "Spill" >> beam.ParDo(_SpillDoFn(self._dir, self._key_fn)).with_output_types(
             Tuple[self._key_type, bytes])
+
+
+class SpilledSamples(beam.PTransform):
+    """Sample → reference (bytes): for a step whose samples must wait for a side input (the local runner holds
+    its main input until the side input exists); the step reads each sample back with a `SpillReader`."""
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self._dir = directory
+
+    def expand(self, samples):
+        return samples | "Spill" >> beam.ParDo(_SpillDoFn(self._dir, None)).with_output_types(bytes)
