@@ -208,7 +208,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: CurateConfig, output_dir: st
         # A per-record judge (`renderable`) runs on the samples before the decisions meet them, so no grouping
         # is added for it: a record it drops is its rejection alone (its decision then finds no sample).
         if pending is not None and not isinstance(stage, JudgeStage):
-            applied = samples | "ApplyDedup" >> ApplyDecisions(pending)
+            applied = samples | "ApplyDedup" >> ApplyDecisions(
+                pending, os.path.join(pipeline.local_tempdir, "dedup-wait") if spilling else None)
             samples, pending = applied["kept"], None
             rejected.append(applied["rejected"])
         out = samples | name >> stage

@@ -205,7 +205,7 @@ def test_the_default_job_groups_whole_samples_once_in_the_sink(tmp_path):
     assert _sample_shuffles(in_memory, tmp_path) == ["Write/GroupByBucket"]
     assert _sample_shuffles({**in_memory, "models": models}, tmp_path) == ["ApplyDedup/GroupByKey",
                                                                            "Write/GroupByBucket"]
-    # On the local runner the kept samples wait for their writer in spill files (pipelines/spill.py): the sink's
-    # grouping carries references, and no grouping of the default job holds a whole sample
+    # On the local runner the samples wait for their writer and for dedup's decisions in spill files
+    # (pipelines/spill.py): those groupings carry references, and no grouping holds a whole sample
     assert _sample_shuffles(config, tmp_path) == []
-    assert _sample_shuffles({**config, "models": models}, tmp_path) == ["ApplyDedup/GroupByKey"]
+    assert _sample_shuffles({**config, "models": models}, tmp_path) == []
