@@ -43,8 +43,10 @@ from vlmloom.curation.ocr import OcrAnnotator, OcrConfig
 from vlmloom.curation.recaption import RecaptionConfig, Recaptioner
 from vlmloom.pipelines import progress
 from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled  # noqa: F401 (re-exported)
+from vlmloom.pipelines.shuffle import keyed, unpickled
 from vlmloom.pipelines.stages import KEPT, REJECTED, Decide, Fixed, format_traceback, quarantine_any, route
 from vlmloom.schemas.config import ConfigError, config_hash
+from vlmloom.schemas.curated import key_bucket
 from vlmloom.schemas.kinds import sample_texts
 from vlmloom.schemas.records import Sample, attach_bytes, release_bytes
 
@@ -183,6 +185,23 @@ def _split(samples, applies: Callable[[Sample], bool]):
     return todo, passthrough
 
 
+SPREAD_KEYS = 1024  # key-hash groups the model's samples are regrouped into before an expensive model
+
+
+def _spread_key(sample: Sample) -> int:
+    return key_bucket(sample.key, SPREAD_KEYS)
+
+
+def _spread(todo):
+    """The model's samples regrouped by a hash of their key (as pickled bytes), so that every worker gets an equal
+    share: the local runner hands a fused stage's input to its workers by whole buffered chunks, so a few hundred
+    OCR pages arriving in one chunk were read by one of two workers (the demo's OCR: 262 s on one core). On
+    cluster runners the grouping also breaks fusion, so inference scales apart from what came before."""
+    return (todo | "ByKeyHash" >> keyed(_spread_key, int)
+            | "GroupByKeyHash" >> beam.GroupByKey()
+            | "Unpickle" >> beam.FlatMap(lambda element: unpickled(element[1])).with_output_types(Sample))
+
+
 def _run_model(todo, handler: SampleModelHandler, stage: str, max_error_ratio: float):
     results, dlq = todo | "RunInference" >> RunInference(handler).with_exception_handling(
         threshold=max_error_ratio, use_subprocess=False)
@@ -198,14 +217,16 @@ class ModelStage(beam.PTransform):
 
     def __init__(self, stage: str, handler: SampleModelHandler, applies: Callable[[Sample], bool],
                  judge: Callable[[Sample, Any], Verdict], config_hash_: str, decision: str = "kept",
-                 max_error_ratio: float = 0.05, final: bool = True):
+                 max_error_ratio: float = 0.05, final: bool = True, spread: bool = False):
         super().__init__(label=stage)
         self._stage, self._handler, self._applies, self._judge = stage, handler, applies, judge
         self._hash, self._decision, self._max_error_ratio = config_hash_, decision, max_error_ratio
-        self._final = final
+        self._final, self._spread = final, spread  # spread: regroup the model's samples first (`_spread`)
 
     def expand(self, samples):
         todo, passthrough = _split(samples, self._applies)
+        if self._spread:
+            todo = _spread(todo)
         results, quarantined = _run_model(todo, self._handler, self._stage, self._max_error_ratio)
         kept, rejected = _decide(results, "Judge", self._stage, partial(_judge_pair, self._judge), self._hash,
                                  self._decision, self._max_error_ratio, final=self._final)
@@ -393,19 +414,19 @@ def contamination_stage(config: ContaminationConfig, max_error_ratio: float = 0.
 def recaption_stage(config: RecaptionConfig, max_error_ratio: float = 0.05) -> ModelStage:
     worker = Recaptioner(config)
     return ModelStage("recaption", RecaptionModelHandler(config), worker.applies, worker.judge,
-                      config_hash(config), "recaptioned", max_error_ratio)
+                      config_hash(config), "recaptioned", max_error_ratio, spread=True)
 
 
 def ocr_stage(config: OcrConfig, max_error_ratio: float = 0.05) -> ModelStage:
     worker = OcrAnnotator(config)
     return ModelStage("ocr", OcrModelHandler(config), worker.applies, worker.judge, config_hash(config),
-                      "annotated", max_error_ratio)
+                      "annotated", max_error_ratio, spread=True)
 
 
 def grounding_stage(config: GroundingConfig, max_error_ratio: float = 0.05) -> ModelStage:
     worker = GroundingAnnotator(config)
     return ModelStage("grounding", DetectorModelHandler(config), worker.applies, worker.judge,
-                      config_hash(config), "annotated", max_error_ratio)
+                      config_hash(config), "annotated", max_error_ratio, spread=True)
 
 
 def effective(config: ModelStagesConfig) -> ModelStagesConfig:
