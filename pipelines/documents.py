@@ -138,12 +138,14 @@ class DocumentRules(beam.PTransform):
                           | "Unspill" >> beam.ParDo(_Unspill(wait)))
             else:
                 joined = ({"sample": documents_ | "ByKey" >> keyed(sample_key), "remove": removals}
-                          | "JoinRemovals" >> beam.CoGroupByKey() | "WithRemovals" >> beam.FlatMap(_with_removals))
+                          | "JoinRemovals" >> beam.CoGroupByKey()
+                          | "WithRemovals" >> beam.FlatMap(_with_removals).with_output_types(Tuple[Sample, List[str]]))
         else:
-            joined = documents_ | "NoRemovals" >> beam.Map(_nothing_removed)
+            joined = documents_ | "NoRemovals" >> beam.Map(_nothing_removed).with_output_types(Tuple[Sample, List[str]])
         if not wait:
             # Every record is routed (kept counts and lineage like every stage); only documents are judged.
-            routed = (joined, others | "Others" >> beam.Map(_nothing_removed)) | "WithOthers" >> beam.Flatten()
+            routed = ((joined, others | "Others" >> beam.Map(_nothing_removed).with_output_types(Tuple[Sample, List[str]]))
+                      | "WithOthers" >> beam.Flatten())
         kept, rejected = route(routed, "Route", STAGE, Fixed(_Decide(self._config)), self._hash,
                                max_error_ratio=self._max_error_ratio)
         return {KEPT: kept, REJECTED: rejected | "MergeRejected" >> beam.Flatten()}

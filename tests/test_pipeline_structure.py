@@ -211,3 +211,26 @@ def test_the_default_job_groups_whole_samples_once_in_the_sink(tmp_path):
     # (pipelines/spill.py): those groupings carry references, and no grouping holds a whole sample
     assert _sample_shuffles(config, tmp_path) == []
     assert _sample_shuffles({**config, "models": models}, tmp_path) == spread
+
+
+def test_the_default_local_job_materialises_no_flatten_of_samples(tmp_path):
+    """The local runner materialises every multi-input Flatten (each input written to a buffer, then read): in the
+    default job on the local runner, samples that wait (for key uniqueness's decisions, the documents stage's
+    removals, dedup's decisions, their bucket's writer) wait as spill references, so no Flatten holds a sample."""
+    config = _every_stage_config(tmp_path)
+    config.pop("models")
+    found = []
+
+    class Visitor(PipelineVisitor):
+        def visit_transform(self, applied):
+            if isinstance(applied.transform, beam.Flatten) and len(applied.inputs) > 1:
+                found.extend(applied.full_label for p in applied.inputs if _carries_samples(p))
+
+    for spill_mode, expected in (("auto", []), ("never", ["documents/WithOthers"])):
+        pipeline = beam.Pipeline()
+        build_pipeline(pipeline, load_config({**config, "output_format": {"spill": spill_mode}}),
+                       str(tmp_path / "out"))
+        found.clear()
+        pipeline.visit(Visitor())
+        shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
+        assert sorted(set(found)) == expected, spill_mode
