@@ -144,8 +144,8 @@ class DocumentRules(beam.PTransform):
             joined = documents_ | "NoRemovals" >> beam.Map(_nothing_removed).with_output_types(Tuple[Sample, List[str]])
         if not wait:
             # Every record is routed (kept counts and lineage like every stage); only documents are judged.
-            routed = ((joined, others | "Others" >> beam.Map(_nothing_removed).with_output_types(Tuple[Sample, List[str]]))
-                      | "WithOthers" >> beam.Flatten())
+            passing = others | "Others" >> beam.Map(_nothing_removed).with_output_types(Tuple[Sample, List[str]])
+            routed = (joined, passing) | "WithOthers" >> beam.Flatten()
         kept, rejected = route(routed, "Route", STAGE, Fixed(_Decide(self._config)), self._hash,
                                max_error_ratio=self._max_error_ratio)
         return {KEPT: kept, REJECTED: rejected | "MergeRejected" >> beam.Flatten()}

@@ -11,9 +11,10 @@ its rejected part (schemas.curated.rejected_part).
 What one worker holds is one bucket, about 1/`buckets` of the output, never the corpus' keys; no global combine.
 Dedup's decisions (records to drop, pipelines/dedup.py) reach the writer as a side input keyed by bucket, which
 the runner serves one bucket at a time: a join with the samples would make the local runner hold every kept
-sample twice (a Flatten is materialised there before its grouping). Beside its parts, each bucket writes the report's aggregates of exactly those rows
-(report.ReportStats, curated.report_stats_path), which the driver merges: a bucket's figures exist iff its parts do. Every bucket id takes part in the second shuffle, so empty buckets still write their
-(empty) parts. Every file is written under a hidden temporary name and renamed into
+sample twice (a Flatten is materialised there before its grouping). Beside its parts, each bucket writes the
+report's aggregates of exactly those rows (report.ReportStats, curated.report_stats_path), which the driver
+merges: a bucket's figures exist iff its parts do. Every bucket id takes part in the second shuffle, so empty
+buckets still write their (empty) parts. Every file is written under a hidden temporary name and renamed into
 place: a killed job never leaves a half-written shard or part under a final name, and dataset readers
 (pyarrow, DuckDB, HF `datasets`) skip the hidden temporaries.
 """

@@ -10,10 +10,12 @@ per-bucket grouping held every kept sample (a ~1.3 KB pickle, more as an object)
 peak memory grow with the corpus. Here each bundle appends its samples, pickled, to a file of its own under the
 output's hidden `.spill/` directory (written through Beam's FileSystems) and passes on only (bucket, reference):
 file name, offset and length, 28 bytes. The bucket's writer reads its samples back in file order. The same
-holds for a step whose samples wait for a side input (key uniqueness's decisions: `SpilledSamples`, read back
-one by one by a `SpillReader`; those files live in the pipeline's own temporary directory, which Beam removes). A bundle that
-fails or is retried leaves a file no reference names; the job removes the directory when it ends, whatever the
-outcome (curate.py, chunked.py), and for local outputs it lives inside the staging directory anyway.
+holds for the other waits of the local job: samples waiting for a side input (key uniqueness's decisions:
+`SpilledSamples`, read back one by one by a `SpillReader`), for the documents stage's removals and for dedup's
+decisions before model stages (`ApplyDecisions`); those files live in the pipeline's own temporary directory,
+which Beam removes. A bundle that fails or is retried leaves a file no reference names; the job removes the
+directory when it ends, whatever the outcome (curate.py, chunked.py), and for local outputs it lives inside the
+staging directory anyway.
 
 Cluster runners (Dataflow, Flink, Spark) shuffle through their own disk-backed services: spilling there would
 only write every sample twice to the object store and read it back by offset, so `output_format.spill: auto`

@@ -1,4 +1,5 @@
-"""Kept samples wait for the writer in spill files on the local runners (pipelines/spill.py): same output, no leftovers."""
+"""Kept samples wait for the writer in spill files on the local runners (pipelines/spill.py): same output, no
+leftovers."""
 import io
 import os
 import pickle
