@@ -53,6 +53,7 @@ from typing import Any, FrozenSet, Iterable, Iterator, List, Optional, Tuple
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.typehints.native_type_compatibility import convert_to_beam_type
 
 from vlmloom.curation import components, hashing, neardup
@@ -137,18 +138,24 @@ def _counted(counter_name: str):
     return edges
 
 
-def _members_by_group(label: str, grouped_members, labels, element_type, extra=None):
-    """(node, [member]) joined with (node, label) → (label, member); a node without an edge is its own group.
-    `extra`: (node, value) items (one node's verified neighbours) added to each of its members as (member, extra)."""
+def _members_by_group(label: str, grouped_members, labels, element_type, extra=None, unpack=None):
+    """(node, [member]) joined with (node, label) → (label, member); a node without an edge is its own group (and
+    left out when it is a group of one: it decides nothing). `extra`: (node, value) items (one node's verified
+    neighbours) added to each of its members as (member, extra). `unpack(node, value)` → the members of a packed
+    `grouped_members` value (default: the value is the list)."""
     def regroup(element):
         node, joined = element
-        label_of = min(joined["label"], default=node)
-        for members in joined["members"]:
-            for member in members:
-                if extra is None:
-                    yield label_of, member
-                else:  # member = (quality member, payload) → (quality member, (payload, near))
-                    yield label_of, (member[0], (member[1], frozenset(joined["extra"])))
+        labels_of = list(joined["label"])
+        label_of = min(labels_of, default=node)
+        found = [member for value in joined["members"]
+                 for member in (value if unpack is None else unpack(node, value))]
+        if not labels_of and len(found) < 2:
+            return
+        for member in found:
+            if extra is None:
+                yield label_of, member
+            else:  # member = (quality member, payload) → (quality member, (payload, near))
+                yield label_of, (member[0], (member[1], frozenset(joined["extra"])))
 
     inputs = {"members": grouped_members, "label": labels}
     if extra is not None:
@@ -235,21 +242,70 @@ class PhashDecisions(beam.PTransform):
                 .with_output_types(Decision))
 
 
-def _signature(min_words: int, num_perm: int):
+def _signature(min_words: int, num_perm: int, bands: int):
+    rows = num_perm // bands
+
     def signature(sample: Sample):
         text = neardup.minhash_text(sample)
         if len(text.split()) < min_words and len(text) < 4 * min_words:
             return
         # The low 32 bits of each slot: two different slots agree there by chance once in 4e9, so bands and the
-        # estimated Jaccard are as good, and what the signature joins carry is halved.
-        yield sample.key, hashing.minhash_signature(text, num_perm=num_perm).astype(np.uint32)
+        # estimated Jaccard are as good, and what the signature joins carry is halved. Packed: 512 bytes at 128.
+        sig = hashing.minhash_signature(text, num_perm=num_perm).astype(np.uint32)
+        # The rows' join reads only the digests (what bands group on); the values go to the pairs' join alone.
+        yield sample.key, neardup.pack_band_digests(neardup.signature_digest(sig), _band_digests(sig, bands, rows))
+        yield beam.pvalue.TaggedOutput("values", (sample.key, neardup.pack_signature(sig)))
 
     return signature
 
 
-def _band_keys(signature, bands: int, rows: int) -> list[tuple[int, str]]:
-    """(band, 16 hex digits of its rows' digest): 64 bits name a band's values as surely, at half the bytes."""
-    return [(band, digest[:16]) for band, digest in hashing.minhash_band_keys(signature, bands, rows)]
+def _band_digests(signature, bands: int, rows: int) -> list[str]:
+    """16 hex digits of each band's rows' digest: 64 bits name a band's values as surely, at half the bytes."""
+    return [digest[:16] for _, digest in hashing.minhash_band_keys(signature, bands, rows)]
+
+
+class _PackedCoder(beam.coders.Coder):
+    """`neardup.Packed` as its bytes (a length prefix where nested), decoded back to `Packed`."""
+
+    def encode(self, value):
+        return bytes(value)
+
+    def decode(self, encoded):
+        return neardup.Packed(encoded)
+
+    def is_deterministic(self):
+        return True
+
+    def to_type_hint(self):
+        return neardup.Packed
+
+
+beam.coders.registry.register_coder(neardup.Packed, _PackedCoder)
+
+
+class _ConcatPerBundle(beam.DoFn):
+    """(key, bytes) → (key, Packed concatenation): one element per key and bundle, or per `flush_bytes`, so that a
+    grouping holds a few large values rather than one small object per band row. Small `flush_bytes`: what waits
+    here is at most keys × flush_bytes (8 MB at 4,096 band groups), however large the bundle."""
+
+    def __init__(self, flush_bytes: int = 2048):
+        self._flush_bytes = flush_bytes
+
+    def start_bundle(self):
+        self._parts: dict[Any, bytearray] = {}
+
+    def process(self, element):
+        key, value = element
+        part = self._parts.setdefault(key, bytearray())
+        part += value
+        if len(part) >= self._flush_bytes:
+            del self._parts[key]
+            yield key, neardup.Packed(part)
+
+    def finish_bundle(self):
+        parts, self._parts = self._parts, {}
+        for key, part in parts.items():
+            yield GlobalWindows.windowed_value((key, neardup.Packed(part)))
 
 
 @dataclass(frozen=True)
@@ -271,7 +327,12 @@ class _TextNear:
 
 
 class MinhashDecisions(beam.PTransform):
-    """(rows, samples) → (key, representative): MinHash text clusters, pair-aware (see the module docstring)."""
+    """(rows, samples) → (key, representative): MinHash text clusters, pair-aware (see the module docstring).
+
+    What its shuffles hold is packed (`neardup.Packed`): a record's signature digest and band digests (~150 bytes)
+    meet its surviving row by key; band rows (band digest, signature digest, image hashes, key: ~50 bytes) are
+    grouped by band and digest prefix, concatenated per bundle; the signature values (512 bytes at 128 slots) are
+    shuffled once, to the candidate pairs that name their key."""
 
     def __init__(self, config: DedupConfig):
         super().__init__()
@@ -280,41 +341,45 @@ class MinhashDecisions(beam.PTransform):
     def expand(self, inputs):
         rows, samples = inputs
         cfg = self._cfg
-        band_rows = cfg.minhash_num_perm // cfg.minhash_bands
-        sigs = samples | "Signature" >> beam.FlatMap(_signature(cfg.minhash_min_words, cfg.minhash_num_perm)
-                                                      ).with_output_types(Tuple[str, np.ndarray])
+        sigs = samples | "Signature" >> beam.FlatMap(
+            _signature(cfg.minhash_min_words, cfg.minhash_num_perm, cfg.minhash_bands)).with_outputs("values",
+                                                                                                      main="digests")
+        digests = _typed(sigs["digests"], Tuple[str, neardup.Packed])
+        store = _typed(sigs["values"], Tuple[str, neardup.Packed])
 
-        def with_signature(element):
+        def with_digests(element):
             key, joined = element
             signatures, found = list(joined["sig"]), list(joined["row"])
             if not signatures or not found:
                 return
-            sig, row = signatures[0], found[0]
-            digest = neardup.signature_digest(sig)
-            yield beam.pvalue.TaggedOutput("store", (key, sig))
-            yield beam.pvalue.TaggedOutput("members", (key, [(row.member(), (digest, row.image()))]))
-            for band in _band_keys(sig, cfg.minhash_bands, band_rows):
-                yield band, (key, digest, row.image())
+            digest, band_digests = neardup.unpack_band_digests(signatures[0])
+            packed_row = found[0]
+            image = neardup.packed_row_image(packed_row)
+            yield beam.pvalue.TaggedOutput("members", (key, neardup.pack_text_member(packed_row, digest)))
+            for band, band_digest in enumerate(band_digests):
+                yield neardup.coarse_band_key(band, band_digest), neardup.pack_band_row(band_digest, digest, image, key)
 
-        joined = ({"row": rows | "RowByKey" >> beam.Map(lambda r: (r.key, r)).with_output_types(Tuple[str, DedupRow]),
-                   "sig": sigs}
+        packed_rows = rows | "PackRows" >> beam.Map(lambda r: (r.key, neardup.pack_row(r))).with_output_types(
+            Tuple[str, neardup.Packed])
+        joined = ({"row": packed_rows, "sig": digests}
                   | "JoinSignatures" >> beam.CoGroupByKey()
-                  | "Bands" >> beam.FlatMap(with_signature).with_outputs("store", "members", main="bands"))
-        store = _typed(joined["store"], Tuple[str, np.ndarray])
-        members = _typed(joined["members"], Tuple[str, List[Tuple[QualityMember, Tuple[str, Image]]]])
-        bands = _typed(joined["bands"], Tuple[Tuple[int, str], Tuple[str, str, Image]])
+                  | "Bands" >> beam.FlatMap(with_digests).with_outputs("members", main="bands"))
+        members = _typed(joined["members"], Tuple[str, neardup.Packed])
+        bands = (_typed(joined["bands"], Tuple[int, bytes])
+                 | "PackBands" >> beam.ParDo(_ConcatPerBundle()).with_output_types(Tuple[int, neardup.Packed]))
 
         capped = Metrics.counter(COUNTER_NAMESPACE, "minhash_bucket_capped")
 
-        def candidates(_, bucket):
-            edges, pairs, was_capped = neardup.minhash_bucket_candidates(list(bucket), cfg.max_bucket_pairs,
-                                                                         cfg.phash_max_distance)
-            if was_capped:
-                capped.inc()
-            for edge in edges:
-                yield edge
-            for pair in pairs:
-                yield beam.pvalue.TaggedOutput("candidates", pair)
+        def candidates(_, packed):
+            for bucket in neardup.band_buckets(packed):
+                edges, pairs, was_capped = neardup.minhash_bucket_candidates(bucket, cfg.max_bucket_pairs,
+                                                                             cfg.phash_max_distance)
+                if was_capped:
+                    capped.inc()
+                for edge in edges:
+                    yield edge
+                for pair in pairs:
+                    yield beam.pvalue.TaggedOutput("candidates", pair)
 
         found = (bands
                  | "GroupByBand" >> beam.GroupByKey()
@@ -329,7 +394,8 @@ class MinhashDecisions(beam.PTransform):
         near_digests = verified | "NearDigests" >> beam.FlatMap(
             lambda v: [(v[0], v[3]), (v[1], v[2])]).with_output_types(Tuple[str, str])
         return (_members_by_group("Key", members, labels,
-                                  Tuple[QualityMember, Tuple[Tuple[str, Image], FrozenSet[str]]], extra=near_digests)
+                                  Tuple[QualityMember, Tuple[Tuple[str, Image], FrozenSet[str]]], extra=near_digests,
+                                  unpack=lambda key, packed: [neardup.unpack_text_member(key, packed)])
                 | "GroupByCluster" >> beam.GroupByKey()
                 | "Decide" >> beam.ParDo(_ChainCountingDecisions("minhash_chain_kept",
                                                                  _TextNear(cfg.phash_max_distance)))
@@ -337,8 +403,9 @@ class MinhashDecisions(beam.PTransform):
 
 
 class _VerifyPairs(beam.PTransform):
-    """Candidate pairs (a, b) + signatures by key → (a, b, digest a, digest b) for pairs whose estimated Jaccard
-    is >= threshold. Two keyed joins: the pair meets a's signature, then b's."""
+    """Candidate pairs (a, b) + packed signatures by key → (a, b, digest a, digest b) for pairs whose estimated
+    Jaccard is >= threshold. One keyed join takes each signature to the pairs that name its key (the signatures of
+    records without a candidate pair go no further), one grouping by pair meets the two."""
 
     def __init__(self, store, threshold: float):
         super().__init__()
@@ -347,22 +414,28 @@ class _VerifyPairs(beam.PTransform):
     def expand(self, pairs):
         threshold = self._threshold
 
-        def with_left(element):
-            a, joined = element
+        def to_pairs(element):
+            key, joined = element
+            named = sorted(set(joined["pair"]))
+            if not named:
+                return
             for sig in joined["sig"]:
-                for b in sorted(set(joined["pair"])):
-                    yield b, (a, sig)
+                for pair in named:
+                    yield pair, (key, sig)
 
         def verify(element):
-            b, joined = element
-            for sig_b in joined["sig"]:
-                for a, sig_a in joined["left"]:
-                    if float(np.mean(np.asarray(sig_a) == np.asarray(sig_b))) >= threshold:
+            (a, b), found = element
+            found = [(key, neardup.unpack_signature(sig)) for key, sig in found]
+            for sig_b in (sig for key, sig in found if key == b):
+                for sig_a in (sig for key, sig in found if key == a):
+                    if float(np.mean(sig_a == sig_b)) >= threshold:
                         yield a, b, neardup.signature_digest(sig_a), neardup.signature_digest(sig_b)
 
-        left = ({"pair": pairs, "sig": self._store} | "ByFirst" >> beam.CoGroupByKey()
-                | "WithFirst" >> beam.FlatMap(with_left).with_output_types(Tuple[str, Tuple[str, np.ndarray]]))
-        return ({"left": left, "sig": self._store} | "BySecond" >> beam.CoGroupByKey()
+        ends = pairs | "Ends" >> beam.FlatMap(lambda p: [(p[0], p), (p[1], p)]).with_output_types(Tuple[str, Edge])
+        return ({"pair": ends, "sig": self._store}
+                | "ByKey" >> beam.CoGroupByKey()
+                | "ToPairs" >> beam.FlatMap(to_pairs).with_output_types(Tuple[Edge, Tuple[str, neardup.Packed]])
+                | "ByPair" >> beam.GroupByKey()
                 | "Verified" >> beam.FlatMap(verify).with_output_types(Tuple[str, str, str, str]))
 
 
