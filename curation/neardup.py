@@ -18,6 +18,7 @@ Determinism: every tie is broken by value (smallest key, smallest hash), never b
 """
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Generic, Hashable, Iterable, Iterator, TypeVar
@@ -819,6 +820,34 @@ def pack_signature(signature: np.ndarray) -> Packed:
 
 def unpack_signature(packed: bytes) -> np.ndarray:
     return np.frombuffer(packed, dtype="<u4")
+
+
+SIGNATURE_GROUPS = 1024  # signatures travel concatenated per group of keys (`key_group`) to the candidate pairs
+
+
+def key_group(key: str, groups: int) -> int:
+    """A record key's group, the same in every process (not Python's salted `hash`)."""
+    return zlib.crc32(key.encode()) % groups
+
+
+def pack_keyed_signature(key: str, signature: np.ndarray) -> bytes:
+    """(key, uint32 values) as one self-delimiting entry: entries of one key group are concatenated."""
+    out = bytearray()
+    _put_str(out, key)
+    values = np.asarray(signature, dtype="<u4").tobytes()
+    _put_uint(out, len(values))
+    return bytes(out + values)
+
+
+def keyed_signatures(packed: Iterable[bytes]) -> Iterator[tuple[str, Packed]]:
+    """Concatenated `pack_keyed_signature` entries → (key, `pack_signature` values)."""
+    for blob in packed:
+        pos = 0
+        while pos < len(blob):
+            key, pos = _get_str(blob, pos)
+            size, pos = _get_uint(blob, pos)
+            yield key, Packed(blob[pos:pos + size])
+            pos += size
 
 
 def pack_band_digests(digest: str, band_digests: list[str]) -> Packed:

@@ -254,7 +254,8 @@ def _signature(min_words: int, num_perm: int, bands: int):
         sig = hashing.minhash_signature(text, num_perm=num_perm).astype(np.uint32)
         # The rows' join reads only the digests (what bands group on); the values go to the pairs' join alone.
         yield sample.key, neardup.pack_band_digests(neardup.signature_digest(sig), _band_digests(sig, bands, rows))
-        yield beam.pvalue.TaggedOutput("values", (sample.key, neardup.pack_signature(sig)))
+        yield beam.pvalue.TaggedOutput("values", (neardup.key_group(sample.key, neardup.SIGNATURE_GROUPS),
+                                                  neardup.pack_keyed_signature(sample.key, sig)))
 
     return signature
 
@@ -345,7 +346,9 @@ class MinhashDecisions(beam.PTransform):
             _signature(cfg.minhash_min_words, cfg.minhash_num_perm, cfg.minhash_bands)).with_outputs("values",
                                                                                                       main="digests")
         digests = _typed(sigs["digests"], Tuple[str, neardup.Packed])
-        store = _typed(sigs["values"], Tuple[str, neardup.Packed])
+        store = (_typed(sigs["values"], Tuple[int, bytes])
+                 | "PackSignatures" >> beam.ParDo(_ConcatPerBundle(1 << 13))
+                 .with_output_types(Tuple[int, neardup.Packed]))
 
         def with_digests(element):
             key, joined = element
@@ -403,9 +406,10 @@ class MinhashDecisions(beam.PTransform):
 
 
 class _VerifyPairs(beam.PTransform):
-    """Candidate pairs (a, b) + packed signatures by key → (a, b, digest a, digest b) for pairs whose estimated
-    Jaccard is >= threshold. One keyed join takes each signature to the pairs that name its key (the signatures of
-    records without a candidate pair go no further), one grouping by pair meets the two."""
+    """Candidate pairs (a, b) + packed signatures (concatenated per key group, `neardup.key_group`) → (a, b, digest
+    a, digest b) for pairs whose estimated Jaccard is >= threshold. One join by key group takes each signature to the
+    pairs that name its key (the signatures of records without a candidate pair go no further), one grouping by
+    pair meets the two."""
 
     def __init__(self, store, threshold: float):
         super().__init__()
@@ -415,12 +419,14 @@ class _VerifyPairs(beam.PTransform):
         threshold = self._threshold
 
         def to_pairs(element):
-            key, joined = element
-            named = sorted(set(joined["pair"]))
+            _, joined = element
+            named: dict[str, set] = {}
+            for key, pair in joined["pair"]:
+                named.setdefault(key, set()).add(pair)
             if not named:
                 return
-            for sig in joined["sig"]:
-                for pair in named:
+            for key, sig in neardup.keyed_signatures(joined["sig"]):
+                for pair in sorted(named.get(key, ())):
                     yield pair, (key, sig)
 
         def verify(element):
@@ -431,9 +437,11 @@ class _VerifyPairs(beam.PTransform):
                     if float(np.mean(sig_a == sig_b)) >= threshold:
                         yield a, b, neardup.signature_digest(sig_a), neardup.signature_digest(sig_b)
 
-        ends = pairs | "Ends" >> beam.FlatMap(lambda p: [(p[0], p), (p[1], p)]).with_output_types(Tuple[str, Edge])
+        ends = pairs | "Ends" >> beam.FlatMap(
+            lambda p: [(neardup.key_group(key, neardup.SIGNATURE_GROUPS), (key, p)) for key in p]
+        ).with_output_types(Tuple[int, Tuple[str, Edge]])
         return ({"pair": ends, "sig": self._store}
-                | "ByKey" >> beam.CoGroupByKey()
+                | "ByKeyGroup" >> beam.CoGroupByKey()
                 | "ToPairs" >> beam.FlatMap(to_pairs).with_output_types(Tuple[Edge, Tuple[str, neardup.Packed]])
                 | "ByPair" >> beam.GroupByKey()
                 | "Verified" >> beam.FlatMap(verify).with_output_types(Tuple[str, str, str, str]))

@@ -149,4 +149,9 @@ def test_packing_gives_back_every_string_exactly():
         assert neardup.band_buckets([b"".join(rows)]) == [[(key, digest, row.image()), ("x", "d", None)]]
     sig = np.arange(128, dtype=np.uint32) * np.uint32(2**25 + 7)
     assert np.array_equal(neardup.unpack_signature(neardup.pack_signature(sig)), sig)
+    blob = b"".join(neardup.pack_keyed_signature(key, sig + i) for i, key in enumerate(["a", "é漢", "ff"]))
+    assert [(key, neardup.unpack_signature(values).tolist()) for key, values in neardup.keyed_signatures([blob])] == [
+        (key, (sig + i).tolist()) for i, key in enumerate(["a", "é漢", "ff"])]
+    digest, bands = neardup.unpack_band_digests(neardup.pack_band_digests("0a" * 8, ["ff" * 8, "X", ""]))
+    assert (digest, bands) == ("0a" * 8, ["ff" * 8, "X", ""])
     assert neardup.coarse_band_key(3, "a7" + "0" * 14) == 3 << 8 | 0xA7

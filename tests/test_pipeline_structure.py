@@ -135,7 +135,8 @@ DECIDING_STAGES = ("dedup/", "UniqueKeys/")
 # bytes type of its own, so that plain `bytes` (image bytes, pickled samples) still fails the check below, and a
 # producer check, so that nothing else is smuggled through the packed type.
 PACKED_METADATA = {
-    neardup.Packed: (r"^dedup/Decisions/near_dup_text/(Signature|PackRows|Bands|PackBands|Verify/ToPairs)(/|$)",
+    neardup.Packed: (r"^dedup/Decisions/near_dup_text/"
+                     r"(Signature|PackSignatures|PackRows|Bands|PackBands|Verify/ToPairs)(/|$)",
                      "MinHash signature values, digests, image hashes, sizes and keys (curation/neardup.py packing)"),
 }
 
