@@ -822,7 +822,7 @@ def unpack_signature(packed: bytes) -> np.ndarray:
     return np.frombuffer(packed, dtype="<u4")
 
 
-SIGNATURE_GROUPS = 1024  # signatures travel concatenated per group of keys (`key_group`) to the candidate pairs
+KEY_GROUPS = 1024  # signatures and bucket members travel concatenated per group of keys (`key_group`)
 
 
 def key_group(key: str, groups: int) -> int:
@@ -830,17 +830,16 @@ def key_group(key: str, groups: int) -> int:
     return zlib.crc32(key.encode()) % groups
 
 
-def pack_keyed_signature(key: str, signature: np.ndarray) -> bytes:
-    """(key, uint32 values) as one self-delimiting entry: entries of one key group are concatenated."""
+def pack_keyed(key: str, value: bytes) -> bytes:
+    """(key, packed value) as one self-delimiting entry: the entries of one key group are concatenated."""
     out = bytearray()
     _put_str(out, key)
-    values = np.asarray(signature, dtype="<u4").tobytes()
-    _put_uint(out, len(values))
-    return bytes(out + values)
+    _put_uint(out, len(value))
+    return bytes(out + value)
 
 
-def keyed_signatures(packed: Iterable[bytes]) -> Iterator[tuple[str, Packed]]:
-    """Concatenated `pack_keyed_signature` entries → (key, `pack_signature` values)."""
+def keyed_entries(packed: Iterable[bytes]) -> Iterator[tuple[str, Packed]]:
+    """Concatenated `pack_keyed` entries → (key, packed value)."""
     for blob in packed:
         pos = 0
         while pos < len(blob):
@@ -913,27 +912,24 @@ def coarse_band_key(band: int, band_digest: str) -> int:
     return band << BAND_PREFIX_BITS | int(band_digest[:(BAND_PREFIX_BITS + 3) // 4], 16) >> (-BAND_PREFIX_BITS % 4)
 
 
-def pack_band_row(band_digest: str, digest: str, image: tuple[str, str] | None, key: str) -> bytes:
-    """One band row: the band's digest (its exact bucket within the coarse group) and the bucket member (key,
-    signature digest, image). Self-delimiting: rows of one group are concatenated."""
+def pack_band_row(band_digest: str, key: str) -> bytes:
+    """One band row: the band's digest (its exact bucket within the coarse group) and the key of its member.
+    Self-delimiting: rows of one group are concatenated."""
     out = bytearray()
     _put_str(out, band_digest)
-    _put_str(out, digest)
-    _put_image(out, image)
     _put_str(out, key)
     return bytes(out)
 
 
-def band_buckets(packed_rows: Iterable[bytes]) -> list[list[tuple[str, str, tuple[str, str] | None]]]:
-    """Concatenated band rows of one coarse group → its exact buckets of two or more (key, digest, image) members
-    (what `minhash_bucket_candidates` reads), ordered by band digest. A bucket of one finds nothing."""
-    buckets: dict[str, list[tuple[str, str, tuple[str, str] | None]]] = defaultdict(list)
+def band_bucket_keys(coarse_key: int, packed_rows: Iterable[bytes]) -> list[tuple[str, list[str]]]:
+    """Concatenated band rows of one coarse group → its exact buckets of two or more members, as (bucket name,
+    sorted keys), ordered by name; the name is the band index and its digest. A bucket of one finds nothing."""
+    buckets: dict[str, list[str]] = defaultdict(list)
     for blob in packed_rows:
         pos = 0
         while pos < len(blob):
             band_digest, pos = _get_str(blob, pos)
-            digest, pos = _get_str(blob, pos)
-            image, pos = _get_image(blob, pos)
             key, pos = _get_str(blob, pos)
-            buckets[band_digest].append((key, digest, image))
-    return [members for _, members in sorted(buckets.items()) if len(members) > 1]
+            buckets[band_digest].append(key)
+    band = coarse_key >> BAND_PREFIX_BITS
+    return [(f"{band}:{band_digest}", sorted(keys)) for band_digest, keys in sorted(buckets.items()) if len(keys) > 1]

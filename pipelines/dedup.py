@@ -11,9 +11,9 @@ the sizes the representative rule reads: ~200 bytes), never a sample or an image
      its images *and* its turns, an interleaved document all of its segments);
   2. candidate edges: records sharing an LSH band bucket (pHash: pigeonhole bands over *distinct* hash values, so
      a bucket of 100k identical hashes is a single node; MinHash: b bands of r rows), verified by Hamming
-     distance / estimated Jaccard, at most `max_bucket_pairs` per bucket (counted). MinHash bands carry keys,
-     signature digests and image hashes (no sample); the candidate pairs meet their signatures by key (two keyed
-     joins) to be verified;
+     distance / estimated Jaccard, at most `max_bucket_pairs` per bucket (counted). MinHash band rows carry a band
+     digest and a key, packed (`MinhashDecisions`); the members of buckets of two or more fetch their signature
+     digests and image hashes by key, and the candidate pairs their signature values (one join each);
   3. connected components of the edge graph by large-star/small-star rounds (`ConnectedComponents`,
      the per-round logic in curation/components.py): a worker holds one node's neighbourhood, never the corpus;
   4. per component, one representative by the rule shared by all three stages
@@ -254,8 +254,8 @@ def _signature(min_words: int, num_perm: int, bands: int):
         sig = hashing.minhash_signature(text, num_perm=num_perm).astype(np.uint32)
         # The rows' join reads only the digests (what bands group on); the values go to the pairs' join alone.
         yield sample.key, neardup.pack_band_digests(neardup.signature_digest(sig), _band_digests(sig, bands, rows))
-        yield beam.pvalue.TaggedOutput("values", (neardup.key_group(sample.key, neardup.SIGNATURE_GROUPS),
-                                                  neardup.pack_keyed_signature(sample.key, sig)))
+        yield beam.pvalue.TaggedOutput("values", (neardup.key_group(sample.key, neardup.KEY_GROUPS),
+                                                  neardup.pack_keyed(sample.key, neardup.pack_signature(sig))))
 
     return signature
 
@@ -330,10 +330,16 @@ class _TextNear:
 class MinhashDecisions(beam.PTransform):
     """(rows, samples) → (key, representative): MinHash text clusters, pair-aware (see the module docstring).
 
-    What its shuffles hold is packed (`neardup.Packed`): a record's signature digest and band digests (~150 bytes)
-    meet its surviving row by key; band rows (band digest, signature digest, image hashes, key: ~50 bytes) are
-    grouped by band and digest prefix, concatenated per bundle; the signature values (512 bytes at 128 slots) are
-    shuffled once, to the candidate pairs that name their key."""
+    On the local runner a grouped value lives as Python objects until read, so what its shuffles hold is packed
+    (`neardup.Packed`) and, where a record has many, concatenated per bundle and group (`_ConcatPerBundle`):
+      1. a record's signature digest and band digests (~150 bytes) meet its surviving row by key;
+      2. band rows (band digest, key: ~20 bytes, 16 a record) are grouped by band and digest prefix (4,096 groups);
+         each group's exact buckets of two or more members are re-formed there;
+      3. only those members fetch their digest, image hashes and sizes (joined by key group), and meet per bucket
+         (`neardup.minhash_bucket_candidates`: edges, capped candidate pairs);
+      4. the signature values (512 bytes at 128 slots) are shuffled once, to the candidate pairs that name them;
+      5. components, representative and decisions as the other stages, over the members of step 3 alone (a record
+         in no bucket of two decides nothing)."""
 
     def __init__(self, config: DedupConfig):
         super().__init__()
@@ -356,36 +362,65 @@ class MinhashDecisions(beam.PTransform):
             if not signatures or not found:
                 return
             digest, band_digests = neardup.unpack_band_digests(signatures[0])
-            packed_row = found[0]
-            image = neardup.packed_row_image(packed_row)
-            yield beam.pvalue.TaggedOutput("members", (key, neardup.pack_text_member(packed_row, digest)))
+            member = neardup.pack_text_member(found[0], digest)
+            yield beam.pvalue.TaggedOutput("members", (neardup.key_group(key, neardup.KEY_GROUPS),
+                                                       neardup.pack_keyed(key, member)))
             for band, band_digest in enumerate(band_digests):
-                yield neardup.coarse_band_key(band, band_digest), neardup.pack_band_row(band_digest, digest, image, key)
+                yield neardup.coarse_band_key(band, band_digest), neardup.pack_band_row(band_digest, key)
 
         packed_rows = rows | "PackRows" >> beam.Map(lambda r: (r.key, neardup.pack_row(r))).with_output_types(
             Tuple[str, neardup.Packed])
         joined = ({"row": packed_rows, "sig": digests}
                   | "JoinSignatures" >> beam.CoGroupByKey()
                   | "Bands" >> beam.FlatMap(with_digests).with_outputs("members", main="bands"))
-        members = _typed(joined["members"], Tuple[str, neardup.Packed])
+        all_members = (_typed(joined["members"], Tuple[int, bytes])
+                       | "PackMembers" >> beam.ParDo(_ConcatPerBundle()).with_output_types(Tuple[int, neardup.Packed]))
         bands = (_typed(joined["bands"], Tuple[int, bytes])
                  | "PackBands" >> beam.ParDo(_ConcatPerBundle()).with_output_types(Tuple[int, neardup.Packed]))
 
+        # Band rows name keys only: the members of the buckets of two or more (few, in most corpora) fetch their
+        # digests and images by key, then meet again per bucket.
+        def memberships(coarse_key, packed):
+            for bucket, keys in neardup.band_bucket_keys(coarse_key, packed):
+                for key in keys:
+                    yield neardup.key_group(key, neardup.KEY_GROUPS), (key, bucket)
+
+        def bucket_members(element):
+            _, joined = element
+            buckets_of: dict[str, set] = {}
+            for key, bucket in joined["bucket"]:
+                buckets_of.setdefault(key, set()).add(bucket)
+            if not buckets_of:
+                return
+            for key, member in neardup.keyed_entries(joined["member"]):
+                if key in buckets_of:
+                    yield beam.pvalue.TaggedOutput("members", (key, member))
+                    for bucket in sorted(buckets_of[key]):
+                        yield bucket, (key, member)
+
+        requests = (bands
+                    | "GroupByBand" >> beam.GroupByKey()
+                    | "Buckets" >> beam.FlatMapTuple(memberships).with_output_types(Tuple[int, Tuple[str, str]]))
+        fetched = ({"member": all_members, "bucket": requests}
+                   | "FetchMembers" >> beam.CoGroupByKey()
+                   | "BucketMembers" >> beam.FlatMap(bucket_members).with_outputs("members", main="buckets"))
+        members = _typed(fetched["members"], Tuple[str, neardup.Packed])
+
         capped = Metrics.counter(COUNTER_NAMESPACE, "minhash_bucket_capped")
 
-        def candidates(_, packed):
-            for bucket in neardup.band_buckets(packed):
-                edges, pairs, was_capped = neardup.minhash_bucket_candidates(bucket, cfg.max_bucket_pairs,
-                                                                             cfg.phash_max_distance)
-                if was_capped:
-                    capped.inc()
-                for edge in edges:
-                    yield edge
-                for pair in pairs:
-                    yield beam.pvalue.TaggedOutput("candidates", pair)
+        def candidates(_, bucket):
+            members = [(key, *neardup.unpack_text_member(key, member)[1]) for key, member in bucket]
+            edges, pairs, was_capped = neardup.minhash_bucket_candidates(members, cfg.max_bucket_pairs,
+                                                                         cfg.phash_max_distance)
+            if was_capped:
+                capped.inc()
+            for edge in edges:
+                yield edge
+            for pair in pairs:
+                yield beam.pvalue.TaggedOutput("candidates", pair)
 
-        found = (bands
-                 | "GroupByBand" >> beam.GroupByKey()
+        found = (_typed(fetched["buckets"], Tuple[str, Tuple[str, neardup.Packed]])
+                 | "GroupByBucket" >> beam.GroupByKey()
                  | "Candidates" >> beam.FlatMapTuple(candidates).with_outputs("candidates", main="edges"))
         verified = (_typed(found["candidates"], Edge)
                     | "DistinctPairs" >> beam.Distinct().with_output_types(Edge)
@@ -425,7 +460,7 @@ class _VerifyPairs(beam.PTransform):
                 named.setdefault(key, set()).add(pair)
             if not named:
                 return
-            for key, sig in neardup.keyed_signatures(joined["sig"]):
+            for key, sig in neardup.keyed_entries(joined["sig"]):
                 for pair in sorted(named.get(key, ())):
                     yield pair, (key, sig)
 
@@ -438,7 +473,7 @@ class _VerifyPairs(beam.PTransform):
                         yield a, b, neardup.signature_digest(sig_a), neardup.signature_digest(sig_b)
 
         ends = pairs | "Ends" >> beam.FlatMap(
-            lambda p: [(neardup.key_group(key, neardup.SIGNATURE_GROUPS), (key, p)) for key in p]
+            lambda p: [(neardup.key_group(key, neardup.KEY_GROUPS), (key, p)) for key in p]
         ).with_output_types(Tuple[int, Tuple[str, Edge]])
         return ({"pair": ends, "sig": self._store}
                 | "ByKeyGroup" >> beam.CoGroupByKey()

@@ -145,12 +145,12 @@ def test_packing_gives_back_every_string_exactly():
         member, payload = neardup.unpack_text_member(key, neardup.pack_text_member(neardup.pack_row(row), digest))
         assert member == row.member() and payload == (digest, row.image())
         band = f"{rng.getrandbits(64):016x}"
-        rows = [neardup.pack_band_row(band, digest, row.image(), key), neardup.pack_band_row(band, "d", None, "x")]
-        assert neardup.band_buckets([b"".join(rows)]) == [[(key, digest, row.image()), ("x", "d", None)]]
+        rows = [neardup.pack_band_row(band, key), neardup.pack_band_row(band, "~x"), neardup.pack_band_row("0a", "y")]
+        assert neardup.band_bucket_keys(5 << 8 | 7, [b"".join(rows[:2]), rows[2]]) == [(f"5:{band}", sorted([key, "~x"]))]
     sig = np.arange(128, dtype=np.uint32) * np.uint32(2**25 + 7)
     assert np.array_equal(neardup.unpack_signature(neardup.pack_signature(sig)), sig)
-    blob = b"".join(neardup.pack_keyed_signature(key, sig + i) for i, key in enumerate(["a", "é漢", "ff"]))
-    assert [(key, neardup.unpack_signature(values).tolist()) for key, values in neardup.keyed_signatures([blob])] == [
+    blob = b"".join(neardup.pack_keyed(key, neardup.pack_signature(sig + i)) for i, key in enumerate(["a", "é漢", "ff"]))
+    assert [(key, neardup.unpack_signature(values).tolist()) for key, values in neardup.keyed_entries([blob])] == [
         (key, (sig + i).tolist()) for i, key in enumerate(["a", "é漢", "ff"])]
     digest, bands = neardup.unpack_band_digests(neardup.pack_band_digests("0a" * 8, ["ff" * 8, "X", ""]))
     assert (digest, bands) == ("0a" * 8, ["ff" * 8, "X", ""])

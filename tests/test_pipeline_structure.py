@@ -136,7 +136,7 @@ DECIDING_STAGES = ("dedup/", "UniqueKeys/")
 # producer check, so that nothing else is smuggled through the packed type.
 PACKED_METADATA = {
     neardup.Packed: (r"^dedup/Decisions/near_dup_text/"
-                     r"(Signature|PackSignatures|PackRows|Bands|PackBands|Verify/ToPairs)(/|$)",
+                     r"(Signature|PackSignatures|PackRows|PackBands|PackMembers|BucketMembers|Verify/ToPairs)(/|$)",
                      "MinHash signature values, digests, image hashes, sizes and keys (curation/neardup.py packing)"),
 }
 
