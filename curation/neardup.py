@@ -26,7 +26,7 @@ from typing import Callable, Generic, Hashable, Iterable, Iterator, TypeVar
 import numpy as np
 
 from vlmloom.curation.embeddings import EmbeddingDedupConfig, SemanticTextDedupConfig
-from vlmloom.curation.hashing import EMPTY_MINHASH_VALUE
+from vlmloom.curation.hashing import EMPTY_MINHASH_VALUE, minhash_signature
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.records import Sample
 
@@ -813,13 +813,24 @@ def _get_image(buf: bytes, pos: int) -> tuple[tuple[str, str] | None, int]:
     return (sha, phash), pos
 
 
-def pack_signature(signature: np.ndarray) -> Packed:
-    """uint32 MinHash values → their little-endian bytes (4 a slot)."""
-    return Packed(np.asarray(signature, dtype="<u4").tobytes())
+_VALUES, _TEXT = b"v", b"t"
 
 
-def unpack_signature(packed: bytes) -> np.ndarray:
-    return np.frombuffer(packed, dtype="<u4")
+def pack_signature(signature: np.ndarray, text: str | None = None) -> Packed:
+    """uint32 MinHash values → their little-endian bytes (4 a slot) after a flag byte; or, where `text` (what they
+    were computed from by `hashing.minhash_signature` with its default shingles and seed) is shorter in UTF-8, that
+    text: `unpack_signature` computes the very same values again. A caption is ~100 bytes, 128 values 512."""
+    values = np.asarray(signature, dtype="<u4").tobytes()
+    if text is not None and len(encoded := text.encode()) < len(values):
+        return Packed(_TEXT + encoded)
+    return Packed(_VALUES + values)
+
+
+def unpack_signature(packed: bytes, num_perm: int) -> np.ndarray:
+    """`pack_signature` → the uint32 values (of `num_perm` slots)."""
+    if packed[:1] == _TEXT:
+        return minhash_signature(packed[1:].decode(), num_perm=num_perm).astype(np.uint32)
+    return np.frombuffer(packed, dtype="<u4", offset=1)
 
 
 KEY_GROUPS = 1024  # signatures and bucket members travel concatenated per group of keys (`key_group`)

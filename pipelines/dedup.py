@@ -252,10 +252,11 @@ def _signature(min_words: int, num_perm: int, bands: int):
         # The low 32 bits of each slot: two different slots agree there by chance once in 4e9, so bands and the
         # estimated Jaccard are as good, and what the signature joins carry is halved. Packed: 512 bytes at 128.
         sig = hashing.minhash_signature(text, num_perm=num_perm).astype(np.uint32)
-        # The rows' join reads only the digests (what bands group on); the values go to the pairs' join alone.
+        # The rows' join reads only the digests (what bands group on); the values go to the pairs' join alone, or
+        # the text where it is shorter (the verification computes its values again: they are the same).
         yield sample.key, neardup.pack_band_digests(neardup.signature_digest(sig), _band_digests(sig, bands, rows))
         yield beam.pvalue.TaggedOutput("values", (neardup.key_group(sample.key, neardup.KEY_GROUPS),
-                                                  neardup.pack_keyed(sample.key, neardup.pack_signature(sig))))
+                                                  neardup.pack_keyed(sample.key, neardup.pack_signature(sig, text))))
 
     return signature
 
@@ -424,7 +425,7 @@ class MinhashDecisions(beam.PTransform):
                  | "Candidates" >> beam.FlatMapTuple(candidates).with_outputs("candidates", main="edges"))
         verified = (_typed(found["candidates"], Edge)
                     | "DistinctPairs" >> beam.Distinct().with_output_types(Edge)
-                    | "Verify" >> _VerifyPairs(store, cfg.minhash_threshold))
+                    | "Verify" >> _VerifyPairs(store, cfg.minhash_threshold, cfg.minhash_num_perm))
         edges = ((_typed(found["edges"], Edge), verified | "VerifiedEdges" >> beam.Map(lambda v: (v[0], v[1])).with_output_types(Edge))
                  | "AllEdges" >> beam.Flatten().with_output_types(Edge))
         labels = edges | "Components" >> ConnectedComponents(MINHASH_STAGE, cfg.components_max_rounds, str)
@@ -446,12 +447,12 @@ class _VerifyPairs(beam.PTransform):
     pairs that name its key (the signatures of records without a candidate pair go no further), one grouping by
     pair meets the two."""
 
-    def __init__(self, store, threshold: float):
+    def __init__(self, store, threshold: float, num_perm: int):
         super().__init__()
-        self._store, self._threshold = store, threshold
+        self._store, self._threshold, self._num_perm = store, threshold, num_perm
 
     def expand(self, pairs):
-        threshold = self._threshold
+        threshold, num_perm = self._threshold, self._num_perm
 
         def to_pairs(element):
             _, joined = element
@@ -466,7 +467,7 @@ class _VerifyPairs(beam.PTransform):
 
         def verify(element):
             (a, b), found = element
-            found = [(key, neardup.unpack_signature(sig)) for key, sig in found]
+            found = [(key, neardup.unpack_signature(sig, num_perm)) for key, sig in found]
             for sig_b in (sig for key, sig in found if key == b):
                 for sig_a in (sig for key, sig in found if key == a):
                     if float(np.mean(sig_a == sig_b)) >= threshold:

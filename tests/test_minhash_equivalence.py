@@ -27,7 +27,7 @@ VOCAB = [f"w{i}" for i in range(60)]
 
 def _corpus(seed: int, n: int) -> list[Sample]:
     rng = random.Random(seed)
-    bases = [[rng.choice(VOCAB) for _ in range(rng.randint(40, 80))] for _ in range(6)]
+    bases = [[rng.choice(VOCAB) for _ in range(words)] for words in (50, 70, 160) * 2]  # 160 words: > 512 bytes
     shas = [f"{rng.getrandbits(256):064x}" for _ in range(5)]
     phash_bases = [rng.getrandbits(64) for _ in range(4)]
     keys = rng.sample(range(10**6), n)
@@ -148,10 +148,16 @@ def test_packing_gives_back_every_string_exactly():
         rows = [neardup.pack_band_row(band, key), neardup.pack_band_row(band, "~x"), neardup.pack_band_row("0a", "y")]
         assert neardup.band_bucket_keys(5 << 8 | 7, [b"".join(rows[:2]), rows[2]]) == [(f"5:{band}", sorted([key, "~x"]))]
     sig = np.arange(128, dtype=np.uint32) * np.uint32(2**25 + 7)
-    assert np.array_equal(neardup.unpack_signature(neardup.pack_signature(sig)), sig)
+    assert np.array_equal(neardup.unpack_signature(neardup.pack_signature(sig), 128), sig)
     blob = b"".join(neardup.pack_keyed(key, neardup.pack_signature(sig + i)) for i, key in enumerate(["a", "é漢", "ff"]))
-    assert [(key, neardup.unpack_signature(values).tolist()) for key, values in neardup.keyed_entries([blob])] == [
+    assert [(key, neardup.unpack_signature(values, 128).tolist()) for key, values in neardup.keyed_entries([blob])] == [
         (key, (sig + i).tolist()) for i, key in enumerate(["a", "é漢", "ff"])]
+    # A text shorter than its values travels instead of them, and gives back the very same values; a longer one not.
+    for text, travels in [("a short caption of the photo, é漢 and all " * 3, True), ("long words " * 60, False)]:
+        values = hashing.minhash_signature(text, num_perm=128).astype(np.uint32)
+        packed = neardup.pack_signature(values, text)
+        assert (text.encode() in packed, len(packed) < 513) == (travels, travels)
+        assert np.array_equal(neardup.unpack_signature(packed, 128), values)
     digest, bands = neardup.unpack_band_digests(neardup.pack_band_digests("0a" * 8, ["ff" * 8, "X", ""]))
     assert (digest, bands) == ("0a" * 8, ["ff" * 8, "X", ""])
     assert neardup.coarse_band_key(3, "a7" + "0" * 14) == 3 << 8 | 0xA7
