@@ -739,9 +739,10 @@ BAND_PREFIX_BITS = 8  # band rows are grouped by (band, the first 8 bits of its 
 
 
 class Packed(bytes):
-    """Compact binary metadata a MinHash shuffle carries: signature values, digests, image hashes, sizes, keys;
-    never image bytes or text. A type of its own so that the graph check (tests/test_pipeline_structure.py) tells
-    it from plain `bytes`, and pipelines/dedup.py gives it a coder."""
+    """Compact binary metadata a MinHash shuffle carries: signature values (or the text they are computed from,
+    where it is shorter), digests, image hashes, sizes, keys; never image bytes or samples. A type of its own so
+    that the graph check (tests/test_pipeline_structure.py) tells it from plain `bytes`, and pipelines/dedup.py
+    gives it a coder."""
     __slots__ = ()
 
 

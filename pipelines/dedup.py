@@ -13,7 +13,8 @@ the sizes the representative rule reads: ~200 bytes), never a sample or an image
      a bucket of 100k identical hashes is a single node; MinHash: b bands of r rows), verified by Hamming
      distance / estimated Jaccard, at most `max_bucket_pairs` per bucket (counted). MinHash band rows carry a band
      digest and a key, packed (`MinhashDecisions`); the members of buckets of two or more fetch their signature
-     digests and image hashes by key, and the candidate pairs their signature values (one join each);
+     digests and image hashes by key, and the candidate pairs their signature values (or the record's text where it
+     is shorter: the values are computed again from it) (one join each);
   3. connected components of the edge graph by large-star/small-star rounds (`ConnectedComponents`,
      the per-round logic in curation/components.py): a worker holds one node's neighbourhood, never the corpus;
   4. per component, one representative by the rule shared by all three stages
@@ -338,7 +339,8 @@ class MinhashDecisions(beam.PTransform):
          each group's exact buckets of two or more members are re-formed there;
       3. only those members fetch their digest, image hashes and sizes (joined by key group), and meet per bucket
          (`neardup.minhash_bucket_candidates`: edges, capped candidate pairs);
-      4. the signature values (512 bytes at 128 slots) are shuffled once, to the candidate pairs that name them;
+      4. the signature values (512 bytes at 128 slots), or the text where it is shorter (a caption: ~100 bytes; its
+         values are computed again, the same), are shuffled once, to the candidate pairs that name them;
       5. components, representative and decisions as the other stages, over the members of step 3 alone (a record
          in no bucket of two decides nothing)."""
 

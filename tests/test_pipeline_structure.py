@@ -137,7 +137,8 @@ DECIDING_STAGES = ("dedup/", "UniqueKeys/")
 PACKED_METADATA = {
     neardup.Packed: (r"^dedup/Decisions/near_dup_text/"
                      r"(Signature|PackSignatures|PackRows|PackBands|PackMembers|BucketMembers|Verify/ToPairs)(/|$)",
-                     "MinHash signature values, digests, image hashes, sizes and keys (curation/neardup.py packing)"),
+                     "MinHash signature values (or a shorter text they come from), digests, image hashes, sizes "
+                     "and keys (curation/neardup.py packing)"),
 }
 
 
