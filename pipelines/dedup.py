@@ -288,8 +288,8 @@ beam.coders.registry.register_coder(neardup.Packed, _PackedCoder)
 
 class _ConcatPerBundle(beam.DoFn):
     """(key, bytes) → (key, Packed concatenation): one element per key and bundle, or per `flush_bytes`, so that a
-    grouping holds a few large values rather than one small object per band row. Small `flush_bytes`: what waits
-    here is at most keys × flush_bytes (8 MB at 4,096 band groups), however large the bundle."""
+    grouping holds a few large values rather than one small object per row. Small `flush_bytes`: what waits here
+    is at most keys × flush_bytes (8 MB at 4,096 band groups), however large the bundle."""
 
     def __init__(self, flush_bytes: int = 2048):
         self._flush_bytes = flush_bytes
@@ -351,13 +351,11 @@ class MinhashDecisions(beam.PTransform):
     def expand(self, inputs):
         rows, samples = inputs
         cfg = self._cfg
-        sigs = samples | "Signature" >> beam.FlatMap(
-            _signature(cfg.minhash_min_words, cfg.minhash_num_perm, cfg.minhash_bands)).with_outputs("values",
-                                                                                                      main="digests")
+        signature = _signature(cfg.minhash_min_words, cfg.minhash_num_perm, cfg.minhash_bands)
+        sigs = samples | "Signature" >> beam.FlatMap(signature).with_outputs("values", main="digests")
         digests = _typed(sigs["digests"], Tuple[str, neardup.Packed])
         store = (_typed(sigs["values"], Tuple[int, bytes])
-                 | "PackSignatures" >> beam.ParDo(_ConcatPerBundle(1 << 13))
-                 .with_output_types(Tuple[int, neardup.Packed]))
+                 | "PackSignatures" >> beam.ParDo(_ConcatPerBundle()).with_output_types(Tuple[int, neardup.Packed]))
 
         def with_digests(element):
             key, joined = element
