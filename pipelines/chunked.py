@@ -60,7 +60,7 @@ from typing import Any, Iterator
 import apache_beam as beam
 
 from vlmloom.curation import readers
-from vlmloom.pipelines import report as report_mod
+from vlmloom.pipelines import report as report_mod, spill
 from vlmloom.pipelines.curate import (CurateConfig, _beam_options, _counters, _is_local, _prepare_output,
                                       _render_html, build_pipeline, run_job)
 from vlmloom.pipelines.dedup import EXACT_STAGE, REASONS
@@ -356,6 +356,8 @@ def _run_chunk(config: CurateConfig, units: dict[int, tuple[int, int]], chunk_di
     except BaseException:
         shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
         raise
+    finally:
+        spill.discard(chunk_dir)
     return stage_names, counters
 
 

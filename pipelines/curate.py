@@ -34,7 +34,7 @@ from vlmloom.curation.filters import HeuristicConfig, LanguageConfig, LanguageId
 from vlmloom.curation.renderable import judge_renderable
 from vlmloom.curation.readers import READ_STAGE
 from vlmloom.curation.neardup import DedupConfig
-from vlmloom.pipelines import report as report_mod
+from vlmloom.pipelines import report as report_mod, spill
 from vlmloom.pipelines.dedup import ApplyDecisions, dedup_stages
 from vlmloom.pipelines.documents import DocumentRules, image_relevance_stage
 from vlmloom.pipelines.download import DownloadStage, download_enabled
@@ -138,7 +138,8 @@ class _RenderableJudge:
 
 def _documents_stage(stage: CurateStage, config: CurateConfig, ratio: float):
     """Per-document rules; images many documents repeat leave them (pipelines/documents.py)."""
-    return DocumentRules(config.documents, config_hash_=config_hash(config.documents), max_error_ratio=ratio)
+    return DocumentRules(config.documents, config_hash_=config_hash(config.documents), max_error_ratio=ratio,
+                         spill_mode=config.output_format.spill, output=config.output)
 
 
 def _dedup_stage(stage: CurateStage, config: CurateConfig, ratio: float):
@@ -196,7 +197,10 @@ def build_pipeline(pipeline: beam.Pipeline, config: CurateConfig, output_dir: st
     """Add the whole job to `pipeline`, writing under `output_dir`; returns the stage names in order.
     `read_units`: only these units of the inputs (one chunk of a chunked run, sources.ReadInputs)."""
     read = pipeline | "Read" >> ReadInputs(config.inputs, read_units)
-    unique = read["kept"] | "UniqueKeys" >> UniqueKeys()
+    # on the local runners, samples that wait for a corpus-wide decision wait on disk (pipelines/spill.py)
+    spilling = spill.spills(config.output_format.spill, pipeline.options, output_dir)
+    unique = read["kept"] | "UniqueKeys" >> UniqueKeys(
+        os.path.join(pipeline.local_tempdir, "keys-wait") if spilling else None)
     samples, rejected = unique["kept"], [read["rejected"], unique["rejected"]]
     names = [READ_STAGE]
     pending = None  # dedup decisions, made on metadata: applied once, where the samples are next grouped
@@ -204,7 +208,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: CurateConfig, output_dir: st
         # A per-record judge (`renderable`) runs on the samples before the decisions meet them, so no grouping
         # is added for it: a record it drops is its rejection alone (its decision then finds no sample).
         if pending is not None and not isinstance(stage, JudgeStage):
-            applied = samples | "ApplyDedup" >> ApplyDecisions(pending)
+            applied = samples | "ApplyDedup" >> ApplyDecisions(
+                pending, os.path.join(pipeline.local_tempdir, "dedup-wait") if spilling else None)
             samples, pending = applied["kept"], None
             rejected.append(applied["rejected"])
         out = samples | name >> stage
@@ -321,7 +326,10 @@ def curate(config: CurateConfig, beam_args: list[str] | None = None, progress: b
         options = _beam_options(list(beam_args or []))
         pipeline = beam.Pipeline(options=options)
         stage_names = build_pipeline(pipeline, config, work_dir)
-        counters = run_job(pipeline, options, stage_names, progress)
+        try:
+            counters = run_job(pipeline, options, stage_names, progress)
+        finally:
+            spill.discard(work_dir)  # the kept samples' wait files (pipelines/spill.py), read by the writer
         check_every_input_read(config.inputs, counters)  # an input that yielded nothing fails the job, named
         report = report_mod.build_report(work_dir, stage_names, counters, config, time.time() - started)
         report["disabled_model_stages"] = describe_disabled(config.models)

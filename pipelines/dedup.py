@@ -60,7 +60,7 @@ from apache_beam.typehints.native_type_compatibility import convert_to_beam_type
 from vlmloom.curation import components, hashing, neardup
 from vlmloom.curation.embeddings import HyperplaneLsh, NearRule, RecordEmbedder, embedding_bucket_edges
 from vlmloom.curation.neardup import DedupConfig, DedupRow
-from vlmloom.pipelines import progress
+from vlmloom.pipelines import progress, spill
 from vlmloom.pipelines.shuffle import keyed, sample_key, unpickled
 from vlmloom.pipelines.stages import KEPT, REJECTED
 from vlmloom.schemas.config import config_hash
@@ -658,12 +658,15 @@ class DecisionApplier:
             self._counters[(stage, name)] = progress.counter(stage, name)
         self._counters[(stage, name)].inc()
 
-    def apply(self, values: Iterable[bytes], rejections: list[Rejection]) -> Iterator[Sample]:
+    def apply(self, values: Iterable[bytes], rejections: list[Rejection],
+              decisions: Iterable[bytes] = ()) -> Iterator[Sample]:
+        """`values`: pickled samples, with marked decisions among them (a keyed grouping of both) or not (then
+        the samples' decisions come in `decisions`, the sink's per-bucket side input)."""
+        values = values if isinstance(values, list) else list(values)  # read twice: decisions first
         decided = {}
-        for value in values:
-            if value[:1] == DECISION_MARK:
-                key, stage, rep = pickle.loads(value[1:])
-                decided[key] = (stage, rep)
+        for value in (*decisions, *(v for v in values if v[:1] == DECISION_MARK)):
+            key, stage, rep = pickle.loads(value[1:])
+            decided[key] = (stage, rep)
         stages = [stage for stage, _ in self._lineage]
         for sample in unpickled(v for v in values if v[:1] != DECISION_MARK):
             stage, rep = decided.get(sample.key, (None, ""))
@@ -688,15 +691,23 @@ class DecisionApplier:
 
 
 class _ApplyDoFn(progress.CountingDoFn):
-    def __init__(self, lineage):
+    def __init__(self, lineage, spilled_to: str | None = None):
         self._lineage = lineage
+        self._spilled_to = spilled_to  # the samples are spill references (pipelines/spill.py)
 
     def setup(self):
         super().setup()
         self._applier = DecisionApplier(*self._lineage)
+        self._reader = spill.SpillReader(self._spilled_to) if self._spilled_to else None
+
+    def finish_bundle(self):
+        if self._reader is not None:
+            self._reader.close()
 
     def process(self, element):
         _, values = element
+        if self._reader is not None:
+            values = [v if v[:1] == DECISION_MARK else self._reader.load(v) for v in values]
         rejections: list[Rejection] = []
         yield from self._applier.apply(values, rejections)
         for rejection in rejections:
@@ -707,16 +718,19 @@ class ApplyDecisions(beam.PTransform):
     """(samples, PendingDecisions) → {"kept", "rejected"}: one keyed grouping of the samples with their decisions
     (for when a stage that needs the deduplicated samples follows; the sink applies them itself otherwise)."""
 
-    def __init__(self, pending: PendingDecisions):
+    def __init__(self, pending: PendingDecisions, spill_to: str | None = None):
         super().__init__()
         self._pending = pending
+        self._spill_to = spill_to  # a local directory where the samples wait for the decisions (pipelines/spill.py)
 
     def expand(self, samples):
         marked = self._pending.values(lambda key: key, "Decisions")
-        out = ((samples | "ByKey" >> keyed(sample_key), marked)
+        waiting = (samples | "ByKey" >> spill.SpilledByBucket(self._spill_to, sample_key, str) if self._spill_to
+                   else samples | "ByKey" >> keyed(sample_key))
+        out = ((waiting, marked)
                | "Merge" >> beam.Flatten().with_output_types(Tuple[str, bytes])
                | "GroupByKey" >> beam.GroupByKey()
-               | "Apply" >> beam.ParDo(_ApplyDoFn((self._pending.lineage, self._pending.later)))
+               | "Apply" >> beam.ParDo(_ApplyDoFn((self._pending.lineage, self._pending.later), self._spill_to))
                .with_outputs(REJECTED, main=KEPT))
         return {KEPT: out[KEPT], REJECTED: out[REJECTED]}
 

@@ -15,12 +15,16 @@ it runs the same model, through RunInference, on what dedup kept): `image_releva
 """
 from __future__ import annotations
 
+import os
+import pickle
+from typing import List, Tuple
+
 import apache_beam as beam
 
 from vlmloom.curation import documents
 from vlmloom.curation.base import Verdict
 from vlmloom.curation.documents import DocumentConfig, image_identity, remove_images
-from vlmloom.pipelines import progress
+from vlmloom.pipelines import progress, spill
 from vlmloom.pipelines.shuffle import keyed, sample_key, unpickled
 from vlmloom.pipelines.stages import KEPT, REJECTED, Fixed, route
 from vlmloom.schemas.records import Sample
@@ -74,10 +78,37 @@ class _Decide:
         return sample, verdict
 
 
+def _spilled_with_removals(element):
+    _, joined = element
+    for ref in joined["sample"]:
+        yield ref, sorted(joined["remove"])
+
+
+class _Unspill(beam.DoFn):
+    """(spill reference, removals) → (sample, removals): the samples read back from where they waited."""
+
+    def __init__(self, directory: str):
+        self._dir = directory
+
+    def setup(self):
+        self._reader = spill.SpillReader(self._dir)
+
+    def finish_bundle(self):
+        self._reader.close()
+
+    def process(self, element):
+        ref, repeated = element
+        yield pickle.loads(self._reader.load(ref)), repeated
+
+
 class DocumentRules(beam.PTransform):
-    def __init__(self, config: DocumentConfig, *, config_hash_: str = "", max_error_ratio: float = 0.05):
+    """`spill`: output_format.spill's mode: on the local runners the samples wait for the removals on disk."""
+
+    def __init__(self, config: DocumentConfig, *, config_hash_: str = "", max_error_ratio: float = 0.05,
+                 spill_mode: str = "never", output: str = ""):
         super().__init__()
         self._config, self._hash, self._max_error_ratio = config, config_hash_, max_error_ratio
+        self._spill_mode, self._output = spill_mode, output
 
     def expand(self, samples):
         # Only documents take part: other records pass around the stage's join untouched.
@@ -85,16 +116,34 @@ class DocumentRules(beam.PTransform):
         documents_, others = samples | "SplitDocuments" >> beam.Partition(
             lambda sample, _: 0 if sample.kind in kinds else 1, 2)
         limit = self._config.max_repeated_image_documents
+        # The records that wait for the removals (a corpus-wide count): the others wait for the documents' join in
+        # a Flatten, which the local runner materialises; there they wait on disk (pipelines/spill.py) and the
+        # Flatten and the join carry 28-byte references.
+        wait = (os.path.join(samples.pipeline.local_tempdir, "documents-wait") if limit and spill.spills(
+            self._spill_mode, samples.pipeline.options, self._output) else None)
         if limit:
             removals = (documents_ | "ImageHolders" >> beam.FlatMap(_image_holders, kinds)
                         | "GroupByImage" >> beam.GroupByKey()
                         | "Repeated" >> beam.FlatMap(_removals, limit))
-            joined = ({"sample": documents_ | "ByKey" >> keyed(sample_key), "remove": removals}
-                      | "JoinRemovals" >> beam.CoGroupByKey() | "WithRemovals" >> beam.FlatMap(_with_removals))
+            if wait:
+                waiting = documents_ | "ByKey" >> spill.SpilledByBucket(wait, sample_key, str)
+                joined = ({"sample": waiting, "remove": removals}
+                          | "JoinRemovals" >> beam.CoGroupByKey()
+                          | "WithRemovals" >> beam.FlatMap(_spilled_with_removals).with_output_types(
+                              Tuple[bytes, List[str]]))
+                others_waiting = (others | "OthersWait" >> spill.SpilledSamples(wait)
+                                  | "Others" >> beam.Map(lambda ref: (ref, [])).with_output_types(
+                                      Tuple[bytes, List[str]]))
+                routed = ((joined, others_waiting) | "WithOthers" >> beam.Flatten()
+                          | "Unspill" >> beam.ParDo(_Unspill(wait)))
+            else:
+                joined = ({"sample": documents_ | "ByKey" >> keyed(sample_key), "remove": removals}
+                          | "JoinRemovals" >> beam.CoGroupByKey() | "WithRemovals" >> beam.FlatMap(_with_removals))
         else:
             joined = documents_ | "NoRemovals" >> beam.Map(_nothing_removed)
-        # Every record is routed (kept counts and lineage like every stage); only documents are judged.
-        routed = (joined, others | "Others" >> beam.Map(_nothing_removed)) | "WithOthers" >> beam.Flatten()
+        if not wait:
+            # Every record is routed (kept counts and lineage like every stage); only documents are judged.
+            routed = (joined, others | "Others" >> beam.Map(_nothing_removed)) | "WithOthers" >> beam.Flatten()
         kept, rejected = route(routed, "Route", STAGE, Fixed(_Decide(self._config)), self._hash,
                                max_error_ratio=self._max_error_ratio)
         return {KEPT: kept, REJECTED: rejected | "MergeRejected" >> beam.Flatten()}

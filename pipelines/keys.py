@@ -11,19 +11,21 @@ the sample or its image bytes) is grouped by key; only records whose key others 
 (key, origin) (an origin names one raw record). The samples meet their decisions in one map, whose side input
 holds those decisions only: empty for a corpus without shared keys, one small tuple per record that shares its key
 (a LLaVA file: most of them) otherwise. No sample is shuffled. (On the local runners the map waits for the
-decisions, so the read samples are buffered once before it, as the grouping of whole samples buffered them.)
+decisions, and the runner would hold every read sample until then: there they wait in spill files instead,
+pipelines/spill.py, and the map reads each back.)
 The decision depends only on the rows' raw content and origin, so every runner and worker count agree.
 Without it a shard would hold two members of one name (webdataset refuses such tars) and which one came
 first would depend on the runner.
 """
 from __future__ import annotations
 
+import pickle
 from typing import Tuple
 
 import apache_beam as beam
 
 from vlmloom.curation import readers
-from vlmloom.pipelines import progress
+from vlmloom.pipelines import progress, spill
 from vlmloom.schemas.records import Rejection, Sample
 
 KEPT, REJECTED = "kept", "rejected"
@@ -55,11 +57,22 @@ def _decide(key: str, rows) -> list[tuple[str, KeyDecision]]:
 
 
 class _ApplyKeyDecision(progress.CountingDoFn):
-    def __init__(self):
+    def __init__(self, spilled_to: str | None = None):
         self._dropped = progress.counter(readers.READ_STAGE, f"dropped_{readers.DUPLICATE_KEY}")
         self._renamed = progress.counter(readers.READ_STAGE, readers.RENAMED_KEY)
+        self._spilled_to = spilled_to  # the samples arrive as spill references (pipelines/spill.py)
 
-    def process(self, sample: Sample, decisions: dict):
+    def setup(self):
+        super().setup()
+        self._reader = spill.SpillReader(self._spilled_to) if self._spilled_to else None
+
+    def finish_bundle(self):
+        if self._reader is not None:
+            self._reader.close()
+
+    def process(self, sample, decisions: dict):
+        if self._reader is not None:
+            sample = pickle.loads(self._reader.load(sample))
         decision = decisions.get(_decision_id(sample.key, str(sample.signals.get(readers.ORIGIN_SIGNAL, ""))))
         if decision is None:
             yield sample
@@ -75,14 +88,20 @@ class _ApplyKeyDecision(progress.CountingDoFn):
 
 
 class UniqueKeys(beam.PTransform):
-    """PCollection[Sample] → {"kept": one Sample per key, "rejected": `duplicate_key` Rejections}."""
+    """PCollection[Sample] → {"kept": one Sample per key, "rejected": `duplicate_key` Rejections}. `spill_to`: a
+    local directory where the samples wait for the decisions (pipelines/spill.py; the local runners), or None."""
+
+    def __init__(self, spill_to: str | None = None):
+        super().__init__()
+        self._spill_to = spill_to
 
     def expand(self, samples):
         decisions = (samples
                      | "Rows" >> beam.Map(_key_row).with_output_types(Tuple[str, KeyRow])
                      | "GroupRows" >> beam.GroupByKey()
                      | "Decide" >> beam.FlatMapTuple(_decide).with_output_types(Tuple[str, KeyDecision]))
-        out = (samples
-               | "Apply" >> beam.ParDo(_ApplyKeyDecision(), beam.pvalue.AsDict(decisions))
+        waiting = samples | "Wait" >> spill.SpilledSamples(self._spill_to) if self._spill_to else samples
+        out = (waiting
+               | "Apply" >> beam.ParDo(_ApplyKeyDecision(self._spill_to), beam.pvalue.AsDict(decisions))
                .with_outputs(REJECTED, main=KEPT))
         return {KEPT: out[KEPT], REJECTED: out[REJECTED]}

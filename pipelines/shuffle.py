@@ -25,9 +25,21 @@ def _pickled(sample: Sample, key_fn: Callable[[Sample], Any]) -> tuple[Any, byte
     return key_fn(sample), pickle.dumps(sample, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+class KeyedSamples(beam.PTransform):
+    """Sample → (key_fn(sample), pickled sample), typed so Beam codes the value as plain bytes. A transform of its
+    own so that a graph walk can tell a shuffle of whole samples from other shuffles of bytes
+    (tests/test_pipeline_structure.py)."""
+
+    def __init__(self, key_fn: Callable[[Sample], Any], key_type: type = str):
+        super().__init__()
+        self._key_fn, self._key_type = key_fn, key_type
+
+    def expand(self, samples):
+        return samples | "Pickle" >> beam.Map(_pickled, self._key_fn).with_output_types(Tuple[self._key_type, bytes])
+
+
 def keyed(key_fn: Callable[[Sample], Any], key_type: type = str) -> beam.PTransform:
-    """Sample → (key_fn(sample), pickled sample), typed so Beam codes the value as plain bytes."""
-    return beam.Map(_pickled, key_fn).with_output_types(Tuple[key_type, bytes])
+    return KeyedSamples(key_fn, key_type)
 
 
 def sample_key(sample: Sample) -> str:

@@ -158,10 +158,18 @@ def bucket_shards(bucket: int, samples: Iterable[Sample], rows: list[dict], *,
 
 def bucket_parts(bucket: int, rows: Iterable[dict], rejections: Iterable[Rejection]) -> Iterator[tuple[str, bytes]]:
     """The bucket's manifest part (its samples' rows, by key) and rejected part, each written even when empty."""
+    yield manifest_part(bucket, rows)
+    yield rejected_part(bucket, rejections)
+
+
+def manifest_part(bucket: int, rows: Iterable[dict]) -> tuple[str, bytes]:
     rows = sorted(rows, key=lambda r: r["key"])
-    yield f"{formats.MANIFEST_DIR}/{formats.part_name(bucket)}", _parquet_bytes(rows, formats.MANIFEST_SCHEMA)
+    return f"{formats.MANIFEST_DIR}/{formats.part_name(bucket)}", _parquet_bytes(rows, formats.MANIFEST_SCHEMA)
+
+
+def rejected_part(bucket: int, rejections: Iterable[Rejection]) -> tuple[str, bytes]:
     rejected = sorted((dict(r.__dict__) for r in rejections), key=rejection_sort_key)
-    yield f"{formats.REJECTED_DIR}/{formats.part_name(bucket)}", _parquet_bytes(rejected, REJECTION_SCHEMA)
+    return f"{formats.REJECTED_DIR}/{formats.part_name(bucket)}", _parquet_bytes(rejected, REJECTION_SCHEMA)
 
 
 def write_curated_dir(directory: str, samples: list[Sample], per_shard: int = 50, *, buckets: int = 4,
