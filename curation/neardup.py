@@ -18,6 +18,7 @@ Determinism: every tie is broken by value (smallest key, smallest hash), never b
 """
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Generic, Hashable, Iterable, Iterator, TypeVar
@@ -25,7 +26,7 @@ from typing import Callable, Generic, Hashable, Iterable, Iterator, TypeVar
 import numpy as np
 
 from vlmloom.curation.embeddings import EmbeddingDedupConfig, SemanticTextDedupConfig
-from vlmloom.curation.hashing import EMPTY_MINHASH_VALUE
+from vlmloom.curation.hashing import EMPTY_MINHASH_VALUE, minhash_signature
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.records import Sample
 
@@ -727,3 +728,220 @@ def signature_digest(signature) -> str:
     import hashlib
 
     return hashlib.blake2b(np.asarray(signature, dtype="<u8").tobytes(), digest_size=8).hexdigest()
+
+
+# --- MinHash rows packed for the shuffles ----------------------------------------------------------------------
+# On Beam's local runner a grouped value lives as Python objects until its group is read: a (key, digest, (sha,
+# pHash)) tuple costs ~300 bytes, and a record has one per band. The MinHash stage therefore shuffles its rows
+# packed: a band bucket's members, a record's member and a signature are each one `Packed` bytes string, and
+# band rows travel concatenated (many per grouped value). Packing is exact: every string comes back equal.
+BAND_PREFIX_BITS = 8  # band rows are grouped by (band, the first 8 bits of its digest): 256 groups a band
+
+
+class Packed(bytes):
+    """Compact binary metadata a MinHash shuffle carries: signature values (or the text they are computed from,
+    where it is shorter), digests, image hashes, sizes, keys; never image bytes or samples. A type of its own so
+    that the graph check (tests/test_pipeline_structure.py) tells it from plain `bytes`, and pipelines/dedup.py
+    gives it a coder."""
+    __slots__ = ()
+
+
+def _put_uint(out: bytearray, n: int) -> None:
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def _get_uint(buf: bytes, pos: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return n, pos
+        shift += 7
+
+
+def _put_int(out: bytearray, n: int) -> None:
+    _put_uint(out, n << 1 if n >= 0 else (-n << 1) - 1)  # zigzag: sizes are never negative, but stay exact
+
+
+def _get_int(buf: bytes, pos: int) -> tuple[int, int]:
+    n, pos = _get_uint(buf, pos)
+    return (n >> 1 if not n & 1 else -((n + 1) >> 1)), pos
+
+
+def _put_str(out: bytearray, text: str) -> None:
+    """Lower-case hex of even length (digests, hashes) as its bytes (half the size), any other string as UTF-8;
+    a length-and-flag prefix says which."""
+    raw, is_hex = None, 0
+    if len(text) % 2 == 0:
+        try:
+            raw = bytes.fromhex(text)
+            is_hex = int(raw.hex() == text)
+        except ValueError:
+            pass
+    if not is_hex:
+        raw = text.encode()
+    _put_uint(out, len(raw) << 1 | is_hex)
+    out += raw
+
+
+def _get_str(buf: bytes, pos: int) -> tuple[str, int]:
+    header, pos = _get_uint(buf, pos)
+    end = pos + (header >> 1)
+    raw = buf[pos:end]
+    return (raw.hex() if header & 1 else raw.decode()), end
+
+
+def _put_image(out: bytearray, image: tuple[str, str] | None) -> None:
+    if image is None:
+        out.append(0)
+        return
+    out.append(1)
+    _put_str(out, image[0])
+    _put_str(out, image[1])
+
+
+def _get_image(buf: bytes, pos: int) -> tuple[tuple[str, str] | None, int]:
+    present, pos = buf[pos], pos + 1
+    if not present:
+        return None, pos
+    sha, pos = _get_str(buf, pos)
+    phash, pos = _get_str(buf, pos)
+    return (sha, phash), pos
+
+
+_VALUES, _TEXT = b"v", b"t"
+
+
+def pack_signature(signature: np.ndarray, text: str | None = None) -> Packed:
+    """uint32 MinHash values → their little-endian bytes (4 a slot) after a flag byte; or, where `text` (what they
+    were computed from by `hashing.minhash_signature` with its default shingles and seed) is shorter in UTF-8, that
+    text: `unpack_signature` computes the very same values again. A caption is ~100 bytes, 128 values 512."""
+    values = np.asarray(signature, dtype="<u4").tobytes()
+    if text is not None and len(encoded := text.encode()) < len(values):
+        return Packed(_TEXT + encoded)
+    return Packed(_VALUES + values)
+
+
+def unpack_signature(packed: bytes, num_perm: int) -> np.ndarray:
+    """`pack_signature` → the uint32 values (of `num_perm` slots)."""
+    if packed[:1] == _TEXT:
+        return minhash_signature(packed[1:].decode(), num_perm=num_perm).astype(np.uint32)
+    return np.frombuffer(packed, dtype="<u4", offset=1)
+
+
+KEY_GROUPS = 1024  # signatures and bucket members travel concatenated per group of keys (`key_group`)
+
+
+def key_group(key: str, groups: int) -> int:
+    """A record key's group, the same in every process (not Python's salted `hash`)."""
+    return zlib.crc32(key.encode()) % groups
+
+
+def pack_keyed(key: str, value: bytes) -> bytes:
+    """(key, packed value) as one self-delimiting entry: the entries of one key group are concatenated."""
+    out = bytearray()
+    _put_str(out, key)
+    _put_uint(out, len(value))
+    return bytes(out + value)
+
+
+def keyed_entries(packed: Iterable[bytes]) -> Iterator[tuple[str, Packed]]:
+    """Concatenated `pack_keyed` entries → (key, packed value)."""
+    for blob in packed:
+        pos = 0
+        while pos < len(blob):
+            key, pos = _get_str(blob, pos)
+            size, pos = _get_uint(blob, pos)
+            yield key, Packed(blob[pos:pos + size])
+            pos += size
+
+
+def pack_band_digests(digest: str, band_digests: list[str]) -> Packed:
+    """A signature's digest and its bands' digests: what band rows are made of (not the signature's values)."""
+    out = bytearray()
+    _put_str(out, digest)
+    _put_uint(out, len(band_digests))
+    for band_digest in band_digests:
+        _put_str(out, band_digest)
+    return Packed(out)
+
+
+def unpack_band_digests(packed: bytes) -> tuple[str, list[str]]:
+    digest, pos = _get_str(packed, 0)
+    count, pos = _get_uint(packed, pos)
+    band_digests = []
+    for _ in range(count):
+        band_digest, pos = _get_str(packed, pos)
+        band_digests.append(band_digest)
+    return digest, band_digests
+
+
+def pack_row(row: "DedupRow") -> Packed:
+    """What a MinHash record needs of its dedup row besides its key: the representative rule's sizes and image."""
+    out = bytearray()
+    for size in (row.pixels, row.image_bytes, row.text_chars):
+        _put_int(out, size)
+    _put_image(out, row.image())
+    return Packed(out)
+
+
+def _unpack_row(packed: bytes, pos: int = 0) -> tuple[tuple[int, int, int], tuple[str, str] | None, int]:
+    sizes = []
+    for _ in range(3):
+        size, pos = _get_int(packed, pos)
+        sizes.append(size)
+    image, pos = _get_image(packed, pos)
+    return (sizes[0], sizes[1], sizes[2]), image, pos
+
+
+def packed_row_image(packed_row: bytes) -> tuple[str, str] | None:
+    """The image (sha256 prefix, pHash) of a `pack_row` row, as `DedupRow.image()` gave it."""
+    return _unpack_row(packed_row)[1]
+
+
+def pack_text_member(packed_row: bytes, digest: str) -> Packed:
+    """A packed row and its signature digest: what a MinHash cluster member carries besides its key."""
+    out = bytearray(packed_row)
+    _put_str(out, digest)
+    return Packed(out)
+
+
+def unpack_text_member(key: str, packed: bytes) -> tuple[Member, tuple[str, tuple[str, str] | None]]:
+    """(key, `pack_text_member`) → (member, (digest, image)), as `DedupRow.member()` and `.image()` gave them."""
+    sizes, image, pos = _unpack_row(packed)
+    digest, _ = _get_str(packed, pos)
+    return (key, *sizes), (digest, image)
+
+
+def coarse_band_key(band: int, band_digest: str) -> int:
+    """The grouping key of a band row: the band index and the first `BAND_PREFIX_BITS` of its digest. A group holds
+    many exact buckets (`band_buckets` re-forms them): few, large grouped values instead of one per band row."""
+    return band << BAND_PREFIX_BITS | int(band_digest[:(BAND_PREFIX_BITS + 3) // 4], 16) >> (-BAND_PREFIX_BITS % 4)
+
+
+def pack_band_row(band_digest: str, key: str) -> bytes:
+    """One band row: the band's digest (its exact bucket within the coarse group) and the key of its member.
+    Self-delimiting: rows of one group are concatenated."""
+    out = bytearray()
+    _put_str(out, band_digest)
+    _put_str(out, key)
+    return bytes(out)
+
+
+def band_bucket_keys(coarse_key: int, packed_rows: Iterable[bytes]) -> list[tuple[str, list[str]]]:
+    """Concatenated band rows of one coarse group → its exact buckets of two or more members, as (bucket name,
+    sorted keys), ordered by name; the name is the band index and its digest. A bucket of one finds nothing."""
+    buckets: dict[str, list[str]] = defaultdict(list)
+    for blob in packed_rows:
+        pos = 0
+        while pos < len(blob):
+            band_digest, pos = _get_str(blob, pos)
+            key, pos = _get_str(blob, pos)
+            buckets[band_digest].append(key)
+    band = coarse_key >> BAND_PREFIX_BITS
+    return [(f"{band}:{band_digest}", sorted(keys)) for band_digest, keys in sorted(buckets.items()) if len(keys) > 1]

@@ -11,9 +11,10 @@ the sizes the representative rule reads: ~200 bytes), never a sample or an image
      its images *and* its turns, an interleaved document all of its segments);
   2. candidate edges: records sharing an LSH band bucket (pHash: pigeonhole bands over *distinct* hash values, so
      a bucket of 100k identical hashes is a single node; MinHash: b bands of r rows), verified by Hamming
-     distance / estimated Jaccard, at most `max_bucket_pairs` per bucket (counted). MinHash bands carry keys,
-     signature digests and image hashes (no sample); the candidate pairs meet their signatures by key (two keyed
-     joins) to be verified;
+     distance / estimated Jaccard, at most `max_bucket_pairs` per bucket (counted). MinHash band rows carry a band
+     digest and a key, packed (`MinhashDecisions`); the members of buckets of two or more fetch their signature
+     digests and image hashes by key, and the candidate pairs their signature values (or the record's text where it
+     is shorter: the values are computed again from it) (one join each);
   3. connected components of the edge graph by large-star/small-star rounds (`ConnectedComponents`,
      the per-round logic in curation/components.py): a worker holds one node's neighbourhood, never the corpus;
   4. per component, one representative by the rule shared by all three stages
@@ -53,6 +54,7 @@ from typing import Any, FrozenSet, Iterable, Iterator, List, Optional, Tuple
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.typehints.native_type_compatibility import convert_to_beam_type
 
 from vlmloom.curation import components, hashing, neardup
@@ -137,18 +139,24 @@ def _counted(counter_name: str):
     return edges
 
 
-def _members_by_group(label: str, grouped_members, labels, element_type, extra=None):
-    """(node, [member]) joined with (node, label) → (label, member); a node without an edge is its own group.
-    `extra`: (node, value) items (one node's verified neighbours) added to each of its members as (member, extra)."""
+def _members_by_group(label: str, grouped_members, labels, element_type, extra=None, unpack=None):
+    """(node, [member]) joined with (node, label) → (label, member); a node without an edge is its own group (and
+    left out when it is a group of one: it decides nothing). `extra`: (node, value) items (one node's verified
+    neighbours) added to each of its members as (member, extra). `unpack(node, value)` → the members of a packed
+    `grouped_members` value (default: the value is the list)."""
     def regroup(element):
         node, joined = element
-        label_of = min(joined["label"], default=node)
-        for members in joined["members"]:
-            for member in members:
-                if extra is None:
-                    yield label_of, member
-                else:  # member = (quality member, payload) → (quality member, (payload, near))
-                    yield label_of, (member[0], (member[1], frozenset(joined["extra"])))
+        labels_of = list(joined["label"])
+        label_of = min(labels_of, default=node)
+        found = [member for value in joined["members"]
+                 for member in (value if unpack is None else unpack(node, value))]
+        if not labels_of and len(found) < 2:
+            return
+        for member in found:
+            if extra is None:
+                yield label_of, member
+            else:  # member = (quality member, payload) → (quality member, (payload, near))
+                yield label_of, (member[0], (member[1], frozenset(joined["extra"])))
 
     inputs = {"members": grouped_members, "label": labels}
     if extra is not None:
@@ -235,21 +243,72 @@ class PhashDecisions(beam.PTransform):
                 .with_output_types(Decision))
 
 
-def _signature(min_words: int, num_perm: int):
+def _signature(min_words: int, num_perm: int, bands: int):
+    rows = num_perm // bands
+
     def signature(sample: Sample):
         text = neardup.minhash_text(sample)
         if len(text.split()) < min_words and len(text) < 4 * min_words:
             return
         # The low 32 bits of each slot: two different slots agree there by chance once in 4e9, so bands and the
-        # estimated Jaccard are as good, and what the signature joins carry is halved.
-        yield sample.key, hashing.minhash_signature(text, num_perm=num_perm).astype(np.uint32)
+        # estimated Jaccard are as good, and what the signature joins carry is halved. Packed: 512 bytes at 128.
+        sig = hashing.minhash_signature(text, num_perm=num_perm).astype(np.uint32)
+        # The rows' join reads only the digests (what bands group on); the values go to the pairs' join alone, or
+        # the text where it is shorter (the verification computes its values again: they are the same).
+        yield sample.key, neardup.pack_band_digests(neardup.signature_digest(sig), _band_digests(sig, bands, rows))
+        yield beam.pvalue.TaggedOutput("values", (neardup.key_group(sample.key, neardup.KEY_GROUPS),
+                                                  neardup.pack_keyed(sample.key, neardup.pack_signature(sig, text))))
 
     return signature
 
 
-def _band_keys(signature, bands: int, rows: int) -> list[tuple[int, str]]:
-    """(band, 16 hex digits of its rows' digest): 64 bits name a band's values as surely, at half the bytes."""
-    return [(band, digest[:16]) for band, digest in hashing.minhash_band_keys(signature, bands, rows)]
+def _band_digests(signature, bands: int, rows: int) -> list[str]:
+    """16 hex digits of each band's rows' digest: 64 bits name a band's values as surely, at half the bytes."""
+    return [digest[:16] for _, digest in hashing.minhash_band_keys(signature, bands, rows)]
+
+
+class _PackedCoder(beam.coders.Coder):
+    """`neardup.Packed` as its bytes (a length prefix where nested), decoded back to `Packed`."""
+
+    def encode(self, value):
+        return bytes(value)
+
+    def decode(self, encoded):
+        return neardup.Packed(encoded)
+
+    def is_deterministic(self):
+        return True
+
+    def to_type_hint(self):
+        return neardup.Packed
+
+
+beam.coders.registry.register_coder(neardup.Packed, _PackedCoder)
+
+
+class _ConcatPerBundle(beam.DoFn):
+    """(key, bytes) → (key, Packed concatenation): one element per key and bundle, or per `flush_bytes`, so that a
+    grouping holds a few large values rather than one small object per row. Small `flush_bytes`: what waits here
+    is at most keys × flush_bytes (8 MB at 4,096 band groups), however large the bundle."""
+
+    def __init__(self, flush_bytes: int = 2048):
+        self._flush_bytes = flush_bytes
+
+    def start_bundle(self):
+        self._parts: dict[Any, bytearray] = {}
+
+    def process(self, element):
+        key, value = element
+        part = self._parts.setdefault(key, bytearray())
+        part += value
+        if len(part) >= self._flush_bytes:
+            del self._parts[key]
+            yield key, neardup.Packed(part)
+
+    def finish_bundle(self):
+        parts, self._parts = self._parts, {}
+        for key, part in parts.items():
+            yield GlobalWindows.windowed_value((key, neardup.Packed(part)))
 
 
 @dataclass(frozen=True)
@@ -271,7 +330,19 @@ class _TextNear:
 
 
 class MinhashDecisions(beam.PTransform):
-    """(rows, samples) → (key, representative): MinHash text clusters, pair-aware (see the module docstring)."""
+    """(rows, samples) → (key, representative): MinHash text clusters, pair-aware (see the module docstring).
+
+    On the local runner a grouped value lives as Python objects until read, so what its shuffles hold is packed
+    (`neardup.Packed`) and, where a record has many, concatenated per bundle and group (`_ConcatPerBundle`):
+      1. a record's signature digest and band digests (~150 bytes) meet its surviving row by key;
+      2. band rows (band digest, key: ~20 bytes, 16 a record) are grouped by band and digest prefix (4,096 groups);
+         each group's exact buckets of two or more members are re-formed there;
+      3. only those members fetch their digest, image hashes and sizes (joined by key group), and meet per bucket
+         (`neardup.minhash_bucket_candidates`: edges, capped candidate pairs);
+      4. the signature values (512 bytes at 128 slots), or the text where it is shorter (a caption: ~100 bytes; its
+         values are computed again, the same), are shuffled once, to the candidate pairs that name them;
+      5. components, representative and decisions as the other stages, over the members of step 3 alone (a record
+         in no bucket of two decides nothing)."""
 
     def __init__(self, config: DedupConfig):
         super().__init__()
@@ -280,34 +351,67 @@ class MinhashDecisions(beam.PTransform):
     def expand(self, inputs):
         rows, samples = inputs
         cfg = self._cfg
-        band_rows = cfg.minhash_num_perm // cfg.minhash_bands
-        sigs = samples | "Signature" >> beam.FlatMap(_signature(cfg.minhash_min_words, cfg.minhash_num_perm)
-                                                      ).with_output_types(Tuple[str, np.ndarray])
+        signature = _signature(cfg.minhash_min_words, cfg.minhash_num_perm, cfg.minhash_bands)
+        sigs = samples | "Signature" >> beam.FlatMap(signature).with_outputs("values", main="digests")
+        digests = _typed(sigs["digests"], Tuple[str, neardup.Packed])
+        store = (_typed(sigs["values"], Tuple[int, bytes])
+                 | "PackSignatures" >> beam.ParDo(_ConcatPerBundle()).with_output_types(Tuple[int, neardup.Packed]))
 
-        def with_signature(element):
+        def with_digests(element):
             key, joined = element
             signatures, found = list(joined["sig"]), list(joined["row"])
             if not signatures or not found:
                 return
-            sig, row = signatures[0], found[0]
-            digest = neardup.signature_digest(sig)
-            yield beam.pvalue.TaggedOutput("store", (key, sig))
-            yield beam.pvalue.TaggedOutput("members", (key, [(row.member(), (digest, row.image()))]))
-            for band in _band_keys(sig, cfg.minhash_bands, band_rows):
-                yield band, (key, digest, row.image())
+            digest, band_digests = neardup.unpack_band_digests(signatures[0])
+            member = neardup.pack_text_member(found[0], digest)
+            yield beam.pvalue.TaggedOutput("members", (neardup.key_group(key, neardup.KEY_GROUPS),
+                                                       neardup.pack_keyed(key, member)))
+            for band, band_digest in enumerate(band_digests):
+                yield neardup.coarse_band_key(band, band_digest), neardup.pack_band_row(band_digest, key)
 
-        joined = ({"row": rows | "RowByKey" >> beam.Map(lambda r: (r.key, r)).with_output_types(Tuple[str, DedupRow]),
-                   "sig": sigs}
+        packed_rows = rows | "PackRows" >> beam.Map(lambda r: (r.key, neardup.pack_row(r))).with_output_types(
+            Tuple[str, neardup.Packed])
+        joined = ({"row": packed_rows, "sig": digests}
                   | "JoinSignatures" >> beam.CoGroupByKey()
-                  | "Bands" >> beam.FlatMap(with_signature).with_outputs("store", "members", main="bands"))
-        store = _typed(joined["store"], Tuple[str, np.ndarray])
-        members = _typed(joined["members"], Tuple[str, List[Tuple[QualityMember, Tuple[str, Image]]]])
-        bands = _typed(joined["bands"], Tuple[Tuple[int, str], Tuple[str, str, Image]])
+                  | "Bands" >> beam.FlatMap(with_digests).with_outputs("members", main="bands"))
+        all_members = (_typed(joined["members"], Tuple[int, bytes])
+                       | "PackMembers" >> beam.ParDo(_ConcatPerBundle()).with_output_types(Tuple[int, neardup.Packed]))
+        bands = (_typed(joined["bands"], Tuple[int, bytes])
+                 | "PackBands" >> beam.ParDo(_ConcatPerBundle()).with_output_types(Tuple[int, neardup.Packed]))
+
+        # Band rows name keys only: the members of the buckets of two or more (few, in most corpora) fetch their
+        # digests and images by key, then meet again per bucket.
+        def memberships(coarse_key, packed):
+            for bucket, keys in neardup.band_bucket_keys(coarse_key, packed):
+                for key in keys:
+                    yield neardup.key_group(key, neardup.KEY_GROUPS), (key, bucket)
+
+        def bucket_members(element):
+            _, joined = element
+            buckets_of: dict[str, set] = {}
+            for key, bucket in joined["bucket"]:
+                buckets_of.setdefault(key, set()).add(bucket)
+            if not buckets_of:
+                return
+            for key, member in neardup.keyed_entries(joined["member"]):
+                if key in buckets_of:
+                    yield beam.pvalue.TaggedOutput("members", (key, member))
+                    for bucket in sorted(buckets_of[key]):
+                        yield bucket, (key, member)
+
+        requests = (bands
+                    | "GroupByBand" >> beam.GroupByKey()
+                    | "Buckets" >> beam.FlatMapTuple(memberships).with_output_types(Tuple[int, Tuple[str, str]]))
+        fetched = ({"member": all_members, "bucket": requests}
+                   | "FetchMembers" >> beam.CoGroupByKey()
+                   | "BucketMembers" >> beam.FlatMap(bucket_members).with_outputs("members", main="buckets"))
+        members = _typed(fetched["members"], Tuple[str, neardup.Packed])
 
         capped = Metrics.counter(COUNTER_NAMESPACE, "minhash_bucket_capped")
 
         def candidates(_, bucket):
-            edges, pairs, was_capped = neardup.minhash_bucket_candidates(list(bucket), cfg.max_bucket_pairs,
+            members = [(key, *neardup.unpack_text_member(key, member)[1]) for key, member in bucket]
+            edges, pairs, was_capped = neardup.minhash_bucket_candidates(members, cfg.max_bucket_pairs,
                                                                          cfg.phash_max_distance)
             if was_capped:
                 capped.inc()
@@ -316,12 +420,12 @@ class MinhashDecisions(beam.PTransform):
             for pair in pairs:
                 yield beam.pvalue.TaggedOutput("candidates", pair)
 
-        found = (bands
-                 | "GroupByBand" >> beam.GroupByKey()
+        found = (_typed(fetched["buckets"], Tuple[str, Tuple[str, neardup.Packed]])
+                 | "GroupByBucket" >> beam.GroupByKey()
                  | "Candidates" >> beam.FlatMapTuple(candidates).with_outputs("candidates", main="edges"))
         verified = (_typed(found["candidates"], Edge)
                     | "DistinctPairs" >> beam.Distinct().with_output_types(Edge)
-                    | "Verify" >> _VerifyPairs(store, cfg.minhash_threshold))
+                    | "Verify" >> _VerifyPairs(store, cfg.minhash_threshold, cfg.minhash_num_perm))
         edges = ((_typed(found["edges"], Edge), verified | "VerifiedEdges" >> beam.Map(lambda v: (v[0], v[1])).with_output_types(Edge))
                  | "AllEdges" >> beam.Flatten().with_output_types(Edge))
         labels = edges | "Components" >> ConnectedComponents(MINHASH_STAGE, cfg.components_max_rounds, str)
@@ -329,7 +433,8 @@ class MinhashDecisions(beam.PTransform):
         near_digests = verified | "NearDigests" >> beam.FlatMap(
             lambda v: [(v[0], v[3]), (v[1], v[2])]).with_output_types(Tuple[str, str])
         return (_members_by_group("Key", members, labels,
-                                  Tuple[QualityMember, Tuple[Tuple[str, Image], FrozenSet[str]]], extra=near_digests)
+                                  Tuple[QualityMember, Tuple[Tuple[str, Image], FrozenSet[str]]], extra=near_digests,
+                                  unpack=lambda key, packed: [neardup.unpack_text_member(key, packed)])
                 | "GroupByCluster" >> beam.GroupByKey()
                 | "Decide" >> beam.ParDo(_ChainCountingDecisions("minhash_chain_kept",
                                                                  _TextNear(cfg.phash_max_distance)))
@@ -337,32 +442,44 @@ class MinhashDecisions(beam.PTransform):
 
 
 class _VerifyPairs(beam.PTransform):
-    """Candidate pairs (a, b) + signatures by key → (a, b, digest a, digest b) for pairs whose estimated Jaccard
-    is >= threshold. Two keyed joins: the pair meets a's signature, then b's."""
+    """Candidate pairs (a, b) + packed signatures (concatenated per key group, `neardup.key_group`) → (a, b, digest
+    a, digest b) for pairs whose estimated Jaccard is >= threshold. One join by key group takes each signature to the
+    pairs that name its key (the signatures of records without a candidate pair go no further), one grouping by
+    pair meets the two."""
 
-    def __init__(self, store, threshold: float):
+    def __init__(self, store, threshold: float, num_perm: int):
         super().__init__()
-        self._store, self._threshold = store, threshold
+        self._store, self._threshold, self._num_perm = store, threshold, num_perm
 
     def expand(self, pairs):
-        threshold = self._threshold
+        threshold, num_perm = self._threshold, self._num_perm
 
-        def with_left(element):
-            a, joined = element
-            for sig in joined["sig"]:
-                for b in sorted(set(joined["pair"])):
-                    yield b, (a, sig)
+        def to_pairs(element):
+            _, joined = element
+            named: dict[str, set] = {}
+            for key, pair in joined["pair"]:
+                named.setdefault(key, set()).add(pair)
+            if not named:
+                return
+            for key, sig in neardup.keyed_entries(joined["sig"]):
+                for pair in sorted(named.get(key, ())):
+                    yield pair, (key, sig)
 
         def verify(element):
-            b, joined = element
-            for sig_b in joined["sig"]:
-                for a, sig_a in joined["left"]:
-                    if float(np.mean(np.asarray(sig_a) == np.asarray(sig_b))) >= threshold:
+            (a, b), found = element
+            found = [(key, neardup.unpack_signature(sig, num_perm)) for key, sig in found]
+            for sig_b in (sig for key, sig in found if key == b):
+                for sig_a in (sig for key, sig in found if key == a):
+                    if float(np.mean(sig_a == sig_b)) >= threshold:
                         yield a, b, neardup.signature_digest(sig_a), neardup.signature_digest(sig_b)
 
-        left = ({"pair": pairs, "sig": self._store} | "ByFirst" >> beam.CoGroupByKey()
-                | "WithFirst" >> beam.FlatMap(with_left).with_output_types(Tuple[str, Tuple[str, np.ndarray]]))
-        return ({"left": left, "sig": self._store} | "BySecond" >> beam.CoGroupByKey()
+        ends = pairs | "Ends" >> beam.FlatMap(
+            lambda p: [(neardup.key_group(key, neardup.KEY_GROUPS), (key, p)) for key in p]
+        ).with_output_types(Tuple[int, Tuple[str, Edge]])
+        return ({"pair": ends, "sig": self._store}
+                | "ByKeyGroup" >> beam.CoGroupByKey()
+                | "ToPairs" >> beam.FlatMap(to_pairs).with_output_types(Tuple[Edge, Tuple[str, neardup.Packed]])
+                | "ByPair" >> beam.GroupByKey()
                 | "Verified" >> beam.FlatMap(verify).with_output_types(Tuple[str, str, str, str]))
 
 

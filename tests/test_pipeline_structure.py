@@ -10,13 +10,16 @@ stage that broadcasts or gathers per-record data fails here: route its decisions
 import json
 import re
 import shutil
+from typing import Tuple
 
 import apache_beam as beam
 from apache_beam.pipeline import PipelineVisitor
 
+from vlmloom.curation import neardup
 from vlmloom.demo.models import save_random_clip
 from vlmloom.pipelines.curate import build_pipeline, load_config
 from vlmloom.pipelines.shuffle import KeyedSamples
+from vlmloom.schemas.records import Sample
 
 # (full-label pattern, kind, why it is bounded). Kind: "side_input" or "global_combine".
 ALLOWED = [
@@ -129,11 +132,47 @@ def test_the_walk_detects_a_broadcast(tmp_path):
 DECIDING_STAGES = ("dedup/", "UniqueKeys/")
 
 
+# Packed metadata a deciding shuffle may carry, and the transforms allowed to produce it (full-label pattern): a
+# bytes type of its own, so that plain `bytes` (image bytes, pickled samples) still fails the check below, and a
+# producer check, so that nothing else is smuggled through the packed type.
+PACKED_METADATA = {
+    neardup.Packed: (r"^dedup/Decisions/near_dup_text/"
+                     r"(Signature|PackSignatures|PackRows|PackBands|PackMembers|BucketMembers|Verify/ToPairs)(/|$)",
+                     "MinHash signature values (or a shorter text they come from), digests, image hashes, sizes "
+                     "and keys (curation/neardup.py packing)"),
+}
+
+
+def _types_in(hint) -> list[type]:
+    """The classes a (Beam) type hint names, nested ones included."""
+    if isinstance(hint, type):
+        return [hint]
+    found = []
+    for attr in ("tuple_types", "union_types"):
+        for inner in getattr(hint, attr, None) or ():
+            found += _types_in(inner)
+    for attr in ("inner_type", "key_type", "value_type"):
+        if getattr(hint, attr, None) is not None:
+            found += _types_in(getattr(hint, attr))
+    return found
+
+
+def _carries_samples_or_bytes(label: str, hint, producer: str) -> bool:
+    for cls in _types_in(hint):
+        if cls in PACKED_METADATA:
+            if not re.search(PACKED_METADATA[cls][0], producer):
+                return True
+        elif issubclass(cls, (bytes, bytearray, memoryview, Sample)):
+            return True
+    return "Sample" in str(hint)
+
+
 class _Shuffles(PipelineVisitor):
-    """(full label, element type) of what every GroupByKey and CoGroupByKey under DECIDING_STAGES reads."""
+    """(full label, element type, producing transform) of what every GroupByKey and CoGroupByKey under
+    DECIDING_STAGES reads."""
 
     def __init__(self):
-        self.found: list[tuple[str, object]] = []
+        self.found: list[tuple[str, object, str]] = []
 
     def visit_transform(self, applied):
         label = applied.full_label
@@ -141,7 +180,7 @@ class _Shuffles(PipelineVisitor):
             return  # a CoGroupByKey's own grouping reads a union of its inputs: the inputs are checked instead
         if isinstance(applied.transform, (beam.GroupByKey, beam.CoGroupByKey)):
             for pcoll in applied.inputs:
-                self.found.append((label, pcoll.element_type))
+                self.found.append((label, pcoll.element_type, pcoll.producer.full_label if pcoll.producer else ""))
 
     enter_composite_transform = visit_transform
 
@@ -153,14 +192,37 @@ def test_no_deciding_stage_shuffles_samples_or_bytes(tmp_path):
     visitor = _Shuffles()
     pipeline.visit(visitor)
     shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
-    labels = {label for label, _ in visitor.found}
+    labels = {label for label, _, _ in visitor.found}
     for stage in ("exact_dedup", "near_dup_image", "near_dup_text"):  # the walk sees every dedup stage's shuffles
         assert any(f"/{stage}/" in label for label in labels), stage
     assert "UniqueKeys/GroupRows" in labels  # ... and the key stage's
-    untyped = [(label, str(hint)) for label, hint in visitor.found if "Any" in str(hint)]
+    untyped = [(label, str(hint)) for label, hint, _ in visitor.found if "Any" in str(hint)]
     assert not untyped, f"shuffles of undeclared element types (declare them so that this check can read them): {untyped}"
-    carrying = [(label, str(hint)) for label, hint in visitor.found if "Sample" in str(hint) or "bytes" in str(hint)]
+    carrying = [(label, str(hint), producer) for label, hint, producer in visitor.found
+                if _carries_samples_or_bytes(label, hint, producer)]
     assert not carrying, f"a deciding stage shuffles samples or bytes: {carrying}"
+    # Packed metadata is where it is meant to be, and the check reads it (each entry names a real producer).
+    for cls, (pattern, _) in PACKED_METADATA.items():
+        assert any(cls in _types_in(hint) and re.search(pattern, producer) for _, hint, producer in visitor.found)
+
+
+def test_the_shuffle_check_catches_bytes_samples_and_stray_packed_values():
+    """Plain bytes, a bytes subclass, a Sample, or a packed value from an unlisted transform: each one fails."""
+    class Smuggled(bytes):
+        pass
+
+    for name, hint, make in [("raw", Tuple[str, bytes], lambda kv: kv), ("sub", Tuple[str, Smuggled], lambda kv: kv),
+                             ("sample", Tuple[str, Sample], lambda kv: kv),
+                             ("packed", Tuple[str, neardup.Packed], lambda kv: kv)]:
+        pipeline = beam.Pipeline()
+        made = (pipeline | "Create" >> beam.Create([("a", b"x")])
+                | "dedup/Decisions/near_dup_text/Stray" >> beam.Map(make).with_output_types(hint))
+        _ = made | "dedup/Decisions/near_dup_text/Group" >> beam.GroupByKey()
+        visitor = _Shuffles()
+        pipeline.visit(visitor)
+        shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
+        assert [label for label, hint_, producer in visitor.found if _carries_samples_or_bytes(label, hint_, producer)
+                ] == ["dedup/Decisions/near_dup_text/Group"], name
 
 
 def _carries_samples(pcoll) -> bool:
