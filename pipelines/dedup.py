@@ -1,9 +1,9 @@
 """Deduplication stages: exact content, near-duplicate images (pHash) and texts (MinHash), decided on metadata.
 
     samples | DedupDecisions(config) → (key, Decision) for every record a stage drops   (metadata shuffles only)
-    samples + decisions → one keyed grouping where the sample is next grouped anyway (the sink's per-bucket
-    group, or `ApplyDecisions` when model stages follow) → kept samples + Rejections (`exact_duplicate`,
-    `near_duplicate_image`, `near_duplicate_text`, detail "duplicate of <representative key>")
+    samples + decisions → met once: in the sink's per-bucket writer (the decisions as a side input keyed by
+    bucket), or in one keyed join (`ApplyDecisions`) when model stages follow → kept samples + Rejections
+    (`exact_duplicate`, `near_duplicate_image`, `near_duplicate_text`, detail "duplicate of <representative key>")
 
 What crosses the dedup shuffles is one `neardup.DedupRow` per record (key, content digest, image sha256 and pHash,
 the sizes the representative rule reads: ~200 bytes), never a sample or an image:
