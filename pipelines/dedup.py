@@ -329,6 +329,19 @@ class _TextNear:
         return near
 
 
+def _entries_named(joined, names: str, entries: str):
+    """One key group's join: (key, entry, sorted names) for every packed entry (`neardup.keyed_entries`) whose key
+    the `names` rows (key, name) name; nothing when none does."""
+    named: dict[str, set] = {}
+    for key, name in joined[names]:
+        named.setdefault(key, set()).add(name)
+    if not named:
+        return
+    for key, entry in neardup.keyed_entries(joined[entries]):
+        if key in named:
+            yield key, entry, sorted(named[key])
+
+
 class MinhashDecisions(beam.PTransform):
     """(rows, samples) → (key, representative): MinHash text clusters, pair-aware (see the module docstring).
 
@@ -387,17 +400,10 @@ class MinhashDecisions(beam.PTransform):
                     yield neardup.key_group(key, neardup.KEY_GROUPS), (key, bucket)
 
         def bucket_members(element):
-            _, joined = element
-            buckets_of: dict[str, set] = {}
-            for key, bucket in joined["bucket"]:
-                buckets_of.setdefault(key, set()).add(bucket)
-            if not buckets_of:
-                return
-            for key, member in neardup.keyed_entries(joined["member"]):
-                if key in buckets_of:
-                    yield beam.pvalue.TaggedOutput("members", (key, member))
-                    for bucket in sorted(buckets_of[key]):
-                        yield bucket, (key, member)
+            for key, member, buckets in _entries_named(element[1], "bucket", "member"):
+                yield beam.pvalue.TaggedOutput("members", (key, member))
+                for bucket in buckets:
+                    yield bucket, (key, member)
 
         requests = (bands
                     | "GroupByBand" >> beam.GroupByKey()
@@ -455,14 +461,8 @@ class _VerifyPairs(beam.PTransform):
         threshold, num_perm = self._threshold, self._num_perm
 
         def to_pairs(element):
-            _, joined = element
-            named: dict[str, set] = {}
-            for key, pair in joined["pair"]:
-                named.setdefault(key, set()).add(pair)
-            if not named:
-                return
-            for key, sig in neardup.keyed_entries(joined["sig"]):
-                for pair in sorted(named.get(key, ())):
+            for key, sig, pairs in _entries_named(element[1], "pair", "sig"):
+                for pair in pairs:
                     yield pair, (key, sig)
 
         def verify(element):
