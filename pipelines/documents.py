@@ -16,7 +16,6 @@ it runs the same model, through RunInference, on what dedup kept): `image_releva
 from __future__ import annotations
 
 import os
-import pickle
 from typing import List, Tuple
 
 import apache_beam as beam
@@ -98,7 +97,7 @@ class _Unspill(beam.DoFn):
 
     def process(self, element):
         ref, repeated = element
-        yield pickle.loads(self._reader.load(ref)), repeated
+        yield self._reader.sample(ref), repeated
 
 
 class DocumentRules(beam.PTransform):

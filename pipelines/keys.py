@@ -19,7 +19,6 @@ first would depend on the runner.
 """
 from __future__ import annotations
 
-import pickle
 from typing import Tuple
 
 import apache_beam as beam
@@ -72,7 +71,7 @@ class _ApplyKeyDecision(progress.CountingDoFn):
 
     def process(self, sample, decisions: dict):
         if self._reader is not None:
-            sample = pickle.loads(self._reader.load(sample))
+            sample = self._reader.sample(sample)
         decision = decisions.get(_decision_id(sample.key, str(sample.signals.get(readers.ORIGIN_SIGNAL, ""))))
         if decision is None:
             yield sample

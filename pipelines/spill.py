@@ -70,25 +70,12 @@ def reference(name: bytes, offset: int, length: int) -> bytes:
 
 def read_spilled(directory: str, references: Iterable[bytes]) -> Iterator[bytes]:
     """The pickled samples the references name, read file by file in offset order."""
-    current, handle = None, None
+    reader = SpillReader(directory)
     try:
         for ref in sorted(references):
-            name, (offset, length) = ref[:_NAME_BYTES], _REF.unpack(ref[_NAME_BYTES:])
-            if name != current:
-                if handle is not None:
-                    handle.close()
-                current, handle = name, FileSystems.open(FileSystems.join(directory, name.decode() + ".pkl"))
-                position = 0
-            if offset != position:
-                handle.seek(offset)
-            data = handle.read(length)
-            if len(data) != length:
-                raise IOError(f"spill file {name.decode()}: {len(data)} of {length} bytes at offset {offset}")
-            position = offset + length
-            yield data
+            yield reader.load(ref)
     finally:
-        if handle is not None:
-            handle.close()
+        reader.close()
 
 
 class SpillReader:
@@ -114,6 +101,9 @@ class SpillReader:
             raise IOError(f"spill file {name.decode()}: {len(data)} of {length} bytes at offset {offset}")
         self._position = offset + length
         return data
+
+    def sample(self, ref: bytes) -> Sample:
+        return pickle.loads(self.load(ref))
 
     def close(self) -> None:
         if self._handle is not None:
