@@ -84,7 +84,8 @@ def _spilled_with_removals(element):
 
 
 class _Unspill(beam.DoFn):
-    """(spill reference, removals) → (sample, removals): the samples read back from where they waited."""
+    """(spill reference, removals) → (sample, removals) for each sample the reference names, read back from where
+    it waited."""
 
     def __init__(self, directory: str):
         self._dir = directory
@@ -96,8 +97,9 @@ class _Unspill(beam.DoFn):
         self._reader.close()
 
     def process(self, element):
-        ref, repeated = element
-        yield self._reader.sample(ref), repeated
+        ref, repeated = element  # a document's own reference, or a run of other records (nothing to remove)
+        for sample in self._reader.samples(ref):
+            yield sample, repeated
 
 
 class DocumentRules(beam.PTransform):
@@ -116,8 +118,8 @@ class DocumentRules(beam.PTransform):
             lambda sample, _: 0 if sample.kind in kinds else 1, 2)
         limit = self._config.max_repeated_image_documents
         # The records that wait for the removals (a corpus-wide count): the others wait for the documents' join in
-        # a Flatten, which the local runner materialises; there they wait on disk (pipelines/spill.py) and the
-        # Flatten and the join carry 28-byte references.
+        # a Flatten, which the local runner materialises; there they wait on disk (pipelines/spill.py): the join
+        # carries a reference per document, the Flatten one per run of other records.
         wait = (os.path.join(samples.pipeline.local_tempdir, "documents-wait") if limit and spill.spills(
             self._spill_mode, samples.pipeline.options, self._output) else None)
         if limit:
@@ -125,7 +127,7 @@ class DocumentRules(beam.PTransform):
                         | "GroupByImage" >> beam.GroupByKey()
                         | "Repeated" >> beam.FlatMap(_removals, limit))
             if wait:
-                waiting = documents_ | "ByKey" >> spill.SpilledByBucket(wait, sample_key, str)
+                waiting = documents_ | "ByKey" >> spill.SpilledByBucket(wait, sample_key, str, per_sample=True)
                 joined = ({"sample": waiting, "remove": removals}
                           | "JoinRemovals" >> beam.CoGroupByKey()
                           | "WithRemovals" >> beam.FlatMap(_spilled_with_removals).with_output_types(

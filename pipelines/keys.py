@@ -12,7 +12,7 @@ the sample or its image bytes) is grouped by key; only records whose key others 
 holds those decisions only: empty for a corpus without shared keys, one small tuple per record that shares its key
 (a LLaVA file: most of them) otherwise. No sample is shuffled. (On the local runners the map waits for the
 decisions, and the runner would hold every read sample until then: there they wait in spill files instead,
-pipelines/spill.py, and the map reads each back.)
+pipelines/spill.py, and the map reads them back a run at a time.)
 The decision depends only on the rows' raw content and origin, so every runner and worker count agree.
 Without it a shard would hold two members of one name (webdataset refuses such tars) and which one came
 first would depend on the runner.
@@ -59,7 +59,7 @@ class _ApplyKeyDecision(progress.CountingDoFn):
     def __init__(self, spilled_to: str | None = None):
         self._dropped = progress.counter(readers.READ_STAGE, f"dropped_{readers.DUPLICATE_KEY}")
         self._renamed = progress.counter(readers.READ_STAGE, readers.RENAMED_KEY)
-        self._spilled_to = spilled_to  # the samples arrive as spill references (pipelines/spill.py)
+        self._spilled_to = spilled_to  # the samples arrive as references to runs of them (pipelines/spill.py)
 
     def setup(self):
         super().setup()
@@ -69,9 +69,14 @@ class _ApplyKeyDecision(progress.CountingDoFn):
         if self._reader is not None:
             self._reader.close()
 
-    def process(self, sample, decisions: dict):
-        if self._reader is not None:
-            sample = self._reader.sample(sample)
+    def process(self, element, decisions: dict):
+        if self._reader is None:
+            yield from self._apply(element, decisions)
+            return
+        for sample in self._reader.samples(element):  # a run of samples that waited on disk
+            yield from self._apply(sample, decisions)
+
+    def _apply(self, sample: Sample, decisions: dict):
         decision = decisions.get(_decision_id(sample.key, str(sample.signals.get(readers.ORIGIN_SIGNAL, ""))))
         if decision is None:
             yield sample

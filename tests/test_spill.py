@@ -74,18 +74,75 @@ def test_spill_modes():
 def test_read_spilled_reads_in_file_order_and_refuses_a_short_file(tmp_path):
     directory = tmp_path / spill.SPILL_DIR
     directory.mkdir()
-    refs = []
+    values = []
     for name in (b"b" * 16, b"a" * 16):
-        offset = 0
+        offset, spans = 0, []
         with open(directory / (name.decode() + ".pkl"), "wb") as fh:
             for i in range(3):
                 data = pickle.dumps((name, i))
                 fh.write(data)
-                refs.append(spill.reference(name, offset, len(data)))
+                spans.append((offset, len(data)))
                 offset += len(data)
-    got = [pickle.loads(d) for d in spill.read_spilled(str(directory), reversed(refs))]
+        values += [spill.spans(name, spans[2:]), spill.spans(name, reversed(spans[:2]))]  # two bundles' lists
+    got = [pickle.loads(d) for d in spill.read_spilled(str(directory), reversed(values))]
     assert got == [(b"a" * 16, i) for i in range(3)] + [(b"b" * 16, i) for i in range(3)]
     with open(directory / ("a" * 16 + ".pkl"), "r+b") as fh:
         fh.truncate(10)
     with pytest.raises(IOError, match="spill file a{16}"):
-        list(spill.read_spilled(str(directory), refs))
+        list(spill.read_spilled(str(directory), values))
+
+
+def _run_bundle(dofn, samples):
+    """What a runner does with one bundle of a DoFn: its outputs from process() and from finish_bundle()."""
+    dofn.start_bundle()
+    out = [o for s in samples for o in dofn.process(s)]
+    out += [wv.value for wv in dofn.finish_bundle() or ()]
+    return out
+
+
+def _samples(n: int, text_chars: int = 10):
+    from vlmloom.schemas.records import Sample
+
+    return [Sample(key=f"k{i:05d}", source="s", source_id=str(i), text=str(i) * text_chars) for i in range(n)]
+
+
+def test_runs_name_many_samples_each_and_read_back_in_order(tmp_path, monkeypatch):
+    samples = _samples(2 * spill.RUN_SAMPLES + 3)
+    refs = _run_bundle(spill._SpillDoFn(str(tmp_path), "runs"), samples)
+    assert len(refs) == 3  # two full runs and the rest, at the bundle's end
+    reader = spill.SpillReader(str(tmp_path))
+    assert [s.key for ref in refs for s in reader.samples(ref)] == [s.key for s in samples]
+    assert [s.key for s in reader.samples(refs[1])] == [s.key for s in samples[spill.RUN_SAMPLES:2 * spill.RUN_SAMPLES]]
+    with pytest.raises(ValueError, match="one sample"):
+        reader.load(refs[0])
+    reader.close()
+    # a run also ends at RUN_BYTES, so that big samples (image bytes not yet released) make short runs
+    monkeypatch.setattr(spill, "RUN_BYTES", 1000)
+    big = _samples(10, text_chars=300)
+    refs = _run_bundle(spill._SpillDoFn(str(tmp_path), "runs"), big)
+    assert 5 <= len(refs) <= 10
+    reader = spill.SpillReader(str(tmp_path))
+    assert [s.key for ref in refs for s in reader.samples(ref)] == [s.key for s in big]
+    # a run whose file ends early is an error that names the file, not a silent short read
+    name = refs[-1][:16].decode()
+    path = tmp_path / f"{name}.pkl"
+    path.write_bytes(path.read_bytes()[:-5])
+    reader = spill.SpillReader(str(tmp_path))
+    with pytest.raises(IOError, match=f"spill file {name}"):
+        list(reader.samples(refs[-1]))
+
+
+def test_bucket_lists_carry_each_bundles_samples_once(tmp_path):
+    samples = _samples(spill.RUN_SAMPLES + 40)
+    def bucket(sample):
+        return 0 if int(sample.source_id) < spill.RUN_SAMPLES + 10 else 1
+
+    out = _run_bundle(spill._SpillDoFn(str(tmp_path), "buckets", bucket), samples)
+    # one list per bucket at the bundle's end, plus the lists that reached RUN_SAMPLES on the way
+    assert len(out) == 3 and sorted(b for b, _ in out) == [0, 0, 1]
+    for b in (0, 1):
+        got = [pickle.loads(d).key for d in spill.read_spilled(str(tmp_path), [v for k, v in out if k == b])]
+        assert got == [s.key for s in samples if bucket(s) == b]
+    keyed = _run_bundle(spill._SpillDoFn(str(tmp_path), "keyed", lambda s: s.key), samples[:5])
+    reader = spill.SpillReader(str(tmp_path))
+    assert [(k, reader.sample(ref).key) for k, ref in keyed] == [(s.key, s.key) for s in samples[:5]]
