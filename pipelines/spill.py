@@ -51,7 +51,10 @@ _NAME_BYTES = 16  # a spill file's name: 16 hex digits of a uuid4
 # offset, length, samples: big-endian, so that sorting references sorts reads by file and offset
 _REF = struct.Struct(">QII")
 _SPAN = struct.Struct(">QI")  # one sample of a bucket's list: offset, length
-RUN_SAMPLES = 256  # a run of waiting samples (one element of the wait) holds at most this many samples ...
+# A run of waiting samples (one element of the wait) holds at most RUN_SAMPLES samples ... The runner splits the
+# next stage's input among its workers by element (decode runs after key uniqueness's wait), so runs stay short
+# enough to spread a small corpus over many workers; the cost per element is still paid once per 64 samples.
+RUN_SAMPLES = 64
 RUN_BYTES = 8 * 2**20  # ... and at most this many bytes of them (it is read back one sample at a time anyway)
 LOCAL_RUNNERS = ("", "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "FnApiRunner")
 
