@@ -725,8 +725,8 @@ class ApplyDecisions(beam.PTransform):
 
     def expand(self, samples):
         marked = self._pending.values(lambda key: key, "Decisions")
-        waiting = (samples | "ByKey" >> spill.SpilledByBucket(self._spill_to, sample_key, str, per_sample=True) if self._spill_to
-                   else samples | "ByKey" >> keyed(sample_key))
+        waiting = (samples | "ByKey" >> spill.SpilledByBucket(self._spill_to, sample_key, str, per_sample=True)
+                   if self._spill_to else samples | "ByKey" >> keyed(sample_key))
         out = ((waiting, marked)
                | "Merge" >> beam.Flatten().with_output_types(Tuple[str, bytes])
                | "GroupByKey" >> beam.GroupByKey()

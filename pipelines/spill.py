@@ -53,7 +53,7 @@ _REF = struct.Struct(">QII")
 _SPAN = struct.Struct(">QI")  # one sample of a bucket's list: offset, length
 # A run of waiting samples (one element of the wait) holds at most RUN_SAMPLES samples ... The runner splits the
 # next stage's input among its workers by element (decode runs after key uniqueness's wait), so runs stay short
-# enough to spread a small corpus over many workers; the cost per element is still paid once per 64 samples.
+# enough to spread a small corpus over many workers; the cost per element is still paid once a run.
 RUN_SAMPLES = 64
 RUN_BYTES = 8 * 2**20  # ... and at most this many bytes of them (it is read back one sample at a time anyway)
 LOCAL_RUNNERS = ("", "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "FnApiRunner")
@@ -158,9 +158,6 @@ class SpillReader:
                           f"{handle.tell() - offset} bytes, not {length}")
         self._position = offset + length
 
-    def sample(self, ref: bytes) -> Sample:
-        return pickle.loads(self.load(ref))
-
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
@@ -210,11 +207,12 @@ class _SpillDoFn(beam.DoFn):
         if self._how == "keyed":
             yield self._key_fn(sample), reference(self._name, offset, length)
         elif self._how == "buckets":
-            spans_ = self._buckets.setdefault(self._key_fn(sample), [])
+            key = self._key_fn(sample)
+            spans_ = self._buckets.setdefault(key, [])
             spans_.append((offset, length))
             if len(spans_) >= RUN_SAMPLES:  # a bucket's list stays short: what the bundle keeps is bounded
                 self._file.flush()
-                yield self._key_fn(sample), spans(self._name, self._buckets.pop(self._key_fn(sample)))
+                yield key, spans(self._name, self._buckets.pop(key))
         else:
             self._run_count += 1
             if self._run_count >= RUN_SAMPLES or self._offset - self._run_start >= RUN_BYTES:
