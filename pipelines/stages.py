@@ -2,9 +2,9 @@
 
 A stage is a `beam.PTransform` from `PCollection[Sample]` to a dict
 ``{"kept": PCollection[Sample], "rejected": PCollection[Rejection]}``. Expected drops are Rejections
-with a stable reason code; unexpected exceptions are caught by Beam's `with_exception_handling`
-and become Rejections with reason `quarantined_error` (the error text in `detail`), so no input is
-ever lost; more than `max_error_ratio` of them fails the job.
+with a stable reason code; unexpected exceptions are caught where the decision is made and become
+Rejections with reason `quarantined_error` (the error text in `detail`), so no input is ever lost;
+more than `max_error_ratio` of them fails the job (`ErrorBudget`).
 
 Every stage routes through one DoFn, `RouteDoFn` (via `route()`): `JudgeStage` wraps any per-record judge;
 dedup (pipelines/dedup.py) and model stages (pipelines/model_stages.py) compute their decisions with their
@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Tuple
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
 from vlmloom.curation.base import Verdict
 from vlmloom.pipelines import progress
 from vlmloom.schemas.records import Rejection, Sample
@@ -25,6 +29,7 @@ KEPT = "kept"
 REJECTED = "rejected"
 QUARANTINED_REASON = "quarantined_error"
 DEAD_LETTER = "dead_letter"
+ERRORS = "errors"  # RouteDoFn's per-bundle (records, unexpected errors), for the stage's ErrorBudget
 
 # A judge factory is called once per worker in DoFn.setup() and returns `judge(sample) -> Verdict`.
 JudgeFactory = Callable[[], Callable[[Sample], Verdict]]
@@ -37,19 +42,21 @@ DecideFactory = Callable[[], Decide]
 class RouteDoFn(progress.CountingDoFn):
     """The one routing DoFn of every stage: apply a decision, merge its signals, count (`kept`, one
     `dropped_<reason>` counter per reason), record lineage, and route the sample to `kept` or a
-    Rejection to `rejected`.
+    Rejection to `rejected`. A decision that raises quarantines its record (a `quarantined_error` Rejection);
+    with `count_errors`, each bundle ends with its (records, errors) on the `errors` output, for `ErrorBudget`.
 
     `final=False` marks a stage's first step when a later step of the same stage decides again (CLIP's
     top fraction), so kept counts and lineage are recorded once.
     """
 
     def __init__(self, stage: str, make_decide: DecideFactory, config_hash: str, decision: str = "kept",
-                 final: bool = True):
+                 final: bool = True, count_errors: bool = False):
         self._stage = stage
         self._make_decide = make_decide
         self._hash = config_hash
         self._decision = decision
         self._final = final
+        self._count_errors = count_errors
         self._decide: Decide | None = None
         self._kept = progress.counter(stage, "kept")
         self._counters: dict[str, Any] = {}
@@ -57,24 +64,80 @@ class RouteDoFn(progress.CountingDoFn):
     def setup(self) -> None:
         super().setup()
         self._decide = self._make_decide()
+        self._quarantine = quarantine_any(self._stage)
+
+    def start_bundle(self) -> None:
+        self._records, self._errors = 0, 0
 
     def process(self, element, *side_inputs):
+        self._records += 1
+        try:
+            out = self._route(element, side_inputs)
+        except Exception as exc:  # noqa: BLE001 - an unexpected error quarantines its record, it never stops the job
+            self._errors += 1
+            for rejection in self._quarantine((element, (type(exc), repr(exc), traceback.format_exception(exc)))):
+                yield beam.pvalue.TaggedOutput(REJECTED, rejection)
+            return
+        yield out
+
+    def _route(self, element, side_inputs):
+        """The element's one output: the kept sample, or its Rejection tagged `rejected` (built whole before it is
+        yielded, so that a record that fails half-way leaves no output but its quarantine)."""
         sample, verdict = self._decide(element, *side_inputs)
         if verdict is None:
-            yield sample
-            return
+            return sample
         verdict.merge_into(sample, self._stage)
         if verdict.keep:
             if self._final:
                 self._kept.inc()
                 sample.with_lineage(self._stage, self._hash, self._decision)
-            yield sample
-            return
+            return sample
         reason = verdict.reason or "unspecified"
         if reason not in self._counters:
             self._counters[reason] = progress.counter(self._stage, f"dropped_{reason}")
         self._counters[reason].inc()
-        yield beam.pvalue.TaggedOutput(REJECTED, Rejection.of(sample, self._stage, reason, verdict.detail, verdict.signals))
+        return beam.pvalue.TaggedOutput(REJECTED, Rejection.of(sample, self._stage, reason, verdict.detail,
+                                                                verdict.signals))
+
+    def finish_bundle(self):
+        super().finish_bundle()
+        if self._count_errors and self._records:
+            yield beam.pvalue.TaggedOutput(ERRORS, WindowedValue((self._records, self._errors), MIN_TIMESTAMP,
+                                                                 (GlobalWindow(),)))
+
+
+def _add_counts(counts) -> tuple[int, int]:
+    records = errors = 0
+    for r, e in counts:
+        records, errors = records + r, errors + e
+    return records, errors
+
+
+@dataclass(frozen=True)
+class _CheckErrors:
+    stage: str
+    max_error_ratio: float
+
+    def __call__(self, counts: tuple[int, int]) -> None:
+        records, errors = counts
+        if errors > records * self.max_error_ratio:
+            raise ValueError(f"stage {self.stage}: the number of failing elements (unexpected errors, quarantined) "
+                             f"exceeded threshold: {errors} / {records} = {errors / records} > {self.max_error_ratio}")
+
+
+class ErrorBudget(beam.PTransform):
+    """The stage fails the job when more than `max_error_ratio` of its records raised: RouteDoFn's per-bundle
+    (records, errors) pairs summed over the whole stage, then checked. What Beam's `with_exception_handling
+    (threshold=...)` checks, without its two counting steps and side input per record: one pair per bundle."""
+
+    def __init__(self, stage: str, max_error_ratio: float):
+        super().__init__()
+        self._stage, self._ratio = stage, max_error_ratio
+
+    def expand(self, counts):
+        return (counts
+                | "Total" >> beam.CombineGlobally(_add_counts).without_defaults()
+                | "Check" >> beam.Map(_CheckErrors(self._stage, self._ratio)))
 
 
 @dataclass(frozen=True)
@@ -98,23 +161,20 @@ class _JudgeDecide:
 
 def route(pcoll, label: str, stage: str, make_decide: DecideFactory, config_hash: str, *, decision: str = "kept",
           max_error_ratio: float = 0.05, side_inputs: Sequence[Any] = (), final: bool = True):
-    """`pcoll | RouteDoFn(...)` with dead-letter handling → (kept, [rejected, quarantined]).
-
-    Unexpected exceptions become `quarantined_error` Rejections; more than `max_error_ratio` of them fails
-    the job.
-    """
-    # with_exception_handling() before with_outputs(): the other order (Beam 2.77) yields three
-    # outputs (main, rejected, bad) rather than (good, bad).
+    """`pcoll | RouteDoFn(...)` → (kept, [rejected]). Unexpected exceptions become `quarantined_error`
+    Rejections; more than `max_error_ratio` of them fails the job (`ErrorBudget`, unless the ratio is 1)."""
+    count_errors = max_error_ratio < 1
     result = (
         pcoll
-        | label >> beam.ParDo(RouteDoFn(stage, make_decide, config_hash, decision, final), *side_inputs)
-        # Declaring the tagged output keeps Beam from warning "Tags {'rejected'} ... not declared" per stage.
-        .with_output_types(Sample, **{REJECTED: Rejection})
-        .with_exception_handling(threshold=max_error_ratio, use_subprocess=False, dead_letter_tag=DEAD_LETTER)
-        .with_outputs(REJECTED, main=KEPT)
+        | label >> beam.ParDo(RouteDoFn(stage, make_decide, config_hash, decision, final, count_errors),
+                              *side_inputs)
+        # Declaring the tagged outputs keeps Beam from warning "Tags {'rejected'} ... not declared" per stage.
+        .with_output_types(Sample, **{REJECTED: Rejection, ERRORS: Tuple[int, int]})
+        .with_outputs(REJECTED, ERRORS, main=KEPT)
     )
-    quarantined = result[DEAD_LETTER] | f"{label}Quarantine" >> beam.FlatMap(quarantine_any(stage))
-    return result[KEPT], [result[REJECTED], quarantined]
+    if count_errors:
+        _ = result[ERRORS] | f"{label}ErrorBudget" >> ErrorBudget(stage, max_error_ratio)
+    return result[KEPT], [result[REJECTED]]
 
 
 def quarantine(stage: str):

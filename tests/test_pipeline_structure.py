@@ -24,8 +24,10 @@ from vlmloom.schemas.records import Sample
 # (full-label pattern, kind, why it is bounded). Kind: "side_input" or "global_combine".
 ALLOWED = [
     (r"/(CountTotal|CountBad)/CombineGlobally\(sum\)$", "global_combine",
-     "with_exception_handling's error threshold: two integer counts per stage"),
+     "with_exception_handling's error threshold (RunInference, download's fetch): two integer counts per stage"),
     (r"/Map\(check_threshold\)$", "side_input", "with_exception_handling's error threshold: the two counts"),
+    (r"ErrorBudget/Total$", "global_combine",
+     "a stage's error budget (stages.ErrorBudget): (records, errors), two integers per bundle, summed"),
     (r"^clip/Cutoff$", "global_combine",
      "CLIP top-fraction cutoff: a histogram of scores binned to 1e-4 (<= 20,001 bins), extracted to one float"),
     (r"^clip/Cutoff/InjectDefault$", "side_input", "CombineGlobally's own default: its one output, the cutoff"),

@@ -1,9 +1,10 @@
+import pytest
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from vlmloom.curation.base import Verdict
-from vlmloom.pipelines.stages import QUARANTINED_REASON, JudgeStage
+from vlmloom.pipelines.stages import QUARANTINED_REASON, ErrorBudget, JudgeStage
 from vlmloom.schemas.records import Sample
 
 
@@ -38,3 +39,31 @@ def test_judge_stage_on_empty_input():
         out = p | beam.Create([], reshuffle=False).with_output_types(Sample) | JudgeStage("parity", ParityJudge())
         assert_that(out["kept"], equal_to([]), label="kept")
         assert_that(out["rejected"], equal_to([]), label="rejected")
+
+
+def test_quarantined_detail_names_the_error():
+    with TestPipeline() as p:
+        out = p | beam.Create(_samples(8)) | JudgeStage("parity", ParityJudge(), "h", max_error_ratio=0.5)
+        quarantined = out["rejected"] | beam.Filter(lambda r: r.reason == QUARANTINED_REASON)
+        assert_that(quarantined | beam.Map(lambda r: (r.key, r.detail)),
+                    equal_to([("k7", "ZeroDivisionError: ZeroDivisionError('boom')")]))
+
+
+def test_more_errors_than_the_budget_fail_the_job():
+    # 1 error in 8 records: over a budget of 0.1, within one of 0.125 (the check is errors > records * ratio)
+    with pytest.raises(Exception, match=r"stage parity: the number of failing elements .* exceeded threshold: "
+                                        r"1 / 8 = 0\.125 > 0\.1"):
+        with TestPipeline() as p:
+            _ = p | beam.Create(_samples(8)) | JudgeStage("parity", ParityJudge(), "h", max_error_ratio=0.1)
+    with TestPipeline() as p:
+        out = p | beam.Create(_samples(8)) | JudgeStage("parity", ParityJudge(), "h", max_error_ratio=0.125)
+        assert_that(out["kept"] | beam.Map(lambda s: s.key), equal_to(["k0", "k2", "k4", "k6"]))
+
+
+def test_error_budget_sums_every_bundle_before_it_checks():
+    """Bundles report (records, errors) pairs; the stage's totals decide, not any one bundle's share."""
+    with TestPipeline() as p:  # 2 / 20 = 0.1: within a budget of 0.1, though one bundle failed half its records
+        _ = p | beam.Create([(2, 1), (8, 0), (10, 1)]) | ErrorBudget("s", 0.1)
+    with pytest.raises(Exception, match=r"exceeded threshold: 3 / 20 = 0\.15 > 0\.1"):
+        with TestPipeline() as p:
+            _ = p | beam.Create([(2, 1), (8, 1), (10, 1)]) | ErrorBudget("s", 0.1)
