@@ -10,6 +10,7 @@ import collections
 import dataclasses
 import hashlib
 import json
+import operator
 import os
 import re
 import threading
@@ -223,6 +224,17 @@ class Sample:
         self.lineage.append(LineageEntry(stage, config_hash, decision))
         return self
 
+    def __reduce__(self):
+        # Pickled as field values in tuples (`_sample_from_state`), not as one attribute dict per nested record:
+        # every sample that waits in a local job is pickled and read back at each wait (pipelines/spill.py), and
+        # the field names repeated in each dict cost a third of the time.
+        annotations = self.annotations
+        return _sample_from_state, (
+            _SAMPLE_VALUES(self), [_IMAGE_VALUES(i) for i in self.images],
+            [_SEGMENT_VALUES(x) for x in self.segments], [_MESSAGE_VALUES(m) for m in self.messages],
+            [_OCR_VALUES(o) for o in annotations.ocr], [_GROUNDING_VALUES(g) for g in annotations.grounding],
+            [_LINEAGE_VALUES(e) for e in self.lineage], [_VIDEO_VALUES(v) for v in self.videos])
+
     # --- Arrow / JSON conversion -------------------------------------------------------------
     def to_row(self, with_bytes: bool = True) -> dict[str, Any]:
         # What dataclasses.asdict gives, without its deep copy of every leaf: this runs once per written sample,
@@ -280,10 +292,62 @@ class Sample:
         return sample
 
 
+def _names(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _values_of(cls):
+    """obj → its field values in declaration order (a tuple, read in C)."""
+    return operator.attrgetter(*_names(cls))
+
+
+def _maker(cls):
+    """Field values in declaration order → the object, without running __init__ (what unpickling does too)."""
+    names, new = _names(cls), object.__new__
+
+    def make(values):
+        obj = new(cls)
+        obj.__dict__.update(zip(names, values))
+        return obj
+
+    return make
+
+
+_SAMPLE_FLAT = tuple(n for n in _names(Sample)
+                     if n not in ("images", "segments", "messages", "annotations", "lineage", "videos"))
+_SAMPLE_VALUES = operator.attrgetter(*_SAMPLE_FLAT)
+_IMAGE_VALUES, _SEGMENT_VALUES, _MESSAGE_VALUES, _OCR_VALUES, _GROUNDING_VALUES, _LINEAGE_VALUES, _VIDEO_VALUES = (
+    _values_of(c) for c in (ImageRef, Segment, Message, OcrLine, Grounding, LineageEntry, VideoRef))
+_MAKE_IMAGE, _MAKE_SEGMENT, _MAKE_MESSAGE, _MAKE_OCR, _MAKE_GROUNDING, _MAKE_LINEAGE, _MAKE_VIDEO = (
+    _maker(c) for c in (ImageRef, Segment, Message, OcrLine, Grounding, LineageEntry, VideoRef))
+
+
+def _sample_from_state(flat, images, segments, messages, ocr, grounding, lineage, videos) -> Sample:
+    """Sample.__reduce__'s inverse."""
+    sample = object.__new__(Sample)
+    state = dict(zip(_SAMPLE_FLAT, flat))
+    state.update(images=[_MAKE_IMAGE(v) for v in images], segments=[_MAKE_SEGMENT(v) for v in segments],
+                 messages=[_MAKE_MESSAGE(v) for v in messages],
+                 annotations=Annotations([_MAKE_OCR(v) for v in ocr], [_MAKE_GROUNDING(v) for v in grounding]),
+                 lineage=[_MAKE_LINEAGE(v) for v in lineage], videos=[_MAKE_VIDEO(v) for v in videos])
+    sample.__dict__.update(state)
+    return sample
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # dataclass → its field names (dataclasses.fields is slow)
+_LEAVES = (str, int, float, bool, bytes, type(None))
+
+
 def _plain(value: Any) -> Any:
     """dataclasses → dicts, lists/tuples/dicts rebuilt, other values shared (they are immutable leaves here)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    kind = type(value)
+    if kind in _LEAVES:
+        return value
+    names = _FIELD_NAMES.get(kind)
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = _FIELD_NAMES.setdefault(kind, _names(kind))
+    if names is not None:
+        return {name: _plain(getattr(value, name)) for name in names}
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(v) for v in value)
     if isinstance(value, dict):

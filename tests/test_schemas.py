@@ -129,3 +129,29 @@ def test_to_row_matches_dataclasses_asdict():
             reference["signals"] = js.dumps(sample.signals, sort_keys=True)
             reference["meta"] = js.dumps(sample.meta, sort_keys=True, ensure_ascii=False)
             assert sample.to_row(with_bytes) == reference, sample.key
+
+
+def test_sample_pickles_every_field_and_span():
+    """Sample.__reduce__ pickles field values in tuples: every field, nested record and transport span survives."""
+    import pickle
+
+    from vlmloom.schemas.records import (Annotations, Grounding, ImageRef, Message, OcrLine, Segment, VideoRef)
+
+    sample = Sample("k", "src", "7", kind="interleaved",
+                    images=[ImageRef("ab", 3, 4, "png", None, "a.png", ("in.tar", 512, 9)),
+                            ImageRef("cd", 1, 1, "jpeg", b"\xff\xd8", None)],
+                    segments=[Segment("text", "hello"), Segment("image", image_index=0)], text="t", recaption="r",
+                    messages=[Message("user", "<image> q")], answer="a", domain="math",
+                    annotations=Annotations([OcrLine("x", [1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7, 8], 0.5)],
+                                            [Grounding("cat", [5, 6, 7, 8], "input")]),
+                    signals={"phash": "00ff", "lang": {"en": 0.9}}, meta={"url": "u", "nested": [1, {"a": None}]},
+                    videos=[VideoRef("vv", "v.mp4", None, "mp4", 1.5, 2.0, 8, 6, "h264", 3, 3, "",
+                                     ("in.tar", 1024, 99))])
+    sample.with_lineage("read", "h1", "kept").with_lineage("decode", "h2", "kept")
+    back = pickle.loads(pickle.dumps(sample, protocol=pickle.HIGHEST_PROTOCOL))
+    assert back == sample and back.to_row(with_bytes=False) == sample.to_row(with_bytes=False)
+    assert [i.span for i in back.images] == [("in.tar", 512, 9), None]
+    assert back.videos[0].span == ("in.tar", 1024, 99)
+    assert type(back.annotations.ocr[0]) is OcrLine and type(back.lineage[0]).__name__ == "LineageEntry"
+    back.images.append(ImageRef("ef"))  # the lists are the copy's own
+    assert len(sample.images) == 2

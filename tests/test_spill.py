@@ -120,7 +120,14 @@ def test_runs_name_many_samples_each_and_read_back_in_order(tmp_path, monkeypatc
     monkeypatch.setattr(spill, "RUN_BYTES", 1000)
     big = _samples(10, text_chars=300)
     refs = _run_bundle(spill._SpillDoFn(str(tmp_path), "runs"), big)
-    assert 5 <= len(refs) <= 10
+    sizes = [len(pickle.dumps(s, protocol=pickle.HIGHEST_PROTOCOL)) for s in big]
+    assert 300 < sizes[0] < 1000
+    runs, run = 0, 0
+    for size in sizes:  # a run ends at the sample that takes it to RUN_BYTES
+        run += size
+        if run >= 1000:
+            runs, run = runs + 1, 0
+    assert len(refs) == runs + (run > 0) and len(refs) >= 3
     reader = spill.SpillReader(str(tmp_path))
     assert [s.key for ref in refs for s in reader.samples(ref)] == [s.key for s in big]
     # a run whose file ends early is an error that names the file, not a silent short read
