@@ -223,7 +223,7 @@ def _measure_shuffles(pipeline) -> list[str]:
 def child(tars: str, out: str, workers: int, passthrough: bool = False, chunk: int = 0, disable: str = "",
           bare: bool = False) -> None:
     """Build the job, instrument it (unless `bare`), run it, check every record is accounted for."""
-    from vlmloom.pipelines.curate import build_pipeline, curate, load_config
+    from vlmloom.pipelines.curate import build_pipeline, curate, load_config, new_pipeline
     from vlmloom.pipelines.report import read_manifest, read_rejections
 
     config = load_config({"inputs": [{"path": tars, "name": "scale"}], "output": out,
@@ -243,7 +243,7 @@ def child(tars: str, out: str, workers: int, passthrough: bool = False, chunk: i
 
     os.makedirs(out)
     started = time.perf_counter()
-    pipeline = beam.Pipeline(options=PipelineOptions(args))
+    pipeline = new_pipeline(PipelineOptions(args))  # the runner curate itself runs on (no Prism attempt)
     if passthrough:
         from vlmloom.pipelines.sources import ReadInputs
 

@@ -62,7 +62,7 @@ import apache_beam as beam
 from vlmloom.curation import readers
 from vlmloom.pipelines import report as report_mod, spill
 from vlmloom.pipelines.curate import (CurateConfig, _beam_options, _counters, _is_local, _prepare_output,
-                                      _render_html, build_pipeline, run_job)
+                                      _render_html, build_pipeline, new_pipeline, run_job)
 from vlmloom.pipelines.dedup import EXACT_STAGE, REASONS
 from vlmloom.pipelines.files import BEAM_FILES
 from vlmloom.pipelines.model_config import describe_disabled
@@ -240,7 +240,7 @@ def _global_dedup(config: CurateConfig, chunk_dirs: list[str], plan: KeyPlan, de
         return {}
     os.makedirs(decisions_dir, exist_ok=True)
     buckets = config.output_format.buckets
-    pipeline = beam.Pipeline(options=_beam_options(beam_args))
+    pipeline = new_pipeline(_beam_options(beam_args))
     try:
         samples = (pipeline
                    | "Shards" >> beam.Create(shards, reshuffle=False)
@@ -349,7 +349,7 @@ def _run_chunk(config: CurateConfig, units: dict[int, tuple[int, int]], chunk_di
     """One chunk: the ordinary curate job over `units`, written under `chunk_dir` → (stage names, counters)."""
     curated.make_local_dirs(chunk_dir)
     options = _beam_options(beam_args)
-    pipeline = beam.Pipeline(options=options)
+    pipeline = new_pipeline(options)
     try:
         stage_names = build_pipeline(pipeline, config, chunk_dir, read_units=units)
         counters = run_job(pipeline, options, stage_names, progress)

@@ -288,6 +288,30 @@ def _beam_options(beam_args: list[str]) -> PipelineOptions:
     return PipelineOptions(args)
 
 
+_DIRECT_RUNNERS = ("directrunner", "switchingdirectrunner")
+
+
+def new_pipeline(options: PipelineOptions) -> beam.Pipeline:
+    """A Pipeline on the runner the options name. A batch job on Beam's DirectRunner (our default) goes straight to
+    the runner the DirectRunner would run it on, the FnApiRunner (in-process or with worker processes), set up as
+    the DirectRunner sets it up: since Beam 2.6x the DirectRunner first tries its Prism runner, which downloads a
+    Go binary at run time (the job must not reach the network; where it can, a runner we do not build or measure
+    for, without our spill or worker set-up) and otherwise fails over after a second translation of the graph."""
+    standard = options.view_as(StandardOptions)
+    runner = standard.runner
+    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
+    if (name or "DirectRunner").split(".")[-1].lower() not in _DIRECT_RUNNERS or standard.streaming:
+        return beam.Pipeline(options=options)
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    provision = beam_provision_api_pb2.ProvisionInfo(
+        pipeline_options=JobServiceHandle.encode_pipeline_options(options.get_all_options()))
+    return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(provision)),
+                         options=options)
+
+
 def _subprocess_workers(options: PipelineOptions) -> bool:
     """Does this run start worker subprocesses that write to our stderr (the DirectRunner's multi_processing)?"""
     runner = options.view_as(StandardOptions).runner or ""
@@ -324,7 +348,7 @@ def curate(config: CurateConfig, beam_args: list[str] | None = None, progress: b
     pipeline = None
     try:
         options = _beam_options(list(beam_args or []))
-        pipeline = beam.Pipeline(options=options)
+        pipeline = new_pipeline(options)
         stage_names = build_pipeline(pipeline, config, work_dir)
         try:
             counters = run_job(pipeline, options, stage_names, progress)

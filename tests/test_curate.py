@@ -326,3 +326,23 @@ def test_killed_job_leaves_no_visible_output(corpus, tmp_path):
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert not os.path.exists(staging[0]) and (out / "_SUCCESS").exists()
+
+
+def test_direct_runner_jobs_run_on_the_fn_api_runner_without_trying_prism():
+    """Beam's DirectRunner first tries its Prism runner, which downloads a binary at run time; curate's jobs go
+    straight to the FnApiRunner the DirectRunner would fall back to. Other runners are left as named."""
+    from vlmloom.pipelines.curate import _beam_options, new_pipeline
+
+    for args in ([], ["--runner=DirectRunner"], ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]):
+        assert type(new_pipeline(_beam_options(args)).runner).__name__ == "FnApiRunner", args
+    for args in (["--runner=BundleBasedDirectRunner"], ["--runner=DirectRunner", "--streaming"]):
+        assert type(new_pipeline(_beam_options(args)).runner).__name__ != "FnApiRunner", args
+
+
+def test_a_curate_run_never_asks_for_prism(corpus, tmp_path, caplog):
+    import logging
+
+    corpus_dir, _ = corpus
+    with caplog.at_level(logging.INFO, logger="apache_beam"):
+        curate(_config(corpus_dir, str(tmp_path / "out")))
+    assert not [r for r in caplog.records if "prism" in r.getMessage().lower()]
