@@ -94,6 +94,18 @@ SIGNALS: dict[str, Signal] = {
 LIBRARY_STAGES = frozenset(stage for signal in SIGNALS.values() for stage in signal.writers)
 
 
+_TYPE_OK: dict[tuple[type, type], bool] = {}  # (value's type, declared type) → accepted: checked once per pair
+
+
+def _of_type(kind: type, declared: type) -> bool:
+    """Is a value of type `kind` a `declared` (numbers.Integral, numbers.Real, ...) and not a bool? The answer
+    depends on the types alone, and an ABC's isinstance is slow: every record's signals are checked."""
+    ok = _TYPE_OK.get((kind, declared))
+    if ok is None:
+        ok = _TYPE_OK[(kind, declared)] = not issubclass(kind, bool) and issubclass(kind, declared)
+    return ok
+
+
 def check_signals(stage: str, signals: dict[str, Any]) -> None:
     """A library stage may write only its declared signals, with their types; any other stage (a custom
     judge) may write keys of its own but none that a library stage owns."""
@@ -106,5 +118,5 @@ def check_signals(stage: str, signals: dict[str, Any]) -> None:
         if stage not in declared.writers:
             raise RecordError(f"stage {stage!r}: signal {key!r} belongs to stage "
                               f"{' or '.join(repr(w) for w in declared.writers)}")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, declared.type)):
+        if value is not None and not _of_type(type(value), declared.type):
             raise RecordError(f"stage {stage!r}: signal {key!r} = {value!r} is not of type {declared.type.__name__}")

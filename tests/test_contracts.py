@@ -21,6 +21,12 @@ def test_signals_declared_typed_and_owned():
         check_signals("decode", {"colour": "red"})
     with pytest.raises(RecordError, match="'width' = '64' is not of type"):
         check_signals("decode", {"width": "64"})
+    for _ in range(2):  # the answer per value type is cached: the second check must refuse as the first did
+        with pytest.raises(RecordError, match="'width' = True is not of type"):
+            check_signals("decode", {"width": True})
+        with pytest.raises(RecordError, match="'width' = 1.5 is not of type"):
+            check_signals("decode", {"width": 1.5})
+        check_signals("decode", {"width": np.int32(7)})
     check_signals("near_dup_text", {"duplicate_of": "k1"})  # a signal several stages write
     with pytest.raises(RecordError, match="'duplicate_of' belongs to stage 'exact_dedup' or 'near_dup_image'"):
         check_signals("clip", {"duplicate_of": "k1"})
