@@ -67,3 +67,20 @@ def test_error_budget_sums_every_bundle_before_it_checks():
     with pytest.raises(Exception, match=r"exceeded threshold: 3 / 20 = 0\.15 > 0\.1"):
         with TestPipeline() as p:
             _ = p | beam.Create([(2, 1), (8, 1), (10, 1)]) | ErrorBudget("s", 0.1)
+
+
+def test_kept_counts_add_up_over_runs_and_bundles():
+    """RouteDoFn adds kept records to its counter in runs of KEPT_COUNT_RUN and at each bundle's end: none lost."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from vlmloom.pipelines.stages import KEPT_COUNT_RUN
+
+    n = 2 * KEPT_COUNT_RUN + 23
+    pipeline = TestPipeline()
+    _ = pipeline | beam.Create(_samples(n)) | JudgeStage("parity", ParityJudge(), "h", max_error_ratio=0.5)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counts = {c.key.metric.name: c.committed for c in result.metrics().query(MetricsFilter())["counters"]
+              if c.key.metric.namespace == "parity"}
+    evens, odds = (n + 1) // 2, n // 2
+    assert counts == {"kept": evens, "dropped_odd_id": odds - 1, "dropped_quarantined_error": 1}
