@@ -297,10 +297,8 @@ def new_pipeline(options: PipelineOptions) -> beam.Pipeline:
     the DirectRunner sets it up: since Beam 2.6x the DirectRunner first tries its Prism runner, which downloads a
     Go binary at run time (the job must not reach the network; where it can, a runner we do not build or measure
     for, without our spill or worker set-up) and otherwise fails over after a second translation of the graph."""
-    standard = options.view_as(StandardOptions)
-    runner = standard.runner
-    name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
-    if (name or "DirectRunner").split(".")[-1].lower() not in _DIRECT_RUNNERS or standard.streaming:
+    if (spill.runner_name(options) or "DirectRunner").lower() not in _DIRECT_RUNNERS or \
+            options.view_as(StandardOptions).streaming:
         return beam.Pipeline(options=options)
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner

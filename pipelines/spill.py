@@ -67,9 +67,14 @@ def spills(mode: str, options, output_dir: str) -> bool:
     """Does this job spill kept samples? `auto`: on Beam's local runners writing a local output."""
     if mode != "auto":
         return mode == "always"
+    return runner_name(options) in LOCAL_RUNNERS and "://" not in output_dir
+
+
+def runner_name(options) -> str:
+    """The runner the options name, as its class name ("" when they name none: Beam's default, the DirectRunner)."""
     runner = options.view_as(StandardOptions).runner if options is not None else None
     name = runner if isinstance(runner, str) or runner is None else type(runner).__name__
-    return (name or "").split(".")[-1] in LOCAL_RUNNERS and "://" not in output_dir
+    return (name or "").split(".")[-1]
 
 
 def discard(output_dir: str) -> None:

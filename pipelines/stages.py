@@ -76,7 +76,8 @@ class RouteDoFn(progress.CountingDoFn):
             out = self._route(element, side_inputs)
         except Exception as exc:  # noqa: BLE001 - an unexpected error quarantines its record, it never stops the job
             self._errors += 1
-            for rejection in self._quarantine((element, (type(exc), repr(exc), traceback.format_exception(exc)))):
+            # as Beam's dead letter: (element, (type, repr)); no traceback, which the detail never showed
+            for rejection in self._quarantine((element, (type(exc), repr(exc), ""))):
                 yield beam.pvalue.TaggedOutput(REJECTED, rejection)
             return
         yield out
