@@ -227,7 +227,7 @@ class Sample:
     def __reduce__(self):
         # Pickled as field values in tuples (`_sample_from_state`), not as one attribute dict per nested record:
         # every sample that waits in a local job is pickled and read back at each wait (pipelines/spill.py), and
-        # the field names repeated in each dict cost a third of the time.
+        # the field names repeated in each dict cost about a third of the time to pickle it.
         annotations = self.annotations
         return _sample_from_state, (
             _SAMPLE_VALUES(self), [_IMAGE_VALUES(i) for i in self.images],
