@@ -22,7 +22,9 @@ the sizes the representative rule reads: ~200 bytes), never a sample or an image
      clusters may chain (A~B, B~C) but decisions may not: a member is dropped only when it lies within the
      threshold of the representative that is kept; the chain's farther members are kept and counted
      (`dedup/phash_chain_kept`, `dedup/minhash_chain_kept`);
-  5. the survivors of one stage (a keyed join of rows with decisions) are the rows of the next.
+  5. the survivors of one stage are the rows of the next: exact's come out of its content groups (they hold every
+     row of a digest); the others' decisions are taken out of the rows by the next stage's first key join (MinHash's
+     join of rows with signature digests), or by a keyed join of their own before a stage that has none.
 No side input and no global combine carries per-record data (tests/test_pipeline_structure.py checks it, and that
 no dedup shuffle carries a sample or bytes).
 
@@ -184,6 +186,9 @@ class _ChainCountingDecisions(beam.DoFn):
         yield from dropped
 
 
+SURVIVORS = "survivors"
+
+
 def _survivors(label: str, rows, decisions):
     """Rows without a decision: what the next stage reads (a keyed join of ~200-byte rows)."""
     def keep(element):
@@ -197,15 +202,38 @@ def _survivors(label: str, rows, decisions):
             | f"{label}Rows" >> beam.FlatMap(keep).with_output_types(DedupRow))
 
 
+def _by_content(row: DedupRow):
+    if row.content:
+        yield row.content, row
+    else:  # nothing to compare: the row goes on as it is
+        yield beam.pvalue.TaggedOutput(SURVIVORS, row)
+
+
+def _decide_content_group(element):
+    """One content digest's rows → (key, representative) for each but the representative, and the rows that stay
+    (tagged `survivors`): the group already holds every row of its digest, so no keyed join is needed after it."""
+    content, rows = element
+    rows = list(rows)
+    dropped = dict(neardup.duplicate_decisions((content, [row.member() for row in rows])))
+    yield from dropped.items()
+    for row in rows:
+        if row.key not in dropped:
+            yield beam.pvalue.TaggedOutput(SURVIVORS, row)
+
+
 class ExactDecisions(beam.PTransform):
-    """Rows → (key, representative) for every row whose content digest another, better row shares."""
+    """Rows → {"decisions": (key, representative) for every row whose content digest another, better row shares,
+    "survivors": the other rows (what the next stage reads)}. The rows themselves are grouped by digest (~200 bytes
+    a record, no image, no text), so the group that decides also says who stays."""
 
     def expand(self, rows):
-        return (rows
-                | "ContentKey" >> beam.FlatMap(lambda r: [(r.content, r.member())] if r.content else [])
-                .with_output_types(Tuple[str, QualityMember])
-                | "GroupByContent" >> beam.GroupByKey()
-                | "Decide" >> beam.FlatMap(neardup.duplicate_decisions).with_output_types(Decision))
+        keyed_rows = rows | "ContentKey" >> beam.FlatMap(_by_content).with_outputs(SURVIVORS, main="keyed")
+        decided = (_typed(keyed_rows["keyed"], Tuple[str, DedupRow])
+                   | "GroupByContent" >> beam.GroupByKey()
+                   | "Decide" >> beam.FlatMap(_decide_content_group).with_outputs(SURVIVORS, main="decisions"))
+        survivors = ((_typed(keyed_rows[SURVIVORS], DedupRow), _typed(decided[SURVIVORS], DedupRow))
+                     | "Survivors" >> beam.Flatten().with_output_types(DedupRow))
+        return {"decisions": _typed(decided["decisions"], Decision), SURVIVORS: survivors}
 
 
 def _phash_near_of_cluster(max_distance: int):
@@ -343,7 +371,9 @@ def _entries_named(joined, names: str, entries: str):
 
 
 class MinhashDecisions(beam.PTransform):
-    """(rows, samples) → (key, representative): MinHash text clusters, pair-aware (see the module docstring).
+    """{"rows", "samples"[, "dropped"]} → (key, representative): MinHash text clusters, pair-aware (see the module
+    docstring). "dropped": the previous stage's (key, representative) decisions whose rows are still among "rows"
+    (taken out in step 1's join).
 
     On the local runner a grouped value lives as Python objects until read, so what its shuffles hold is packed
     (`neardup.Packed`) and, where a record has many, concatenated per bundle and group (`_ConcatPerBundle`):
@@ -362,7 +392,7 @@ class MinhashDecisions(beam.PTransform):
         self._cfg = config
 
     def expand(self, inputs):
-        rows, samples = inputs
+        rows, samples, dropped = inputs["rows"], inputs["samples"], inputs.get("dropped")
         cfg = self._cfg
         signature = _signature(cfg.minhash_min_words, cfg.minhash_num_perm, cfg.minhash_bands)
         sigs = samples | "Signature" >> beam.FlatMap(signature).with_outputs("values", main="digests")
@@ -373,8 +403,8 @@ class MinhashDecisions(beam.PTransform):
         def with_digests(element):
             key, joined = element
             signatures, found = list(joined["sig"]), list(joined["row"])
-            if not signatures or not found:
-                return
+            if not signatures or not found or any(True for _ in joined.get("dropped", ())):
+                return  # no text to compare, no row, or dropped by the previous stage
             digest, band_digests = neardup.unpack_band_digests(signatures[0])
             member = neardup.pack_text_member(found[0], digest)
             yield beam.pvalue.TaggedOutput("members", (neardup.key_group(key, neardup.KEY_GROUPS),
@@ -384,7 +414,12 @@ class MinhashDecisions(beam.PTransform):
 
         packed_rows = rows | "PackRows" >> beam.Map(lambda r: (r.key, neardup.pack_row(r))).with_output_types(
             Tuple[str, neardup.Packed])
-        joined = ({"row": packed_rows, "sig": digests}
+        # The previous stage's decisions (pHash) are taken out of the rows in this same join, not in a join of
+        # their own: a row with a decision is no member here.
+        join = {"row": packed_rows, "sig": digests}
+        if dropped is not None:
+            join["dropped"] = dropped
+        joined = (join
                   | "JoinSignatures" >> beam.CoGroupByKey()
                   | "Bands" >> beam.FlatMap(with_digests).with_outputs("members", main="bands"))
         all_members = (_typed(joined["members"], Tuple[int, bytes])
@@ -594,22 +629,31 @@ class DedupDecisions(beam.PTransform):
         cfg = self._cfg
         rows = samples | "Rows" >> beam.Map(neardup.dedup_row).with_output_types(DedupRow)
         decided = []
+        unapplied = None  # (stage, decisions) the rows still hold rows of: taken out by the next stage's key join
         for stage in self.stages():
+            if unapplied is not None and stage != MINHASH_STAGE:  # MinHash takes them out in its own join
+                rows, unapplied = _survivors(unapplied[0], rows, unapplied[1]), None
+            survivors = None  # the rows this stage keeps, where it knows them without a join
             if stage == EXACT_STAGE:
-                found = rows | EXACT_STAGE >> ExactDecisions()
+                exact = rows | EXACT_STAGE >> ExactDecisions()
+                found, survivors = exact["decisions"], exact[SURVIVORS]
             elif stage == PHASH_STAGE:
                 found = rows | PHASH_STAGE >> PhashDecisions(cfg.phash_max_distance, cfg.max_bucket_pairs,
                                                              cfg.components_max_rounds)
             elif stage == MINHASH_STAGE:
-                found = (rows, samples) | MINHASH_STAGE >> MinhashDecisions(cfg)
+                inputs = {"rows": rows, "samples": samples, **({"dropped": unapplied[1]} if unapplied else {})}
+                found = inputs | MINHASH_STAGE >> MinhashDecisions(cfg)
+                unapplied = None
             else:
                 found = (rows, samples) | stage >> EmbeddingDecisions(
                     stage, cfg.embedding if stage == EMBEDDING_STAGE else cfg.semantic_text, cfg.max_bucket_pairs,
                     cfg.components_max_rounds)
             decided.append(found | f"{stage}Tag" >> beam.MapTuple(
                 lambda key, rep, stage=stage: (key, (stage, rep))).with_output_types(Tuple[str, Decision]))
-            if stage != self.stages()[-1]:
-                rows = _survivors(stage, rows, found)
+            if survivors is not None:
+                rows = survivors
+            else:
+                unapplied = (stage, found)
         if not decided:
             return samples.pipeline | "NoDecisions" >> beam.Create([]).with_output_types(Tuple[str, Decision])
         return decided[0] if len(decided) == 1 else decided | "AllDecisions" >> beam.Flatten()
