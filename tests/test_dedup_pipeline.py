@@ -298,3 +298,24 @@ def test_phash_bucket_cap_emits_stars_with_the_same_clusters_and_is_counted():
     result.wait_until_finish()
     counters = result.metrics().query(MetricsFilter().with_name("phash_bucket_capped"))["counters"]
     assert sum(c.committed for c in counters) >= 1
+
+
+def test_each_stage_reads_only_what_the_stages_before_it_kept():
+    """One decision per dropped record, from the first stage that drops it: exact's groups pass on only the rows
+    they keep, and pHash's decisions are taken out of MinHash's rows in MinHash's own join (issue 22: no survivors
+    join of their own). p2 is both a pHash near-duplicate and a text near-duplicate of p1; e2 is an exact copy of e1
+    (whose text and image would also match in the later stages); t1/t2 are text-only near-duplicates (the longer text stays)."""
+    from vlmloom.pipelines.dedup import DedupDecisions
+
+    words = AGAIN + " and a few more words"
+    samples = [_img("e1", "x", phash=0xF0F0F0F0F0F0F0F0, w=300, text=words + " e"),
+               _img("e2", "x", phash=0xF0F0F0F0F0F0F0F0, w=300, text=words + " e"),
+               _img("p1", "p", phash=0x0123456789ABCDEF, w=200, text=words),
+               _img("p2", "q", phash=0x0123456789ABCDEF ^ 0b11, w=100, text=words),
+               Sample(key="t1", source="s", source_id="t1", text=AGAIN + " first"),
+               Sample(key="t2", source="s", source_id="t2", text=AGAIN + " second")]
+    config = DedupConfig(exact=True, phash=True, minhash=True, minhash_min_words=3)
+    with TestPipeline() as p:
+        decisions = p | beam.Create(samples) | DedupDecisions(config)
+        assert_that(decisions | beam.MapTuple(lambda key, decision: (key, decision[0])),
+                    equal_to([("e2", "exact_dedup"), ("p2", "near_dup_image"), ("t1", "near_dup_text")]))
