@@ -26,6 +26,7 @@ cross-chunk dedup job on metadata and the merge), uninstrumented: time and peak 
 tar size (the unit a chunk counts), so that chunks of a fixed size compare with one job over the same tars:
 
     .venv/bin/python bench/curate_scale.py --sizes 5000 20000 --per-tar 1000            # one job
+    .venv/bin/python bench/curate_scale.py --sizes 5000 20000 --per-tar 1000 --bare --repeat 3   # medians of 3
     .venv/bin/python bench/curate_scale.py --sizes 5000 20000 --per-tar 1000 --chunk 5  # 5,000 records a chunk
 The probes add a measuring branch per GroupByKey (one extra encoding of what it shuffles): times are the probed job's.
 """
@@ -271,11 +272,15 @@ def run_size(n: int, work: str, workers: int, passthrough: bool = False, chunk: 
              disable: tuple[str, ...] = (), bare: bool = False) -> dict:
     import psutil
 
-    tars = make_corpus(os.path.join(work, f"corpus{n}"), n, per_tar=per_tar)
-    probe = os.path.join(work, f"probe{n}.jsonl")
+    corpus = os.path.join(work, f"corpus{n}")
+    tars = os.path.join(corpus, "*.tar") if os.path.isdir(corpus) else make_corpus(corpus, n, per_tar=per_tar)
+    probe, out = os.path.join(work, f"probe{n}.jsonl"), os.path.join(work, f"out{n}")
+    for stale in (probe, out):  # a repeat's run starts clean
+        shutil.rmtree(stale, ignore_errors=True) if os.path.isdir(stale) else (
+            os.remove(stale) if os.path.exists(stale) else None)
     env = {**os.environ, PROBE_ENV: probe}
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", tars,
-                             os.path.join(work, f"out{n}"), str(workers), str(int(passthrough)), str(chunk),
+                             out, str(workers), str(int(passthrough)), str(chunk),
                              ",".join(disable), str(int(bare))], env=env)
     peaks: dict[int, int] = {}
     root = psutil.Process(proc.pid)
@@ -320,6 +325,21 @@ def run_size(n: int, work: str, workers: int, passthrough: bool = False, chunk: 
             "worker_rss": max([v for pid, v in peaks.items() if pid != proc.pid] or [0]), **largest}
 
 
+def _median_row(repeats: list[dict]) -> dict:
+    """One size's runs → one row: the median of time and of each peak (the run-to-run spread of peak RSS on one
+    machine is tens of MB: one run is not a measurement of a few KB per record); probes from the first run."""
+    def median(values):
+        values = sorted(values)
+        middle = len(values) // 2
+        return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+    row = dict(repeats[0])
+    for field in ("seconds", "main_rss", "worker_rss"):
+        row[field] = median([r[field] for r in repeats])
+    row["main_rss_runs"] = [r["main_rss"] for r in repeats]
+    return row
+
+
 def _top(per_label: dict[str, int]) -> tuple[int, str]:
     if not per_label:
         return 0, "none"
@@ -362,30 +382,37 @@ def main() -> None:
     parser.add_argument("--disable", nargs="*", default=[], help="stages to skip besides language (near_dup_text ...)")
     parser.add_argument("--bare", action="store_true",
                         help="no probes: the job's graph as curate builds it (time and peak RSS only)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per size, the sizes interleaved; the tables give medians (peak RSS: min-max too)")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="vlmloom-scale-")
     try:
-        rows = [run_size(n, work, args.workers, args.passthrough, args.chunk, args.per_tar, tuple(args.disable),
-                         args.bare)
-                for n in args.sizes]
+        runs = [[run_size(n, work, args.workers, args.passthrough, args.chunk, args.per_tar, tuple(args.disable),
+                          args.bare) for n in args.sizes] for _ in range(args.repeat)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    rows = [_median_row([rep[i] for rep in runs]) for i in range(len(args.sizes))]
     mb = 2**20
     print(f"\nDirectRunner, {args.workers} worker(s){', pass-through' if args.passthrough else ''}"
           f"{f', chunks of {args.chunk} tars' if args.chunk else ''}, {args.per_tar:,} records a tar"
           f"{f', disabled: {args.disable}' if args.disable else ''}{', no probes' if args.bare else ''}, "
-          f"CPU cores: {os.cpu_count()}\n")
+          f"{args.repeat} run(s) a size{' (medians)' if args.repeat > 1 else ''}, CPU cores: {os.cpu_count()}\n")
     print("| records | kept | time s | peak RSS job MB | peak RSS worker MB | largest side input KB | "
           "largest combine accumulator KB |\n|---|---|---|---|---|---|---|")
     for r in rows:
         side, acc = _top(r["side_input"])[0], _top(r["accumulator"])[0]
-        print(f"| {r['n']:,} | {r['kept']:,} | {r['seconds']:.1f} | {r['main_rss'] / mb:,.0f} | "
+        spread = (f" ({min(r['main_rss_runs']) / mb:,.0f}–{max(r['main_rss_runs']) / mb:,.0f})"
+                  if args.repeat > 1 else "")
+        print(f"| {r['n']:,} | {r['kept']:,} | {r['seconds']:.1f} | {r['main_rss'] / mb:,.0f}{spread} | "
               f"{r['worker_rss'] / mb:,.0f} | {side / 1024:,.1f} | {acc / 1024:,.1f} |")
-    for previous, r in zip(rows, rows[1:]):
+    for i, (previous, r) in enumerate(zip(rows, rows[1:])):
         grown = r["n"] - previous["n"]
+        per_run = [(rep[i + 1]["main_rss"] - rep[i]["main_rss"]) / grown / 1024 for rep in runs]
         print(f"\npeak RSS per record, {previous['n']:,} → {r['n']:,}: job "
               f"{(r['main_rss'] - previous['main_rss']) / grown / 1024:,.1f} KB, worker "
-              f"{(r['worker_rss'] - previous['worker_rss']) / grown / 1024:,.1f} KB")
+              f"{(r['worker_rss'] - previous['worker_rss']) / grown / 1024:,.1f} KB"
+              + (f" (from the medians; each run's pair: {', '.join(f'{v:,.1f}' for v in per_run)} KB)"
+                 if args.repeat > 1 else ""))
     _print_shuffles(rows)
     labels = sorted({label for r in rows for kind in ("side_input", "accumulator") for label in r[kind]})
     print("\nper transform (KB at each size):\n")

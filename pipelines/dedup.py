@@ -403,8 +403,9 @@ class MinhashDecisions(beam.PTransform):
         def with_digests(element):
             key, joined = element
             signatures, found = list(joined["sig"]), list(joined["row"])
+            # no text to compare, no row, or dropped by the previous stage
             if not signatures or not found or any(True for _ in joined.get("dropped", ())):
-                return  # no text to compare, no row, or dropped by the previous stage
+                return
             digest, band_digests = neardup.unpack_band_digests(signatures[0])
             member = neardup.pack_text_member(found[0], digest)
             yield beam.pvalue.TaggedOutput("members", (neardup.key_group(key, neardup.KEY_GROUPS),
