@@ -7,8 +7,9 @@ For each size: N tiny synthetic records (32×32 JPEGs of noise, distinct caption
 same job (read → decode → heuristics → exact dedup → pHash near-dup → MinHash near-dup → write; language id off)
 in a child process, on the DirectRunner. The table gives:
 - time: wall seconds of the job (pipeline build to finish, no report);
-- peak RSS: the child's own peak, and the largest peak of any worker process it started (psutil, sampled every
-  0.2 s over the process tree);
+- peak RSS: the child's own peak when the job ends (the kernel's high-water mark, `ru_maxrss`, read before the
+  child reads the output back to check it), and the largest peak of any worker process it started (psutil,
+  sampled every 0.2 s over the process tree);
 - largest side input: every PCollection consumed as a side input gets a measuring branch that sums the pickled
   sizes of its elements (what a runner materialises and ships to each worker that reads it);
 - largest combine accumulator: every CombineFn of the job is wrapped so that `extract_output` records the size
@@ -221,6 +222,13 @@ def _measure_shuffles(pipeline) -> list[str]:
     return [label for label, _ in found]
 
 
+def _own_peak_rss() -> int:
+    """This process's peak RSS so far, in bytes (the kernel's high-water mark: no sampling gap)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
 def child(tars: str, out: str, workers: int, passthrough: bool = False, chunk: int = 0, disable: str = "",
           bare: bool = False) -> None:
     """Build the job, instrument it (unless `bare`), run it, check every record is accounted for."""
@@ -234,7 +242,8 @@ def child(tars: str, out: str, workers: int, passthrough: bool = False, chunk: i
     if chunk:  # the chunked run as `vlmloom curate --chunk` runs it (several jobs, the merge, the report)
         started = time.perf_counter()
         report = curate(config, args, progress=False)
-        _record({"kind": "job", "seconds": time.perf_counter() - started, "kept": report["accounting"]["kept"],
+        _record({"kind": "job", "seconds": time.perf_counter() - started, "peak_rss": _own_peak_rss(),
+                 "kept": report["accounting"]["kept"],
                  "rejected": report["accounting"]["rejected"]})
         return
     if not bare:
@@ -258,13 +267,13 @@ def child(tars: str, out: str, workers: int, passthrough: bool = False, chunk: i
     if not bare:  # the probes add a consumer per GroupByKey input: the runner then holds that input once more
         _measure_shuffles(pipeline)
     pipeline.run().wait_until_finish()
-    seconds = time.perf_counter() - started
+    seconds, peak_rss = time.perf_counter() - started, _own_peak_rss()  # before the check below reads the output
     if passthrough:
         read_count = [json.loads(line) for line in open(os.environ[PROBE_ENV], encoding="utf-8")]
         kept, rejected = next(e["n"] for e in read_count if e["kind"] == "read"), 0
     else:
         kept, rejected = len(read_manifest(out)), len(read_rejections(out))
-    _record({"kind": "job", "seconds": seconds, "kept": kept, "rejected": rejected})
+    _record({"kind": "job", "seconds": seconds, "peak_rss": peak_rss, "kept": kept, "rejected": rejected})
 
 
 # ------------------------------------------------------------------------------------------ parent
@@ -321,7 +330,9 @@ def run_size(n: int, work: str, workers: int, passthrough: bool = False, chunk: 
         if e["kind"] == "shuffle":
             shuffled[e["label"]] = shuffled.get(e["label"], 0) + e["bytes"]
     largest["shuffle"] = shuffled
-    return {"n": n, "seconds": job["seconds"], "kept": job["kept"], "main_rss": peaks.get(proc.pid, 0),
+    # The job process's peak is its own high-water mark taken when the job ended: the check that follows (reading the
+    # whole manifest back) is not the job's, and sampling every 0.2 s can miss a short peak. Workers are sampled.
+    return {"n": n, "seconds": job["seconds"], "kept": job["kept"], "main_rss": job["peak_rss"],
             "worker_rss": max([v for pid, v in peaks.items() if pid != proc.pid] or [0]), **largest}
 
 
