@@ -121,6 +121,7 @@ def _probe(data: bytes, config: VideoConfig, uri: str | None) -> tuple[VideoRef,
                                             f"{config.max_duration}")
         frames, error, motion, pixel_std = _count_decodable(container, stream, config, fps)
         fmt = _member_format(uri, container.format.name)
+        claimed_frames = int(stream.frames or 0)  # read while the container is open (PyAV >= 18.1.1 checks it)
     if frames == 0:
         raise VideoRejected("corrupt_video", f"no frame decodes{': ' + error if error else ''}")
     duration = frames / fps
@@ -141,7 +142,7 @@ def _probe(data: bytes, config: VideoConfig, uri: str | None) -> tuple[VideoRef,
         raise VideoRejected("too_large", f"{len(plan.frame_indices)} sampled frames of {plan.resized_width}x"
                                          f"{plan.resized_height} need {held} bytes > decode.video.max_decoded_bytes")
     return VideoRef(sha256=sha256_hex(data), uri=uri, bytes=data, format=fmt, duration=duration, fps=fps, width=width,
-                    height=height, codec=codec, frame_count=frames, claimed_frames=int(stream.frames or 0),
+                    height=height, codec=codec, frame_count=frames, claimed_frames=claimed_frames,
                     decode_error=error), {"video_motion": round(motion, 4), "video_pixel_std": round(pixel_std, 4)}
 
 
