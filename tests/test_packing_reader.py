@@ -58,8 +58,10 @@ def test_shuffle_is_seeded(packed):
 
 
 def _loader(packed, **kw):
+    # forkserver, not fork: by now the test process runs threads (Beam's pools from earlier tests, tqdm's monitor), and
+    # a worker forked while one of them held a lock hung at start in a CI run (py-spy: both children at fork)
     ds = PackedDataset(packed, shuffle_buffer=4, seed=3, epochs=2, **kw)
-    return StatefulDataLoader(ds, batch_size=2, num_workers=2, collate_fn=as_list, multiprocessing_context="fork")
+    return StatefulDataLoader(ds, batch_size=2, num_workers=2, collate_fn=as_list, multiprocessing_context="forkserver")
 
 
 @pytest.mark.parametrize("n_first", [3, 8])
@@ -131,7 +133,7 @@ def test_one_shard_two_workers_forever_trains(one_shard):
     total = len(list(PackedDataset(one_shard)))
     assert total >= 4
     ds = PackedDataset(one_shard, shuffle_buffer=3, seed=5, epochs=None)
-    loader = StatefulDataLoader(ds, batch_size=1, num_workers=2, collate_fn=as_list, multiprocessing_context="fork")
+    loader = StatefulDataLoader(ds, batch_size=1, num_workers=2, collate_fn=as_list, multiprocessing_context="forkserver")
     it = iter(loader)
     first_epoch = [next(it)[0]["key"] for _ in range(total)]
     assert sorted(first_epoch) == sorted(x["key"] for x in PackedDataset(one_shard))  # each sequence once
@@ -143,7 +145,7 @@ def test_one_shard_two_workers_forever_trains(one_shard):
 def test_one_shard_two_workers_resume_is_exact(one_shard, n_first):
     def loader():
         ds = PackedDataset(one_shard, shuffle_buffer=3, seed=2, epochs=2)
-        return StatefulDataLoader(ds, batch_size=2, num_workers=2, collate_fn=as_list, multiprocessing_context="fork")
+        return StatefulDataLoader(ds, batch_size=2, num_workers=2, collate_fn=as_list, multiprocessing_context="forkserver")
 
     full = keys(list(loader()))
     assert len(full) > n_first + 2
