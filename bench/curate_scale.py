@@ -39,6 +39,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -284,9 +285,9 @@ def run_size(n: int, work: str, workers: int, passthrough: bool = False, chunk: 
     corpus = os.path.join(work, f"corpus{n}")
     tars = os.path.join(corpus, "*.tar") if os.path.isdir(corpus) else make_corpus(corpus, n, per_tar=per_tar)
     probe, out = os.path.join(work, f"probe{n}.jsonl"), os.path.join(work, f"out{n}")
-    for stale in (probe, out):  # a repeat's run starts clean
-        shutil.rmtree(stale, ignore_errors=True) if os.path.isdir(stale) else (
-            os.remove(stale) if os.path.exists(stale) else None)
+    shutil.rmtree(out, ignore_errors=True)  # a repeat's run starts clean
+    if os.path.exists(probe):
+        os.remove(probe)
     env = {**os.environ, PROBE_ENV: probe}
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", tars,
                              out, str(workers), str(int(passthrough)), str(chunk),
@@ -339,14 +340,9 @@ def run_size(n: int, work: str, workers: int, passthrough: bool = False, chunk: 
 def _median_row(repeats: list[dict]) -> dict:
     """One size's runs → one row: the median of time and of each peak (the run-to-run spread of peak RSS on one
     machine is tens of MB: one run is not a measurement of a few KB per record); probes from the first run."""
-    def median(values):
-        values = sorted(values)
-        middle = len(values) // 2
-        return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
-
     row = dict(repeats[0])
     for field in ("seconds", "main_rss", "worker_rss"):
-        row[field] = median([r[field] for r in repeats])
+        row[field] = statistics.median(r[field] for r in repeats)
     row["main_rss_runs"] = [r["main_rss"] for r in repeats]
     return row
 
