@@ -83,6 +83,12 @@ class Run:
 
 def setup(config: TrainConfig, source: Iterable[Any] | None) -> Run:
     """Process group, model, objective, DeepSpeed engine, resume, metrics: everything before the first step."""
+    if config.mode == "rlcs" and config.rlcs.ray:
+        from vlmloom.trainer.rl_remote import ensure_ray
+
+        # first: ray.init starts its servers by Popen(preexec_fn=...), Python in a forked child, which is only safe
+        # before this process has threads (the process group's, torch's, DeepSpeed's)
+        ensure_ray(config.rlcs.ray_num_cpus)
     device, rank, world_size = init_distributed(config.dist_backend)
     seed_everything(config.seed + rank)
     precision = ("bf16" if device.type == "cuda" else "fp32") if config.precision == "auto" else config.precision
