@@ -154,3 +154,51 @@ def test_bucket_lists_carry_each_bundles_samples_once(tmp_path):
     keyed = _run_bundle(spill._SpillDoFn(str(tmp_path), "keyed", lambda s: s.key), samples[:5])
     reader = spill.SpillReader(str(tmp_path))
     assert [(k, pickle.loads(reader.load(ref)).key) for k, ref in keyed] == [(s.key, s.key) for s in samples[:5]]
+
+
+def test_merged_branches_hold_every_sample_once_spilled_or_not(tmp_path):
+    """A stage's branches (pipelines/stages.py) merged for a step that needs them together: through spill files
+    (references in the Flatten) or a plain Flatten, the same samples, each once."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    samples = _samples(150)
+    for directory in (str(tmp_path / "wait"), None):
+        with TestPipeline() as p:
+            first = p | "A" >> beam.Create(samples[:100], reshuffle=False)
+            second = p | "B" >> beam.Create(samples[100:], reshuffle=False)
+            merged = (first, second) | spill.MergedBranches(directory)
+            assert_that(merged | beam.Map(lambda s: (s.key, s.text)), equal_to([(s.key, s.text) for s in samples]))
+
+
+def test_a_stage_that_needs_the_branches_together_gets_them_merged(tmp_path):
+    """With a corpus-wide document rule on, the documents stage keeps documents and the other records in two
+    branches; with dedup off, the concept stage reads them as one (merged through spill files on the local runner,
+    a Flatten otherwise): both modes write the same bytes, and every record is accounted once."""
+    from vlmloom.curation.concepts import STAGE as CONCEPTS, ConceptConfig, kinds_annotated_by
+    from vlmloom.demo.corpus import DemoCorpusConfig, build_demo_corpus
+
+    build_demo_corpus(str(tmp_path / "corpus"), DemoCorpusConfig(num_samples=60, samples_per_tar=25))
+    outputs = {}
+    for mode in ("always", "never"):
+        config = load_config({"inputs": [{"path": str(tmp_path / "corpus" / "tars" / "*.tar"), "name": "wds"}],
+                              "output": str(tmp_path / mode), "disable": ["exact_dedup", "near_dup_image",
+                                                                          "near_dup_text"],
+                              "documents": {"max_repeated_image_documents": 2},
+                              "models": {"concepts": {"enabled": True}},
+                              "output_format": {"spill": mode, "buckets": 3, "samples_per_shard": 7}})
+        report = curate(config, progress=False)
+        counters = report["counters"]
+        kinds = report["kinds"]
+        assert kinds.get("interleaved") and len(kinds) > 1, kinds  # documents and other records both kept
+        # every record the documents stage kept reached the concept stage (which balances captions and counts
+        # those) and the writer, once
+        assert counters["documents/kept"] == counters["renderable/kept"] == counters["write/samples"]
+        balanced = ConceptConfig().kinds or kinds_annotated_by(CONCEPTS)  # the kinds the concept stage counts
+        assert counters["concepts/kept"] == sum(n for kind, n in kinds.items() if kind in balanced) > 0
+        assert report["accounting"]["balanced"] and report["accounting"]["kept"] == counters["write/samples"]
+        assert not os.path.exists(tmp_path / mode / spill.SPILL_DIR)
+        outputs[mode] = _files(str(tmp_path / mode))
+    assert any(name.startswith("shards/") for name in outputs["always"])
+    assert outputs["always"] == outputs["never"]
