@@ -9,6 +9,7 @@ records can feed the loop (RLCS plugs its own source in); `state_dict`/`load_sta
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 from typing import Any, Iterable
 
@@ -231,8 +232,14 @@ def make_loader(source: Any, collator: PackedCollator, *, micro_batch: int, num_
                              f"(a torch IterableDataset such as PackedDataset); this {type(source).__name__} "
                              f"does not: set num_workers=0")
         source = _IterableSource(source)
+    # Workers start by forkserver, not fork: the trainer's process holds threads by then (the process group's,
+    # DeepSpeed's, tqdm's monitor), and a fork while one of them holds a lock leaves the worker stuck (a CI run of
+    # `vlmloom train` with 2 workers hung there). The reward pool (rewards/pool.py) starts its workers the same way.
+    context = None
+    if num_workers > 0:
+        context = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     return StatefulDataLoader(source, batch_size=micro_batch, collate_fn=collator, num_workers=num_workers,
-                              drop_last=True, persistent_workers=False)
+                              drop_last=True, persistent_workers=False, multiprocessing_context=context)
 
 
 class _IterableSource(torch.utils.data.IterableDataset):
