@@ -201,8 +201,6 @@ def build_pipeline(pipeline: beam.Pipeline, config: CurateConfig, output_dir: st
     spilling = spill.spills(config.output_format.spill, pipeline.options, output_dir)
     unique = read["kept"] | "UniqueKeys" >> UniqueKeys(
         os.path.join(pipeline.local_tempdir, "keys-wait") if spilling else None)
-    # the kept samples: one PCollection, or a tuple of branches that need not meet before a grouping
-    # (pipelines/stages.py: the documents stage's other records do not wait for the documents)
     samples, rejected = unique["kept"], [read["rejected"], unique["rejected"]]
     names = [READ_STAGE]
     pending = None  # dedup decisions, made on metadata: applied once, where the samples are next grouped
@@ -214,9 +212,6 @@ def build_pipeline(pipeline: beam.Pipeline, config: CurateConfig, output_dir: st
                 pending, os.path.join(pipeline.local_tempdir, "dedup-wait") if spilling else None)
             samples, pending = applied["kept"], None
             rejected.append(applied["rejected"])
-        if isinstance(samples, tuple) and not getattr(stage, "takes_branches", False):
-            samples = samples | f"{name}Merge" >> spill.MergedBranches(
-                os.path.join(pipeline.local_tempdir, f"{name}-wait") if spilling else None)
         out = samples | name >> stage
         samples = out["kept"]
         rejected.append(out["rejected"])

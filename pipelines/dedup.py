@@ -64,7 +64,7 @@ from vlmloom.curation.embeddings import HyperplaneLsh, NearRule, RecordEmbedder,
 from vlmloom.curation.neardup import DedupConfig, DedupRow
 from vlmloom.pipelines import progress, spill
 from vlmloom.pipelines.shuffle import keyed, sample_key, unpickled
-from vlmloom.pipelines.stages import KEPT, REJECTED, branch_label, branches_of, merged
+from vlmloom.pipelines.stages import KEPT, REJECTED
 from vlmloom.schemas.config import config_hash
 from vlmloom.schemas.records import LineageEntry, Rejection, Sample
 from vlmloom.schemas.signals import DEDUP_STAGES
@@ -395,22 +395,14 @@ class MinhashDecisions(beam.PTransform):
         rows, samples, dropped = inputs["rows"], inputs["samples"], inputs.get("dropped")
         cfg = self._cfg
         signature = _signature(cfg.minhash_min_words, cfg.minhash_num_perm, cfg.minhash_bands)
-        # per branch of the samples (pipelines/stages.py), each where it is: the digests meet the rows in the join
-        # below under a tag a branch, the values are merged once packed per bundle
-        digests, stores = {}, []
-        for index, branch in enumerate(branches_of(samples)):
-            sigs = branch | branch_label("Signature", index) >> beam.FlatMap(signature).with_outputs(
-                "values", main="digests")
-            digests[branch_label("sig", index)] = _typed(sigs["digests"], Tuple[str, neardup.Packed])
-            stores.append(_typed(sigs["values"], Tuple[int, bytes])
-                          | branch_label("PackSignatures", index) >> beam.ParDo(_ConcatPerBundle()).with_output_types(
-                              Tuple[int, neardup.Packed]))
-        store = merged(stores, "SignatureBranches", Tuple[int, neardup.Packed])
-        sig_tags = tuple(digests)  # (the function below pickles what it names: tags, not PCollections)
+        sigs = samples | "Signature" >> beam.FlatMap(signature).with_outputs("values", main="digests")
+        digests = _typed(sigs["digests"], Tuple[str, neardup.Packed])
+        store = (_typed(sigs["values"], Tuple[int, bytes])
+                 | "PackSignatures" >> beam.ParDo(_ConcatPerBundle()).with_output_types(Tuple[int, neardup.Packed]))
 
         def with_digests(element):
             key, joined = element
-            signatures, found = [s for tag in sig_tags for s in joined[tag]], list(joined["row"])
+            signatures, found = list(joined["sig"]), list(joined["row"])
             # no text to compare, no row, or dropped by the previous stage
             if not signatures or not found or any(True for _ in joined.get("dropped", ())):
                 return
@@ -425,7 +417,7 @@ class MinhashDecisions(beam.PTransform):
             Tuple[str, neardup.Packed])
         # The previous stage's decisions (pHash) are taken out of the rows in this same join, not in a join of
         # their own: a row with a decision is no member here.
-        join = {"row": packed_rows, **digests}
+        join = {"row": packed_rows, "sig": digests}
         if dropped is not None:
             join["dropped"] = dropped
         joined = (join
@@ -587,13 +579,10 @@ class EmbeddingDecisions(beam.PTransform):
     def expand(self, inputs):
         rows, samples = inputs
         cfg, stage, rule, max_pairs = self._cfg, self._stage, self._rule, self._max_pairs
-        vectors = merged([(branch
-                           | branch_label("Applies", index) >> beam.Filter(RecordEmbedder(cfg).applies)
-                           | branch_label("Batch", index) >> beam.BatchElements(min_batch_size=1,
-                                                                                max_batch_size=cfg.batch_size)
-                           | branch_label("Embed", index) >> beam.ParDo(_EmbedDoFn(stage, cfg)).with_output_types(
-                               Tuple[str, Vectors]))
-                          for index, branch in enumerate(branches_of(samples))], "Vectors", Tuple[str, Vectors])
+        vectors = (samples
+                   | "Applies" >> beam.Filter(RecordEmbedder(cfg).applies)
+                   | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=cfg.batch_size)
+                   | "Embed" >> beam.ParDo(_EmbedDoFn(stage, cfg)).with_output_types(Tuple[str, Vectors]))
         buckets_of = _LshBuckets(cfg.lsh_bits, cfg.lsh_tables, cfg.lsh_seed)
 
         def with_vectors(element):
@@ -624,9 +613,8 @@ class EmbeddingDecisions(beam.PTransform):
 
 
 class DedupDecisions(beam.PTransform):
-    """PCollection[Sample] (or a tuple of branches, pipelines/stages.py) → PCollection[(key, (stage,
-    representative))]: every record a dedup stage drops, the stages chained on metadata (each reads the rows the
-    previous one kept)."""
+    """PCollection[Sample] → PCollection[(key, (stage, representative))]: every record a dedup stage drops, the
+    stages chained on metadata (each reads the rows the previous one kept)."""
 
     def __init__(self, config: DedupConfig):
         super().__init__()
@@ -640,8 +628,7 @@ class DedupDecisions(beam.PTransform):
 
     def expand(self, samples):
         cfg = self._cfg
-        rows = merged([branch | branch_label("Rows", index) >> beam.Map(neardup.dedup_row).with_output_types(DedupRow)
-                       for index, branch in enumerate(branches_of(samples))], "AllRows", DedupRow)
+        rows = samples | "Rows" >> beam.Map(neardup.dedup_row).with_output_types(DedupRow)
         decided = []
         unapplied = None  # (stage, decisions) the rows still hold rows of: taken out by the next stage's key join
         for stage in self.stages():
@@ -669,7 +656,7 @@ class DedupDecisions(beam.PTransform):
             else:
                 unapplied = (stage, found)
         if not decided:
-            return rows.pipeline | "NoDecisions" >> beam.Create([]).with_output_types(Tuple[str, Decision])
+            return samples.pipeline | "NoDecisions" >> beam.Create([]).with_output_types(Tuple[str, Decision])
         return decided[0] if len(decided) == 1 else decided | "AllDecisions" >> beam.Flatten()
 
 
@@ -774,8 +761,7 @@ class _ApplyDoFn(progress.CountingDoFn):
 
 class ApplyDecisions(beam.PTransform):
     """(samples, PendingDecisions) → {"kept", "rejected"}: one keyed grouping of the samples with their decisions
-    (for when a stage that needs the deduplicated samples follows; the sink applies them itself otherwise).
-    `samples` may be a tuple of branches (pipelines/stages.py): the grouping merges them."""
+    (for when a stage that needs the deduplicated samples follows; the sink applies them itself otherwise)."""
 
     def __init__(self, pending: PendingDecisions, spill_to: str | None = None):
         super().__init__()
@@ -784,11 +770,9 @@ class ApplyDecisions(beam.PTransform):
 
     def expand(self, samples):
         marked = self._pending.values(lambda key: key, "Decisions")
-        waiting = [branch | branch_label("ByKey", index) >> (
-                       spill.SpilledByBucket(self._spill_to, sample_key, str, per_sample=True) if self._spill_to
-                       else keyed(sample_key))
-                   for index, branch in enumerate(branches_of(samples))]  # a stage's branches, each where it is
-        out = ((*waiting, marked)
+        waiting = (samples | "ByKey" >> spill.SpilledByBucket(self._spill_to, sample_key, str, per_sample=True)
+                   if self._spill_to else samples | "ByKey" >> keyed(sample_key))
+        out = ((waiting, marked)
                | "Merge" >> beam.Flatten().with_output_types(Tuple[str, bytes])
                | "GroupByKey" >> beam.GroupByKey()
                | "Apply" >> beam.ParDo(_ApplyDoFn((self._pending.lineage, self._pending.later), self._spill_to))
@@ -807,11 +791,9 @@ class Dedup(beam.PTransform):
         self.stage_names = self._decisions.stages()
         self._lineage = tuple((stage, config_hash(config)) for stage in self.stage_names)
 
-    takes_branches = True  # the samples pass untouched; their metadata is read per branch
-
     def expand(self, samples):
         decisions = samples | "Decisions" >> self._decisions
-        rejected = decisions.pipeline | "NoneYet" >> beam.Create([]).with_output_types(Rejection)
+        rejected = samples.pipeline | "NoneYet" >> beam.Create([]).with_output_types(Rejection)
         return {KEPT: samples, REJECTED: rejected, "pending": PendingDecisions(decisions, self._lineage)}
 
 

@@ -1,12 +1,11 @@
 """The `documents` stage: per-document rules for interleaved documents (curation/documents.py), with images
 that many documents repeat (logos, ads) removed from every document that holds them.
 
-    samples | DocumentRules(DocumentConfig())  → {"kept": (documents, other records), "rejected": ...}
+    samples | DocumentRules(DocumentConfig())  → {"kept": ..., "rejected": ...}
 
 Which images are repeated is a corpus-wide count: (image identity, document key) pairs — metadata, no pixels —
 are grouped by identity; an identity held by more than `documents.max_repeated_image_documents` distinct
-documents yields (document key, identity) removals, which meet their documents in one keyed join; the other
-records do not wait for the count (they leave as a branch of their own, pipelines/stages.py). Each removed
+documents yields (document key, identity) removals, which meet their documents in one keyed join. Each removed
 image is counted (`documents/images_removed_repeated_image`) and named in the document's `document_images_removed`
 signal; the rules then judge what is left.
 
@@ -85,8 +84,8 @@ def _spilled_with_removals(element):
 
 
 class _Unspill(beam.DoFn):
-    """(spill reference, removals) → (sample, removals): the document the reference names, read back from where it
-    waited."""
+    """(spill reference, removals) → (sample, removals) for each sample the reference names, read back from where
+    it waited."""
 
     def __init__(self, directory: str):
         self._dir = directory
@@ -98,16 +97,13 @@ class _Unspill(beam.DoFn):
         self._reader.close()
 
     def process(self, element):
-        ref, repeated = element
+        ref, repeated = element  # a document's own reference, or a run of other records (nothing to remove)
         for sample in self._reader.samples(ref):
             yield sample, repeated
 
 
 class DocumentRules(beam.PTransform):
-    """→ {"kept": (documents, other records), "rejected"}: kept is two branches (pipelines/stages.py) when
-    documents wait for the corpus-wide count of repeated images (`documents.max_repeated_image_documents`): the
-    other records pass the stage without waiting for it; one PCollection otherwise. `spill`: output_format.spill's
-    mode: on the local runners the documents wait for their removals on disk."""
+    """`spill`: output_format.spill's mode: on the local runners the samples wait for the removals on disk."""
 
     def __init__(self, config: DocumentConfig, *, config_hash_: str = "", max_error_ratio: float = 0.05,
                  spill_mode: str = "never", output: str = ""):
@@ -116,36 +112,42 @@ class DocumentRules(beam.PTransform):
         self._spill_mode, self._output = spill_mode, output
 
     def expand(self, samples):
-        kinds, limit = self._config.selected_kinds(), self._config.max_repeated_image_documents
-        decide = Fixed(_Decide(self._config))
-        if not limit:  # nothing corpus-wide: every record is judged where it is (only documents are judged)
-            pairs = samples | "NoRemovals" >> beam.Map(_nothing_removed).with_output_types(Tuple[Sample, List[str]])
-            kept, rejected = route(pairs, "Route", STAGE, decide, self._hash, max_error_ratio=self._max_error_ratio)
-            return {KEPT: kept, REJECTED: rejected | "MergeRejected" >> beam.Flatten()}
-        # Only documents take part in the count and wait for it; the other records are routed (kept counts and
-        # lineage, like every stage) where they are, and leave as a branch of their own.
+        # Only documents take part: other records pass around the stage's join untouched.
+        kinds = self._config.selected_kinds()
         documents_, others = samples | "SplitDocuments" >> beam.Partition(
             lambda sample, _: 0 if sample.kind in kinds else 1, 2)
-        removals = (documents_ | "ImageHolders" >> beam.FlatMap(_image_holders, kinds)
-                    | "GroupByImage" >> beam.GroupByKey()
-                    | "Repeated" >> beam.FlatMap(_removals, limit))
-        # on the local runners the documents wait for their removals on disk (pipelines/spill.py): the join
-        # carries a reference per document
-        wait = (os.path.join(samples.pipeline.local_tempdir, "documents-wait")
-                if spill.spills(self._spill_mode, samples.pipeline.options, self._output) else None)
-        if wait:
-            waiting = documents_ | "ByKey" >> spill.SpilledByBucket(wait, sample_key, str, per_sample=True)
-            joined = ({"sample": waiting, "remove": removals}
-                      | "JoinRemovals" >> beam.CoGroupByKey()
-                      | "WithRemovals" >> beam.FlatMap(_spilled_with_removals).with_output_types(
-                          Tuple[bytes, List[str]])
-                      | "Unspill" >> beam.ParDo(_Unspill(wait)).with_output_types(Tuple[Sample, List[str]]))
+        limit = self._config.max_repeated_image_documents
+        # The records that wait for the removals (a corpus-wide count): the others wait for the documents' join in
+        # a Flatten, which the local runner materialises; there they wait on disk (pipelines/spill.py): the join
+        # carries a reference per document, the Flatten one per run of other records.
+        wait = (os.path.join(samples.pipeline.local_tempdir, "documents-wait") if limit and spill.spills(
+            self._spill_mode, samples.pipeline.options, self._output) else None)
+        if limit:
+            removals = (documents_ | "ImageHolders" >> beam.FlatMap(_image_holders, kinds)
+                        | "GroupByImage" >> beam.GroupByKey()
+                        | "Repeated" >> beam.FlatMap(_removals, limit))
+            if wait:
+                waiting = documents_ | "ByKey" >> spill.SpilledByBucket(wait, sample_key, str, per_sample=True)
+                joined = ({"sample": waiting, "remove": removals}
+                          | "JoinRemovals" >> beam.CoGroupByKey()
+                          | "WithRemovals" >> beam.FlatMap(_spilled_with_removals).with_output_types(
+                              Tuple[bytes, List[str]]))
+                others_waiting = (others | "OthersWait" >> spill.SpilledSamples(wait)
+                                  | "Others" >> beam.Map(lambda ref: (ref, [])).with_output_types(
+                                      Tuple[bytes, List[str]]))
+                routed = ((joined, others_waiting) | "WithOthers" >> beam.Flatten()
+                          | "Unspill" >> beam.ParDo(_Unspill(wait)))
+            else:
+                joined = ({"sample": documents_ | "ByKey" >> keyed(sample_key), "remove": removals}
+                          | "JoinRemovals" >> beam.CoGroupByKey()
+                          | "WithRemovals" >> beam.FlatMap(_with_removals).with_output_types(Tuple[Sample, List[str]]))
         else:
-            joined = ({"sample": documents_ | "ByKey" >> keyed(sample_key), "remove": removals}
-                      | "JoinRemovals" >> beam.CoGroupByKey()
-                      | "WithRemovals" >> beam.FlatMap(_with_removals).with_output_types(Tuple[Sample, List[str]]))
-        passing = others | "Others" >> beam.Map(_nothing_removed).with_output_types(Tuple[Sample, List[str]])
-        kept, rejected = route((joined, passing), "Route", STAGE, decide, self._hash,
+            joined = documents_ | "NoRemovals" >> beam.Map(_nothing_removed).with_output_types(Tuple[Sample, List[str]])
+        if not wait:
+            # Every record is routed (kept counts and lineage like every stage); only documents are judged.
+            passing = others | "Others" >> beam.Map(_nothing_removed).with_output_types(Tuple[Sample, List[str]])
+            routed = (joined, passing) | "WithOthers" >> beam.Flatten()
+        kept, rejected = route(routed, "Route", STAGE, Fixed(_Decide(self._config)), self._hash,
                                max_error_ratio=self._max_error_ratio)
         return {KEPT: kept, REJECTED: rejected | "MergeRejected" >> beam.Flatten()}
 

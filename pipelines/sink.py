@@ -35,7 +35,6 @@ from vlmloom.pipelines import progress
 from vlmloom.pipelines.report import ReportStats
 from vlmloom.pipelines.shuffle import keyed, unpickled
 from vlmloom.pipelines.spill import SPILL_MODES, SpilledByBucket, read_spilled, spill_dir, spills
-from vlmloom.pipelines.stages import branch_label, branches_of, merged
 from vlmloom.pipelines.files import BEAM_FILES
 from vlmloom.schemas.config import ConfigError
 from vlmloom.schemas.curated import (MAX_BUCKETS, bucket_shards, key_bucket, manifest_part, rejected_part,
@@ -180,8 +179,7 @@ class _WriteParts(beam.DoFn):
 class WriteCurated(beam.PTransform):
     """{"kept", "rejected"} → shards/, manifest/, rejected/ under `output_dir`, and each bucket's report
     aggregates (curated.report_stats_path, for the driver's report.json); returns the buckets written.
-    `pending`: dedup decisions (pipelines.dedup.PendingDecisions) to apply to the kept samples in their bucket.
-    "kept" may be a tuple of branches (pipelines/stages.py)."""
+    `pending`: dedup decisions (pipelines.dedup.PendingDecisions) to apply to the kept samples in their bucket."""
 
     def __init__(self, output_dir: str, config: OutputConfig, pending=None):
         super().__init__()
@@ -190,19 +188,15 @@ class WriteCurated(beam.PTransform):
         self._pending = pending
 
     def expand(self, outputs):
-        branches, rejected = branches_of(outputs["kept"]), outputs["rejected"]
+        samples, rejected = outputs["kept"], outputs["rejected"]
         buckets = self._cfg.buckets
-        pipeline = branches[0].pipeline
         # The samples reach their bucket's writer through a GroupByKey of their own: a Flatten with the other
         # inputs would be materialised by the local runner (every sample encoded and decoded once more). The
         # light rest (manifest rows, rejections, bucket ids) meets in a second grouping that writes the parts.
-        # Kept samples in several branches (pipelines/stages.py) each go to their bucket where they are; on the
-        # local runners what merges them before the grouping is spill references.
-        spilled = spills(self._cfg.spill, pipeline.options, self._dir)
+        spilled = spills(self._cfg.spill, samples.pipeline.options, self._dir)
         by_bucket = partial(_sample_bucket, buckets)
-        kept = merged([branch | branch_label("KeptByBucket", index) >> (
-                           SpilledByBucket(spill_dir(self._dir), by_bucket) if spilled else keyed(by_bucket, int))
-                       for index, branch in enumerate(branches)], "KeptBranches", Tuple[int, bytes])
+        kept = samples | "KeptByBucket" >> (SpilledByBucket(spill_dir(self._dir), by_bucket) if spilled
+                                            else keyed(by_bucket, int))
         lineage, side = None, ()
         if self._pending is not None:  # the dedup decisions meet their samples here, once, bucket by bucket
             lineage = (self._pending.lineage, self._pending.later)
@@ -212,7 +206,7 @@ class WriteCurated(beam.PTransform):
                 | "GroupByBucket" >> beam.GroupByKey()
                 | "WriteShards" >> beam.ParDo(_WriteShards(self._dir, self._cfg, lineage, spilled), *side)
                 .with_output_types(Tuple[int, bytes]))
-        ids = pipeline | "BucketIds" >> beam.Create([(b, b"") for b in range(buckets)], reshuffle=False)
+        ids = samples.pipeline | "BucketIds" >> beam.Create([(b, b"") for b in range(buckets)], reshuffle=False)
         dropped = rejected | "RejectedByBucket" >> beam.Map(partial(_rejection_by_bucket, buckets)).with_output_types(
             Tuple[int, bytes])
         return ((ids, rows, dropped)

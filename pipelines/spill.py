@@ -5,7 +5,6 @@
     for pickled in read_spilled(spill_dir, values): ...                 # in the bucket's writer
     samples | "Wait" >> SpilledSamples(directory)   → one reference per run of up to RUN_SAMPLES samples
     for sample in SpillReader(directory).samples(ref): ...               # the step that waited
-    branches | "Merge" >> MergedBranches(directory)   → one PCollection of a stage's branches (pipelines/stages.py)
 
 On Beam's local runners (the DirectRunner's FnApiRunner, in-process or with worker processes) a GroupByKey's
 input lives in the runner's memory until every producer is done, decoded into Python objects: the sink's
@@ -20,9 +19,8 @@ element (encoding it, buffering it, handing it to the next stage: tens of micros
 paid once a run, not once a sample. The bucket's writer reads its samples back in file order. The same holds for
 the other waits of the local job: samples waiting for a side input (key uniqueness's decisions:
 `SpilledSamples`, a run read back by a `SpillReader`), for the documents stage's removals (the documents one by
-one, keyed for their join; the other records do not wait, they leave the stage as a branch of their own), for
-dedup's decisions before model stages (`ApplyDecisions`, keyed by sample) and for a stage's branches where a step
-needs them together (`MergedBranches`); those files live in the pipeline's own temporary directory, which Beam
+one, keyed for their join; the other records in runs) and for dedup's decisions before model stages
+(`ApplyDecisions`, keyed by sample); those files live in the pipeline's own temporary directory, which Beam
 removes. A bundle that fails or is retried leaves a file no reference names; the job removes the
 directory when it ends, whatever the outcome (curate.py, chunked.py), and for local outputs it lives inside the
 staging directory anyway.
@@ -272,39 +270,3 @@ class SpilledSamples(beam.PTransform):
 
     def expand(self, samples):
         return samples | "Spill" >> beam.ParDo(_SpillDoFn(self._dir, "runs")).with_output_types(bytes)
-
-
-class _ReadRuns(beam.DoFn):
-    """Reference to a run of samples → the samples, read back from where they waited."""
-
-    def __init__(self, directory: str):
-        self._dir = directory
-
-    def setup(self):
-        self._reader = SpillReader(self._dir)
-
-    def finish_bundle(self):
-        self._reader.close()
-
-    def process(self, ref: bytes):
-        yield from self._reader.samples(ref)
-
-
-class MergedBranches(beam.PTransform):
-    """A stage's branches (a tuple of PCollection[Sample], pipelines/stages.py) → one PCollection[Sample], for a
-    step that needs them together. A Flatten, which the local runner materialises; with `directory`, each
-    branch's samples wait there in runs and the Flatten carries references, read back after it."""
-
-    def __init__(self, directory: str | None = None):
-        super().__init__()
-        self._dir = directory
-
-    def expand(self, branches):
-        branches = tuple(branches)
-        if len(branches) == 1:
-            return branches[0]
-        if not self._dir:
-            return branches | "Flatten" >> beam.Flatten()
-        refs = [branch | f"Wait{index}" >> SpilledSamples(self._dir) for index, branch in enumerate(branches)]
-        return (tuple(refs) | "References" >> beam.Flatten().with_output_types(bytes)
-                | "Read" >> beam.ParDo(_ReadRuns(self._dir)).with_output_types(Sample))

@@ -9,14 +9,6 @@ more than `max_error_ratio` of them fails the job (`ErrorBudget`).
 Every stage routes through one DoFn, `RouteDoFn` (via `route()`): `JudgeStage` wraps any per-record judge;
 dedup (pipelines/dedup.py) and model stages (pipelines/model_stages.py) compute their decisions with their
 own transforms and route them the same way.
-
-Branches: a stage's "kept" may also be a tuple of PCollections, records that took different paths through it
-(the documents stage: documents waited for a corpus-wide count, the other records did not) and need not meet
-again until a later grouping does it anyway. Beam's local runner materialises every multi-input Flatten (each
-input buffered whole before the consumer starts), so merging them on the spot would make the records that did
-not wait, wait. A stage that takes branches (class attribute `takes_branches`: per-record judges, dedup; also
-dedup's ApplyDecisions and the sink) handles each branch where it is; `curate.build_pipeline` merges them
-(`spill.MergedBranches`) before any other stage.
 """
 from __future__ import annotations
 
@@ -178,46 +170,22 @@ class _JudgeDecide:
         return lambda sample: (sample, judge(sample))
 
 
-def branches_of(kept) -> tuple:
-    """A stage's "kept" as a tuple of branches (one PCollection: a tuple of one)."""
-    return tuple(kept) if isinstance(kept, (tuple, list)) else (kept,)
-
-
-def branch_label(label: str, index: int) -> str:
-    """The label of a step applied to branch `index`: the first keeps the label it has without branches."""
-    return f"{label}{index}" if index else label
-
-
-def merged(pcolls, label: str, element_type: Any):
-    """What a step made on each branch, as one PCollection: the only one, or their Flatten (typed)."""
-    pcolls = tuple(pcolls)
-    return pcolls[0] if len(pcolls) == 1 else pcolls | label >> beam.Flatten().with_output_types(element_type)
-
-
 def route(pcoll, label: str, stage: str, make_decide: DecideFactory, config_hash: str, *, decision: str = "kept",
           max_error_ratio: float = 0.05, side_inputs: Sequence[Any] = (), final: bool = True):
     """`pcoll | RouteDoFn(...)` → (kept, [rejected]). Unexpected exceptions become `quarantined_error`
-    Rejections; more than `max_error_ratio` of them fails the job (`ErrorBudget`, unless the ratio is 1).
-    `pcoll` may be a tuple of branches: each is routed where it is (kept is then the tuple of their kept), and
-    the error budget is the stage's, over all of them."""
+    Rejections; more than `max_error_ratio` of them fails the job (`ErrorBudget`, unless the ratio is 1)."""
     count_errors = max_error_ratio < 1
-    kept, rejected, errors = [], [], []
-    for index, branch in enumerate(branches_of(pcoll)):
-        result = (
-            branch
-            | branch_label(label, index) >> beam.ParDo(
-                RouteDoFn(stage, make_decide, config_hash, decision, final, count_errors), *side_inputs)
-            # Declaring the tagged outputs keeps Beam from warning "Tags {'rejected'} ... not declared" per stage.
-            .with_output_types(Sample, **{REJECTED: Rejection, ERRORS: Tuple[int, int]})
-            .with_outputs(REJECTED, ERRORS, main=KEPT)
-        )
-        kept.append(result[KEPT])
-        rejected.append(result[REJECTED])
-        errors.append(result[ERRORS])
+    result = (
+        pcoll
+        | label >> beam.ParDo(RouteDoFn(stage, make_decide, config_hash, decision, final, count_errors),
+                              *side_inputs)
+        # Declaring the tagged outputs keeps Beam from warning "Tags {'rejected'} ... not declared" per stage.
+        .with_output_types(Sample, **{REJECTED: Rejection, ERRORS: Tuple[int, int]})
+        .with_outputs(REJECTED, ERRORS, main=KEPT)
+    )
     if count_errors:
-        counts = merged(errors, f"{label}Errors", Tuple[int, int])
-        _ = counts | f"{label}ErrorBudget" >> ErrorBudget(stage, max_error_ratio)
-    return (tuple(kept) if isinstance(pcoll, (tuple, list)) else kept[0]), rejected
+        _ = result[ERRORS] | f"{label}ErrorBudget" >> ErrorBudget(stage, max_error_ratio)
+    return result[KEPT], [result[REJECTED]]
 
 
 def quarantine(stage: str):
@@ -252,9 +220,7 @@ def quarantine_any(stage: str):
 
 
 class JudgeStage(beam.PTransform):
-    """Run `judge_factory()(sample)` on every sample; route rejects and quarantine unexpected errors. Takes
-    branches (a tuple of PCollections: judged each where it is, kept as a tuple)."""
-    takes_branches = True
+    """Run `judge_factory()(sample)` on every sample; route rejects and quarantine unexpected errors."""
 
     def __init__(self, stage: str, judge_factory: JudgeFactory, config_hash: str = "", max_error_ratio: float = 0.05):
         super().__init__(label=stage)

@@ -19,7 +19,6 @@ from vlmloom.curation import neardup
 from vlmloom.demo.models import save_random_clip
 from vlmloom.pipelines.curate import build_pipeline, load_config
 from vlmloom.pipelines.shuffle import KeyedSamples
-from vlmloom.pipelines.spill import _SpillDoFn
 from vlmloom.schemas.records import Sample
 
 # (full-label pattern, kind, why it is bounded). Kind: "side_input" or "global_combine".
@@ -140,8 +139,7 @@ DECIDING_STAGES = ("dedup/", "UniqueKeys/")
 # producer check, so that nothing else is smuggled through the packed type.
 PACKED_METADATA = {
     neardup.Packed: (r"^dedup/Decisions/near_dup_text/"
-                     r"(Signature|PackSignatures|PackRows|PackBands|PackMembers|BucketMembers|Verify/ToPairs)"
-                     r"(\d+|Branches)?(/|$)",  # \d+: per branch of the samples (pipelines/stages.py); merged
+                     r"(Signature|PackSignatures|PackRows|PackBands|PackMembers|BucketMembers|Verify/ToPairs)(/|$)",
                      "MinHash signature values (or a shorter text they come from), digests, image hashes, sizes "
                      "and keys (curation/neardup.py packing)"),
 }
@@ -292,8 +290,7 @@ def test_the_default_local_job_materialises_no_flatten_of_samples(tmp_path):
             if isinstance(applied.transform, beam.Flatten) and len(applied.inputs) > 1:
                 found.extend(applied.full_label for p in applied.inputs if _carries_samples(p))
 
-    # on a cluster runner (spill: never) a Flatten costs nothing: the writer merges the documents stage's branches
-    for spill_mode, expected in (("auto", []), ("never", ["Write/KeptBranches"])):
+    for spill_mode, expected in (("auto", []), ("never", ["documents/WithOthers"])):
         pipeline = beam.Pipeline()
         build_pipeline(pipeline, load_config({**config, "output_format": {"spill": spill_mode}}),
                        str(tmp_path / "out"))
@@ -301,43 +298,3 @@ def test_the_default_local_job_materialises_no_flatten_of_samples(tmp_path):
         pipeline.visit(Visitor())
         shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
         assert sorted(set(found)) == expected, spill_mode
-
-
-def test_records_that_are_not_documents_do_not_wait_for_the_documents(tmp_path):
-    """The documents stage's corpus-wide count holds back the documents alone: on the local runner, the other
-    records' first wait after the stage is their bucket's writer (one spill), while each document waits for its
-    removals first. Followed through the built graph, from the stage's split, along the PCollections of samples,
-    to the first step that holds them (a spill, a grouping or a multi-input Flatten of samples)."""
-    config = _every_stage_config(tmp_path)
-    config.pop("models")
-    pipeline = beam.Pipeline()
-    build_pipeline(pipeline, load_config(config), str(tmp_path / "out"))
-    consumers, split = {}, {}
-
-    class Visitor(PipelineVisitor):
-        def visit_transform(self, applied):
-            for pcoll in applied.inputs:
-                consumers.setdefault(pcoll, []).append(applied)
-            if applied.full_label.startswith("documents/SplitDocuments/"):
-                split.update((tag, pcoll) for tag, pcoll in applied.outputs.items() if tag in ("0", "1"))
-
-    pipeline.visit(Visitor())
-    shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
-
-    def first_waits(start) -> set[str]:
-        found, seen, todo = set(), set(), [start]
-        while todo:
-            for applied in consumers.get(todo.pop(), []):
-                if applied.full_label in seen:
-                    continue
-                seen.add(applied.full_label)
-                transform = applied.transform
-                if (isinstance(transform, beam.GroupByKey) or isinstance(transform, beam.Flatten)
-                        or isinstance(getattr(transform, "fn", None), _SpillDoFn)):
-                    found.add(applied.full_label)
-                    continue
-                todo.extend(p for p in applied.outputs.values() if "Sample" in str(p.element_type))
-        return found
-
-    assert first_waits(split["1"]) == {"Write/KeptByBucket1/Spill"}  # the other records
-    assert first_waits(split["0"]) == {"documents/ByKey/Spill"}  # the documents, for their join with the removals
