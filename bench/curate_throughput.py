@@ -3,6 +3,7 @@
     .venv/bin/python bench/curate_throughput.py --n 3000
     .venv/bin/python bench/curate_throughput.py --n 12000 --corpus /tmp/c12k --repeat 2 --hashes 1000
     .venv/bin/python bench/curate_throughput.py --corpus /tmp/c12k --profile     # where the pipeline's time goes
+    .venv/bin/python bench/curate_throughput.py --corpus /tmp/c12k --paired 4    # 1 worker vs bare, side by side
 
 Per-sample work = read from tar + decode/validate (EXIF, RGB, size/aspect/bomb guards) + sha256 + pHash
 (`curation.decode.decode_sample`); the second baseline also writes the kept samples with the pipeline's own
@@ -15,7 +16,9 @@ and 2 workers (multi_processing). Every row runs in a fresh process
 time is the whole `curate` call (start-up, report and report.html included). Ratio = pipeline / bare loop;
 per worker = ratio / workers. Also printed: every run's CPU seconds (its worker processes included) and the
 hypervisor's steal meanwhile, and the ratios within each round with their median (a shared VM drifts by more
-than the overheads measured here, so a row's best can come from a faster minute than its baseline's). Then
+than the overheads measured here, so a row's best can come from a faster minute than its baseline's).
+`--paired R` instead runs the bare loop + write and the 1-worker pipeline at the same time, each pinned to a core
+of its own (swapped every round), so that each ratio compares the same minutes of the machine. Then
 near-duplicate clustering of 1M synthetic pHashes (incl. a bucket of 100k identical ones) with
 `curation.neardup.cluster_phashes`: time and peak RSS.
 """
@@ -145,17 +148,21 @@ def bare_write_split(corpus: str, work: str, parts: int) -> dict:
             "samples": sum(d["samples"] for d in done)}
 
 
-def measure(kind: str, corpus: str, work: str, workers: int = 1) -> dict:
+def measure(kind: str, corpus: str, work: str, workers: int = 1, before_clock=None) -> dict:
     """One measurement in this process: `bare`, `bare_write`, `bare_write_split` (over `workers` processes) or
     `pipeline` (with `workers`): seconds, CPU seconds (this process and its worker processes, from the start of
-    the timed part), steal seconds, samples."""
+    the timed part), steal seconds, samples. `before_clock()`: called once warmed up, just before the clock starts."""
     if kind == "bare_write_split":
         return bare_write_split(corpus, work, workers)
     tars = sorted(glob.glob(os.path.join(corpus, "tars", "*.tar")))
-    if kind == "pipeline":  # imported before the clock starts, as the bare loop's imports are: the pipeline's
-        import vlmloom.pipelines.curate  # noqa: F401  # time is the curate call (start-up, workers', report included)
-    else:
-        bare_loop(tars[:1])  # warm imports and caches, as the pipeline's own start-up is inside its time
+    # Every row warms up the same way before its clock starts: the per-sample work's lazy imports (imagehash's
+    # scipy, PIL's plugins: ~0.6 s, which the pipeline's time counted and the bare loop's did not) and the first
+    # tar's pages. The pipeline's own start-up stays inside its time: the curate call, graph, workers and report.
+    bare_loop(tars[:1])
+    if kind == "pipeline":
+        import vlmloom.pipelines.curate  # noqa: F401
+    if before_clock is not None:
+        before_clock()
     cpu, steal, t = _cpu_seconds(), _steal_seconds(), time.perf_counter()
     if kind == "pipeline":
         run_pipeline(os.path.join(corpus, "tars", "*.tar"), os.path.join(work, f"out{workers}"), workers)
@@ -164,6 +171,63 @@ def measure(kind: str, corpus: str, work: str, workers: int = 1) -> dict:
         n = bare_loop(tars, os.path.join(work, "bare_written") if kind == "bare_write" else "")
     return {"seconds": time.perf_counter() - t, "cpu": _cpu_seconds() - cpu, "steal": _steal_seconds() - steal,
             "samples": n}
+
+
+def _paired_child(kind: str, corpus: str, work: str, cpu: int) -> None:
+    """Child of `paired_rounds`: on core `cpu` alone (its threads too), warm up, say ready, wait for the go line on
+    stdin, then one measurement of `kind` with 1 worker; prints it as JSON."""
+    import json
+
+    os.sched_setaffinity(0, {cpu})  # before any thread starts: every thread of this process inherits it
+
+    def ready_then_wait():
+        print("ready", flush=True)
+        sys.stdin.readline()
+
+    print(json.dumps(measure(kind, corpus, work, 1, before_clock=ready_then_wait)), flush=True)
+
+
+def paired_rounds(corpus: str, work: str, rounds: int) -> list[dict]:
+    """The bare loop + write and the 1-worker pipeline at the same time, each pinned to a core of its own (the cores
+    swapped every round), both warmed up and started together: the two run through the same minutes of this VM,
+    whose speed drifts by more than the overhead measured. Rows run one after the other compare different minutes.
+    Each round: {"bare_write": ..., "pipeline": ..., "cores": (bare's, pipeline's)}."""
+    import json
+
+    out, (first, second) = [], sorted(os.sched_getaffinity(0))[:2]
+    for index in range(rounds):
+        cores = (first, second) if index % 2 == 0 else (second, first)
+        children = {kind: subprocess.Popen([sys.executable, os.path.abspath(__file__), "--corpus", corpus, "--measure",
+                                            f"paired:{kind}:{core}", "--work", work], stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, text=True)
+                    for kind, core in zip(("bare_write", "pipeline"), cores)}
+        for child in children.values():
+            line = child.stdout.readline().strip()
+            while line != "ready":  # (a library may print on stdout while it loads)
+                if not line and child.poll() is not None:
+                    raise RuntimeError("a paired child exited before it was ready")
+                line = child.stdout.readline().strip()
+        for child in children.values():
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        got = {kind: json.loads(child.communicate()[0].strip().splitlines()[-1]) for kind, child in children.items()}
+        out.append({**got, "cores": cores})
+    return out
+
+
+def _print_paired(runs: list[dict], samples: int) -> None:
+    import statistics
+
+    print("\nPaired: bare loop + write and the pipeline (1 worker) at once, each on a core of its own\n\n"
+          "| round | cores (bare, pipeline) | bare loop + write s | pipeline s | pipeline CPU ms/sample "
+          "| ratio (bare / pipeline) |\n|---|---|---|---|---|---|")
+    ratios = []
+    for index, run in enumerate(runs, start=1):
+        bare, pipe = run["bare_write"], run["pipeline"]
+        ratios.append(bare["seconds"] / pipe["seconds"])
+        print(f"| {index} | {run['cores'][0]}, {run['cores'][1]} | {bare['seconds']:.1f} | {pipe['seconds']:.1f} "
+              f"| {pipe['cpu'] / samples * 1000:.2f} | {ratios[-1]:.3f} |")
+    print(f"| median | | | | | {statistics.median(ratios):.3f} |")
 
 
 def _in_subprocess(kind: str, corpus: str, work: str, workers: int = 1) -> dict:
@@ -204,6 +268,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="only cProfile the in-process pipeline")
     parser.add_argument("--repeat", type=int, default=1,
                         help="measure each row this many times (interleaved), keep the best")
+    parser.add_argument("--paired", type=int, default=0, metavar="R",
+                        help="only R paired rounds: bare loop + write and the 1-worker pipeline at once, one core each")
     parser.add_argument("--measure", default="", help=argparse.SUPPRESS)  # internal: one row, in this process
     parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--work", default="", help=argparse.SUPPRESS)
@@ -211,6 +277,10 @@ def main() -> None:
     if args.measure.startswith("bare_part:"):
         _, part, parts = args.measure.split(":")
         _bare_part(args.corpus, args.work, int(part), int(parts))
+        return
+    if args.measure.startswith("paired:"):
+        _, kind, cpu = args.measure.split(":")
+        _paired_child(kind, args.corpus, args.work, int(cpu))
         return
     if args.measure:
         import json
@@ -227,6 +297,14 @@ def main() -> None:
         tars = sorted(glob.glob(os.path.join(corpus, "tars", "*.tar")))
         if args.profile:
             profile_pipeline(os.path.join(corpus, "tars", "*.tar"), os.path.join(work, "profiled"))
+            return
+        if args.paired:
+            if len(os.sched_getaffinity(0)) < 2:
+                raise SystemExit("--paired needs 2 cores (one for each run)")
+            runs = paired_rounds(corpus, work, args.paired)
+            samples = next(r["bare_write"]["samples"] for r in runs)
+            print(f"\n{samples} decodable samples in {len(tars)} tars")
+            _print_paired(runs, samples)
             return
         rows = [("bare", 1), ("bare_write", 1), ("bare_write_split", 2), ("pipeline", 1), ("pipeline", 2)]
         best: dict[tuple[str, int], float] = {}
