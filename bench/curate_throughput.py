@@ -114,6 +114,34 @@ def _steal_seconds() -> float:
         return 0.0
 
 
+def _ready_then_wait() -> None:
+    """A child started together with others (`_run_together`): say it is warmed up, wait for the go line."""
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+
+def _run_together(corpus: str, work: str, measures: list[str]) -> tuple[float, float, list[dict]]:
+    """Start a child of this script per `--measure` value, wait until every one is warmed up, start them at once;
+    → (seconds until the last one finished, steal seconds meanwhile, each child's last output line as JSON)."""
+    import json
+
+    children = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--corpus", corpus, "--measure", m,
+                                  "--work", work], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                for m in measures]
+    for child in children:
+        line = child.stdout.readline().strip()
+        while line != "ready":  # (a library may print on stdout while it loads)
+            if not line and child.poll() is not None:
+                raise RuntimeError("a child exited before it was ready")
+            line = child.stdout.readline().strip()
+    steal, t = _steal_seconds(), time.perf_counter()
+    for child in children:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    done = [json.loads(child.communicate()[0].strip().splitlines()[-1]) for child in children]
+    return time.perf_counter() - t, _steal_seconds() - steal, done
+
+
 def _bare_part(corpus: str, work: str, part: int, parts: int) -> None:
     """Child of `bare_write_split`: warm up, say ready, wait for the go line on stdin, then the bare loop + write
     over every `parts`-th tar from `part`; prints its CPU seconds."""
@@ -121,8 +149,7 @@ def _bare_part(corpus: str, work: str, part: int, parts: int) -> None:
 
     tars = sorted(glob.glob(os.path.join(corpus, "tars", "*.tar")))
     bare_loop(tars[:1])
-    print("ready", flush=True)
-    sys.stdin.readline()
+    _ready_then_wait()
     cpu = _cpu_seconds()
     n = bare_loop(tars[part::parts], os.path.join(work, f"bare_written_{part}_of_{parts}"))
     print(json.dumps({"cpu": _cpu_seconds() - cpu, "samples": n}), flush=True)
@@ -131,20 +158,8 @@ def _bare_part(corpus: str, work: str, part: int, parts: int) -> None:
 def bare_write_split(corpus: str, work: str, parts: int) -> dict:
     """The machine's own scaling, no Beam: `parts` independent processes run the bare loop + write over their
     share of the tars at once (warmed up first, started together); seconds until the last one finishes."""
-    import json
-
-    children = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--corpus", corpus, "--measure",
-                                  f"bare_part:{k}:{parts}", "--work", work], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True) for k in range(parts)]
-    for child in children:
-        assert child.stdout.readline().strip() == "ready"
-    steal, t = _steal_seconds(), time.perf_counter()
-    for child in children:
-        child.stdin.write("go\n")
-        child.stdin.flush()
-    done = [json.loads(child.communicate()[0].strip().splitlines()[-1]) for child in children]
-    seconds = time.perf_counter() - t
-    return {"seconds": seconds, "cpu": sum(d["cpu"] for d in done), "steal": _steal_seconds() - steal,
+    seconds, steal, done = _run_together(corpus, work, [f"bare_part:{k}:{parts}" for k in range(parts)])
+    return {"seconds": seconds, "cpu": sum(d["cpu"] for d in done), "steal": steal,
             "samples": sum(d["samples"] for d in done)}
 
 
@@ -179,12 +194,7 @@ def _paired_child(kind: str, corpus: str, work: str, cpu: int) -> None:
     import json
 
     os.sched_setaffinity(0, {cpu})  # before any thread starts: every thread of this process inherits it
-
-    def ready_then_wait():
-        print("ready", flush=True)
-        sys.stdin.readline()
-
-    print(json.dumps(measure(kind, corpus, work, 1, before_clock=ready_then_wait)), flush=True)
+    print(json.dumps(measure(kind, corpus, work, 1, before_clock=_ready_then_wait)), flush=True)
 
 
 def paired_rounds(corpus: str, work: str, rounds: int) -> list[dict]:
@@ -192,26 +202,12 @@ def paired_rounds(corpus: str, work: str, rounds: int) -> list[dict]:
     swapped every round), both warmed up and started together: the two run through the same minutes of this VM,
     whose speed drifts by more than the overhead measured. Rows run one after the other compare different minutes.
     Each round: {"bare_write": ..., "pipeline": ..., "cores": (bare's, pipeline's)}."""
-    import json
-
     out, (first, second) = [], sorted(os.sched_getaffinity(0))[:2]
     for index in range(rounds):
         cores = (first, second) if index % 2 == 0 else (second, first)
-        children = {kind: subprocess.Popen([sys.executable, os.path.abspath(__file__), "--corpus", corpus, "--measure",
-                                            f"paired:{kind}:{core}", "--work", work], stdin=subprocess.PIPE,
-                                           stdout=subprocess.PIPE, text=True)
-                    for kind, core in zip(("bare_write", "pipeline"), cores)}
-        for child in children.values():
-            line = child.stdout.readline().strip()
-            while line != "ready":  # (a library may print on stdout while it loads)
-                if not line and child.poll() is not None:
-                    raise RuntimeError("a paired child exited before it was ready")
-                line = child.stdout.readline().strip()
-        for child in children.values():
-            child.stdin.write("go\n")
-            child.stdin.flush()
-        got = {kind: json.loads(child.communicate()[0].strip().splitlines()[-1]) for kind, child in children.items()}
-        out.append({**got, "cores": cores})
+        _, _, (bare, pipeline) = _run_together(corpus, work, [f"paired:bare_write:{cores[0]}",
+                                                              f"paired:pipeline:{cores[1]}"])
+        out.append({"bare_write": bare, "pipeline": pipeline, "cores": cores})
     return out
 
 

@@ -108,7 +108,8 @@ def test_ray_reward_and_rollout_actors(tmp_path):
     The check runs in a fresh interpreter: `ray.init` starts its servers through `subprocess.Popen(preexec_fn=...)`,
     which runs Python in the forked child, and Python documents that as unsafe in a threaded process. By this point
     the pytest process holds Beam's and torch's thread pools, and one CI run hung there for 10 minutes (the child
-    never exec'd, the parent waited on its error pipe). `vlmloom rlcs` starts Ray before it starts any threads."""
+    never exec'd, the parent waited on its error pipe). `vlmloom train` (mode: rlcs) starts Ray before its process
+    group, model and DeepSpeed engine (trainer/loop.setup)."""
     code = (f"import runpy; runpy.run_path({__file__!r})['_ray_actors_check']({str(tmp_path)!r}); "
             "print('ray check passed')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=400)
