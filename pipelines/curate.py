@@ -27,17 +27,17 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from vlmloom.curation.decode import DecodeConfig, decode_sample
+from vlmloom.curation.decode import DecodeConfig
 from vlmloom.curation.documents import DocumentConfig
 from vlmloom.curation.download import DownloadConfig
-from vlmloom.curation.filters import HeuristicConfig, LanguageConfig, LanguageIdentifier, judge_heuristics, judge_language
-from vlmloom.curation.renderable import judge_renderable
+from vlmloom.curation.filters import HeuristicConfig, LanguageConfig
 from vlmloom.curation.readers import READ_STAGE
 from vlmloom.curation.neardup import DedupConfig
 from vlmloom.pipelines import report as report_mod, spill
 from vlmloom.pipelines.dedup import ApplyDecisions, dedup_stages
 from vlmloom.pipelines.documents import DocumentRules, image_relevance_stage
 from vlmloom.pipelines.download import DownloadStage, download_enabled
+from vlmloom.pipelines.judges import DecodeJudge, HeuristicJudge, LanguageJudge, RenderableJudge
 from vlmloom.pipelines.keys import UniqueKeys
 from vlmloom.pipelines.model_config import ModelStagesConfig, describe_disabled
 from vlmloom.pipelines.progress import LiveProgress
@@ -50,7 +50,6 @@ from vlmloom.pipelines.files import BEAM_FILES
 from vlmloom.schemas import console, curated
 from vlmloom.schemas.config import ConfigError, build_config, config_hash
 from vlmloom.schemas.progress import show_progress
-from vlmloom.schemas.records import release_bytes
 from vlmloom.schemas.publish import discard_staging, publish_directory, staging_directory
 
 log = logging.getLogger("vlmloom.curate")
@@ -92,48 +91,9 @@ def load_config(data: dict[str, Any]) -> CurateConfig:
     return build_config(CurateConfig, data)
 
 
-# Judge factories are module-level callables so they pickle by reference for every runner.
-@dataclass(frozen=True)
-class _DecodeJudge:
-    config: DecodeConfig
-
-    def __call__(self):
-        def judge(sample):
-            verdict = decode_sample(sample, self.config)  # reads spanned bytes from their input file
-            release_bytes(sample)  # ... and lets them go again: later shuffles move metadata (ImageRef.span)
-            return verdict
-
-        return judge
-
-
-@dataclass(frozen=True)
-class _HeuristicJudge:
-    config: HeuristicConfig
-
-    def __call__(self):
-        return lambda sample: judge_heuristics(sample, self.config)
-
-
-@dataclass(frozen=True)
-class _LanguageJudge:
-    config: LanguageConfig
-
-    def __call__(self):
-        identifier = LanguageIdentifier(self.config.model_path)
-        return lambda sample: judge_language(sample, identifier, self.config)
-
-
 def _download_stage(stage: CurateStage, config: CurateConfig, ratio: float):
     """URL-only images fetched before decode, for the inputs that have them (pipelines/download.py)."""
     return DownloadStage(config.download, ratio) if download_enabled(config.download, config.inputs) else None
-
-
-@dataclass(frozen=True)
-class _RenderableJudge:
-    config: None = None  # the stage has no config section
-
-    def __call__(self):
-        return judge_renderable
 
 
 def _documents_stage(stage: CurateStage, config: CurateConfig, ratio: float):
@@ -167,9 +127,9 @@ def _model_stage(stage: CurateStage, config: CurateConfig, ratio: float):
 
 # The stages after read, in their order (pipelines/stage_registry.py). Signals each writes: schemas/signals.py.
 register_stage(CurateStage("download", 5, "download", optional=False, build=_download_stage))
-register_stage(CurateStage("decode", 10, "decode", optional=False, build=judge_stage(_DecodeJudge)))
-register_stage(CurateStage("heuristics", 20, "heuristics", optional=True, build=judge_stage(_HeuristicJudge)))
-register_stage(CurateStage("language", 30, "language", optional=True, build=judge_stage(_LanguageJudge)))
+register_stage(CurateStage("decode", 10, "decode", optional=False, build=judge_stage(DecodeJudge)))
+register_stage(CurateStage("heuristics", 20, "heuristics", optional=True, build=judge_stage(HeuristicJudge)))
+register_stage(CurateStage("language", 30, "language", optional=True, build=judge_stage(LanguageJudge)))
 register_stage(CurateStage("documents", 35, "documents", optional=True, build=_documents_stage))
 register_stage(CurateStage("dedup", 40, "dedup", optional=False, build=_dedup_stage,
                            parts=("exact_dedup", "near_dup_image", "near_dup_text", "near_dup_embedding",
@@ -177,7 +137,7 @@ register_stage(CurateStage("dedup", 40, "dedup", optional=False, build=_dedup_st
 for _order, _name in enumerate(("clip", "concepts", "contamination", "recaption", "ocr", "grounding"), start=7):
     register_stage(CurateStage(_name, 10 * _order, f"models.{_name}", optional=True, build=_model_stage))
 register_stage(CurateStage("image_relevance", 75, "documents", optional=True, build=image_relevance_stage))
-register_stage(CurateStage("renderable", 200, "", optional=True, build=judge_stage(_RenderableJudge)))
+register_stage(CurateStage("renderable", 200, "", optional=True, build=judge_stage(RenderableJudge)))
 
 
 def curate_stages(config: CurateConfig) -> list[tuple[str, beam.PTransform]]:

@@ -298,3 +298,57 @@ def test_the_default_local_job_materialises_no_flatten_of_samples(tmp_path):
         pipeline.visit(Visitor())
         shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
         assert sorted(set(found)) == expected, spill_mode
+
+
+_UNPICKLE_STEPS = """
+import pickle, sys
+import apache_beam.runners.worker.sdk_worker_main  # what a worker process has imported before its first bundle
+from apache_beam.internal import pickler
+before = set(sys.modules)
+loaded = 0
+for payload in pickle.load(open(sys.argv[1], "rb")):
+    pickler.loads(payload)
+    loaded += 1
+print(loaded, " ".join(sorted(m for m in set(sys.modules) - before if m.startswith("vlmloom."))))
+"""
+
+
+def _worker_imports(pipeline, tmp_path) -> tuple[int, set[str]]:
+    """The vlmloom modules a fresh worker process imports to unpickle every step (DoFn) of `pipeline`."""
+    import pickle
+    import subprocess
+    import sys
+
+    from apache_beam.portability import common_urns
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    proto = pipeline.to_runner_api()
+    shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
+    payloads = [beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload).do_fn.payload
+                for t in proto.components.transforms.values() if t.spec.urn == common_urns.primitives.PAR_DO.urn]
+    path = tmp_path / "steps.pkl"
+    path.write_bytes(pickle.dumps([p for p in payloads if p]))  # (Beam's own combiners carry no payload)
+    out = subprocess.run([sys.executable, "-c", _UNPICKLE_STEPS, str(path)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return int(out[0]), set(out[1:])
+
+
+def test_a_worker_imports_the_steps_it_runs_not_the_job_builder(tmp_path):
+    """A multi-process or cluster worker unpickles each step it runs; a step whose callable lives in
+    pipelines/curate.py makes it import the whole job builder and every stage's module (dedup, download, model
+    stages, report.html: ~0.2 s of each worker's start-up). The default job's steps reference only their own."""
+    import io
+    import tarfile
+
+    with tarfile.open(tmp_path / "in.tar", "w") as tar:  # a webdataset input: the graph is built, never run
+        member = tarfile.TarInfo("a.txt")
+        member.size = 9
+        tar.addfile(member, io.BytesIO(b"a caption"))
+    config = load_config({"inputs": [{"path": str(tmp_path / "*.tar")}], "output": str(tmp_path / "out")})
+    pipeline = beam.Pipeline()
+    build_pipeline(pipeline, config, str(tmp_path / "out"))
+    steps, modules = _worker_imports(pipeline, tmp_path)
+    assert steps > 20 and "vlmloom.curation.decode" in modules and "vlmloom.pipelines.sink" in modules, modules
+    heavy = {"vlmloom.pipelines.curate", "vlmloom.pipelines.report_html", "vlmloom.pipelines.download",
+             "vlmloom.pipelines.model_stages", "vlmloom.curation.download"}
+    assert not modules & heavy, sorted(modules & heavy)
