@@ -5,9 +5,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 DEMO_DIR ?= demo_out
 
-.PHONY: setup demo test bench wheel clean
+.PHONY: setup bytecode demo test bench wheel clean
 
 setup: $(STAMP)
+
+# The package's bytecode, as pip writes it for an installed wheel: an editable install leaves it to the first import,
+# which does not write it where PYTHONDONTWRITEBYTECODE is set (these machines), so every process (each Beam worker,
+# each CLI call) compiled vlmloom's sources again. Only changed files are recompiled.
+bytecode: setup
+	$(BIN)/python -m compileall -q cli curation demo packing pipelines schemas trainer > /dev/null
 
 # torch first, from the CPU wheel; every later install runs under constraints.txt so nothing upgrades it.
 $(STAMP): pyproject.toml constraints.txt
@@ -20,14 +26,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -c "import torch, apache_beam, deepspeed, transformers; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
-demo: setup
+demo: bytecode
 	$(BIN)/vlmloom demo --output $(DEMO_DIR) --overwrite
 
-test: setup
+test: bytecode
 	DS_ACCELERATOR=cpu $(BIN)/python -m pytest -q -x tests
 
 # Every benchmark prints a table; the GPU half of train_throughput runs only where CUDA is present.
-bench: setup
+bench: bytecode
 	$(BIN)/pip install -q -c constraints.txt -e ".[bench]"
 	$(BIN)/python bench/curate_throughput.py
 	$(BIN)/python bench/model_stages.py
