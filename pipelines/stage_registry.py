@@ -8,6 +8,8 @@ A new filter is its own module in `curation/` (a judge and its frozen config) pl
                                build=judge_stage(MyJudgeFactory)))
 
 (`section` names the CurateConfig field that holds its config; signals it writes get a row in schemas/signals.py.)
+The judge factory lives where workers can import it cheaply (pipelines/judges.py, or the filter's own module), never
+in pipelines/curate.py: a worker imports the module of every step it unpickles (tests/test_pipeline_structure.py).
 Orders are spaced by 10 so that a stage goes between two others without renumbering them.
 """
 from __future__ import annotations
