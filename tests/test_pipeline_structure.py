@@ -7,13 +7,20 @@ allow-list below, which names each one and why its size is bounded independently
 stage that broadcasts or gathers per-record data fails here: route its decisions by a keyed join
 (CoGroupByKey) instead, or, for a truly bounded aggregate, add it to the allow-list with the bound.
 """
+import io
 import json
+import pickle
 import re
 import shutil
+import subprocess
+import sys
+import tarfile
 from typing import Tuple
 
 import apache_beam as beam
 from apache_beam.pipeline import PipelineVisitor
+from apache_beam.portability import common_urns
+from apache_beam.portability.api import beam_runner_api_pb2
 
 from vlmloom.curation import neardup
 from vlmloom.demo.models import save_random_clip
@@ -305,41 +312,30 @@ import pickle, sys
 import apache_beam.runners.worker.sdk_worker_main  # what a worker process has imported before its first bundle
 from apache_beam.internal import pickler
 before = set(sys.modules)
-loaded = 0
 for payload in pickle.load(open(sys.argv[1], "rb")):
     pickler.loads(payload)
-    loaded += 1
-print(loaded, " ".join(sorted(m for m in set(sys.modules) - before if m.startswith("vlmloom."))))
+print(" ".join(sorted(m for m in set(sys.modules) - before if m.startswith("vlmloom."))))
 """
 
 
 def _worker_imports(pipeline, tmp_path) -> tuple[int, set[str]]:
-    """The vlmloom modules a fresh worker process imports to unpickle every step (DoFn) of `pipeline`."""
-    import pickle
-    import subprocess
-    import sys
-
-    from apache_beam.portability import common_urns
-    from apache_beam.portability.api import beam_runner_api_pb2
-
+    """(steps, the vlmloom modules a fresh worker process imports to unpickle every step (DoFn) of `pipeline`)."""
     proto = pipeline.to_runner_api()
     shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
     payloads = [beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload).do_fn.payload
                 for t in proto.components.transforms.values() if t.spec.urn == common_urns.primitives.PAR_DO.urn]
+    payloads = [p for p in payloads if p]  # (Beam's own combiners carry no payload)
     path = tmp_path / "steps.pkl"
-    path.write_bytes(pickle.dumps([p for p in payloads if p]))  # (Beam's own combiners carry no payload)
+    path.write_bytes(pickle.dumps(payloads))
     out = subprocess.run([sys.executable, "-c", _UNPICKLE_STEPS, str(path)], capture_output=True, text=True,
-                         check=True).stdout.split()
-    return int(out[0]), set(out[1:])
+                         check=True).stdout
+    return len(payloads), set(out.split())
 
 
 def test_a_worker_imports_the_steps_it_runs_not_the_job_builder(tmp_path):
     """A multi-process or cluster worker unpickles each step it runs; a step whose callable lives in
     pipelines/curate.py makes it import the whole job builder and every stage's module (dedup, download, model
     stages, report.html: ~0.2 s of each worker's start-up). The default job's steps reference only their own."""
-    import io
-    import tarfile
-
     with tarfile.open(tmp_path / "in.tar", "w") as tar:  # a webdataset input: the graph is built, never run
         member = tarfile.TarInfo("a.txt")
         member.size = 9
